@@ -1,0 +1,112 @@
+"""HTTP/1.1 vocabulary shared by the node: the request record, reason phrases, header rules.
+
+Kept free of I/O (in the spirit of h11) so the protocol, the request steps and the upstream can
+all speak the same small types. A request is one ``__slots__`` object filled by the parser
+callbacks; nothing else is allocated per request on the HIT path.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
+
+# RFC 9110 §7.6.1: connection-specific fields never forwarded by an intermediary.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Fields the node recomputes itself when it sends a stored or streamed response.
+RECOMPUTED: frozenset[bytes] = frozenset(
+    {b"content-length", b"age", b"cache-status", b"via", b"date-received"}
+)
+
+# Request fields a cache fill must not forward: the fill fetches the whole, unconditional
+# object on behalf of every client, and the client's own conditionals are answered here.
+CLIENT_ONLY: frozenset[bytes] = frozenset(
+    {
+        b"range",
+        b"if-range",
+        b"if-match",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-unmodified-since",
+        b"expect",
+        b"content-length",
+        b"host",
+    }
+)
+
+
+def status_line(status: int, version: bytes = b"1.1") -> bytes:
+    """``HTTP/1.1 200 OK\\r\\n`` for any status, with a generic phrase for unknown codes."""
+    reason = REASONS.get(status, b"Unknown")
+    return b"HTTP/" + version + b" " + str(status).encode() + b" " + reason + b"\r\n"
+
+
+class Request:
+    """One parsed request. Header names are lowercased bytes; repeated fields comma-joined
+    in ``headers`` (for lookups), kept separate in ``raw_headers`` (for forwarding)."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "headers",
+        "raw_headers",
+        "body",
+        "version",
+        "keep_alive",
+        "client_ip",
+        "error",
+        "start",
+    )
+
+    def __init__(self) -> None:
+        self.method: str = "GET"
+        self.target: bytes = b""
+        self.path: str = "/"
+        self.query: str = ""
+        self.headers: dict[bytes, bytes] = {}
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.body: bytes | None = None
+        self.version: bytes = b"1.1"
+        self.keep_alive: bool = True
+        self.client_ip: str = ""
+        # (status, reason) when the protocol rejected the request: answered in pipeline order.
+        self.error: tuple[int, str] | None = None
+        self.start: float = 0.0
+
+    def header(self, name: bytes) -> str | None:
+        """The (comma-joined) value of a request field as text, or None."""
+        value = self.headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target!r}>"
+
+
+def error_response(status: int, reason: str, *, close: bool) -> bytes:
+    """A complete plain-text error response: the status, and a body saying why."""
+    body = f"{status} {REASONS.get(status, b'Error').decode()}: {reason}\n".encode()
+    head = [
+        status_line(status),
+        b"Content-Type: text/plain; charset=utf-8\r\n",
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n",
+        b"Cache-Control: no-store\r\n",
+    ]
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head) + body

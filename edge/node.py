@@ -1,0 +1,825 @@
+"""The cache node's request steps: receive → lookup → hit | miss | pass → deliver.
+
+This file is the whole life of a request once the protocol (``protocol.py``) has parsed it,
+written as a few named steps in the manner of Varnish:
+
+``receive``
+    Reject what the protocol flagged, send non-GET/HEAD methods to ``pass_``, compute the
+    cache key, look the key up in the store.
+HIT (``deliver_entry``)
+    A fresh entry is answered synchronously from memory: conditional requests (304/412),
+    Range (206, multipart, 416), then one or two ``transport.write`` calls. No task, no await.
+MISS (``miss``)
+    Join the in-flight fetch for the key or start one (``start_fill``), wait for its head,
+    then stream its body to the client as it arrives (``deliver_fetch``). Stale entries are
+    revalidated the same way (If-None-Match / If-Modified-Since), served while revalidating
+    within ``stale-while-revalidate``, and served on upstream errors within ``stale-if-error``.
+``pass_``
+    Forward the request with its body, stream the answer back, store nothing.
+
+Policy lives elsewhere: freshness and storability in ``freshness.py``, client conditionals in
+``conditional.py``, Range arithmetic in ``ranges.py``, keys in ``cachekey.py``. Mechanism lives
+in ``store.py`` (LRU), ``coalescer.py`` (shared fetches) and ``upstream.py`` (aiohttp client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from . import conditional, ranges
+from .cachekey import cache_key, split_target
+from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
+from .config import NodeConfig
+from .freshness import Freshness, current_age, decide
+from .http import CLIENT_ONLY, HOP_BY_HOP, Request, error_response, status_line
+from .httpdate import http_date_now_bytes
+from .metrics import NodeStats
+from .store import CacheEntry, MemoryStore
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .protocol import HttpConnection
+
+log = logging.getLogger("reelcdn.node")
+
+# Bodies up to this size are joined with their head into one write (one syscall).
+SMALL_BODY = 64 * 1024
+# How long a key whose response may not be shared skips coalescing ("hit-for-pass").
+PASS_MARK_SECONDS = 30.0
+NO_BODY_STATUSES = frozenset({204, 304})
+# Fields a 304 answered from cache carries (RFC 9110 §15.4.5).
+NOT_MODIFIED_FIELDS = frozenset(
+    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
+     b"last-modified", b"cdn-cache-control"}
+)
+
+
+def _sf_token(name: str) -> str:
+    """A Cache-Status member name: a bare sf-token where the name allows, else a string."""
+    if name and (name[0].isalpha() or name[0] == "*"):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _storable_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream header pairs minus hop-by-hop fields, those named in Connection, and fields
+    the node recomputes (Content-Length, Age)."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(v.strip().lower() for v in value.split(b","))
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or lower == b"content-length" or lower == b"age":
+            continue
+        kept.append((name, value))
+    return kept
+
+
+def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Lowercase-name → comma-joined value, as the policy functions want them."""
+    merged: dict[str, str] = {}
+    for name, value in headers:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        merged[key] = merged[key] + ", " + text if key in merged else text
+    return merged
+
+
+def _merge_304(
+    stored: list[tuple[bytes, bytes]], update: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """RFC 9111 §3.2: fields in the 304 replace the stored fields of the same name."""
+    fresh = _storable_headers(update)
+    replaced = {name.lower() for name, _ in fresh} - {b"content-type", b"content-encoding"}
+    kept = [(n, v) for n, v in stored if n.lower() not in replaced]
+    return kept + [(n, v) for n, v in fresh if n.lower() in replaced]
+
+
+class CacheNode:
+    """One cache node (edge, regional or shield): store, coalescer, upstream, policy."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.name
+        self.store = MemoryStore(config.cache_memory)
+        self.coalescer = Coalescer()
+        self.upstream = Upstream(
+            config.upstream,
+            timeouts=config.upstream_timeouts,
+            max_connections=config.upstream_max_connections,
+        )
+        self.stats = NodeStats(config.name)
+        self._member = _sf_token(config.name).encode()
+        self._via = b"Via: 1.1 " + config.name.encode() + b"\r\n"
+        self._pass_until: dict[str, float] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def apply_config(self, config: NodeConfig) -> None:
+        """Take a reloaded config: policy and size change, the cache is kept."""
+        self.config = config
+        self.store.resize(config.cache_memory)
+        self.stats.evictions = self.store.evictions
+
+    async def start(self) -> None:
+        await self.upstream.start()
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await self.upstream.close()
+
+    # ------------------------------------------------------------------------------------
+    # receive
+    # ------------------------------------------------------------------------------------
+    def receive(self, req: Request, conn: HttpConnection) -> Awaitable[None] | None:
+        """Answer a request. Returns None when the answer was written synchronously (a HIT,
+        an error), else an awaitable the connection runs before its next request."""
+        if req.error is not None:
+            status, reason = req.error
+            conn.write(error_response(status, reason, close=True))
+            self.stats.count(req.method, "error", status)
+            conn.close_after_response()
+            return None
+        method = req.method
+        if method != "GET" and method != "HEAD":
+            return self.pass_(req, conn, "method")
+        path, query = split_target(req.path if not req.query else req.path + "?" + req.query)
+        config = self.config
+        host = None
+        if config.host_in_key:
+            raw_host = req.headers.get(b"host", b"")
+            host = raw_host.decode("latin-1").split(":", 1)[0]
+        primary = cache_key(
+            path, query, config.ignore_query_params, config.ignore_query_prefixes, host
+        )
+        if b"authorization" in req.headers:
+            return self.pass_(req, conn, "request")
+        entry = self.store.lookup(primary, req.headers)
+        now = time.time()
+        if entry is not None:
+            if entry.is_fresh(now):
+                entry.hits += 1
+                self.deliver_entry(req, conn, entry, now, b"hit")
+                self.stats.count(method, "hit", entry.status)
+                return None
+            fresh = entry.freshness
+            swr = fresh.stale_while_revalidate
+            if swr > 0 and not fresh.no_cache and entry.ttl(now) > -swr:
+                self.revalidate_in_background(req, primary, entry)
+                self.deliver_entry(req, conn, entry, now, b"hit; detail=stale-while-revalidate")
+                self.stats.count(method, "stale", entry.status)
+                return None
+        if config.honor_client_no_cache and entry is not None:
+            pass  # the stale/no-cache path below revalidates anyway
+        return self.miss(req, conn, primary, entry)
+
+    # ------------------------------------------------------------------------------------
+    # HIT: deliver a stored entry
+    # ------------------------------------------------------------------------------------
+    def deliver_entry(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        entry: CacheEntry,
+        now: float,
+        member: bytes,
+    ) -> None:
+        """Write a stored response: 304/412, a Range answer, or the whole body."""
+        headers = req.headers
+        close = conn.close_after(req)
+        if (
+            b"if-none-match" in headers
+            or b"if-modified-since" in headers
+            or b"if-match" in headers
+            or b"if-unmodified-since" in headers
+        ):
+            verdict = conditional.evaluate(
+                req.method,
+                entry.status,
+                if_match=req.header(b"if-match"),
+                if_none_match=req.header(b"if-none-match"),
+                if_modified_since=req.header(b"if-modified-since"),
+                if_unmodified_since=req.header(b"if-unmodified-since"),
+                etag=entry.etag,
+                last_modified=entry.last_modified,
+            )
+            if verdict is not None:
+                self._write_bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
+                return
+        body = entry.body
+        if entry.status == 200 and b"range" in headers:
+            if conditional.if_range_allows(
+                req.header(b"if-range"), entry.etag, entry.last_modified
+            ):
+                parsed = ranges.parse_range(headers[b"range"], len(body))
+                if parsed is not None:
+                    self._write_ranges(
+                        req, conn, parsed, body, len(body), entry.header_block,
+                        entry.content_type, entry.age(now), member, close,
+                    )
+                    return
+        if member == b"hit" and not close:
+            head = self._cached_head(entry, now)
+        else:
+            head = self._head(
+                entry.status, entry.header_block, entry.age(now), member, entry.ttl(now),
+                len(body), close,
+            )
+        if req.method == "HEAD":
+            conn.write(head)
+        elif len(body) <= SMALL_BODY:
+            conn.write(head + body)
+        else:
+            conn.write(head)
+            conn.write(body)
+        self.stats.bytes_sent += len(head) + (len(body) if req.method != "HEAD" else 0)
+
+    def _cached_head(self, entry: CacheEntry, now: float) -> bytes:
+        """The full 200 head of a HIT; rebuilt only when the Age second changes."""
+        second = int(now)
+        cached = entry.head_cache
+        if cached is not None and cached[0] == second:
+            return cached[1]
+        head = self._head(
+            entry.status, entry.header_block, entry.age(now), b"hit", entry.ttl(now),
+            len(entry.body), False,
+        )
+        entry.head_cache = (second, head)
+        return head
+
+    def _head(
+        self,
+        status: int,
+        header_block: bytes,
+        age: float | None,
+        member: bytes,
+        ttl: float | None,
+        length: int | None,
+        close: bool,
+        *,
+        chunked: bool = False,
+    ) -> bytes:
+        """Status line, stored fields, then what this node adds: Age, Cache-Status, Via,
+        framing (Content-Length or chunked) and Connection."""
+        parts = [status_line(status), header_block]
+        if age is not None:
+            parts.append(b"Age: %d\r\n" % max(0, int(age)))
+        status_member = self._member + b"; " + member
+        if ttl is not None and member.startswith(b"hit"):
+            status_member += b"; ttl=%d" % int(ttl)
+        parts.append(b"Cache-Status: " + status_member + b"\r\n")
+        parts.append(self._via)
+        if length is not None:
+            parts.append(b"Content-Length: %d\r\n" % length)
+        elif chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        if close:
+            parts.append(b"Connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _write_bodyless(
+        self,
+        conn: HttpConnection,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        age: float | None,
+        member: bytes,
+        close: bool,
+    ) -> None:
+        """304 Not Modified or 412 Precondition Failed answered from a representation."""
+        if status == 304:
+            block = b"".join(
+                n + b": " + v + b"\r\n" for n, v in headers if n.lower() in NOT_MODIFIED_FIELDS
+            )
+            head = self._head(304, block, age, member, None, None, close)
+        else:
+            head = self._head(status, b"", None, member, None, 0, close)
+        conn.write(head)
+        self.stats.bytes_sent += len(head)
+
+    def _write_ranges(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        parsed: list[tuple[int, int]] | object,
+        body: bytes | memoryview,
+        size: int,
+        header_block: bytes,
+        content_type: bytes | None,
+        age: float | None,
+        member: bytes,
+        close: bool,
+    ) -> None:
+        """206 with one range, 206 multipart/byteranges, or 416 — from a complete body."""
+        if parsed is ranges.UNSATISFIABLE:
+            block = b"Content-Range: " + ranges.unsatisfied_range(size) + b"\r\n"
+            head = self._head(416, block, None, member, None, 0, close)
+            conn.write(head)
+            self.stats.bytes_sent += len(head)
+            return
+        assert isinstance(parsed, list)
+        view = memoryview(body)
+        head_only = req.method == "HEAD"
+        if len(parsed) == 1:
+            start, end = parsed[0]
+            block = header_block + b"Content-Range: " + ranges.content_range(start, end, size)
+            head = self._head(206, block + b"\r\n", age, member, None, end - start, close)
+            conn.write(head)
+            if not head_only:
+                conn.write(view[start:end])
+            self.stats.bytes_sent += len(head) + (0 if head_only else end - start)
+            return
+        boundary = ranges.new_boundary()
+        parts, closing, total = ranges.multipart_plan(parsed, size, content_type, boundary)
+        block = b"".join(
+            line + b"\r\n"
+            for line in header_block.split(b"\r\n")
+            if line and not line.lower().startswith(b"content-type:")
+        )
+        block += b"Content-Type: multipart/byteranges; boundary=" + boundary + b"\r\n"
+        head = self._head(206, block, age, member, None, total, close)
+        conn.write(head)
+        if not head_only:
+            for part_head, start, end in parts:
+                conn.write(part_head)
+                conn.write(view[start:end])
+            conn.write(closing)
+        self.stats.bytes_sent += len(head) + (0 if head_only else total)
+
+    # ------------------------------------------------------------------------------------
+    # MISS: coalesced fetch, streamed
+    # ------------------------------------------------------------------------------------
+    async def miss(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        primary: str,
+        stale: CacheEntry | None,
+    ) -> None:
+        """Join or start the fetch for this key, then deliver what it brings."""
+        now = time.time()
+        mark = self._pass_until.get(primary)
+        if mark is not None:
+            if mark > now:
+                await self.pass_(req, conn, "bypass")
+                return
+            del self._pass_until[primary]
+        vary = self.store.vary_of(primary)
+        key = MemoryStore.variant_key(primary, vary, req.headers)
+        fetch = self.coalescer.get(key)
+        collapsed = fetch is not None
+        if fetch is None:
+            fetch = self.start_fill(key, primary, req, stale)
+        else:
+            self.stats.coalesced_waiters += 1
+        fwd = b"fwd=stale" if stale is not None else b"fwd=uri-miss"
+        fetch.readers += 1
+        try:
+            try:
+                head = await fetch.wait_head()
+            except FetchFailed as failure:
+                self._deliver_failure(req, conn, stale, failure, fwd)
+                return
+            if isinstance(head, CacheEntry):
+                # Revalidated: the upstream said 304 and the stored entry was refreshed.
+                member = fwd + b"; fwd-status=304"
+                if collapsed:
+                    member += b"; collapsed"
+                self.deliver_entry(req, conn, head, time.time(), member)
+                self.stats.count(req.method, "revalidated", head.status)
+                return
+            if collapsed and (not head.shareable or not self._same_variant(fetch, head, req)):
+                await self.pass_(req, conn, "vary-miss" if head.shareable else "bypass")
+                return
+            if fetch.error is not None and fetch.size == 0 and stale is not None:
+                self._deliver_failure(req, conn, stale, fetch.error, fwd)
+                return
+            member = fwd + b"; fwd-status=%d" % head.status
+            if head.storable:
+                member += b"; stored"
+            if collapsed:
+                member += b"; collapsed"
+            await self.deliver_fetch(req, conn, fetch, head, member)
+            self.stats.count(req.method, "miss", head.status)
+        finally:
+            fetch.readers -= 1
+
+    def _same_variant(self, fetch: Fetch, head: FetchHead, req: Request) -> bool:
+        """Whether a collapsed request selects the variant the fetch will become."""
+        if not head.vary:
+            return True
+        return MemoryStore.variant_key(
+            fetch.primary, head.vary, req.headers
+        ) == MemoryStore.variant_key(fetch.primary, head.vary, fetch.request_headers)
+
+    def _deliver_failure(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        stale: CacheEntry | None,
+        failure: FetchFailed,
+        fwd: bytes,
+    ) -> None:
+        """Serve stale within stale-if-error (RFC 5861) or answer 502/504 with the reason."""
+        now = time.time()
+        if stale is not None and not stale.freshness.must_revalidate:
+            allowance = stale.freshness.stale_if_error
+            if allowance > 0 and stale.ttl(now) > -allowance:
+                member = fwd + b"; fwd-status=%d; detail=stale-if-error" % failure.status
+                self.deliver_entry(req, conn, stale, now, member)
+                self.stats.count(req.method, "stale", stale.status)
+                return
+        body = f"{failure.status} upstream failure: {failure.reason}\n".encode()
+        block = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
+        close = conn.close_after(req)
+        head = self._head(
+            failure.status, block, None, fwd + b"; detail=upstream-failure", None, len(body),
+            close,
+        )
+        conn.write(head if req.method == "HEAD" else head + body)
+        self.stats.bytes_sent += len(head) + len(body)
+        self.stats.count(req.method, "error", failure.status)
+
+    def start_fill(
+        self, key: str, primary: str, req: Request, stale: CacheEntry | None
+    ) -> Fetch:
+        """Start the one upstream fetch for ``key``, as a task no client owns."""
+        fetch = Fetch(key, primary, req.headers)
+        self.coalescer.add(fetch)
+        fetch.task = asyncio.get_running_loop().create_task(
+            self._run_fill(fetch, primary, req, stale)
+        )
+        self._background.add(fetch.task)
+        fetch.task.add_done_callback(self._background.discard)
+        return fetch
+
+    def revalidate_in_background(self, req: Request, primary: str, stale: CacheEntry) -> None:
+        """stale-while-revalidate: refresh the entry without making the client wait."""
+        if self.coalescer.get(stale.key) is None:
+            self.start_fill(stale.key, primary, req, stale)
+
+    def _fill_headers(self, req: Request, stale: CacheEntry | None) -> list[tuple[bytes, bytes]]:
+        """Client fields minus hop-by-hop and client-only ones, plus Via, X-Forwarded-For and
+        our own validators when revalidating."""
+        fields = [
+            (n, v) for n, v in req.raw_headers
+            if (low := n.lower()) not in HOP_BY_HOP and low not in CLIENT_ONLY
+            and low != b"x-forwarded-for" and low != b"via"
+        ]
+        fields.extend(self._forwarding_fields(req))
+        if stale is not None:
+            if stale.etag is not None:
+                fields.append((b"If-None-Match", stale.etag.encode("latin-1")))
+            if stale.last_modified is not None:
+                fields.append((b"If-Modified-Since", stale.last_modified.encode("latin-1")))
+        return fields
+
+    def _forwarding_fields(self, req: Request) -> list[tuple[bytes, bytes]]:
+        via = req.headers.get(b"via")
+        own_via = b"1.1 " + self.name.encode()
+        xff = req.headers.get(b"x-forwarded-for")
+        client = req.client_ip.encode()
+        return [
+            (b"Via", via + b", " + own_via if via else own_via),
+            (b"X-Forwarded-For", xff + b", " + client if xff else client),
+        ]
+
+    async def _run_fill(
+        self, fetch: Fetch, primary: str, req: Request, stale: CacheEntry | None
+    ) -> None:
+        """Fetch the whole object once; hand the head and the body to the readers as they
+        arrive; store it if policy allows. Never raises: failures go to the readers."""
+        path_and_query = primary if not self.config.host_in_key else "/" + primary.split("/", 1)[1]
+        request_time = time.time()
+        response = None
+        try:
+            response = await self.upstream.request(
+                "GET", path_and_query, self._fill_headers(req, stale)
+            )
+            response_time = time.time()
+            self.stats.upstream(self.config.upstream, response.status)
+            headers = _storable_headers(response.headers)
+            if response.status == 304 and stale is not None:
+                merged = _merge_304(stale.headers, response.headers)
+                hmap = _header_map(merged)
+                freshness = self._decide(stale.status, hmap, primary)
+                age = current_age(hmap.get("age"), hmap.get("date"), request_time, response_time)
+                stale.refresh(merged, freshness, response_time, age)
+                fetch.set_head(stale)  # type: ignore[arg-type]
+                fetch.finish()
+                return
+            hmap = _header_map(response.headers)
+            if (
+                response.status >= 500
+                and stale is not None
+                and not stale.freshness.must_revalidate
+                and stale.freshness.stale_if_error > 0
+                and stale.ttl(response_time) > -stale.freshness.stale_if_error
+            ):
+                fetch.fail(FetchFailed(response.status, f"upstream answered {response.status}"))
+                return
+            fetch.set_head(self._fetch_head(response.status, headers, hmap, primary,
+                                            request_time, response_time))
+            head = fetch.head
+            assert head is not None
+            if not head.shareable:
+                self._pass_until[primary] = response_time + PASS_MARK_SECONDS
+                self.coalescer.discard(fetch)
+            limit = self.config.max_object_bytes
+            async for chunk in response.chunks(self.config.upstream_timeouts.idle):
+                fetch.append(chunk)
+                if fetch.size > limit and head.storable:
+                    head.storable = False
+            if head.content_length is not None and fetch.size != head.content_length:
+                raise FetchFailed(502, "upstream body shorter than its Content-Length")
+            fetch.finish()
+            if head.storable:
+                self._store(fetch, head, primary)
+        except FetchFailed as failure:
+            self.stats.upstream_failures += 1
+            if response is None:
+                self.stats.upstream(self.config.upstream, failure.status)
+            fetch.fail(failure)
+            if response is not None:
+                response.close()
+                response = None
+        except asyncio.CancelledError:
+            fetch.fail(FetchFailed(503, "node shutting down"))
+            raise
+        except Exception as exc:  # a bug must not leave readers hanging
+            log.exception("fill of %s failed", primary)
+            fetch.fail(FetchFailed(502, f"internal error: {exc.__class__.__name__}"))
+        finally:
+            self.coalescer.discard(fetch)
+            if response is not None:
+                response.release()
+
+    def _decide(self, status: int, hmap: dict[str, str], path: str) -> Freshness:
+        config = self.config
+        return decide(
+            "GET",
+            status,
+            hmap,
+            path.split("?", 1)[0],
+            request_has_authorization=False,
+            ttl_rules=config.ttl_rules,
+            now=time.time(),
+            heuristic_fraction=config.heuristic_fraction,
+            heuristic_max=config.heuristic_max,
+        )
+
+    def _fetch_head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        hmap: dict[str, str],
+        primary: str,
+        request_time: float,
+        response_time: float,
+    ) -> FetchHead:
+        freshness = self._decide(status, hmap, primary)
+        length_text = hmap.get("content-length")
+        length = None
+        if length_text is not None and length_text.strip().isdigit():
+            length = int(length_text.strip())
+        vary_text = hmap.get("vary", "")
+        vary = tuple(
+            sorted({v.strip().lower().encode() for v in vary_text.split(",") if v.strip()})
+        )
+        private = "set-cookie" in hmap or "private" in hmap.get("cache-control", "").lower()
+        if "date" not in hmap:
+            headers = headers + [(b"Date", http_date_now_bytes())]
+        storable = freshness.storable and (
+            length is None or length <= self.config.max_object_bytes
+        )
+        return FetchHead(
+            status=status,
+            headers=headers,
+            content_length=length,
+            freshness=freshness,
+            shareable=not private or freshness.storable,
+            storable=storable,
+            response_time=response_time,
+            initial_age=current_age(hmap.get("age"), hmap.get("date"), request_time,
+                                    response_time),
+            vary=vary,
+        )
+
+    def _store(self, fetch: Fetch, head: FetchHead, primary: str) -> None:
+        key = fetch.key
+        if head.vary:
+            key = MemoryStore.variant_key(primary, head.vary, fetch.request_headers)
+        entry = CacheEntry(
+            key=key,
+            primary=primary,
+            status=head.status,
+            headers=head.headers,
+            body=fetch.body(),
+            freshness=head.freshness,
+            response_time=head.response_time,
+            initial_age=head.initial_age,
+            vary=head.vary,
+        )
+        self.stats.evictions += self.store.insert(entry)
+
+    async def deliver_fetch(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        fetch: Fetch,
+        head: FetchHead,
+        member: bytes,
+    ) -> None:
+        """Stream an in-flight response: whole, a range of it, 304/412, or bodyless."""
+        close = conn.close_after(req)
+        block = b"".join(n + b": " + v + b"\r\n" for n, v in head.headers)
+        age = head.initial_age + (time.time() - head.response_time)
+        headers = req.headers
+        if head.status == 200 and (
+            b"if-none-match" in headers or b"if-modified-since" in headers
+            or b"if-match" in headers or b"if-unmodified-since" in headers
+        ):
+            verdict = conditional.evaluate(
+                req.method, head.status,
+                if_match=req.header(b"if-match"),
+                if_none_match=req.header(b"if-none-match"),
+                if_modified_since=req.header(b"if-modified-since"),
+                if_unmodified_since=req.header(b"if-unmodified-since"),
+                etag=head.etag, last_modified=head.last_modified,
+            )
+            if verdict is not None:
+                self._write_bodyless(conn, verdict, head.headers, age, member, close)
+                return
+        if head.status in NO_BODY_STATUSES:
+            conn.write(self._head(head.status, block, age, member, None, None, close))
+            return
+        if (
+            head.status == 200
+            and b"range" in headers
+            and conditional.if_range_allows(req.header(b"if-range"), head.etag,
+                                            head.last_modified)
+        ):
+            size = head.content_length
+            if size is None:
+                await fetch.wait_size(1 << 62)  # need the whole length for the Content-Range
+                size = fetch.size
+            parsed = ranges.parse_range(headers[b"range"], size)
+            if parsed is not None:
+                await self._stream_ranges(req, conn, fetch, head, parsed, size, block, age,
+                                          member, close)
+                return
+        length = head.content_length
+        chunked = length is None and req.version == b"1.1"
+        if length is None and not chunked:
+            close = True
+            conn.close_after_response()
+        conn.write(self._head(head.status, block, age, member, None, length, close,
+                              chunked=chunked))
+        if req.method == "HEAD":
+            return
+        await self._stream(conn, fetch, 0, None, chunked)
+
+    async def _stream_ranges(
+        self,
+        req: Request,
+        conn: HttpConnection,
+        fetch: Fetch,
+        head: FetchHead,
+        parsed: list[tuple[int, int]] | object,
+        size: int,
+        block: bytes,
+        age: float,
+        member: bytes,
+        close: bool,
+    ) -> None:
+        if parsed is ranges.UNSATISFIABLE:
+            self._write_ranges(req, conn, parsed, b"", size, block, head.content_type, None,
+                               member, close)
+            return
+        assert isinstance(parsed, list)
+        if len(parsed) == 1:
+            start, end = parsed[0]
+            extra = b"Content-Range: " + ranges.content_range(start, end, size) + b"\r\n"
+            conn.write(self._head(206, block + extra, age, member, None, end - start, close))
+            if req.method != "HEAD":
+                await self._stream(conn, fetch, start, end, False)
+            return
+        boundary = ranges.new_boundary()
+        parts, closing, total = ranges.multipart_plan(parsed, size, head.content_type, boundary)
+        kept = b"".join(
+            n + b": " + v + b"\r\n" for n, v in head.headers if n.lower() != b"content-type"
+        )
+        kept += b"Content-Type: multipart/byteranges; boundary=" + boundary + b"\r\n"
+        conn.write(self._head(206, kept, age, member, None, total, close))
+        if req.method == "HEAD":
+            return
+        for part_head, start, end in parts:
+            conn.write(part_head)
+            await self._stream(conn, fetch, start, end, False)
+            if conn.closed:
+                return
+        conn.write(closing)
+
+    async def _stream(
+        self, conn: HttpConnection, fetch: Fetch, start: int, end: int | None, chunked: bool
+    ) -> None:
+        """Copy [start, end) of a fetch to the client as it arrives, honouring back-pressure.
+        A broken fetch cuts the connection: the client must see a truncated response, never
+        a complete-looking wrong one."""
+        sent = 0
+        try:
+            async for piece in fetch.read(start, end):
+                if conn.closed:
+                    return
+                if chunked:
+                    conn.write(b"%x\r\n" % len(piece))
+                    conn.write(piece)
+                    conn.write(b"\r\n")
+                else:
+                    conn.write(piece)
+                sent += len(piece)
+                if conn.paused:
+                    await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        except FetchFailed:
+            conn.abort()
+        finally:
+            self.stats.bytes_sent += sent
+
+    # ------------------------------------------------------------------------------------
+    # PASS: forward, never store
+    # ------------------------------------------------------------------------------------
+    async def pass_(self, req: Request, conn: HttpConnection, reason: str) -> None:
+        """Forward a request upstream as it is (with its body) and stream the answer back.
+        Unsafe methods invalidate what the node stored for the URI (RFC 9111 §4.4)."""
+        member = b"fwd=" + reason.encode()
+        fields = [
+            (n, v) for n, v in req.raw_headers
+            if (low := n.lower()) not in HOP_BY_HOP and low not in (
+                b"host", b"content-length", b"x-forwarded-for", b"via", b"expect")
+        ]
+        fields.extend(self._forwarding_fields(req))
+        target = req.target.decode("latin-1")
+        try:
+            response = await self.upstream.request(req.method, target, fields, req.body)
+        except FetchFailed as failure:
+            self.stats.upstream(self.config.upstream, failure.status)
+            self._deliver_failure(req, conn, None, failure, member)
+            return
+        self.stats.upstream(self.config.upstream, response.status)
+        try:
+            if req.method not in ("GET", "HEAD") and response.status < 400:
+                path, query = split_target(target)
+                config = self.config
+                self.store.remove_primary(
+                    cache_key(path, query, config.ignore_query_params,
+                              config.ignore_query_prefixes)
+                )
+            headers = _storable_headers(response.headers)
+            block = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+            hmap = _header_map(response.headers)
+            length_text = hmap.get("content-length", "").strip()
+            length = int(length_text) if length_text.isdigit() else None
+            close = conn.close_after(req)
+            bodyless = (req.method == "HEAD" or response.status in NO_BODY_STATUSES
+                        or response.status < 200)
+            chunked = False
+            if bodyless:
+                framing = length if req.method == "HEAD" else None
+            else:
+                framing = length
+                chunked = length is None and req.version == b"1.1"
+                if length is None and not chunked:
+                    close = True
+                    conn.close_after_response()
+            conn.write(self._head(response.status, block, None, member + b"; fwd-status=%d"
+                                  % response.status, None, framing, close, chunked=chunked))
+            self.stats.count(req.method, "pass", response.status)
+            if bodyless:
+                return
+            async for chunk in response.chunks(self.config.upstream_timeouts.idle):
+                if conn.closed:
+                    response.close()
+                    return
+                if chunked:
+                    conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                else:
+                    conn.write(chunk)
+                self.stats.bytes_sent += len(chunk)
+                if conn.paused:
+                    await conn.drain()
+            if chunked:
+                conn.write(b"0\r\n\r\n")
+        except FetchFailed:
+            response.close()
+            conn.abort()
+        finally:
+            response.release()

@@ -1,0 +1,164 @@
+"""Running a node: the data-plane listener, the admin listener, timeouts, reload, shutdown.
+
+The data plane is ``protocol.HttpConnection`` on a plain ``loop.create_server``; the admin API
+is an aiohttp application (``admin.py``) on its own address, where convenience beats
+microseconds. One sweep per second drives every connection's timeouts from a coarse clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .admin import build_admin_app
+from .config import NodeConfig
+from .node import CacheNode
+from .protocol import HttpConnection
+
+log = logging.getLogger("reelcdn.server")
+
+SWEEP_SECONDS = 1.0
+
+
+class NodeServer:
+    """One node's listeners and connections, on the running event loop."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.node = CacheNode(config)
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.clock = self.loop.time()
+        self.draining = False
+        self.served_hosts: frozenset[str] = self._served_hosts(config)
+        self._server: asyncio.Server | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.port: int = 0
+        self.admin_port: int | None = None
+
+    @staticmethod
+    def _served_hosts(config: NodeConfig) -> frozenset[str]:
+        return frozenset(
+            {config.listen_host.lower(), "localhost", "127.0.0.1"}
+            | {h.lower() for h in config.server_names}
+        )
+
+    async def start(self) -> None:
+        config = self.node.config
+        await self.node.start()
+        self._server = await self.loop.create_server(
+            lambda: HttpConnection(self),
+            host=config.listen_host,
+            port=config.listen_port,
+            reuse_address=True,
+            backlog=4096,
+        )
+        sock = self._server.sockets[0]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.port = sock.getsockname()[1]
+        if config.admin_host is not None and config.admin_port is not None:
+            app = build_admin_app(self)
+            self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._admin_runner.setup()
+            site = web.TCPSite(self._admin_runner, config.admin_host, config.admin_port,
+                               reuse_address=True)
+            await site.start()
+            server = site._server
+            if server is not None and server.sockets:
+                self.admin_port = server.sockets[0].getsockname()[1]
+        self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+        log.info(
+            "node %s (%s) listening on %s:%d, admin %s, upstream %s",
+            config.name, config.role, config.listen_host, self.port,
+            f"{config.admin_host}:{self.admin_port}" if self.admin_port else "off",
+            config.upstream,
+        )
+
+    def _sweep(self) -> None:
+        self.clock = now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def reload(self, config: NodeConfig) -> None:
+        """Apply a new config to the running node (listen addresses stay as they are)."""
+        old = self.node.config
+        if (config.listen_host, config.listen_port) != (old.listen_host, old.listen_port):
+            log.warning("listen address changes need a restart; keeping %s:%d",
+                        old.listen_host, old.listen_port)
+        self.node.apply_config(config)
+        self.served_hosts = self._served_hosts(config)
+        log.info("node %s reloaded its configuration", config.name)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight responses finish (up to ``grace``), then close."""
+        if grace is None:
+            grace = self.node.config.limits.shutdown_grace
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        deadline = self.loop.time() + grace
+        while (self.connections or self.tasks) and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)  # shutdown only: bounded by the grace period
+        for conn in list(self.connections):
+            conn.abort()
+        for task in list(self.tasks):
+            task.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        await self.node.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+
+def install_uvloop() -> bool:
+    """Use uvloop when it is installed (the production loop); plain asyncio still works."""
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def serve(
+    config: NodeConfig,
+    reload_config: Callable[[], NodeConfig] | None = None,
+    ready: Callable[[NodeServer], None] | None = None,
+) -> None:
+    """Run a node until SIGINT/SIGTERM; SIGHUP reloads through ``reload_config``."""
+    server = NodeServer(config)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        if reload_config is None:
+            return
+        try:
+            server.reload(reload_config())
+        except Exception as exc:  # a bad file keeps the old config
+            log.error("reload failed, keeping the running configuration: %s", exc)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+    finally:
+        log.info("node %s stopping", config.name)
+        await server.stop()

@@ -1,0 +1,132 @@
+"""The node's upstream: an aiohttp client with pooled keep-alive connections toward its parent.
+
+aiohttp is the client (pooled connections, streaming) while the data plane stays a bare
+protocol: see DESIGN.md "Runtime choices". This module turns every failure into
+``FetchFailed`` with the status a client should see: 502 for a refused or broken connection,
+504 for a timeout (connect, first byte, or a stalled body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from .coalescer import FetchFailed
+from .config import UpstreamTimeouts
+
+
+class UpstreamResponse:
+    """Status, raw header pairs, and a body stream that must be released when done."""
+
+    __slots__ = ("status", "headers", "_response")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+        self.status = response.status
+        self.headers: list[tuple[bytes, bytes]] = list(response.raw_headers)
+
+    async def chunks(self, idle_timeout: float) -> AsyncIterator[bytes]:
+        """The body as it arrives; ``FetchFailed(504)`` if it stalls, 502 if it breaks."""
+        content = self._response.content
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await content.readany()
+            except TimeoutError as exc:
+                raise FetchFailed(504, "upstream body stalled") from exc
+            except aiohttp.ClientError as exc:
+                raise FetchFailed(502, f"upstream body broke: {exc.__class__.__name__}") from exc
+            if not chunk:
+                return
+            yield chunk
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        """Drop the connection (a body we stopped reading must not be reused)."""
+        self._response.close()
+
+
+class Upstream:
+    """Requests toward one base URL (a parent tier or an origin)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeouts: UpstreamTimeouts,
+        max_connections: int = 256,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeouts = timeouts
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections,
+            limit_per_host=self.max_connections,
+            keepalive_timeout=30,
+            enable_cleanup_closed=False,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self.timeouts.connect,
+                connect=self.timeouts.connect + self.timeouts.first_byte,
+                sock_read=None,
+            ),
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[bytes | str, bytes | str]],
+        body: bytes | None = None,
+    ) -> UpstreamResponse:
+        """Send a request and return once the response head has arrived."""
+        if self._session is None:
+            raise RuntimeError("Upstream.start() was not called")
+        fields: CIMultiDict[str] = CIMultiDict()
+        for name, value in headers:
+            fields.add(
+                name.decode("latin-1") if isinstance(name, bytes) else name,
+                value.decode("latin-1") if isinstance(value, bytes) else value,
+            )
+        url = URL(self.base_url + target, encoded=True)
+        try:
+            async with asyncio.timeout(self.timeouts.connect + self.timeouts.first_byte):
+                response = await self._session.request(
+                    method,
+                    url,
+                    headers=fields,
+                    data=body,
+                    allow_redirects=False,
+                    compress=None,
+                    chunked=None,
+                )
+        except TimeoutError as exc:
+            raise FetchFailed(504, "upstream timed out before the response head") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise FetchFailed(502, f"upstream connect failed: {exc.os_error}") from exc
+        except aiohttp.ClientError as exc:
+            raise FetchFailed(502, f"upstream failed: {exc.__class__.__name__}: {exc}") from exc
+        except OSError as exc:
+            raise FetchFailed(502, f"upstream failed: {exc}") from exc
+        return UpstreamResponse(response)

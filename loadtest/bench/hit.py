@@ -1,0 +1,371 @@
+"""Cache HIT throughput: the reelcdn node side by side with nginx ``proxy_cache``.
+
+Why this shape (DESIGN.md §6): absolute numbers on a shared 2-core machine drift from hour to
+hour, so the only meaningful result is a ratio measured in *one* run, with *the same* wrk
+settings, one process (node) / one worker (nginx) each, servers alternating so drift hits both,
+and medians of N runs. Both servers proxy the same local origin; after warming, the origin's
+request counter must not move during a run, which proves the numbers are HITs.
+
+Usage::
+
+    python -m reelcdn.loadtest.bench.hit [--repeat 3] [--threads 1 --connections 64 --duration 10s]
+                                         [--only nginx|node] [--markdown docs/benchmarks.md]
+
+Exit status: 0 measured, 1 a server failed to start / warm / stay up (its log tail is printed),
+2 missing prerequisites or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+
+from . import machine
+from .origin import OBJECTS
+from .procs import StartupError
+from .report import Run, Series, markdown_table
+from .servers import (
+    REFERENCE,
+    TARGETS,
+    BenchOptions,
+    NodeTarget,
+    OriginServer,
+    Target,
+    find_nginx,
+    stop_all,
+)
+from .wrk import WrkError, WrkSettings, parse_duration, run_wrk
+
+PROG = "python -m reelcdn.loadtest.bench.hit"
+WARM_ATTEMPTS = 6
+
+
+class BenchFailure(RuntimeError):
+    """A server misbehaved in a way that makes the run meaningless (exit status 1)."""
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so stdout is only the report."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from exc
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return n
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from exc
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def _duration(value: str) -> int:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _objects(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in OBJECTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown object(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(OBJECTS)}"
+        )
+    return names
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Benchmark cache HITs of the reelcdn node side by side with nginx "
+        "proxy_cache (same run, same wrk settings, medians of N alternating runs).",
+    )
+    parser.add_argument("--threads", type=_positive_int, default=1, help="wrk -t (default 1)")
+    parser.add_argument("--connections", type=_positive_int, default=64, help="wrk -c (default 64)")
+    parser.add_argument(
+        "--duration", type=_duration, default=10, help="wrk -d, e.g. 10s, 1m (default 10s)"
+    )
+    parser.add_argument(
+        "--repeat", type=_positive_int, default=3, help="runs per server and object (default 3)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=_non_negative_int,
+        default=2,
+        metavar="SECONDS",
+        help="unrecorded wrk run per server and object before measuring (default 2, 0 = none)",
+    )
+    parser.add_argument(
+        "--only", choices=[t.key for t in TARGETS], help="benchmark one server only"
+    )
+    parser.add_argument(
+        "--objects",
+        type=_objects,
+        default=list(OBJECTS),
+        help=f"comma-separated objects (default {','.join(OBJECTS)})",
+    )
+    parser.add_argument("--nginx", metavar="PATH", help="nginx binary (default /usr/sbin/nginx)")
+    parser.add_argument(
+        "--node-cmd",
+        metavar="CMD",
+        help="command that runs the reelcdn CLI (default: the `reelcdn` console script)",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also append the result section to FILE"
+    )
+    parser.add_argument(
+        "--keep-temp", action="store_true", help="keep the temp dir (configs, logs) for inspection"
+    )
+    args = parser.parse_args(argv)
+    if args.threads > args.connections:
+        parser.error("--threads must not exceed --connections (wrk needs a connection per thread)")
+    return args
+
+
+def check_prerequisites(args: argparse.Namespace, targets: Sequence[type[Target]]) -> list[str]:
+    """Everything missing, all at once, with the package that provides it."""
+    missing = []
+    if shutil.which("wrk") is None:
+        missing.append("wrk: not on PATH (apt-get install wrk)")
+    if importlib.util.find_spec("aiohttp") is None:
+        missing.append("aiohttp: not importable, the origin needs it (pip install aiohttp)")
+    options = _options(args)
+    for target in targets:
+        missing += target.missing(options)
+    return missing
+
+
+def _options(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(
+        connections=args.connections,
+        nginx_bin=args.nginx,
+        node_cmd=tuple(shlex.split(args.node_cmd)) if args.node_cmd else None,
+    )
+
+
+def warm(target: Target, object_name: str) -> str:
+    """Fetch until the target answers from its cache; returns the HIT's cache status.
+
+    A few requests, not one: nginx stores on the first miss, but a cache with second-hit
+    admission stores only on the second, so the third is the first HIT.
+    """
+    path = f"/obj/{object_name}"
+    size = OBJECTS[object_name]
+    statuses = []
+    for attempt in range(WARM_ATTEMPTS):
+        reply = target.get(path)
+        status = target.cache_status(reply)
+        statuses.append(status or "(none)")
+        if reply.status != 200 or len(reply.body) != size:
+            raise BenchFailure(
+                f"{target.label}: GET {path} -> {reply.status}, {len(reply.body)} bytes "
+                f"(expected 200, {size} bytes)"
+            )
+        if attempt > 0 and target.is_hit(reply):
+            return status or ""
+    raise BenchFailure(
+        f"{target.label}: GET {path} never reported a HIT in {WARM_ATTEMPTS} requests "
+        f"(cache status seen: {', '.join(statuses)})"
+    )
+
+
+def _ensure_alive(target: Target) -> None:
+    status = target.process.exit_status() if target.process else None
+    if status is not None:
+        raise BenchFailure(
+            f"{target.label} exited with status {status} during the benchmark\n"
+            + target.diagnostics()
+        )
+
+
+def measure(
+    wrk: str,
+    settings: WrkSettings,
+    origin: OriginServer,
+    targets: Sequence[Target],
+    objects: Sequence[str],
+    repeat: int,
+    warmup: int,
+) -> list[Series]:
+    """For each object: servers alternate run by run, ``repeat`` recorded runs each."""
+    all_series: list[Series] = []
+    for name in objects:
+        path = f"/obj/{name}"
+        by_target = {t.key: Series(name, OBJECTS[name], t.key, t.label) for t in targets}
+        if warmup:
+            for target in targets:
+                log(f"{path} {target.key}: {warmup} s unrecorded warm-up")
+                try:
+                    run_wrk(
+                        wrk,
+                        target.url(path),
+                        WrkSettings(settings.threads, settings.connections, warmup),
+                    )
+                except WrkError as exc:
+                    log(f"warm-up failed (ignored): {exc}")
+                _ensure_alive(target)
+        for rep in range(1, repeat + 1):
+            for target in targets:
+                series = by_target[target.key]
+                before = origin.count()
+                try:
+                    result, _raw = run_wrk(wrk, target.url(path), settings)
+                except WrkError as exc:
+                    series.failures.append(str(exc))
+                    log(f"{path} {target.key} run {rep}/{repeat}: FAILED: {exc}")
+                    _ensure_alive(target)
+                    continue
+                fetched = origin.count() - before
+                series.runs.append(Run(result, fetched))
+                errors = result.error_summary()
+                log(
+                    f"{path} {target.key} run {rep}/{repeat}: "
+                    f"{result.requests_per_sec:,.0f} req/s, {result.bytes_per_sec / 1e6:,.1f} MB/s"
+                    + (f", ERRORS: {errors}" if errors else "")
+                    + (f", {fetched} origin fetches" if fetched else "")
+                )
+                _ensure_alive(target)
+        all_series += by_target.values()
+    return all_series
+
+
+def render_report(
+    all_series: Sequence[Series],
+    info: machine.MachineInfo,
+    settings: WrkSettings,
+    args: argparse.Namespace,
+    argv: Sequence[str],
+    started: datetime,
+    targets: Sequence[Target],
+) -> str:
+    subject = NodeTarget.key
+    lines = [
+        f"### Cache HIT run, {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Command: `{shlex.join([*PROG.split(), *argv])}`",
+        "",
+        f"wrk `{settings.describe()}`, {args.repeat} recorded runs per server and object "
+        f"(servers alternating, after a {args.warmup} s unrecorded warm-up); "
+        "values are medians. MB/s = 10⁶ bytes/s as counted by wrk (headers included). "
+        f"Ratio = {subject}/{REFERENCE} on req/s for small objects, bytes/s for large ones.",
+        "",
+        markdown_table(all_series, REFERENCE, subject),
+        "",
+        "Machine:",
+        "",
+        *info.markdown_lines(),
+    ]
+    node = next((t for t in targets if isinstance(t, NodeTarget)), None)
+    if node is not None:
+        lines.append(f"- node command: `{node.command_line()} node --config … --name bench`")
+    return "\n".join(lines) + "\n"
+
+
+def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
+    """SIGTERM behaves like Ctrl-C, so the finally blocks tear the servers down."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    selected = [t for t in TARGETS if args.only in (None, t.key)]
+    missing = check_prerequisites(args, selected)
+    if missing:
+        print(f"{PROG}: missing prerequisites:", file=sys.stderr)
+        for item in missing:
+            print(f"  - {item}", file=sys.stderr)
+        return 2
+    wrk = shutil.which("wrk")
+    assert wrk is not None  # checked above
+    settings = WrkSettings(args.threads, args.connections, args.duration)
+    options = _options(args)
+    tools = {"wrk": machine.wrk_version(wrk)}
+    if any(t.key == "nginx" for t in selected):
+        nginx = find_nginx(args.nginx)
+        assert nginx is not None  # checked above
+        tools = {"nginx": machine.nginx_version(nginx), **tools}
+    info = machine.collect(tools)
+    started_at = datetime.now(UTC)
+
+    workdir = Path(tempfile.mkdtemp(prefix="reelcdn-bench-"))
+    running: list[Target | OriginServer] = []
+    try:
+        origin = OriginServer(workdir)
+        running.append(origin)
+        origin.start()
+        log(f"origin ready on {origin.base_url}")
+        targets: list[Target] = []
+        for cls in selected:
+            target = cls(options, workdir, origin)
+            running.append(target)
+            target.start()
+            targets.append(target)
+            log(f"{target.key} ready on {target.url('')}")
+        for target in targets:
+            for name in args.objects:
+                status = warm(target, name)
+                log(f"{target.key} /obj/{name} warm: {status}")
+        t0 = time.monotonic()
+        all_series = measure(wrk, settings, origin, targets, args.objects, args.repeat, args.warmup)
+        log(f"measured in {time.monotonic() - t0:.0f} s")
+    except StartupError as exc:
+        print(f"{PROG}: {exc.name} failed to start: {exc.reason}", file=sys.stderr)
+        if exc.details.strip():
+            print(f"--- {exc.name} output (tail) ---\n{exc.details}", file=sys.stderr)
+        if exc.name == "node":
+            print("(use --only nginx to benchmark nginx alone)", file=sys.stderr)
+        return 1
+    except BenchFailure as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        stop_all(running)
+        if args.keep_temp:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    report = render_report(all_series, info, settings, args, argv, started_at, targets)
+    print(report)
+    if args.markdown:
+        with args.markdown.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + report)
+        log(f"appended to {args.markdown}")
+    return 1 if any(not s.runs for s in all_series) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        return run(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted, servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""The ``reelcdn`` command: run a node, validate a config file.
+
+Sub-commands stay thin: each parses its options and calls the part of the system that does
+the work, so everything here is also usable from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from reelcdn import __version__
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from reelcdn.edge.config import ConfigError, load_node_config
+    from reelcdn.edge.server import install_uvloop, serve
+
+    try:
+        config = load_node_config(args.config, args.name)
+    except ConfigError as exc:
+        print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.no_uvloop:
+        loop_name = "asyncio"
+    else:
+        loop_name = "uvloop" if install_uvloop() else "asyncio (uvloop not installed)"
+    logging.getLogger("reelcdn").info("event loop: %s", loop_name)
+
+    def reload() -> object:
+        return load_node_config(args.config, args.name)
+
+    try:
+        asyncio.run(serve(config, reload_config=reload))  # type: ignore[arg-type]
+    except OSError as exc:
+        print(f"reelcdn: node {args.name} could not start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from reelcdn.edge.config import ConfigError, load_config_file
+
+    try:
+        nodes = load_config_file(args.config)
+    except ConfigError as exc:
+        print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        return 2
+    for name, node in nodes.items():
+        print(f"{name}: {node.role} listen {node.listen_host}:{node.listen_port} "
+              f"upstream {node.upstream}")
+    print(f"{args.config}: OK ({len(nodes)} node{'s' if len(nodes) != 1 else ''})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reelcdn",
+        description="reelcdn: a tiered video edge / CDN layer (edge POPs, regional caches, "
+        "origin shield) for HLS and CMAF.",
+    )
+    parser.add_argument("--version", action="version", version=f"reelcdn {__version__}")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    node = sub.add_parser("node", help="run one cache node from a TOML config file")
+    node.add_argument("--config", required=True, help="the TOML file describing the node")
+    node.add_argument("--name", required=True, help="which [node.NAME] table to run")
+    node.add_argument("--no-uvloop", action="store_true",
+                      help="use the plain asyncio loop (for debugging)")
+    node.set_defaults(func=_cmd_node)
+
+    validate = sub.add_parser("validate", help="check a config file and report problems")
+    validate.add_argument("config", help="the TOML file")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Shared fixtures: a programmable test origin and cache nodes, on real loopback sockets.
+
+The origin is a real aiohttp server on 127.0.0.1 that counts the requests it gets per path,
+records their headers, and serves what a test programs (status, headers, body, latency,
+slow or broken bodies). Nodes run in the test's own event loop (uvloop by default; set
+``REELCDN_TEST_LOOP=asyncio`` for the plain loop) and listen on ephemeral ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from reelcdn.edge.config import NodeConfig, node_config_from_dict
+from reelcdn.edge.server import NodeServer
+
+
+@pytest.fixture(scope="session")
+def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+    if os.environ.get("REELCDN_TEST_LOOP", "uvloop") == "asyncio":
+        return asyncio.DefaultEventLoopPolicy()
+    import uvloop
+
+    return uvloop.EventLoopPolicy()
+
+
+@dataclasses.dataclass
+class Route:
+    body: bytes = b""
+    status: int = 200
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    delay: float = 0.0                 # before the response head
+    chunk_size: int = 0                # >0: stream the body in chunks of this size ...
+    chunk_delay: float = 0.0           # ... with this pause between chunks
+    break_after: int | None = None     # close the connection after this many body bytes
+    handler: Callable[[web.Request], Any] | None = None
+
+
+class TestOrigin:
+    """An origin whose answers the test programs and whose request counts it reads."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.counts: Counter[str] = Counter()
+        self.requests: list[web.Request] = []
+        self.seen_headers: list[dict[str, str]] = []
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def set(self, path: str, body: bytes = b"", **kwargs: Any) -> Route:
+        route = Route(body=body, **kwargs)
+        self.routes[path] = route
+        return route
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.counts[request.path_qs] += 1
+        self.seen_headers.append(dict(request.headers))
+        await request.read()
+        route = self.routes.get(request.path_qs) or self.routes.get(request.path)
+        if route is None:
+            return web.Response(status=404, text="not found\n")
+        if route.handler is not None:
+            return await route.handler(request)
+        if route.delay:
+            await asyncio.sleep(route.delay)
+        headers = dict(route.headers)
+        if route.chunk_size or route.break_after is not None:
+            response = web.StreamResponse(status=route.status, headers=headers)
+            response.content_length = len(route.body)
+            await response.prepare(request)
+            step = route.chunk_size or len(route.body) or 1
+            sent = 0
+            for start in range(0, len(route.body), step):
+                piece = route.body[start:start + step]
+                if route.break_after is not None and sent + len(piece) > route.break_after:
+                    await response.write(piece[: route.break_after - sent])
+                    request.transport.close()  # type: ignore[union-attr]
+                    return response
+                await response.write(piece)
+                sent += len(piece)
+                if route.chunk_delay:
+                    await asyncio.sleep(route.chunk_delay)
+            await response.write_eof()
+            return response
+        return web.Response(status=route.status, body=route.body, headers=headers)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[TestOrigin]:
+    server = TestOrigin()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def make_config(upstream: str, name: str = "edge-t", **overrides: Any) -> NodeConfig:
+    table: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin": "127.0.0.1:0",
+        "upstream": upstream,
+        "cache_memory": "64MiB",
+    }
+    table.update(overrides)
+    return node_config_from_dict(name, table)
+
+
+@pytest.fixture
+async def start_node() -> AsyncIterator[Callable[..., Any]]:
+    """Start nodes with ``await start_node(upstream_url, **config keys)``."""
+    servers: list[NodeServer] = []
+
+    async def start(upstream: str, name: str = "edge-t", **overrides: Any) -> NodeServer:
+        server = NodeServer(make_config(upstream, name, **overrides))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.stop(grace=1.0)
+
+
+@pytest.fixture
+async def node(origin: TestOrigin, start_node: Callable[..., Any]) -> NodeServer:
+    return await start_node(origin.url)
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
+
+
+def url(server: NodeServer, path: str) -> str:
+    return f"http://127.0.0.1:{server.port}{path}"
