@@ -11,7 +11,7 @@ so they wake exactly when there is something new: no polling interval, unlike
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from typing import Protocol
 
 from .freshness import Freshness
 
@@ -32,7 +32,7 @@ class FetchHead:
         "etag",
         "last_modified",
         "content_type",
-        "upstream_cache_status",
+        "block",
     )
 
     def __init__(
@@ -63,6 +63,8 @@ class FetchHead:
         self.etag = etag.decode("latin-1") if etag is not None else None
         self.last_modified = modified.decode("latin-1") if modified is not None else None
         self.content_type = lookup.get(b"content-type")
+        # The stored fields rendered once, shared by every reader's response head.
+        self.block = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
 
 
 class FetchFailed(Exception):
@@ -87,6 +89,8 @@ class Fetch:
         "readers",
         "_head_future",
         "_waiters",
+        "_pushers",
+        "_head_waiters",
         "task",
         "primary",
         "request_headers",
@@ -106,6 +110,8 @@ class Fetch:
         self.readers = 0
         self._head_future: asyncio.Future[FetchHead] = asyncio.get_running_loop().create_future()
         self._waiters: list[asyncio.Future[None]] = []
+        self._pushers: list[_Pusher] = []
+        self._head_waiters: list[asyncio.Future[None]] = []
         self.task: asyncio.Task[None] | None = None
 
     # -- writer side (the fill task) --------------------------------------------------------
@@ -113,14 +119,25 @@ class Fetch:
         self.head = head
         if not self._head_future.done():
             self._head_future.set_result(head)
+        self._wake_head()
+
+    def _wake_head(self) -> None:
+        waiters, self._head_waiters = self._head_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def append(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
         self.size += len(chunk)
-        self._wake()
+        if self._pushers:
+            self._push()
+        if self._waiters:
+            self._wake()
 
     def finish(self) -> None:
         self.done = True
+        self._release_pushers()
         self._wake()
 
     def fail(self, error: FetchFailed) -> None:
@@ -130,6 +147,8 @@ class Fetch:
             self._head_future.set_exception(error)
             # Retrieved here so a fetch nobody waited on does not log "never retrieved".
             self._head_future.exception()
+        self._wake_head()
+        self._release_pushers()
         self._wake()
 
     def _wake(self) -> None:
@@ -140,9 +159,13 @@ class Fetch:
 
     # -- reader side (clients) ----------------------------------------------------------------
     async def wait_head(self) -> FetchHead:
-        """The response head, or raises ``FetchFailed``. Shielded: a reader that is
-        cancelled (client gone) must not cancel the shared future."""
-        return await asyncio.shield(self._head_future)
+        """The response head, or raises ``FetchFailed``. Each reader waits on a future of
+        its own: a reader that is cancelled must not cancel the shared one."""
+        if not self._head_future.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self._head_waiters.append(waiter)
+            await waiter
+        return self._head_future.result()
 
     async def wait_size(self, wanted: int) -> None:
         """Return once ``size >= wanted`` or the fetch is done (complete or failed)."""
@@ -157,38 +180,107 @@ class Fetch:
             self.chunks = [b"".join(self.chunks)]
         return self.chunks[0]
 
-    async def read(self, start: int, end: int | None) -> AsyncIterator[memoryview]:
-        """Yield the bytes in [start, end) as they arrive (end None: to the end of the body).
+    def _write_from(self, sink: Sink, pos: int, end: int | None, chunked: bool) -> int:
+        """Write what has arrived of [pos, end) to ``sink`` now; return the new position."""
+        limit = self.size if end is None else min(self.size, end)
+        if pos >= limit:
+            return pos
+        # Find the chunk holding ``pos`` (readers usually resume at a chunk boundary).
+        offset = self.size
+        index = len(self.chunks)
+        while offset > pos:
+            index -= 1
+            offset -= len(self.chunks[index])
+        while pos < limit:
+            chunk = self.chunks[index]
+            lo = pos - offset
+            hi = min(len(chunk), limit - offset)
+            piece = chunk if lo == 0 and hi == len(chunk) else memoryview(chunk)[lo:hi]
+            if chunked:
+                sink.write(b"%x\r\n" % (hi - lo))
+                sink.write(piece)
+                sink.write(b"\r\n")
+            else:
+                sink.write(piece)
+            pos = offset + hi
+            offset += len(chunk)
+            index += 1
+        return pos
 
-        Raises ``FetchFailed`` if the fetch breaks before ``end``: the caller must then cut
-        the client connection, since the status line has already gone out.
+    async def stream_to(self, sink: Sink, start: int, end: int | None, chunked: bool) -> int:
+        """Send [start, end) of the body to ``sink`` as it arrives; return bytes sent.
+
+        While the sink keeps up, the *fetch* pushes each new chunk straight into it from
+        ``append`` (one write per attached client, no task wake-up per chunk); the reader's
+        task sleeps until its range is complete, the sink needs draining, or the fetch
+        broke. Raises ``FetchFailed`` if the body ends early: the caller must then cut the
+        client connection, since the status line has already gone out.
         """
         pos = start
-        index = 0
-        chunk_start = 0
         while True:
-            if end is not None and pos >= end:
-                return
-            if pos >= self.size:
-                if self.done:
-                    if self.error is not None:
-                        raise self.error
-                    if end is not None and pos < end:
-                        raise FetchFailed(502, "upstream body shorter than announced")
-                    return
-                await self.wait_size(pos + 1)
+            pos = self._write_from(sink, pos, end, chunked)
+            if (end is not None and pos >= end) or (self.done and pos >= self.size):
+                if self.error is not None and (end is None or pos < end):
+                    raise self.error
+                if end is not None and pos < end:
+                    raise FetchFailed(502, "upstream body shorter than announced")
+                return pos - start
+            if sink.closed:
+                return pos - start
+            if sink.paused:
+                await sink.drain()
                 continue
-            chunks = self.chunks
-            if index >= len(chunks) or chunk_start > pos:
-                index, chunk_start = 0, 0
-            while chunk_start + len(chunks[index]) <= pos:
-                chunk_start += len(chunks[index])
-                index += 1
-            chunk = chunks[index]
-            lo = pos - chunk_start
-            hi = len(chunk) if end is None else min(len(chunk), end - chunk_start)
-            yield memoryview(chunk)[lo:hi]
-            pos = chunk_start + hi
+            if self.done:
+                if self.error is not None:
+                    raise self.error
+                raise FetchFailed(502, "upstream body shorter than announced")
+            pusher = _Pusher(sink, pos, end, chunked)
+            self._pushers.append(pusher)
+            pos = await pusher.future
+
+    def _push(self) -> None:
+        """Hand newly arrived bytes to every sink that is keeping up."""
+        keep = []
+        for pusher in self._pushers:
+            sink = pusher.sink
+            if not sink.closed and not sink.paused:
+                pusher.pos = self._write_from(sink, pusher.pos, pusher.end, pusher.chunked)
+                if (pusher.end is None or pusher.pos < pusher.end) and not sink.paused:
+                    keep.append(pusher)
+                    continue
+            if not pusher.future.done():
+                pusher.future.set_result(pusher.pos)
+        self._pushers = keep
+
+    def _release_pushers(self) -> None:
+        pushers, self._pushers = self._pushers, []
+        for pusher in pushers:
+            if not pusher.future.done():
+                pusher.future.set_result(pusher.pos)
+
+
+class Sink(Protocol):
+    """Where a reader's bytes go: the client connection (``protocol.HttpConnection``)."""
+
+    closed: bool
+    paused: bool
+
+    def write(self, data: bytes | memoryview) -> None: ...
+
+    async def drain(self) -> None: ...
+
+
+class _Pusher:
+    """A reader parked on a fetch: ``append`` writes to its sink until it is done."""
+
+    __slots__ = ("sink", "pos", "end", "chunked", "future")
+
+    def __init__(self, sink: Sink, pos: int, end: int | None, chunked: bool) -> None:
+        self.sink = sink
+        self.pos = pos
+        self.end = end
+        self.chunked = chunked
+        self.future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
 
 class Coalescer:

@@ -119,6 +119,11 @@ def evaluate(
     date precondition when the representation has no usable Last-Modified. ``date``, the stored
     response's Date, stands in for a missing Last-Modified in If-Modified-Since only, as RFC 9111
     §4.3.2 asks of caches (the caller passes the time of receipt when Date is missing).
+
+    RFC 9111 §4.3.2 calls If-Match and If-Unmodified-Since "not applicable to a cache"; they are
+    evaluated here anyway, against the representation this node would send, so a client never
+    gets a body that fails its precondition. A caller that prefers to forward such requests
+    upstream passes None for both.
     """
     if status != 200:
         return None

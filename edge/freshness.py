@@ -51,9 +51,11 @@ class Freshness:
     while its current age (see :func:`current_age`) is below it. ``must_revalidate`` forbids
     serving it stale (must-revalidate, proxy-revalidate, or s-maxage which implies
     proxy-revalidate for a shared cache). ``no_cache`` requires a successful revalidation before
-    every reuse, however fresh. ``reason`` says why it is not stored, or where ``lifetime`` came
-    from: "max-age", "s-maxage", "cdn-cache-control", "expires", "heuristic", "ttl-rule" or
-    "validator" (no freshness, but a validator: stored stale, revalidated on each use).
+    every reuse, however fresh. ``reason`` says why it is not stored ("method", "status",
+    "vary-star", "no-store", "private", "authorization", "set-cookie",
+    "no-freshness-no-validator"), or where ``lifetime`` came from ("s-maxage", "max-age",
+    "cdn-cache-control", "expires", "heuristic", "ttl-rule", or "validator": no freshness but a
+    validator, so stored stale and revalidated on each use).
     """
 
     storable: bool

@@ -213,17 +213,16 @@ class CacheNode:
                 self._write_bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
                 return
         body = entry.body
-        if entry.status == 200 and b"range" in headers:
-            if conditional.if_range_allows(
-                req.header(b"if-range"), entry.etag, entry.last_modified
-            ):
-                parsed = ranges.parse_range(headers[b"range"], len(body))
-                if parsed is not None:
-                    self._write_ranges(
-                        req, conn, parsed, body, len(body), entry.header_block,
-                        entry.content_type, entry.age(now), member, close,
-                    )
-                    return
+        if entry.status == 200 and b"range" in headers and conditional.if_range_allows(
+            req.header(b"if-range"), entry.etag, entry.last_modified
+        ):
+            parsed = ranges.parse_range(headers[b"range"], len(body))
+            if parsed is not None:
+                self._write_ranges(
+                    req, conn, parsed, body, len(body), entry.header_block,
+                    entry.content_type, entry.age(now), member, close,
+                )
+                return
         if member == b"hit" and not close:
             head = self._cached_head(entry, now)
         else:
@@ -639,7 +638,7 @@ class CacheNode:
     ) -> None:
         """Stream an in-flight response: whole, a range of it, 304/412, or bodyless."""
         close = conn.close_after(req)
-        block = b"".join(n + b": " + v + b"\r\n" for n, v in head.headers)
+        block = head.block
         age = head.initial_age + (time.time() - head.response_time)
         headers = req.headers
         if head.status == 200 and (
@@ -735,19 +734,8 @@ class CacheNode:
         a complete-looking wrong one."""
         sent = 0
         try:
-            async for piece in fetch.read(start, end):
-                if conn.closed:
-                    return
-                if chunked:
-                    conn.write(b"%x\r\n" % len(piece))
-                    conn.write(piece)
-                    conn.write(b"\r\n")
-                else:
-                    conn.write(piece)
-                sent += len(piece)
-                if conn.paused:
-                    await conn.drain()
-            if chunked:
+            sent = await fetch.stream_to(conn, start, end, chunked)
+            if chunked and not conn.closed:
                 conn.write(b"0\r\n\r\n")
         except FetchFailed:
             conn.abort()

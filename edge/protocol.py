@@ -105,8 +105,8 @@ class HttpConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, but has its methods.
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else ""
         server = self.server
@@ -309,7 +309,7 @@ class HttpConnection(asyncio.Protocol):
         self._after_response()
         while self._queue and not self._busy and not self.closed and self.state != CLOSING:
             self._dispatch(self._queue.popleft())
-        if self._reading_paused and not self.paused and len(self._queue) < self.limits.max_pipelined:
+        if not self.paused and len(self._queue) < self.limits.max_pipelined:
             self._resume_reading()
 
     def _after_response(self) -> None:

@@ -111,7 +111,9 @@ class Upstream:
             )
         url = URL(self.base_url + target, encoded=True)
         try:
-            async with asyncio.timeout(self.timeouts.connect + self.timeouts.first_byte):
+            # first_byte counts from the start of the request (connecting included): it is the
+            # longest a client waits for a head; connect alone is bounded by sock_connect.
+            async with asyncio.timeout(self.timeouts.first_byte):
                 response = await self._session.request(
                     method,
                     url,

@@ -23,13 +23,13 @@ from reelcdn.edge.config import NodeConfig, node_config_from_dict
 from reelcdn.edge.server import NodeServer
 
 
-@pytest.fixture(scope="session")
-def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    """uvloop (the production loop) unless REELCDN_TEST_LOOP=asyncio asks for the plain one."""
     if os.environ.get("REELCDN_TEST_LOOP", "uvloop") == "asyncio":
-        return asyncio.DefaultEventLoopPolicy()
+        return {"asyncio": asyncio.new_event_loop}
     import uvloop
 
-    return uvloop.EventLoopPolicy()
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @dataclasses.dataclass

@@ -18,6 +18,7 @@ Exit status: 0 measured, 1 a server failed to start / warm / stay up (its log ta
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib.util
 import shlex
 import shutil
@@ -133,6 +134,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="command that runs the reelcdn CLI (default: the `reelcdn` console script)",
     )
     parser.add_argument(
+        "--node-args",
+        metavar="ARGS",
+        default="",
+        help="extra arguments after `node --config F --name bench` (e.g. --node-args=--no-uvloop)",
+    )
+    parser.add_argument(
         "--markdown", type=Path, metavar="FILE", help="also append the result section to FILE"
     )
     parser.add_argument(
@@ -162,6 +169,7 @@ def _options(args: argparse.Namespace) -> BenchOptions:
         connections=args.connections,
         nginx_bin=args.nginx,
         node_cmd=tuple(shlex.split(args.node_cmd)) if args.node_cmd else None,
+        node_args=tuple(shlex.split(args.node_args)),
     )
 
 
@@ -175,7 +183,13 @@ def warm(target: Target, object_name: str) -> str:
     size = OBJECTS[object_name]
     statuses = []
     for attempt in range(WARM_ATTEMPTS):
-        reply = target.get(path)
+        try:
+            reply = target.get(path)
+        except (OSError, http.client.HTTPException) as exc:
+            raise BenchFailure(
+                f"{target.label}: GET {path} failed: {exc!r}\n"
+                f"--- {target.key} output (tail) ---\n{target.diagnostics()}"
+            ) from exc
         status = target.cache_status(reply)
         statuses.append(status or "(none)")
         if reply.status != 200 or len(reply.body) != size:
@@ -198,6 +212,17 @@ def _ensure_alive(target: Target) -> None:
             f"{target.label} exited with status {status} during the benchmark\n"
             + target.diagnostics()
         )
+
+
+def _origin_count(origin: OriginServer) -> int:
+    """The origin's request counter; an unreachable origin ends the run (exit status 1)."""
+    try:
+        return origin.count()
+    except (OSError, ValueError, KeyError, http.client.HTTPException) as exc:
+        raise BenchFailure(
+            f"origin: GET /__count failed: {exc!r}\n--- origin output (tail) ---\n"
+            + origin.process.output_tail()
+        ) from exc
 
 
 def measure(
@@ -229,7 +254,7 @@ def measure(
         for rep in range(1, repeat + 1):
             for target in targets:
                 series = by_target[target.key]
-                before = origin.count()
+                before = _origin_count(origin)
                 try:
                     result, _raw = run_wrk(wrk, target.url(path), settings)
                 except WrkError as exc:
@@ -237,7 +262,7 @@ def measure(
                     log(f"{path} {target.key} run {rep}/{repeat}: FAILED: {exc}")
                     _ensure_alive(target)
                     continue
-                fetched = origin.count() - before
+                fetched = _origin_count(origin) - before
                 series.runs.append(Run(result, fetched))
                 errors = result.error_summary()
                 log(
@@ -266,7 +291,8 @@ def render_report(
         "",
         f"Command: `{shlex.join([*PROG.split(), *argv])}`",
         "",
-        f"wrk `{settings.describe()}`, {args.repeat} recorded runs per server and object "
+        f"wrk `{settings.describe()}`, {args.repeat} recorded run{'s' if args.repeat > 1 else ''} "
+        "per server and object "
         f"(servers alternating, after a {args.warmup} s unrecorded warm-up); "
         "values are medians. MB/s = 10⁶ bytes/s as counted by wrk (headers included). "
         f"Ratio = {subject}/{REFERENCE} on req/s for small objects, bytes/s for large ones.",
@@ -279,7 +305,8 @@ def render_report(
     ]
     node = next((t for t in targets if isinstance(t, NodeTarget)), None)
     if node is not None:
-        lines.append(f"- node command: `{node.command_line()} node --config … --name bench`")
+        extra = f" {shlex.join(node.options.node_args)}" if node.options.node_args else ""
+        lines.append(f"- node command: `{node.command_line()} node --config … --name bench{extra}`")
     return "\n".join(lines) + "\n"
 
 

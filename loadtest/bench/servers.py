@@ -46,6 +46,7 @@ class BenchOptions:
     connections: int
     nginx_bin: str | None
     node_cmd: tuple[str, ...] | None
+    node_args: tuple[str, ...] = ()  # appended after `node --config F --name bench`
 
 
 class OriginServer:
@@ -301,7 +302,15 @@ class NodeTarget(Target):
 
     def start(self) -> None:
         self.config_path.write_text(self.render_config())
-        argv = [*self.command, "node", "--config", str(self.config_path), "--name", self.NAME]
+        argv = [
+            *self.command,
+            "node",
+            "--config",
+            str(self.config_path),
+            "--name",
+            self.NAME,
+            *self.options.node_args,
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = ManagedProcess("node", argv, self.workdir, env=env)
         self.process.start()
