@@ -110,3 +110,19 @@ def error_response(status: int, reason: str, *, close: bool) -> bytes:
         head.append(b"Connection: close\r\n")
     head.append(b"\r\n")
     return b"".join(head) + body
+
+
+def forwardable(
+    raw_headers: list[tuple[bytes, bytes]], drop: frozenset[bytes] | set[bytes] = frozenset()
+) -> list[tuple[bytes, bytes]]:
+    """Header pairs an intermediary may forward: without hop-by-hop fields, fields the
+    Connection header names (RFC 9110 §7.6.1), and the lowercase names in ``drop``."""
+    named: set[bytes] = set()
+    for name, value in raw_headers:
+        if name.lower() == b"connection":
+            named.update(v.strip().lower() for v in value.split(b","))
+    return [
+        (name, value)
+        for name, value in raw_headers
+        if (low := name.lower()) not in HOP_BY_HOP and low not in named and low not in drop
+    ]

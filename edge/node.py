@@ -35,7 +35,7 @@ from .cachekey import cache_key, split_target
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig
 from .freshness import Freshness, current_age, decide
-from .http import CLIENT_ONLY, HOP_BY_HOP, Request, error_response, status_line
+from .http import CLIENT_ONLY, HOP_BY_HOP, Request, error_response, forwardable, status_line
 from .httpdate import http_date_now_bytes
 from .metrics import NodeStats
 from .store import CacheEntry, MemoryStore
@@ -51,6 +51,10 @@ SMALL_BODY = 64 * 1024
 # How long a key whose response may not be shared skips coalescing ("hit-for-pass").
 PASS_MARK_SECONDS = 30.0
 NO_BODY_STATUSES = frozenset({204, 304})
+# Request fields not copied upstream: recomputed here (Via, X-Forwarded-For, framing) or,
+# for fills, answered here (conditionals, Range).
+PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
+FILL_DROPS = CLIENT_ONLY | PASS_DROPS
 # Fields a 304 answered from cache carries (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
@@ -467,11 +471,7 @@ class CacheNode:
     def _fill_headers(self, req: Request, stale: CacheEntry | None) -> list[tuple[bytes, bytes]]:
         """Client fields minus hop-by-hop and client-only ones, plus Via, X-Forwarded-For and
         our own validators when revalidating."""
-        fields = [
-            (n, v) for n, v in req.raw_headers
-            if (low := n.lower()) not in HOP_BY_HOP and low not in CLIENT_ONLY
-            and low != b"x-forwarded-for" and low != b"via"
-        ]
+        fields = forwardable(req.raw_headers, FILL_DROPS)
         fields.extend(self._forwarding_fields(req))
         if stale is not None:
             if stale.etag is not None:
@@ -595,6 +595,10 @@ class CacheNode:
         private = "set-cookie" in hmap or "private" in hmap.get("cache-control", "").lower()
         if "date" not in hmap:
             headers = headers + [(b"Date", http_date_now_bytes())]
+        if status == 200:
+            # The node serves ranges of any whole object it holds or is fetching.
+            headers = [(n, v) for n, v in headers if n.lower() != b"accept-ranges"]
+            headers.append((b"Accept-Ranges", b"bytes"))
         storable = freshness.storable and (
             length is None or length <= self.config.max_object_bytes
         )
@@ -749,11 +753,7 @@ class CacheNode:
         """Forward a request upstream as it is (with its body) and stream the answer back.
         Unsafe methods invalidate what the node stored for the URI (RFC 9111 §4.4)."""
         member = b"fwd=" + reason.encode()
-        fields = [
-            (n, v) for n, v in req.raw_headers
-            if (low := n.lower()) not in HOP_BY_HOP and low not in (
-                b"host", b"content-length", b"x-forwarded-for", b"via", b"expect")
-        ]
+        fields = forwardable(req.raw_headers, PASS_DROPS)
         fields.extend(self._forwarding_fields(req))
         target = req.target.decode("latin-1")
         try:
