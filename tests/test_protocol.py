@@ -91,8 +91,10 @@ class RawConn(asyncio.Protocol):
 
     # sending
     def send(self, data: bytes) -> None:
+        """Write, unless the node already closed the connection (then the bytes are moot)."""
         assert self.transport is not None
-        self.transport.write(data)
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def send_eof(self) -> None:
         assert self.transport is not None
