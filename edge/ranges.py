@@ -68,9 +68,9 @@ def parse_range(header: bytes | str | None, size: int, max_ranges: int = 16) -> 
     * :data:`UNSATISFIABLE`: answer 416. The header is valid but no range overlaps the object
       (``first-pos >= size``, ``bytes=-0``, or any range when ``size == 0``).
     * a non-empty list: the satisfiable ranges, clipped to the object; unsatisfiable ones are
-      dropped. With more than one range left they are sorted and ranges that overlap or touch are
-      merged, so the list is strictly increasing with gaps between ranges; a single range may
-      result. This is the coalescing RFC 9110 permits (§14.2, §15.3.7.2) and a defense against
+      dropped. Disjoint, non-adjacent ranges keep the client's order (RFC 9110 §15.3.7.2 asks
+      parts in request order). If any two overlap or touch, all are sorted and merged, so the
+      list is strictly increasing with gaps between ranges; a single range may result. This is the coalescing RFC 9110 permits (§14.2, §15.3.7.2) and a defense against
       the "many overlapping / tiny ranges" amplification attack (§17.15): the body we send is
       never larger than the object plus the multipart framing.
 
@@ -130,9 +130,12 @@ def parse_range(header: bytes | str | None, size: int, max_ranges: int = 16) -> 
     if len(ranges) == 1:
         return ranges
 
-    ranges.sort()
-    merged = [ranges[0]]
-    for start, end in ranges[1:]:
+    ordered = sorted(ranges)
+    if all(a[1] < b[0] for a, b in zip(ordered, ordered[1:], strict=False)):
+        # Disjoint and not adjacent: keep the client's order (RFC 9110 §15.3.7.2 SHOULD).
+        return ranges
+    merged = [ordered[0]]
+    for start, end in ordered[1:]:
         last_start, last_end = merged[-1]
         if start <= last_end:  # overlapping or adjacent
             if end > last_end:
