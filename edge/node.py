@@ -153,19 +153,20 @@ class CacheNode:
         method = req.method
         if method != "GET" and method != "HEAD":
             return self.pass_(req, conn, "method")
-        path, query = split_target(req.path if not req.query else req.path + "?" + req.query)
         config = self.config
         host = None
         if config.host_in_key:
             raw_host = req.headers.get(b"host", b"")
             host = raw_host.decode("latin-1").split(":", 1)[0]
         primary = cache_key(
-            path, query, config.ignore_query_params, config.ignore_query_prefixes, host
+            req.path, req.query, config.ignore_query_params, config.ignore_query_prefixes, host
         )
         if b"authorization" in req.headers:
             return self.pass_(req, conn, "request")
         entry = self.store.lookup(primary, req.headers)
         now = time.time()
+        if entry is not None and config.honor_client_no_cache and self._client_wants_fresh(req):
+            return self.miss(req, conn, primary, entry, b"fwd=request")
         if entry is not None:
             if entry.is_fresh(now):
                 entry.hits += 1
@@ -179,9 +180,18 @@ class CacheNode:
                 self.deliver_entry(req, conn, entry, now, b"hit; detail=stale-while-revalidate")
                 self.stats.count(method, "stale", entry.status)
                 return None
-        if config.honor_client_no_cache and entry is not None:
-            pass  # the stale/no-cache path below revalidates anyway
         return self.miss(req, conn, primary, entry)
+
+    @staticmethod
+    def _client_wants_fresh(req: Request) -> bool:
+        """Request ``Cache-Control: no-cache`` or ``max-age=0`` (only honoured when the
+        operator sets ``honor_client_no_cache``: by default one client must not be able to
+        send every viewer's requests to the origin)."""
+        value = req.headers.get(b"cache-control")
+        if value is None:
+            return req.headers.get(b"pragma", b"").lower() == b"no-cache"
+        directives = {d.strip().lower() for d in value.split(b",")}
+        return b"no-cache" in directives or b"max-age=0" in directives
 
     # ------------------------------------------------------------------------------------
     # HIT: deliver a stored entry
@@ -365,6 +375,7 @@ class CacheNode:
         conn: HttpConnection,
         primary: str,
         stale: CacheEntry | None,
+        fwd: bytes | None = None,
     ) -> None:
         """Join or start the fetch for this key, then deliver what it brings."""
         now = time.time()
@@ -382,7 +393,8 @@ class CacheNode:
             fetch = self.start_fill(key, primary, req, stale)
         else:
             self.stats.coalesced_waiters += 1
-        fwd = b"fwd=stale" if stale is not None else b"fwd=uri-miss"
+        if fwd is None:
+            fwd = b"fwd=stale" if stale is not None else b"fwd=uri-miss"
         fetch.readers += 1
         try:
             try:
@@ -528,6 +540,8 @@ class CacheNode:
                                             request_time, response_time))
             head = fetch.head
             assert head is not None
+            if stale is not None and not head.storable:
+                self.store.remove(stale.key)  # the new answer replaces it, even uncached
             if not head.shareable:
                 self._pass_until[primary] = response_time + PASS_MARK_SECONDS
                 self.coalescer.discard(fetch)

@@ -70,8 +70,9 @@ def parse_range(header: bytes | str | None, size: int, max_ranges: int = 16) -> 
     * a non-empty list: the satisfiable ranges, clipped to the object; unsatisfiable ones are
       dropped. Disjoint, non-adjacent ranges keep the client's order (RFC 9110 §15.3.7.2 asks
       parts in request order). If any two overlap or touch, all are sorted and merged, so the
-      list is strictly increasing with gaps between ranges; a single range may result. This is the coalescing RFC 9110 permits (§14.2, §15.3.7.2) and a defense against
-      the "many overlapping / tiny ranges" amplification attack (§17.15): the body we send is
+      list is strictly increasing with gaps between ranges; a single range may result. This
+      is the coalescing RFC 9110 permits (§14.2, §15.3.7.2) and a defense against the
+      "many overlapping / tiny ranges" amplification attack (§17.15): the body we send is
       never larger than the object plus the multipart framing.
 
     Syntax accepted (RFC 9110 §14.1.1, list rules of §5.6.1): ``bytes=0-499``, ``bytes=500-``,

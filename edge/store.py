@@ -179,6 +179,14 @@ class MemoryStore:
                     del self._variant_keys[victim.primary]
                     self._vary.pop(victim.primary, None)
 
+    def remove(self, key: str) -> bool:
+        """Remove one stored variant by its storage key."""
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        self._forget(entry)
+        return True
+
     def remove_primary(self, primary: str) -> int:
         """Remove every variant of one URI. Returns how many entries went."""
         keys = set(self._variant_keys.get(primary, ()))

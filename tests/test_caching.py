@@ -287,3 +287,25 @@ async def test_lru_eviction_stays_within_budget(origin, start_node):
     assert node.node.stats.evictions >= 7
     assert "hit" in status_of(await get(node.port, "/big9"))
     assert "hit" not in status_of(await get(node.port, "/big0"))
+
+
+async def test_client_no_cache_ignored_by_default_honoured_when_configured(origin, start_node):
+    origin.set("/cnc", b"x", headers={**MAX_AGE})
+    node = await start_node(origin.url)
+    await get(node.port, "/cnc")
+    assert "hit" in status_of(await get(node.port, "/cnc", {"Cache-Control": "no-cache"}))
+    honouring = await start_node(origin.url, name="honour", honor_client_no_cache=True)
+    await get(honouring.port, "/cnc")
+    forced = await get(honouring.port, "/cnc", {"Cache-Control": "no-cache"})
+    assert "fwd=request" in status_of(forced)
+    assert origin.counts["/cnc"] == 3
+
+
+async def test_stale_entry_replaced_by_uncacheable_answer_is_dropped(origin, node):
+    route = origin.set("/gone-private", b"v1", headers={"Cache-Control": "max-age=1"})
+    await get(node.port, "/gone-private")
+    await asyncio.sleep(1.1)
+    route.headers = {"Cache-Control": "no-store"}
+    route.body = b"v2"
+    assert (await get(node.port, "/gone-private")).body == b"v2"
+    assert len(node.node.store) == 0

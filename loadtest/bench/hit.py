@@ -333,6 +333,8 @@ def run(argv: Sequence[str]) -> int:
         nginx = find_nginx(args.nginx)
         assert nginx is not None  # checked above
         tools = {"nginx": machine.nginx_version(nginx), **tools}
+    if any(t.key == "node" for t in selected):
+        tools["reelcdn"] = machine.source_revision(Path(__file__).resolve().parents[2])
     info = machine.collect(tools)
     started_at = datetime.now(UTC)
 

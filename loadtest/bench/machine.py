@@ -85,6 +85,32 @@ def wrk_version(wrk: str) -> str:
     return "unknown (wrk -v printed no version)"
 
 
+def source_revision(path: Path) -> str:
+    """The git commit of the tree at ``path`` (+ "with uncommitted changes"), or "unknown".
+
+    Why: "reelcdn 0.1.0" does not identify the code that was measured; the commit does.
+    """
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        if head.returncode != 0:
+            return "unknown (not a git checkout)"
+        dirty = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    suffix = " with uncommitted changes" if dirty.stdout.strip() else ""
+    return f"git {head.stdout.strip()}{suffix}"
+
+
 def collect(tools: dict[str, str]) -> MachineInfo:
     return MachineInfo(
         nproc=usable_cpus(),
