@@ -39,7 +39,7 @@ from .http import CLIENT_ONLY, HOP_BY_HOP, Request, error_response, forwardable,
 from .httpdate import http_date_now_bytes
 from .metrics import NodeStats
 from .store import CacheEntry, MemoryStore
-from .upstream import Upstream
+from .upstream import HttpUpstream, Upstream
 
 if TYPE_CHECKING:
     from .protocol import HttpConnection
@@ -113,7 +113,7 @@ class CacheNode:
         self.name = config.name
         self.store = MemoryStore(config.cache_memory)
         self.coalescer = Coalescer()
-        self.upstream = Upstream(
+        self.upstream: Upstream = HttpUpstream(
             config.upstream,
             timeouts=config.upstream_timeouts,
             max_connections=config.upstream_max_connections,
@@ -515,7 +515,7 @@ class CacheNode:
                 "GET", path_and_query, self._fill_headers(req, stale)
             )
             response_time = time.time()
-            self.stats.upstream(self.config.upstream, response.status)
+            self.stats.upstream(self.upstream.name, response.status)
             headers = _storable_headers(response.headers)
             if response.status == 304 and stale is not None:
                 merged = _merge_304(stale.headers, response.headers)
@@ -558,7 +558,7 @@ class CacheNode:
         except FetchFailed as failure:
             self.stats.upstream_failures += 1
             if response is None:
-                self.stats.upstream(self.config.upstream, failure.status)
+                self.stats.upstream(self.upstream.name, failure.status)
             fetch.fail(failure)
             if response is not None:
                 response.close()
@@ -773,10 +773,10 @@ class CacheNode:
         try:
             response = await self.upstream.request(req.method, target, fields, req.body)
         except FetchFailed as failure:
-            self.stats.upstream(self.config.upstream, failure.status)
+            self.stats.upstream(self.upstream.name, failure.status)
             self._deliver_failure(req, conn, None, failure, member)
             return
-        self.stats.upstream(self.config.upstream, response.status)
+        self.stats.upstream(self.upstream.name, response.status)
         try:
             if req.method not in ("GET", "HEAD") and response.status < 400:
                 path, query = split_target(target)

@@ -6,18 +6,28 @@ DESIGN.md "Runtime choices". What a server framework would do for us is done her
 
 * keep-alive and pipelining: requests are queued and answered strictly in order; a request
   the node answers synchronously (a HIT) is written straight from the parser callback;
-* limits: request-target (414), head size and header count (431), body size (413), malformed
-  input (400 and close) — llhttp already refuses Content-Length with Transfer-Encoding, bad
-  chunk sizes, NUL and other bytes not allowed in a head;
-* ``Expect: 100-continue``;
+* limits: request-target (414), head size and header count (431, also for a head that never
+  ends), body size (413), malformed input (400 and close) — llhttp already refuses
+  Content-Length with Transfer-Encoding, bad chunk sizes, NUL and other bytes not allowed in a
+  head; what it lets through and a cache must not (CONNECT, two Host fields, a fragment, an
+  upgrade carrying a body, Transfer-Encoding on HTTP/1.0) is refused here;
+* ``Expect: 100-continue``, sent only when the request is next to be answered;
+* ``Upgrade`` is ignored (RFC 9110 §7.8): the request is answered over HTTP/1.1;
+* trailer fields of a chunked body are discarded, never merged into the header fields;
 * timeouts: a whole head within ``header_timeout`` (slowloris), ``idle_timeout`` between
-  keep-alive requests, a body or a send that makes no progress; checked by one sweep per
-  second over all connections (``server.py``), not a timer per request;
-* back-pressure: when the transport's buffer is full, reading pauses and streaming responses
-  wait on ``drain``.
+  keep-alive requests (from the end of the last response), a body or a send that makes no
+  progress; checked by one sweep per second over all connections (``server.py``), not a timer
+  per request. A negative ``deadline`` is a timeout that starts at the next sweep, so that the
+  coarse clock never makes a timeout fire early;
+* back-pressure: when the transport's buffer is full, reading pauses, streaming responses
+  wait on ``drain`` and further requests (even HITs) wait until the client reads;
+* a refused request is answered, then the connection is half-closed and what the client still
+  sends is read and dropped for a moment (a "lingering close"), so that a client still
+  sending a refused body reads the error instead of a reset.
 
 States of a connection: IDLE (between requests) → HEAD (a request line has started) → BODY →
-(queued/answering) → IDLE, or CLOSING once a response says ``Connection: close``.
+(queued/answering) → IDLE, or CLOSING once a response ends the connection (an error,
+``Connection: close``, shutdown): from then on no byte is parsed as a request.
 """
 
 from __future__ import annotations
@@ -39,6 +49,10 @@ log = logging.getLogger("reelcdn.protocol")
 
 IDLE, HEAD, BODY, CLOSING = 0, 1, 2, 3
 
+# How long a refused connection keeps reading (and dropping) what the client sends after the
+# error response, so that the client sees the response rather than a reset.
+LINGER_SECONDS = 2.0
+
 
 class RequestRejected(Exception):
     """Raised from a parser callback to stop parsing with a status and a reason."""
@@ -47,6 +61,11 @@ class RequestRejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback when the connection is closing: bytes after the last
+    answered request are not requests."""
 
 
 class HttpConnection(asyncio.Protocol):
@@ -76,6 +95,10 @@ class HttpConnection(asyncio.Protocol):
         "_reading_paused",
         "_ttfb_start",
         "_last_progress",
+        "_head_raw",
+        "_eof",
+        "_linger",
+        "_expect_continue",
     )
 
     def __init__(self, server: NodeServer) -> None:
@@ -102,6 +125,10 @@ class HttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._ttfb_start = 0.0
         self._last_progress = 0.0
+        self._head_raw = 0
+        self._eof = False
+        self._linger = False
+        self._expect_continue = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -120,7 +147,7 @@ class HttpConnection(asyncio.Protocol):
             return
         server.connections.add(self)
         # The first request must arrive as promptly as any later head.
-        self.deadline = server.clock + self.limits.header_timeout
+        self.deadline = -self.limits.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -132,7 +159,7 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.paused = True
-        self._last_progress = self.server.clock
+        self._last_progress = 0.0  # the send timeout starts at the next sweep
         if not self._reading_paused and self.transport is not None:
             self.transport.pause_reading()
             self._reading_paused = True
@@ -142,7 +169,11 @@ class HttpConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self._reading_paused and len(self._queue) < self.limits.max_pipelined:
+        if (
+            self._reading_paused
+            and self.state != CLOSING
+            and len(self._queue) < self.limits.max_pipelined
+        ):
             self._resume_reading()
 
     def data_received(self, data: bytes) -> None:
@@ -150,42 +181,68 @@ class HttpConnection(asyncio.Protocol):
             return  # after an error or Connection: close, further bytes are not requests
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            # The upgrade is ignored: the request (bodyless, see on_headers_complete) was
+            # answered as HTTP/1.1, and what follows it is the next request.
+            rest = data[int(upgrade.args[0]):]
+            if rest and self.state != CLOSING:
+                self.data_received(rest)
+            return
         except RequestRejected as rejected:
             self._reject(rejected.status, rejected.reason)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, RequestRejected):
                 self._reject(cause.status, cause.reason)
-            else:
-                log.exception("parser callback failed")
+            elif not isinstance(cause, _StopParsing):
+                log.error("parser callback failed", exc_info=cause or exc)
                 self._reject(500, "internal error while reading the request")
-        except httptools.HttpParserUpgrade:
-            self._reject(400, "protocol upgrade is not supported")
         except httptools.HttpParserInvalidMethodError:
             self._reject(400, "invalid request method")
         except httptools.HttpParserInvalidURLError:
             self._reject(400, "invalid request target")
         except httptools.HttpParserError as exc:
-            self._reject(400, f"malformed request: {exc}")
+            message = str(exc)
+            if message.startswith("Invalid HTTP version"):
+                self._reject(505, "unsupported HTTP version: use HTTP/1.1")
+            elif message.startswith("Pause on PRI"):
+                self._reject(505, "HTTP/2 is not supported here: use HTTP/1.1")
+            else:
+                self._reject(400, f"malformed request: {message}")
+        else:
+            if self.state == HEAD:
+                # llhttp hands a header line over only once it ends: count the bytes of a
+                # head spanning reads, or an endless field would be buffered without limit.
+                # (The read where the head began is not counted: it is bounded anyway.)
+                if self._head_raw < 0:
+                    self._head_raw = 0
+                else:
+                    self._head_raw += len(data)
+                    if self._head_raw > self.limits.max_head_bytes:
+                        self._reject(431, "request header fields too large")
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the responses it asked for; then we close.
         if not self._busy and not self._queue:
             return None
-        self._close_after = True
+        self._eof = True
         return True
 
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.state == CLOSING:
+            raise _StopParsing  # pipelined behind a response that closes the connection
         request = Request()
         request.client_ip = self.client_ip
         self._request = request
         self._url = []
         self._head_bytes = 0
+        self._head_raw = -1
         self._body = []
         self._body_size = 0
+        self._expect_continue = False
         self.state = HEAD
-        self.deadline = self.server.clock + self.limits.header_timeout
+        self.deadline = -self.limits.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
@@ -199,12 +256,16 @@ class HttpConnection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self.limits.max_head_bytes:
             raise RequestRejected(431, "request header fields too large")
+        if self.state == BODY:
+            return  # a trailer field of a chunked body: never merged into the header fields
         if len(request.raw_headers) >= self.limits.max_headers:
             raise RequestRejected(431, "too many header fields")
         request.raw_headers.append((name, value))
         lower = name.lower()
         headers = request.headers
         if lower in headers:
+            if lower == b"host":
+                raise RequestRejected(400, "more than one Host field")
             headers[lower] = headers[lower] + b", " + value
         else:
             headers[lower] = value
@@ -217,21 +278,39 @@ class HttpConnection(asyncio.Protocol):
         request.version = parser.get_http_version().encode()
         request.keep_alive = parser.should_keep_alive()
         request.start = self.server.loop.time()
-        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        self._set_target(request, target)
         if request.version not in (b"1.1", b"1.0"):
             raise RequestRejected(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-        if request.version == b"1.1" and b"host" not in request.headers:
+        if request.method == "CONNECT":
+            raise RequestRejected(400, "CONNECT is not supported: this is not a forward proxy")
+        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        self._set_target(request, target)
+        headers = request.headers
+        if request.version == b"1.1" and b"host" not in headers:
             raise RequestRejected(400, "HTTP/1.1 request without Host")
-        length = request.headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
-            raise RequestRejected(413, "request body too large")
-        expect = request.headers.get(b"expect")
+        length = headers.get(b"content-length")
+        if length is not None:
+            length = length.strip()
+            if length.isdigit() and int(length) > self.limits.max_body_bytes:
+                raise RequestRejected(413, "request body too large")
+        coding = headers.get(b"transfer-encoding")
+        if coding is not None:
+            if request.version == b"1.0":
+                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if coding.strip().lower() != b"chunked":
+                raise RequestRejected(501, "unsupported transfer coding: only chunked")
+        has_body = coding is not None or (length is not None and length.strip(b"0") != b"")
+        if has_body and b"upgrade" in headers and self.parser.should_upgrade():
+            # llhttp would not read the body of an upgrade; it must not become a request.
+            raise RequestRejected(400, "Upgrade is not supported on a request with a body")
+        expect = headers.get(b"expect")
         if expect is not None:
             if expect.lower() != b"100-continue":
                 raise RequestRejected(417, "unsupported expectation")
-            if request.version == b"1.1" and self.transport is not None:
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if request.version == b"1.1" and has_body:
+                if self._busy or self._queue:
+                    self._expect_continue = True  # sent when this request's turn comes
+                elif self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.state = BODY
 
     def _set_target(self, request: Request, target: bytes) -> None:
@@ -246,12 +325,14 @@ class HttpConnection(asyncio.Protocol):
                 url = httptools.parse_url(target)
             except httptools.HttpParserInvalidURLError as exc:
                 raise RequestRejected(400, "invalid request target") from exc
-            if url.schema not in (b"http", b"https") or url.host is None:
+            if url.schema is None or url.schema.lower() not in (b"http", b"https") or not url.host:
                 raise RequestRejected(400, "request target must be a path")
             host = url.host.decode("latin-1").lower()
             if host not in self.server.served_hosts:
                 raise RequestRejected(400, f"absolute-form target for a foreign host {host!r}")
             target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+        if b"#" in target:
+            raise RequestRejected(400, "request target with a fragment")
         try:
             text = target.decode("ascii")
         except UnicodeDecodeError as exc:
@@ -266,7 +347,7 @@ class HttpConnection(asyncio.Protocol):
         if self._body_size > self.limits.max_body_bytes:
             raise RequestRejected(413, "request body too large")
         self._body.append(body)
-        self.deadline = self.server.clock + self.limits.header_timeout
+        self.deadline = -self.limits.header_timeout  # progress: the body timeout restarts
 
     def on_message_complete(self) -> None:
         request = self._request
@@ -276,11 +357,19 @@ class HttpConnection(asyncio.Protocol):
             request.body = b"".join(self._body)
             self._body = []
         self.state = IDLE
-        self.deadline = self.server.clock + self.limits.idle_timeout
+        self._expect_continue = False  # the body came without waiting for the 100
+        self.deadline = -self.limits.idle_timeout
         if self._busy or self._queue:
             self._queue.append(request)
             if len(self._queue) >= self.limits.max_pipelined:
                 self._pause_reading()
+            return
+        if self.paused:
+            # The client does not read what it already asked for: answer this one (even a
+            # HIT) once it does, so one read full of pipelined requests cannot make the node
+            # buffer all their responses.
+            self._queue.append(request)
+            self._start(self.drain(), answered=False)
             return
         self._dispatch(request)
 
@@ -292,12 +381,16 @@ class HttpConnection(asyncio.Protocol):
         if pending is None:
             self._after_response()
             return
+        self._start(pending)
+
+    def _start(self, pending: Awaitable[None], *, answered: bool = True) -> None:
+        """Run ``pending`` (an answer, or a wait for the client to read) before the queue."""
         self._busy = True
-        task = self.server.loop.create_task(self._run(pending))
+        task = self.server.loop.create_task(self._run(pending, answered))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
 
-    async def _run(self, pending: Awaitable[None]) -> None:
+    async def _run(self, pending: Awaitable[None], answered: bool) -> None:
         try:
             await pending
         except Exception:
@@ -306,18 +399,49 @@ class HttpConnection(asyncio.Protocol):
         self._busy = False
         if self.closed:
             return
-        self._after_response()
-        while self._queue and not self._busy and not self.closed and self.state != CLOSING:
-            self._dispatch(self._queue.popleft())
-        if not self.paused and len(self._queue) < self.limits.max_pipelined:
+        if answered:
+            self._after_response()
+        self._answer_queued()
+
+    def _answer_queued(self) -> None:
+        """Answer queued requests in order until one has to wait (for the upstream, or for
+        the client to read), then let the next request's head or body in."""
+        queue = self._queue
+        while queue and not self._busy and not self.closed:
+            if self.paused:
+                self._start(self.drain(), answered=False)
+                return
+            self._dispatch(queue.popleft())
+        if self._busy or self.closed or self.state == CLOSING:
+            return
+        if self._expect_continue and self.state == BODY and self.transport is not None:
+            self._expect_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not self.paused and len(queue) < self.limits.max_pipelined:
             self._resume_reading()
 
     def _after_response(self) -> None:
-        if self._close_after:
-            self.state = CLOSING
-            if self.transport is not None:
-                self.transport.close()
-            self._queue.clear()
+        if self._close_after or (self._eof and not self._queue):
+            self._close()
+
+    def _close(self) -> None:
+        """End the connection after its last response. After a refused request, half-close
+        and drop what the client still sends for a moment (see LINGER_SECONDS): closing a
+        socket with unread bytes sends a reset, which can destroy the error response before
+        the client reads it."""
+        self.state = CLOSING
+        self._queue.clear()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._linger or self.server.draining or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.deadline = -LINGER_SECONDS
+        if self._reading_paused and not self.closed:
+            transport.resume_reading()
+            self._reading_paused = False
 
     def _reject(self, status: int, reason: str) -> None:
         """Answer a protocol error in pipeline order, then close."""
@@ -326,6 +450,7 @@ class HttpConnection(asyncio.Protocol):
         request.error = (status, reason)
         request.keep_alive = False
         self.state = CLOSING
+        self._linger = True
         self._pause_reading()
         if self._busy or self._queue:
             self._queue.append(request)
@@ -342,7 +467,11 @@ class HttpConnection(asyncio.Protocol):
 
     def close_after(self, request: Request) -> bool:
         """Whether this response ends the connection; the node then sends Connection: close."""
-        if not request.keep_alive or self.server.draining or self.state == CLOSING:
+        if (
+            not request.keep_alive
+            or self.server.draining
+            or (self._eof and not self._queue and self.state != HEAD and self.state != BODY)
+        ):
             self._close_after = True
         return self._close_after
 
@@ -381,23 +510,38 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         if self.paused:
-            if now - self._last_progress > self.limits.send_timeout:
+            if not self._last_progress:
+                self._last_progress = now
+            elif now - self._last_progress > self.limits.send_timeout:
                 self.node.stats.timeouts += 1
                 self.abort()
             return
         if self._busy or self._queue:
-            return  # answering; the upstream has its own timeouts
-        if now < self.deadline:
+            # Answering (the upstream has its own timeouts); what is timed next starts after.
+            if self.state != CLOSING:
+                limits = self.limits
+                self.deadline = -(limits.idle_timeout if self.state == IDLE
+                                  else limits.header_timeout)
+            return
+        deadline = self.deadline
+        if deadline < 0:
+            self.deadline = now - deadline  # started since the last sweep: time it from now
+            return
+        if now < deadline:
+            return
+        transport = self.transport
+        if self.state == CLOSING:  # the lingering close is over
+            if transport is not None:
+                transport.close()
             return
         self.node.stats.timeouts += 1
         if self.state in (HEAD, BODY):
             self.state = CLOSING
-            if self.transport is not None:
-                self.transport.write(error_response(408, "request not received in time",
-                                                    close=True))
-                self.transport.close()
-        elif self.transport is not None:
-            self.transport.close()
+            if transport is not None:
+                transport.write(error_response(408, "request not received in time", close=True))
+                transport.close()
+        elif transport is not None:
+            transport.close()
 
     def shutdown(self) -> None:
         """Graceful stop: idle connections close now, busy ones after their response."""

@@ -1,9 +1,14 @@
-"""The node's upstream: an aiohttp client with pooled keep-alive connections toward its parent.
+"""The node's upstream: where misses and passes go.
 
-aiohttp is the client (pooled connections, streaming) while the data plane stays a bare
-protocol: see DESIGN.md "Runtime choices". This module turns every failure into
-``FetchFailed`` with the status a client should see: 502 for a refused or broken connection,
-504 for a timeout (connect, first byte, or a stalled body).
+``Upstream`` is the interface every kind of upstream implements — an HTTP parent (this module,
+``HttpUpstream``), a set of parents chosen by consistent hashing (``parents.py``), or the
+origin connectors of a shield (``reelcdn.shield``: filesystem, S3, HTTP, tried in order).
+Each answers ``request(method, target, headers, body)`` with an ``UpstreamResponse`` once the
+head is known, and turns every failure into ``FetchFailed`` with the status a client should
+see: 502 for a refused or broken connection, 504 for a timeout.
+
+aiohttp is the HTTP client (pooled keep-alive connections, streaming) while the data plane
+stays a bare protocol: see DESIGN.md "Runtime choices".
 """
 
 from __future__ import annotations
@@ -22,12 +27,51 @@ from .config import UpstreamTimeouts
 class UpstreamResponse:
     """Status, raw header pairs, and a body stream that must be released when done."""
 
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+    def chunks(self, idle_timeout: float) -> AsyncIterator[bytes]:
+        """The body as it arrives; ``FetchFailed(504)`` if it stalls, 502 if it breaks."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Done with a fully read body: resources may be reused."""
+
+    def close(self) -> None:
+        """Abandon the body (it will not be read to the end)."""
+
+
+class Upstream:
+    """What a node fetches from: a parent tier, a set of parents, or origins."""
+
+    name: str = "upstream"
+
+    async def start(self) -> None:
+        """Open pools and clients; called once the event loop runs."""
+
+    async def close(self) -> None:
+        """Release pools and clients."""
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Iterable[tuple[bytes | str, bytes | str]],
+        body: bytes | None = None,
+    ) -> UpstreamResponse:
+        """Send a request; return once the response head has arrived."""
+        raise NotImplementedError
+
+
+class HttpResponse(UpstreamResponse):
+    """A response read by aiohttp."""
+
     __slots__ = ("status", "headers", "_response")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.status = response.status
-        self.headers: list[tuple[bytes, bytes]] = list(response.raw_headers)
+        self.headers = list(response.raw_headers)
 
     async def chunks(self, idle_timeout: float) -> AsyncIterator[bytes]:
         """The body as it arrives; ``FetchFailed(504)`` if it stalls, 502 if it breaks."""
@@ -52,8 +96,8 @@ class UpstreamResponse:
         self._response.close()
 
 
-class Upstream:
-    """Requests toward one base URL (a parent tier or an origin)."""
+class HttpUpstream(Upstream):
+    """Requests toward one base URL (a parent tier or an HTTP origin)."""
 
     def __init__(
         self,
@@ -63,6 +107,7 @@ class Upstream:
         max_connections: int = 256,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.name = self.base_url
         self.timeouts = timeouts
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -131,4 +176,4 @@ class Upstream:
             raise FetchFailed(502, f"upstream failed: {exc.__class__.__name__}: {exc}") from exc
         except OSError as exc:
             raise FetchFailed(502, f"upstream failed: {exc}") from exc
-        return UpstreamResponse(response)
+        return HttpResponse(response)
