@@ -68,12 +68,15 @@ class FetchHead:
 
 
 class FetchFailed(Exception):
-    """The upstream fetch failed; ``status`` is what a client should get (502 or 504)."""
+    """The upstream fetch failed; ``status`` is what a client should get (502 or 504).
+    ``retryable``: the request surely never reached the upstream (connection refused), so
+    even a non-idempotent request may be sent elsewhere."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, retryable: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retryable = retryable
 
 
 class Fetch:

@@ -38,6 +38,7 @@ from .freshness import Freshness, current_age, decide
 from .http import CLIENT_ONLY, HOP_BY_HOP, Request, error_response, forwardable, status_line
 from .httpdate import http_date_now_bytes
 from .metrics import NodeStats
+from .parents import ParentSet
 from .store import CacheEntry, MemoryStore
 from .upstream import HttpUpstream, Upstream
 
@@ -105,6 +106,46 @@ def _merge_304(
     return kept + [(n, v) for n, v in fresh if n.lower() in replaced]
 
 
+def build_upstream(config: NodeConfig) -> Upstream:
+    """The node's upstream from its config: an upstream URL, HRW parents, or origins
+    (a shield)."""
+    parents = getattr(config, "parents", ())
+    origins = getattr(config, "origins", ())
+    if origins:
+        from reelcdn.shield import build_origin_chain
+
+        return build_origin_chain(
+            origins,
+            retry_after=getattr(config, "parent_retry_after", 10.0),
+            failures=getattr(config, "parent_failures", 3),
+        )
+    if parents:
+        return ParentSet(
+            parents,
+            timeouts=config.upstream_timeouts,
+            max_connections=config.upstream_max_connections,
+            failures_to_down=getattr(config, "parent_failures", 3),
+            retry_after=getattr(config, "parent_retry_after", 10.0),
+        )
+    if not config.upstream:
+        raise ValueError(f"node {config.name} has no upstream, parents or origins")
+    return HttpUpstream(
+        config.upstream,
+        timeouts=config.upstream_timeouts,
+        max_connections=config.upstream_max_connections,
+    )
+
+
+def _upstream_spec(config: NodeConfig) -> tuple[object, ...]:
+    return (
+        config.upstream,
+        getattr(config, "parents", ()),
+        getattr(config, "origins", ()),
+        config.upstream_timeouts,
+        config.upstream_max_connections,
+    )
+
+
 class CacheNode:
     """One cache node (edge, regional or shield): store, coalescer, upstream, policy."""
 
@@ -113,22 +154,41 @@ class CacheNode:
         self.name = config.name
         self.store = MemoryStore(config.cache_memory)
         self.coalescer = Coalescer()
-        self.upstream: Upstream = HttpUpstream(
-            config.upstream,
-            timeouts=config.upstream_timeouts,
-            max_connections=config.upstream_max_connections,
-        )
+        self.upstream: Upstream = build_upstream(config)
         self.stats = NodeStats(config.name)
+        self.upstream.observe = self.stats.upstream
         self._member = _sf_token(config.name).encode()
         self._via = b"Via: 1.1 " + config.name.encode() + b"\r\n"
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
-    def apply_config(self, config: NodeConfig) -> None:
-        """Take a reloaded config: policy and size change, the cache is kept."""
+    async def apply_config(self, config: NodeConfig) -> None:
+        """Take a reloaded config: policy, size and upstream change; the cache is kept.
+
+        A changed upstream (URL, parents, origins, timeouts) is built and started before it
+        replaces the old one; fetches already under way finish on the old one, which is
+        closed once they are done."""
+        old = self.config
         self.config = config
-        self.store.resize(config.cache_memory)
-        self.stats.evictions = self.store.evictions
+        self.stats.evictions += self.store.resize(config.cache_memory)
+        if _upstream_spec(config) != _upstream_spec(old):
+            fresh = build_upstream(config)
+            fresh.observe = self.stats.upstream
+            await fresh.start()
+            retired, self.upstream = self.upstream, fresh
+            task = asyncio.get_running_loop().create_task(self._retire(retired))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _retire(self, upstream: Upstream, linger: float = 60.0) -> None:
+        """Close a replaced upstream once the fills that use it are done (at most
+        ``linger`` seconds: every fetch is bounded by its own timeouts anyway)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + linger
+        while len(self.coalescer) and loop.time() < deadline:
+            await asyncio.sleep(0.5)  # reload only, bounded
+        await asyncio.sleep(0.5)
+        await upstream.close()
 
     async def start(self) -> None:
         await self.upstream.start()
@@ -515,7 +575,6 @@ class CacheNode:
                 "GET", path_and_query, self._fill_headers(req, stale)
             )
             response_time = time.time()
-            self.stats.upstream(self.upstream.name, response.status)
             headers = _storable_headers(response.headers)
             if response.status == 304 and stale is not None:
                 merged = _merge_304(stale.headers, response.headers)
@@ -557,8 +616,6 @@ class CacheNode:
                 self._store(fetch, head, primary)
         except FetchFailed as failure:
             self.stats.upstream_failures += 1
-            if response is None:
-                self.stats.upstream(self.upstream.name, failure.status)
             fetch.fail(failure)
             if response is not None:
                 response.close()
@@ -773,10 +830,9 @@ class CacheNode:
         try:
             response = await self.upstream.request(req.method, target, fields, req.body)
         except FetchFailed as failure:
-            self.stats.upstream(self.upstream.name, failure.status)
+            self.stats.upstream_failures += 1
             self._deliver_failure(req, conn, None, failure, member)
             return
-        self.stats.upstream(self.upstream.name, response.status)
         try:
             if req.method not in ("GET", "HEAD") and response.status < 400:
                 path, query = split_target(target)

@@ -87,13 +87,13 @@ class NodeServer:
             conn.check_timeouts(now)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
 
-    def reload(self, config: NodeConfig) -> None:
+    async def reload(self, config: NodeConfig) -> None:
         """Apply a new config to the running node (listen addresses stay as they are)."""
         old = self.node.config
         if (config.listen_host, config.listen_port) != (old.listen_host, old.listen_port):
             log.warning("listen address changes need a restart; keeping %s:%d",
                         old.listen_host, old.listen_port)
-        self.node.apply_config(config)
+        await self.node.apply_config(config)
         self.served_hosts = self._served_hosts(config)
         log.info("node %s reloaded its configuration", config.name)
 
@@ -146,13 +146,21 @@ async def serve(
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
+    reloading: set[asyncio.Task[None]] = set()
+
+    async def do_reload() -> None:
+        assert reload_config is not None
+        try:
+            await server.reload(reload_config())
+        except Exception as exc:  # a bad file keeps the old config
+            log.error("reload failed, keeping the running configuration: %s", exc)
+
     def on_hup() -> None:
         if reload_config is None:
             return
-        try:
-            server.reload(reload_config())
-        except Exception as exc:  # a bad file keeps the old config
-            log.error("reload failed, keeping the running configuration: %s", exc)
+        task = loop.create_task(do_reload())
+        reloading.add(task)
+        task.add_done_callback(reloading.discard)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -14,7 +14,7 @@ stays a bare protocol: see DESIGN.md "Runtime choices".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import aiohttp
 from multidict import CIMultiDict
@@ -42,9 +42,16 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """What a node fetches from: a parent tier, a set of parents, or origins."""
+    """What a node fetches from: a parent tier, a set of parents, or origins.
+
+    ``observe(source, status)`` is called for every answer or failure (status 502/504 for
+    failures) with the name of the parent or origin involved: the node's metrics hook.
+    """
 
     name: str = "upstream"
+
+    def __init__(self) -> None:
+        self.observe: Callable[[str, int], None] = _ignore
 
     async def start(self) -> None:
         """Open pools and clients; called once the event loop runs."""
@@ -61,6 +68,10 @@ class Upstream:
     ) -> UpstreamResponse:
         """Send a request; return once the response head has arrived."""
         raise NotImplementedError
+
+
+def _ignore(source: str, status: int) -> None:
+    return None
 
 
 class HttpResponse(UpstreamResponse):
@@ -105,9 +116,11 @@ class HttpUpstream(Upstream):
         *,
         timeouts: UpstreamTimeouts,
         max_connections: int = 256,
+        name: str | None = None,
     ) -> None:
+        super().__init__()
         self.base_url = base_url.rstrip("/")
-        self.name = self.base_url
+        self.name = name or self.base_url
         self.timeouts = timeouts
         self.max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -169,11 +182,17 @@ class HttpUpstream(Upstream):
                     chunked=None,
                 )
         except TimeoutError as exc:
-            raise FetchFailed(504, "upstream timed out before the response head") from exc
+            failure = FetchFailed(504, f"{self.name} timed out before the response head")
+            self.observe(self.name, failure.status)
+            raise failure from exc
         except aiohttp.ClientConnectorError as exc:
-            raise FetchFailed(502, f"upstream connect failed: {exc.os_error}") from exc
-        except aiohttp.ClientError as exc:
-            raise FetchFailed(502, f"upstream failed: {exc.__class__.__name__}: {exc}") from exc
-        except OSError as exc:
-            raise FetchFailed(502, f"upstream failed: {exc}") from exc
+            failure = FetchFailed(502, f"{self.name} connect failed: {exc.os_error}",
+                                  retryable=True)
+            self.observe(self.name, failure.status)
+            raise failure from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            failure = FetchFailed(502, f"{self.name} failed: {exc.__class__.__name__}: {exc}")
+            self.observe(self.name, failure.status)
+            raise failure from exc
+        self.observe(self.name, response.status)
         return HttpResponse(response)
