@@ -6,10 +6,12 @@ players for the request path, and a bearer token (``admin_token``) guards it whe
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import re
 from typing import TYPE_CHECKING
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -20,6 +22,36 @@ if TYPE_CHECKING:
     from .server import NodeServer
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+PREWARM_MAX_PATHS = 1000
+PREWARM_CONCURRENCY = 8
+
+
+async def prewarm_paths(server: NodeServer, paths: list[str]) -> dict[str, dict[str, object]]:
+    """GET each path from the node's own listener (bounded concurrency), reading and
+    discarding bodies; report status and Cache-Status per path."""
+    host = server.node.config.listen_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    base = f"http://{host}:{server.port}" if ":" not in host else f"http://[{host}]:{server.port}"
+    limit = asyncio.Semaphore(PREWARM_CONCURRENCY)
+    results: dict[str, dict[str, object]] = {}
+    timeout = aiohttp.ClientTimeout(total=60)
+
+    async def one(session: aiohttp.ClientSession, path: str) -> None:
+        async with limit:
+            try:
+                async with session.get(base + path, headers={"X-Reelcdn-Prewarm": "1"}) as r:
+                    size = 0
+                    async for chunk in r.content.iter_any():
+                        size += len(chunk)
+                    results[path] = {"status": r.status, "bytes": size,
+                                     "cache_status": r.headers.get("Cache-Status", "")}
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                results[path] = {"status": 599, "error": str(exc) or exc.__class__.__name__}
+
+    async with aiohttp.ClientSession(timeout=timeout, auto_decompress=False) as session:
+        await asyncio.gather(*(one(session, p) for p in dict.fromkeys(paths)))
+    return results
 
 
 def build_admin_app(server: NodeServer) -> web.Application:
@@ -116,7 +148,33 @@ def build_admin_app(server: NodeServer) -> web.Application:
             )
         return web.json_response({"purged": removed, kind: value})
 
+    async def prewarm(request: web.Request) -> web.Response:
+        """Body: {"paths": ["/v/x/master.m3u8", ...]}. Each path is fetched through this
+        node's own data plane, so this node and every tier above it store the object."""
+        try:
+            spec = await request.json()
+        except ValueError:
+            return web.json_response({"error": "body must be JSON"}, status=400)
+        paths = spec.get("paths") if isinstance(spec, dict) else None
+        if not isinstance(paths, list) or not paths:
+            return web.json_response({"error": '"paths" must be a non-empty list'}, status=400)
+        if len(paths) > PREWARM_MAX_PATHS:
+            return web.json_response(
+                {"error": f"at most {PREWARM_MAX_PATHS} paths per request"}, status=400
+            )
+        bad = [p for p in paths if not isinstance(p, str) or not p.startswith("/")]
+        if bad:
+            return web.json_response(
+                {"error": 'every path must be a string starting with "/"', "bad": bad[:10]},
+                status=400,
+            )
+        results = await prewarm_paths(server, paths)
+        failed = sum(1 for r in results.values() if r["status"] >= 400)
+        return web.json_response({"requested": len(paths), "failed": failed,
+                                  "results": results})
+
     app = web.Application(middlewares=[require_token])
+    app.router.add_post("/prewarm", prewarm)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/cache/stats", cache_stats)

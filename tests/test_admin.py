@@ -95,3 +95,18 @@ async def test_each_node_has_its_own_registry(origin, start_node):
     async with aiohttp.ClientSession() as session, session.get(admin(b, "/metrics")) as r:
         text = await r.text()
     assert 'node="node-a"' not in text and 'node="node-b"' in text
+
+
+async def test_prewarm_fetches_through_the_node(origin, node, client):
+    for i in range(3):
+        origin.set(f"/v/p/seg_{i:05d}.m4s", bytes([i]) * 1000,
+                   headers={"Cache-Control": "max-age=60"})
+    paths = [f"/v/p/seg_{i:05d}.m4s" for i in range(3)] + ["/v/p/missing"]
+    async with client.post(admin(node, "/prewarm"), json={"paths": paths}) as response:
+        report = await response.json()
+    assert report["requested"] == 4 and report["failed"] == 1
+    assert report["results"]["/v/p/seg_00001.m4s"]["status"] == 200
+    for path in paths[:3]:
+        assert "hit" in (await get(node.port, path)).header("cache-status")
+    async with client.post(admin(node, "/prewarm"), json={"paths": ["relative"]}) as response:
+        assert response.status == 400
