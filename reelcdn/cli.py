@@ -55,6 +55,22 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_up(args: argparse.Namespace) -> int:
+    from reelcdn.edge.config import ConfigError
+    from reelcdn.edge.server import install_uvloop
+    from reelcdn.up import run_up
+
+    install_uvloop()
+    try:
+        return asyncio.run(run_up(args.config, args.data_dir, args.log_level,
+                                  demo=not args.no_demo))
+    except ConfigError as exc:
+        print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reelcdn",
@@ -72,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--no-uvloop", action="store_true",
                       help="use the plain asyncio loop (for debugging)")
     node.set_defaults(func=_cmd_node)
+
+    up = sub.add_parser(
+        "up", help="run a whole topology (default: shield, regional, two edges, demo videos)"
+    )
+    up.add_argument("--config", help="a topology TOML file (default: the embedded one)")
+    up.add_argument("--data-dir", default="./data",
+                    help="where the default origin, demo videos and token live (./data)")
+    up.add_argument("--no-demo", action="store_true",
+                    help="do not synthesise demo videos into filesystem origins")
+    up.set_defaults(func=_cmd_up)
 
     validate = sub.add_parser("validate", help="check a config file and report problems")
     validate.add_argument("config", help="the TOML file")

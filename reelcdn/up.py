@@ -1,0 +1,264 @@
+"""``reelcdn up``: run a whole topology on one machine, each node in its own process.
+
+With no config file it runs the embedded default (``default_topology.toml``): a filesystem
+origin in the data directory, shield-1, regional-1, edge-a and edge-b, and on first start it
+synthesises demo videos into the origin with ffmpeg. The supervisor here:
+
+* starts nodes parents-first and waits for each to be healthy before its children;
+* prefixes every line a node logs with the node's name;
+* restarts a node that dies (reported, with a growing back-off, bounded);
+* forwards SIGHUP (reload) to every node; on SIGINT/SIGTERM stops them all (SIGTERM, then
+  SIGKILL after a grace period) so no process is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from reelcdn.edge.config import Topology, default_topology_text, load_topology
+
+RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
+HEALTH_TIMEOUT = 20.0
+STOP_GRACE = 10.0
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    role: str
+    admin_url: str | None
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+def say(message: str) -> None:
+    print(f"[up] {message}", flush=True)
+
+
+def prepare_default(data_dir: Path) -> Path:
+    """Write the embedded default topology into the data dir (with an admin token made on
+    first start) and return its path; children load that file, so SIGHUP reloads it."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token_file = data_dir / "admin-token"
+    if not token_file.exists():
+        token_file.write_text(secrets.token_urlsafe(24) + "\n")
+        token_file.chmod(0o600)
+    token = token_file.read_text().strip()
+    text = default_topology_text()
+    config = data_dir / "topology.toml"
+    header = (
+        "# Written by `reelcdn up` from the embedded default; edit it and send SIGHUP to\n"
+        "# reload, or copy it and run `reelcdn up --config FILE`.\n"
+    )
+    token_line = f'admin_token = "{token}"  # made on first start, kept in {token_file.name}\n'
+    if "\n[defaults]\n" in "\n" + text:
+        text = ("\n" + text).replace("\n[defaults]\n", "\n[defaults]\n" + token_line, 1)[1:]
+    else:
+        text = "[defaults]\n" + token_line + "\n" + text
+    rendered = header + text
+    if not config.exists() or config.read_text() != rendered:
+        config.write_text(rendered)
+    return config
+
+
+def ensure_demo_videos(topology: Topology) -> list[str]:
+    """Synthesise demo videos into every filesystem origin that has none yet."""
+    from reelcdn.origin.demo import synthesise_demo_videos
+
+    ids: list[str] = []
+    for origin in topology.origins.values():
+        if origin.type == "fs" and origin.root:
+            root = Path(origin.root)
+            root.mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            made = synthesise_demo_videos(root, log=lambda line: say(f"demo: {line}"))
+            say(f"demo videos ready in {root} ({time.monotonic() - started:.1f} s): "
+                f"{', '.join(made)}")
+            ids.extend(made)
+    return ids
+
+
+async def _pump(name: str, stream: asyncio.StreamReader | None, width: int) -> None:
+    if stream is None:
+        return
+    prefix = f"[{name}]".ljust(width + 2) + " "
+    while True:
+        line = await stream.readline()
+        if not line:
+            return
+        sys.stdout.write(prefix + line.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+async def _healthy(url: str, session: aiohttp.ClientSession) -> bool:
+    try:
+        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+class Supervisor:
+    def __init__(self, config_file: Path, topology: Topology, log_level: str) -> None:
+        self.config_file = config_file
+        self.topology = topology
+        self.log_level = log_level
+        self.nodes: dict[str, NodeProcess] = {}
+        self.stopping = False
+        self.width = max((len(n) for n in topology.nodes), default=4)
+        for name in topology.order_for_start():
+            node = topology.nodes[name]
+            admin = (f"http://{node.admin_host}:{node.admin_port}"
+                     if node.admin_host and node.admin_port else None)
+            self.nodes[name] = NodeProcess(name=name, role=node.role, admin_url=admin)
+
+    async def spawn(self, node: NodeProcess) -> None:
+        node.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "reelcdn.cli", "--log-level", self.log_level, "node",
+            "--config", str(self.config_file), "--name", node.name,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        node.started_at = time.monotonic()
+        node.pumps = [
+            asyncio.create_task(_pump(node.name, node.process.stdout, self.width)),
+            asyncio.create_task(_pump(node.name, node.process.stderr, self.width)),
+        ]
+
+    async def wait_healthy(self, node: NodeProcess, session: aiohttp.ClientSession) -> bool:
+        if node.admin_url is None:
+            await asyncio.sleep(0.5)
+            return node.process is not None and node.process.returncode is None
+        deadline = time.monotonic() + HEALTH_TIMEOUT
+        while time.monotonic() < deadline:
+            if node.process is not None and node.process.returncode is not None:
+                return False
+            if await _healthy(node.admin_url, session):
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def start_all(self) -> bool:
+        async with aiohttp.ClientSession() as session:
+            for node in self.nodes.values():
+                await self.spawn(node)
+                if not await self.wait_healthy(node, session):
+                    say(f"node {node.name} did not become healthy; stopping")
+                    return False
+        return True
+
+    async def watch(self) -> None:
+        """Restart nodes that die, with back-off, until stopping."""
+        while not self.stopping:
+            waits = {
+                asyncio.ensure_future(n.process.wait()): n
+                for n in self.nodes.values() if n.process is not None
+            }
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            if self.stopping:
+                return
+            for task in done:
+                node = waits[task]
+                code = task.result()
+                if time.monotonic() - node.started_at > 60:
+                    node.restarts = 0
+                delay = RESTART_BACKOFF[min(node.restarts, len(RESTART_BACKOFF) - 1)]
+                say(f"node {node.name} exited with status {code}; restarting in {delay:.1f} s")
+                node.restarts += 1
+                await asyncio.sleep(delay)
+                if not self.stopping:
+                    await self.spawn(node)
+
+    def signal_all(self, sig: int) -> None:
+        for node in self.nodes.values():
+            if node.process is not None and node.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    node.process.send_signal(sig)
+
+    async def stop_all(self) -> None:
+        self.stopping = True
+        self.signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for node in reversed(list(self.nodes.values())):
+            process = node.process
+            if process is None:
+                continue
+            try:
+                await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
+            except TimeoutError:
+                say(f"node {node.name} did not stop in {STOP_GRACE:.0f} s; killing it")
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                await process.wait()
+            for pump in node.pumps:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pump, 2)
+
+
+def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None) -> None:
+    lines = ["", "reelcdn is up. Play (hls.js, Safari, ffplay, VLC):"]
+    edges = [n for n in topology.nodes.values() if n.role == "edge"]
+    for edge in edges:
+        for video in video_ids or ["<video id>"]:
+            lines.append(f"  http://{edge.listen_host}:{edge.listen_port}/v/{video}/master.m3u8")
+    lines.append("Admin (health, /metrics, /cache/stats, POST /purge, POST /prewarm):")
+    for node in topology.nodes.values():
+        if node.admin_host and node.admin_port:
+            lines.append(f"  {node.name:<12} http://{node.admin_host}:{node.admin_port}/metrics")
+    if token_file is not None:
+        lines.append(f"Admin bearer token: in {token_file}")
+    lines.append("Ctrl-C stops everything.")
+    print("\n".join(lines), flush=True)
+
+
+async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
+                 demo: bool = True) -> int:
+    data = Path(data_dir).resolve()
+    token_file = None
+    if config is None:
+        config_file = prepare_default(data)
+        token_file = data / "admin-token"
+        say(f"no --config: running the embedded default topology ({config_file})")
+    else:
+        config_file = Path(config).resolve()
+    topology = load_topology(config_file, data_dir=str(data))
+    video_ids: list[str] = []
+    if demo:
+        video_ids = await asyncio.get_running_loop().run_in_executor(
+            None, ensure_demo_videos, topology
+        )
+    supervisor = Supervisor(config_file, topology, log_level)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: supervisor.signal_all(signal.SIGHUP))
+    status = 0
+    try:
+        if not await supervisor.start_all():
+            return 1
+        print_urls(topology, video_ids, token_file)
+        watcher = asyncio.create_task(supervisor.watch())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        watcher.cancel()
+        stopper.cancel()
+    finally:
+        say("stopping all nodes")
+        await supervisor.stop_all()
+        say("stopped")
+    return status
