@@ -97,8 +97,9 @@ class Request:
         return f"<Request {self.method} {self.target!r}>"
 
 
-def error_response(status: int, reason: str, *, close: bool) -> bytes:
-    """A complete plain-text error response: the status, and a body saying why."""
+def error_response(status: int, reason: str, *, close: bool, head_only: bool = False) -> bytes:
+    """A complete plain-text error response: the status, and a body saying why (only the
+    head for a HEAD request, with the Content-Length the body would have had)."""
     body = f"{status} {REASONS.get(status, b'Error').decode()}: {reason}\n".encode()
     head = [
         status_line(status),
@@ -109,7 +110,7 @@ def error_response(status: int, reason: str, *, close: bool) -> bytes:
     if close:
         head.append(b"Connection: close\r\n")
     head.append(b"\r\n")
-    return b"".join(head) + body
+    return b"".join(head) + (b"" if head_only else body)
 
 
 def forwardable(

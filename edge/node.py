@@ -52,6 +52,7 @@ SMALL_BODY = 64 * 1024
 # How long a key whose response may not be shared skips coalescing ("hit-for-pass").
 PASS_MARK_SECONDS = 30.0
 NO_BODY_STATUSES = frozenset({204, 304})
+CONNECTION_CLOSE = b"Connection: close\r\n"
 # Request fields not copied upstream: recomputed here (Via, X-Forwarded-For, framing) or,
 # for fills, answered here (conditionals, Range).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
@@ -206,12 +207,15 @@ class CacheNode:
         an error), else an awaitable the connection runs before its next request."""
         if req.error is not None:
             status, reason = req.error
-            conn.write(error_response(status, reason, close=True))
+            conn.write(error_response(status, reason, close=True,
+                                      head_only=req.method == "HEAD"))
             self.stats.count(req.method, "error", status)
             conn.close_after_response()
             return None
         method = req.method
         if method != "GET" and method != "HEAD":
+            if req.path == "*":
+                return self._options_asterisk(req, conn)
             return self.pass_(req, conn, "method")
         config = self.config
         host = None
@@ -242,6 +246,16 @@ class CacheNode:
                 return None
         return self.miss(req, conn, primary, entry)
 
+    def _options_asterisk(self, req: Request, conn: HttpConnection) -> None:
+        """``OPTIONS *`` asks about this server, not a resource: answered here."""
+        head = self._head(
+            200, b"Allow: GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE\r\n", None,
+            b"detail=options", None, 0, conn.connection_field(req),
+        )
+        conn.write(head)
+        self.stats.count(req.method, "pass", 200)
+        return None
+
     @staticmethod
     def _client_wants_fresh(req: Request) -> bool:
         """Request ``Cache-Control: no-cache`` or ``max-age=0`` (only honoured when the
@@ -266,7 +280,7 @@ class CacheNode:
     ) -> None:
         """Write a stored response: 304/412, a Range answer, or the whole body."""
         headers = req.headers
-        close = conn.close_after(req)
+        close = conn.connection_field(req)
         if (
             b"if-none-match" in headers
             or b"if-modified-since" in headers
@@ -321,7 +335,7 @@ class CacheNode:
             return cached[1]
         head = self._head(
             entry.status, entry.header_block, entry.age(now), b"hit", entry.ttl(now),
-            len(entry.body), False,
+            len(entry.body), b"",
         )
         entry.head_cache = (second, head)
         return head
@@ -334,7 +348,7 @@ class CacheNode:
         member: bytes,
         ttl: float | None,
         length: int | None,
-        close: bool,
+        close: bytes,
         *,
         chunked: bool = False,
     ) -> bytes:
@@ -353,7 +367,7 @@ class CacheNode:
         elif chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         if close:
-            parts.append(b"Connection: close\r\n")
+            parts.append(close)
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -364,7 +378,7 @@ class CacheNode:
         headers: list[tuple[bytes, bytes]],
         age: float | None,
         member: bytes,
-        close: bool,
+        close: bytes,
     ) -> None:
         """304 Not Modified or 412 Precondition Failed answered from a representation."""
         if status == 304:
@@ -388,7 +402,7 @@ class CacheNode:
         content_type: bytes | None,
         age: float | None,
         member: bytes,
-        close: bool,
+        close: bytes,
     ) -> None:
         """206 with one range, 206 multipart/byteranges, or 416 — from a complete body."""
         if parsed is ranges.UNSATISFIABLE:
@@ -513,7 +527,7 @@ class CacheNode:
                 return
         body = f"{failure.status} upstream failure: {failure.reason}\n".encode()
         block = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
-        close = conn.close_after(req)
+        close = conn.connection_field(req)
         head = self._head(
             failure.status, block, None, fwd + b"; detail=upstream-failure", None, len(body),
             close,
@@ -712,7 +726,7 @@ class CacheNode:
         member: bytes,
     ) -> None:
         """Stream an in-flight response: whole, a range of it, 304/412, or bodyless."""
-        close = conn.close_after(req)
+        close = conn.connection_field(req)
         block = head.block
         age = head.initial_age + (time.time() - head.response_time)
         headers = req.headers
@@ -752,7 +766,7 @@ class CacheNode:
         length = head.content_length
         chunked = length is None and req.version == b"1.1"
         if length is None and not chunked:
-            close = True
+            close = CONNECTION_CLOSE
             conn.close_after_response()
         conn.write(self._head(head.status, block, age, member, None, length, close,
                               chunked=chunked))
@@ -771,7 +785,7 @@ class CacheNode:
         block: bytes,
         age: float,
         member: bytes,
-        close: bool,
+        close: bytes,
     ) -> None:
         if parsed is ranges.UNSATISFIABLE:
             self._write_ranges(req, conn, parsed, b"", size, block, head.content_type, None,
@@ -846,7 +860,7 @@ class CacheNode:
             hmap = _header_map(response.headers)
             length_text = hmap.get("content-length", "").strip()
             length = int(length_text) if length_text.isdigit() else None
-            close = conn.close_after(req)
+            close = conn.connection_field(req)
             bodyless = (req.method == "HEAD" or response.status in NO_BODY_STATUSES
                         or response.status < 200)
             chunked = False
@@ -856,7 +870,7 @@ class CacheNode:
                 framing = length
                 chunked = length is None and req.version == b"1.1"
                 if length is None and not chunked:
-                    close = True
+                    close = CONNECTION_CLOSE
                     conn.close_after_response()
             conn.write(self._head(response.status, block, None, member + b"; fwd-status=%d"
                                   % response.status, None, framing, close, chunked=chunked))

@@ -490,6 +490,16 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
+    def connection_field(self, request: Request) -> bytes:
+        """The Connection field this response carries: ``close`` when it ends the
+        connection, ``keep-alive`` for an HTTP/1.0 client that asked to keep it (1.0
+        clients close otherwise), nothing for HTTP/1.1's default persistence."""
+        if self.close_after(request):
+            return b"Connection: close\r\n"
+        if request.version == b"1.0":
+            return b"Connection: keep-alive\r\n"
+        return b""
+
     def close_after(self, request: Request) -> bool:
         """Whether this response ends the connection; the node then sends Connection: close."""
         if not request.keep_alive or self.server.draining or (self._eof and not self._queue):

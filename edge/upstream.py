@@ -190,7 +190,7 @@ class HttpUpstream(Upstream):
                                   retryable=True)
             self.observe(self.name, failure.status)
             raise failure from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
             failure = FetchFailed(502, f"{self.name} failed: {exc.__class__.__name__}: {exc}")
             self.observe(self.name, failure.status)
             raise failure from exc

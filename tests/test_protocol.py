@@ -893,3 +893,22 @@ async def test_client_disconnecting_mid_response(
         assert ("; hit" in resp.headers["cache-status"]) == expect_hit
         conn.close()
     assert origin.counts["/vanish?close"] == 1
+
+
+async def test_options_asterisk_is_answered_by_the_node(node):
+    from rawhttp import get as raw_get
+
+    response = await raw_get(node.port, "*", method="OPTIONS")
+    assert response.status == 200
+    assert "GET" in response.header("allow")
+
+
+async def test_http10_keep_alive_is_confirmed(origin, node):
+    origin.set("/k10", b"x", headers={"Cache-Control": "max-age=60"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    for _ in range(2):
+        writer.write(b"GET /k10 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert b"Connection: keep-alive" in head
+        await reader.readexactly(1)
+    writer.close()
