@@ -1,13 +1,24 @@
-"""Node configuration: the validated, typed form of one ``[node.NAME]`` table.
+"""Topology configuration: the validated, typed form of a reelcdn TOML file.
 
-Operators describe nodes in one plain TOML file (DESIGN.md §3 "Operations")::
+Operators describe a whole tier topology in one plain TOML file (DESIGN.md §3 "Operations"):
+origins, and nodes that fetch from other nodes of the file (``parents``), from origins (a
+shield), or from an ``upstream`` URL outside the file::
 
     [defaults]                      # optional: applies to every node unless the node sets the key
     cache_memory = "256MiB"
 
+    [origin.main]
+    type = "fs"                     # fs | s3 | http
+    root = "./data/origin"          # relative to this file's directory
+
+    [node.shield-1]
+    role = "shield"
+    listen = "127.0.0.1:8100"
+    origins = ["main"]              # in order: failover goes down the list
+
     [node.edge-a]
     listen = "127.0.0.1:8080"
-    upstream = "http://127.0.0.1:8000"
+    parents = ["shield-1"]          # or: upstream = "http://127.0.0.1:8000"
 
     [[node.edge-a.ttl]]
     match = "*.m4s"
@@ -17,7 +28,9 @@ The loader follows the approach of shaka-streamer's validated config: the file i
 completely before a node starts, and every problem is a :class:`ConfigError` naming the file, the
 dotted key (``node.edge-a.cache_memory``) and what is wrong in words an operator understands. A
 misspelt key is an error, never silently ignored, because an ignored ``cache_memroy`` would run a
-node with a default the operator believes they changed.
+node with a default the operator believes they changed. Cross-node mistakes (an unknown parent, a
+cycle, an edge used as a parent, two nodes on one port) are found here too, before any node binds,
+rather than as a confusing failure at run time.
 
 The dataclasses below are the contract the rest of the node codes against; the loader only builds
 them.
@@ -28,6 +41,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import heapq
+import importlib.resources
 import ipaddress
 import json
 import math
@@ -44,17 +59,24 @@ __all__ = [
     "DEFAULT_IGNORE_QUERY_PARAMS",
     "DEFAULT_TTL_STATUSES",
     "ROLES",
+    "ORIGIN_TYPES",
     "ConfigError",
     "Limits",
     "NodeConfig",
+    "OriginConfig",
+    "ParentRef",
+    "Topology",
     "TtlRule",
     "UpstreamTimeouts",
+    "default_topology_text",
     "load_config_file",
     "load_node_config",
+    "load_topology",
     "node_config_from_dict",
     "parse_address",
     "parse_duration",
     "parse_size",
+    "topology_from_text",
 ]
 
 
@@ -83,6 +105,9 @@ DEFAULT_IGNORE_QUERY_PARAMS: frozenset[str] = frozenset(
 
 #: The roles a node can play in the tier topology.
 ROLES: tuple[str, ...] = ("edge", "regional", "shield")
+
+#: The kinds of origin store a shield can fetch from.
+ORIGIN_TYPES: tuple[str, ...] = ("fs", "s3", "http")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +148,49 @@ class UpstreamTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class OriginConfig:
+    """One ``[origin.NAME]``: where a shield finds the objects.
+
+    Only the fields of the origin's ``type`` are set: ``root`` (fs, an absolute path), ``url``
+    (http: ``scheme://host[:port][/prefix]`` without a trailing slash; request paths are
+    appended), ``bucket``/``prefix``/``endpoint_url``/``region``/``profile`` (s3; ``prefix`` is
+    empty or ends with "/"). S3 credentials are deliberately absent: boto3 finds them in the
+    environment or its files, so no secret ever sits in a topology file.
+    """
+
+    name: str
+    type: str                          # fs | s3 | http
+    root: str | None = None
+    url: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRef:
+    """A parent node as a child reaches it: its name (the HRW identity, so every child hashes
+    objects to the same parent) and its base URL, built from the parent's listen address."""
+
+    name: str
+    url: str                           # e.g. "http://127.0.0.1:8200"
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
+    """One node. It fetches from exactly one of: ``upstream`` (a URL, e.g. a parent outside the
+    file), ``parents`` (nodes of the file, chosen by HRW) or ``origins`` (a shield, in failover
+    order); ``upstream`` is ``None`` for the other two."""
+
     name: str
     listen_host: str
     listen_port: int
     admin_host: str | None
     admin_port: int | None
-    upstream: str                      # base URL, e.g. "http://127.0.0.1:8000"
+    upstream: str | None               # base URL, e.g. "http://127.0.0.1:8000"; None: see above
     role: str = "edge"                 # edge | regional | shield
     cache_memory: int = 256 * 1024 * 1024
     max_object_bytes: int = 64 * 1024 * 1024
@@ -147,6 +208,66 @@ class NodeConfig:
     upstream_timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
     upstream_max_connections: int = 256
     source_file: str = "<embedded>"
+    parents: tuple[ParentRef, ...] = ()
+    origins: tuple[OriginConfig, ...] = ()
+    parent_retry_after: float = 10.0   # seconds a failed parent (or origin) is skipped
+    parent_failures: int = 3           # consecutive errors/5xx that mark a parent down
+
+
+#: Start order of the roles: the tiers closest to the origin first.
+_ROLE_RANK: dict[str, int] = {"shield": 0, "regional": 1, "edge": 2}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole validated file: its origins and nodes, both in file order."""
+
+    file: str
+    origins: dict[str, OriginConfig]
+    nodes: dict[str, NodeConfig]
+
+    def roles(self) -> dict[str, str]:
+        """Node name → role, in file order."""
+        return {name: node.role for name, node in self.nodes.items()}
+
+    def edges(self) -> list[str]:
+        """Names of the edge nodes (the ones players connect to), in file order."""
+        return [name for name, node in self.nodes.items() if node.role == "edge"]
+
+    def order_for_start(self) -> list[str]:
+        """Node names so that every parent comes before its children.
+
+        Children probe their parents as soon as they start, so a supervisor starting nodes in
+        this order never reports a parent as down that is merely late. Among nodes free to
+        start, shields go first, then regionals, then edges, each in file order, so the order
+        is stable and reads like the tiers.
+        """
+        index = {name: i for i, name in enumerate(self.nodes)}
+        waiting = {
+            name: {p.name for p in node.parents if p.name in self.nodes}
+            for name, node in self.nodes.items()
+        }
+        children: dict[str, list[str]] = {name: [] for name in self.nodes}
+        for name, parents in waiting.items():
+            for parent in parents:
+                children[parent].append(name)
+
+        def rank(name: str) -> tuple[int, int, str]:
+            return (_ROLE_RANK.get(self.nodes[name].role, len(_ROLE_RANK)), index[name], name)
+
+        ready = [rank(name) for name, parents in waiting.items() if not parents]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            name = heapq.heappop(ready)[2]
+            order.append(name)
+            for child in children[name]:
+                waiting[child].discard(name)
+                if not waiting[child]:
+                    heapq.heappush(ready, rank(child))
+        # The loader refuses cycles; should a hand-built Topology have one, keep its nodes anyway.
+        order.extend(sorted(set(self.nodes) - set(order), key=rank))
+        return order
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,6 +585,55 @@ def _parse_upstream(value: Any, file: str, key: str) -> str:
     return f"http://{host}:{port}"
 
 
+def _parse_origin_url(value: Any, file: str, key: str, *, what: str, allow_path: bool) -> str:
+    """Normalise an origin's URL to ``scheme://host[:port][/path]`` (no trailing slash).
+
+    Unlike a node's upstream, an origin may be https (it is often a storage service across the
+    internet) and may keep the default port; an http origin may have a path prefix, to which
+    request paths are appended. Credentials, queries and fragments are refused: they would be
+    sent with, or silently change, every origin request.
+    """
+    if not isinstance(value, str):
+        raise _type_error(file, key, 'a URL string like "http://127.0.0.1:8000"', value)
+    text = value.strip()
+    example = 'e.g. "http://127.0.0.1:8000"'
+    bad = f"bad {what} {_quote(value)}"
+    if "://" not in text:
+        raise ConfigError(
+            file, key, f"{bad}: missing http://, write {_quote('http://' + text)}"
+        )
+    try:
+        url = urllib.parse.urlsplit(text)
+        port = url.port
+    except ValueError as exc:
+        raise ConfigError(file, key, f"{bad}: {exc}") from None
+    scheme = url.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(
+            file, key, f"{bad}: {url.scheme or 'no scheme'} is not supported, use http:// or "
+            f"https:// ({example})"
+        )
+    if not url.hostname:
+        raise ConfigError(file, key, f"{bad}: missing host ({example})")
+    if url.username is not None or url.password is not None:
+        raise ConfigError(file, key, f"{bad}: credentials are not allowed in the URL")
+    if url.query or url.fragment or text.endswith(("?", "#")):
+        raise ConfigError(file, key, f"{bad}: no query or fragment allowed")
+    path = url.path.rstrip("/")
+    if path and not allow_path:
+        raise ConfigError(
+            file, key, f"{bad}: path {_quote(url.path)} is not allowed, give only "
+            f"{scheme}://host[:port]"
+        )
+    host = url.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    elif not _is_hostname(host):
+        raise ConfigError(file, key, f"{bad}: bad host {_quote(host)}")
+    netloc = host if port is None else f"{host}:{port}"
+    return f"{scheme}://{netloc}{path}"
+
+
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -481,12 +651,17 @@ def _check_token(token: str, file: str, key: str) -> str:
 # --------------------------------------------------------------------------------------------
 # Node tables. Each layer (``[defaults]``, then ``[node.NAME]``) is parsed on its own, so an
 # error names the key where the operator wrote the value; the parsed layers are then merged.
+# Names in ``parents`` / ``origins`` are resolved later, once every table of the file is known.
 
 _NODE_KEYS: tuple[str, ...] = (
     "role",
     "listen",
     "admin",
     "upstream",
+    "parents",
+    "origins",
+    "parent_retry_after",
+    "parent_failures",
     "cache_memory",
     "max_object_size",
     "admin_token",
@@ -504,6 +679,9 @@ _NODE_KEYS: tuple[str, ...] = (
     "upstream_timeouts",
     "ttl",
 )
+# Where a node fetches from: exactly one of these, and a node's own choice replaces the default's
+# as a whole (a [defaults] upstream must not combine with a node's parents).
+_SOURCE_KEYS: tuple[str, ...] = ("upstream", "parents", "origins")
 _TABLE_KEYS = ("limits", "upstream_timeouts")
 _TTL_KEYS = ("match", "ttl", "statuses", "force")
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -600,6 +778,32 @@ def _parse_ttl_rules(value: Any, file: str, key: str) -> tuple[TtlRule, ...]:
     return tuple(rules)
 
 
+def _parse_name_list(
+    value: Any, file: str, key: str, *, what: str, example: str
+) -> tuple[str, ...]:
+    """Parse ``parents`` / ``origins``: a non-empty array of names, in order (the order is the
+    failover order of origins), each listed once. A name listed twice is refused rather than
+    collapsed, since it usually stands where a different name was meant."""
+    if not isinstance(value, list):
+        raise _type_error(file, key, f"an array of {what} names, e.g. {example}", value)
+    if not value:
+        raise ConfigError(file, key, f"must list at least one {what}, e.g. {example}")
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value):
+        item_key = f"{key}[{i}]"
+        if not isinstance(item, str):
+            raise _type_error(file, item_key, f"a {what} name (a string)", item)
+        if not item.strip():
+            raise ConfigError(file, item_key, f"{what} name must not be empty")
+        if item in seen:
+            raise ConfigError(
+                file, item_key, f"{what} {_quote(item)} is listed twice (also at "
+                f"{key}[{seen[item]}]); list each {what} once"
+            )
+        seen[item] = i
+    return tuple(seen)
+
+
 def _parse_layer(
     prefix: str, table: Mapping[str, Any], file: str, environ: Mapping[str, str]
 ) -> dict[str, _Sourced]:
@@ -609,6 +813,13 @@ def _parse_layer(
     if "admin_token" in table and "admin_token_env" in table:
         raise ConfigError(
             file, f"{prefix}.admin_token_env", "set either admin_token or admin_token_env, not both"
+        )
+    sources = [k for k in table if k in _SOURCE_KEYS]  # in file order: blame the second
+    if len(sources) > 1:
+        raise ConfigError(
+            file, f"{prefix}.{sources[1]}", f"set only one of upstream, parents and origins "
+            f"(found {' and '.join(sources)}): a node fetches from an upstream URL, from parent "
+            "nodes of this file, or (a shield) from origins"
         )
     out: dict[str, _Sourced] = {}
 
@@ -632,6 +843,20 @@ def _parse_layer(
             put(key, parse_address(raw, file=file, key=dotted), key)
         elif key == "upstream":
             put("upstream", _parse_upstream(raw, file, dotted), key)
+        elif key == "parents":
+            names = _parse_name_list(raw, file, dotted, what="parent", example='["regional-1"]')
+            put(key, names, key)
+        elif key == "origins":
+            put(key, _parse_name_list(raw, file, dotted, what="origin", example='["main"]'), key)
+        elif key == "parent_retry_after":
+            seconds = parse_duration(raw, file=file, key=dotted)
+            if seconds == 0:
+                raise ConfigError(
+                    file, dotted, "must be larger than 0 (a failed parent is skipped this long)"
+                )
+            put(key, seconds, key)
+        elif key == "parent_failures":
+            put(key, _parse_int(raw, file, dotted, minimum=1), key)
         elif key == "cache_memory":
             put("cache_memory", parse_size(raw, file=file, key=dotted), key)
         elif key == "max_object_size":
@@ -681,9 +906,13 @@ def _parse_layer(
 
 def _merge(layers: list[dict[str, _Sourced]]) -> dict[str, _Sourced]:
     """Later layers win key by key; ``limits`` and ``upstream_timeouts`` merge field by field,
-    so ``[defaults.limits]`` can set one limit and a node another."""
+    so ``[defaults.limits]`` can set one limit and a node another. The source keys (upstream,
+    parents, origins) are one choice: a layer setting any of them replaces all three."""
     merged: dict[str, _Sourced] = {}
     for layer in layers:
+        if any(k in layer for k in _SOURCE_KEYS):
+            for k in _SOURCE_KEYS:
+                merged.pop(k, None)
         for name, (value, where) in layer.items():
             if name in _TABLE_KEYS and name in merged:
                 merged[name] = ({**merged[name][0], **value}, where)
@@ -700,18 +929,178 @@ def _check_node_name(name: Any, file: str) -> str:
     return name
 
 
-def _build_node(
-    name: str, layers: list[dict[str, _Sourced]], file: str
-) -> tuple[NodeConfig, dict[str, str]]:
-    """Build a node from parsed layers; also return where listen/admin came from, for the
-    duplicate-address check across nodes."""
-    merged = _merge(layers)
-    for required, example in (("listen", '"127.0.0.1:8080"'), ("upstream", '"http://origin:80"')):
-        if required not in merged:
+def _article(word: str) -> str:
+    """``an edge``, ``a regional``; origin types are said letter by letter (``an fs``)."""
+    return ("an " if word[0] in "aeiou" or word in ORIGIN_TYPES else "a ") + word
+
+
+def _parent_url(host: str, port: int) -> str:
+    """How a child reaches a node: its listen address, with a wildcard (listen everywhere)
+    replaced by the loopback of the same family, the one address sure to reach it locally."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f'did you mean "{close[0]}"? ' if close else ""
+
+
+@dataclass(slots=True)
+class _Draft:
+    """A node between parsing and building: its merged layers, before names are resolved."""
+
+    name: str
+    merged: dict[str, _Sourced]
+
+    @property
+    def role(self) -> str:
+        return str(self.merged["role"][0]) if "role" in self.merged else "edge"
+
+    def names(self, key: str) -> tuple[str, ...]:
+        return tuple(self.merged[key][0]) if key in self.merged else ()
+
+    def item_key(self, key: str, index: int) -> str:
+        """The dotted key of one list item, where the operator wrote it (maybe [defaults])."""
+        return f"{self.merged[key][1]}[{index}]"
+
+
+def _draft(name: str, layers: list[dict[str, _Sourced]], file: str) -> _Draft:
+    draft = _Draft(name, _merge(layers))
+    if "listen" not in draft.merged:
+        raise ConfigError(
+            file, f"node.{name}.listen", 'missing: every node needs listen (e.g. listen = '
+            '"127.0.0.1:8080")'
+        )
+    return draft
+
+
+def _check_sources(
+    drafts: Mapping[str, _Draft], origins: Mapping[str, OriginConfig], file: str
+) -> None:
+    """Each node fetches from the right kind of thing for its role, by names that exist."""
+    for name, draft in drafts.items():
+        role, merged = draft.role, draft.merged
+        if role == "shield":
+            if "parents" in merged:
+                raise ConfigError(
+                    file, merged["parents"][1], 'a shield fetches from origins; use role = '
+                    '"regional" for a node with parents'
+                )
+            if "upstream" not in merged and "origins" not in merged:
+                raise ConfigError(
+                    file, f"node.{name}.origins", 'missing: a shield needs origins, e.g. '
+                    'origins = ["main"] with an [origin.main] table (or an upstream URL)'
+                )
+        else:
+            if "origins" in merged:
+                raise ConfigError(
+                    file, merged["origins"][1], f"{_article(role)} fetches from parents (or an "
+                    'upstream URL); only a shield fetches from origins: set role = "shield" or '
+                    "list parents"
+                )
+            if "upstream" not in merged and "parents" not in merged:
+                raise ConfigError(
+                    file, f"node.{name}.parents", f"missing: {_article(role)} needs parents (or "
+                    'an upstream URL), e.g. parents = ["regional-1"] or upstream = '
+                    '"http://127.0.0.1:8000"'
+                )
+        for i, parent in enumerate(draft.names("parents")):
+            key = draft.item_key("parents", i)
+            if parent == name:
+                inherited = " (from [defaults]: give it its own parents)" if key.startswith(
+                    "defaults."
+                ) else ""
+                raise ConfigError(
+                    file, key, f"node {_quote(name)} lists itself as a parent{inherited}; a "
+                    "parent is a node closer to the origin"
+                )
+            if parent not in drafts:
+                hint = _suggest(parent, drafts)
+                if not hint and parent in origins:
+                    hint = f"{_quote(parent)} is an origin: only a shield lists origins. "
+                raise ConfigError(
+                    file, key, f"unknown parent {_quote(parent)}: {hint}nodes in this file are: "
+                    + ", ".join(drafts)
+                )
+        for i, origin in enumerate(draft.names("origins")):
+            if origin not in origins:
+                key = draft.item_key("origins", i)
+                if not origins:
+                    raise ConfigError(
+                        file, key, f"unknown origin {_quote(origin)}: this file has no origins; "
+                        f"add an [origin.{origin}] table with type = " + " | ".join(ORIGIN_TYPES)
+                    )
+                hint = _suggest(origin, origins)
+                if not hint and origin in drafts:
+                    hint = f"{_quote(origin)} is a node: list nodes in parents. "
+                raise ConfigError(
+                    file, key, f"unknown origin {_quote(origin)}: {hint}origins in this file "
+                    "are: " + ", ".join(origins)
+                )
+
+
+def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
+    """Refuse parents that lead back to the node: each request would loop through the tiers
+    until a timeout. The message spells out the whole loop, first node in file order first."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(name: str) -> None:
+        state[name] = 1
+        path.append(name)
+        draft = drafts[name]
+        for parent in draft.names("parents"):
+            if state.get(parent) == 1:
+                loop = [*path[path.index(parent):], parent]
+                first = drafts[loop[0]]
+                index = first.names("parents").index(loop[1])
+                raise ConfigError(
+                    file, first.item_key("parents", index), "parents form a cycle: "
+                    + " → ".join(loop) + "; every parent must be closer to the origin than "
+                    "its children"
+                )
+            if parent not in state:
+                visit(parent)
+        path.pop()
+        state[name] = 2
+
+    for name in drafts:
+        if name not in state:
+            visit(name)
+
+
+def _parent_refs(draft: _Draft, drafts: Mapping[str, _Draft], file: str) -> tuple[ParentRef, ...]:
+    """Resolve parent names to URLs; a parent must be a tier closer to the origin."""
+    refs: list[ParentRef] = []
+    for i, parent_name in enumerate(draft.names("parents")):
+        key = draft.item_key("parents", i)
+        parent = drafts[parent_name]
+        if parent.role not in ("regional", "shield"):
             raise ConfigError(
-                file, f"node.{name}.{required}", f"missing: every node needs {required} "
-                f"(e.g. {required} = {example})"
+                file, key, f"parent {_quote(parent_name)} of node {_quote(draft.name)} is "
+                f"{_article(parent.role)}; a parent must be a regional or a shield"
             )
+        host, port = parent.merged["listen"][0]
+        if port == 0:
+            raise ConfigError(
+                file, key, f"parent {_quote(parent_name)} listens on port 0 (a free port picked "
+                f"at start), so its children cannot find it: give {parent.merged['listen'][1]} "
+                "a fixed port"
+            )
+        refs.append(ParentRef(name=parent_name, url=_parent_url(host, port)))
+    return tuple(refs)
+
+
+def _build_node(
+    draft: _Draft,
+    drafts: Mapping[str, _Draft],
+    origins: Mapping[str, OriginConfig],
+    file: str,
+) -> tuple[NodeConfig, dict[str, str]]:
+    """Build a node from its checked draft; also return where listen/admin came from, for the
+    duplicate-address check across nodes."""
+    merged = draft.merged
     values = {k: v for k, (v, _) in merged.items()}
     listen_host, listen_port = values.pop("listen")
     admin_host, admin_port = values.pop("admin", (None, None))
@@ -723,18 +1112,32 @@ def _build_node(
         values["upstream_timeouts"] = UpstreamTimeouts(
             **{k: v for k, (v, _) in values["upstream_timeouts"].items()}
         )
+    values["parents"] = _parent_refs(draft, drafts, file)
+    values["origins"] = tuple(origins[name] for name in draft.names("origins"))
     node = NodeConfig(
-        name=name,
+        name=draft.name,
         listen_host=listen_host,
         listen_port=listen_port,
         admin_host=admin_host,
         admin_port=admin_port,
+        upstream=values.pop("upstream", None),
         ignore_query_params=frozenset(ignore | extra),
         source_file=file,
         **values,
     )
-    origins = {k: merged[k][1] for k in ("listen", "admin") if k in merged}
-    return node, origins
+    sources = {k: merged[k][1] for k in ("listen", "admin") if k in merged}
+    return node, sources
+
+
+def _build_nodes(
+    drafts: Mapping[str, _Draft], origins: Mapping[str, OriginConfig], file: str
+) -> dict[str, NodeConfig]:
+    """Check the nodes against each other and build them, in file order."""
+    _check_sources(drafts, origins, file)
+    _check_cycles(drafts, file)
+    built = {name: _build_node(draft, drafts, origins, file) for name, draft in drafts.items()}
+    _check_addresses(built, file)
+    return {name: node for name, (node, _) in built.items()}
 
 
 def node_config_from_dict(
@@ -746,18 +1149,18 @@ def node_config_from_dict(
 ) -> NodeConfig:
     """Validate one node's table (as TOML would parse it) into a :class:`NodeConfig`.
 
-    Used for configs built in code (tests, the embedded defaults of ``reelcdn up``) so they get
-    exactly the checks a file gets. ``environ`` defaults to ``os.environ`` (for
-    ``admin_token_env``).
+    Used for configs built in code (tests, tools) so they get exactly the checks a file gets.
+    The node stands alone, so it fetches from an ``upstream`` URL: parents and origins name
+    other tables of a topology file (see :func:`topology_from_text`). ``environ`` defaults to
+    ``os.environ`` (for ``admin_token_env``).
     """
     _check_node_name(name, file)
     prefix = f"node.{name}"
     if not isinstance(table, Mapping):
         raise _type_error(file, prefix, "a table", table)
     env = os.environ if environ is None else environ
-    node, origins = _build_node(name, [_parse_layer(prefix, table, file, env)], file)
-    _check_addresses({name: (node, origins)}, file)
-    return node
+    drafts = {name: _draft(name, [_parse_layer(prefix, table, file, env)], file)}
+    return _build_nodes(drafts, {}, file)[name]
 
 
 def _clash(a: tuple[str, int], b: tuple[str, int]) -> bool:
@@ -784,10 +1187,10 @@ def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], fil
     """Refuse configs where two listeners share an address: the second node would fail to bind
     at start-up, far from the line that caused it."""
     seen: list[tuple[tuple[str, int], str, str]] = []  # (address, node, dotted key)
-    for name, (node, origins) in nodes.items():
-        listeners = [((node.listen_host, node.listen_port), origins["listen"])]
+    for name, (node, sources) in nodes.items():
+        listeners = [((node.listen_host, node.listen_port), sources["listen"])]
         if node.admin_host is not None and node.admin_port is not None:
-            listeners.append(((node.admin_host, node.admin_port), origins["admin"]))
+            listeners.append(((node.admin_host, node.admin_port), sources["admin"]))
         for address, where in listeners:
             for other_address, other_name, other_where in seen:
                 if not _clash(address, other_address):
@@ -808,24 +1211,191 @@ def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], fil
 
 
 # --------------------------------------------------------------------------------------------
+# Origins: ``[origin.NAME]`` tables. Only a shield fetches from them; an origin no node uses is
+# allowed (an operator may keep a spare one ready to list).
+
+_ORIGIN_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
+    "fs": ("root",),
+    "http": ("url",),
+    "s3": ("bucket", "prefix", "endpoint_url", "region", "profile"),
+}
+_ORIGIN_REQUIRED: dict[str, str] = {"fs": "root", "http": "url", "s3": "bucket"}
+_ORIGIN_EXAMPLES: dict[str, str] = {
+    "fs": 'root = "./data/origin"',
+    "http": 'url = "http://127.0.0.1:8000"',
+    "s3": 'bucket = "my-videos"',
+}
+_ORIGIN_KEYS: tuple[str, ...] = (
+    "type", "timeouts", *(k for keys in _ORIGIN_KEYS_BY_TYPE.values() for k in keys)
+)
+# Names operators reach for that mean one of ours.
+_ORIGIN_TYPE_ALIASES: dict[str, str] = {
+    "file": "fs", "files": "fs", "filesystem": "fs", "local": "fs", "disk": "fs",
+    "https": "http", "url": "http", "web": "http", "aws": "s3", "minio": "s3", "r2": "s3",
+}
+# Keys that would put a secret in the file. Refused with the way boto3 finds credentials.
+_CREDENTIAL_KEYS = frozenset({
+    "access_key", "access_key_id", "aws_access_key_id", "secret_key", "secret_access_key",
+    "aws_secret_access_key", "session_token", "aws_session_token", "password", "credentials",
+})
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_REGION_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _origin_string(value: Any, file: str, key: str, what: str) -> str:
+    if not isinstance(value, str):
+        raise _type_error(file, key, what, value)
+    text = value.strip()
+    if not text:
+        raise ConfigError(file, key, "must not be empty")
+    return text
+
+
+def _parse_bucket(value: Any, file: str, key: str) -> str:
+    bucket = _origin_string(value, file, key, 'a bucket name like "my-videos"')
+    if bucket.lower().startswith("s3://") or "/" in bucket:
+        name, _, prefix = bucket.removeprefix("s3://").removeprefix("S3://").partition("/")
+        suggestion = f'bucket = "{name}"' + (f', prefix = "{prefix}"' if prefix else "")
+        raise ConfigError(
+            file, key, f"bad bucket {_quote(value)}: give the bucket name only ({suggestion})"
+        )
+    if not _BUCKET_RE.fullmatch(bucket):
+        raise ConfigError(
+            file, key, f"bad bucket {_quote(value)}: a bucket name is 3..63 lowercase letters, "
+            "digits, dots and hyphens, starting and ending with a letter or digit"
+        )
+    return bucket
+
+
+def _parse_prefix(value: Any, file: str, key: str) -> str:
+    """Store the prefix as a folder (``"videos/"``): object keys are prefix + request path, and
+    ``"videos"`` + ``"v/…"`` would silently look up ``"videosv/…"``."""
+    if not isinstance(value, str):
+        raise _type_error(file, key, 'a key prefix like "videos/"', value)
+    prefix = value.strip().lstrip("/")
+    if any(part in (".", "..") for part in prefix.split("/")) or "\\" in prefix:
+        raise ConfigError(file, key, f"bad prefix {_quote(value)}: no . or .. parts, no \\")
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+def _parse_origin(
+    name: str, table: Mapping[str, Any], file: str, base_dir: str
+) -> OriginConfig:
+    """Validate one ``[origin.NAME]``; a relative fs root is resolved against ``base_dir`` (the
+    file's directory), so the origin is the same whichever directory a node is started from."""
+    prefix = f"origin.{name}"
+    for key in table:
+        if key in _CREDENTIAL_KEYS:
+            raise ConfigError(
+                file, f"{prefix}.{key}", "credentials never go in the config file: boto3 finds "
+                "them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), in "
+                "~/.aws/credentials, or in an instance role; choose a named set with profile = …"
+            )
+    _check_keys(file, prefix, table, _ORIGIN_KEYS)
+    if "type" not in table:
+        raise ConfigError(
+            file, f"{prefix}.type", "missing: every origin needs type = "
+            + " | ".join(f'"{t}"' for t in ORIGIN_TYPES)
+        )
+    kind = table["type"]
+    if not isinstance(kind, str):
+        raise _type_error(file, f"{prefix}.type", " | ".join(ORIGIN_TYPES), kind)
+    if kind not in ORIGIN_TYPES:
+        alias = _ORIGIN_TYPE_ALIASES.get(kind.lower())
+        close = [alias] if alias else difflib.get_close_matches(kind, ORIGIN_TYPES, n=1)
+        hint = f'did you mean "{close[0]}"? ' if close else ""
+        raise ConfigError(
+            file, f"{prefix}.type", f"unknown origin type {_quote(kind)}: {hint}use one of "
+            + ", ".join(ORIGIN_TYPES)
+        )
+    for key in table:
+        if key in ("type", "timeouts") or key in _ORIGIN_KEYS_BY_TYPE[kind]:
+            continue
+        owner = next(t for t, keys in _ORIGIN_KEYS_BY_TYPE.items() if key in keys)
+        raise ConfigError(
+            file, f"{prefix}.{key}", f"{key} is for {owner} origins; {_article(kind)} origin "
+            "takes " + ", ".join(_ORIGIN_KEYS_BY_TYPE[kind])
+        )
+    required = _ORIGIN_REQUIRED[kind]
+    if required not in table:
+        raise ConfigError(
+            file, f"{prefix}.{required}", f"missing: {_article(kind)} origin needs {required} "
+            f"(e.g. {_ORIGIN_EXAMPLES[kind]})"
+        )
+    fields: dict[str, Any] = {}
+    for key, raw in table.items():
+        dotted = f"{prefix}.{key}"
+        if key == "root":
+            root = _origin_string(raw, file, dotted, 'a directory path like "./data/origin"')
+            fields["root"] = os.path.normpath(
+                os.path.join(base_dir, os.path.expanduser(root))
+            )
+        elif key == "url":
+            fields["url"] = _parse_origin_url(raw, file, dotted, what="origin URL",
+                                              allow_path=True)
+        elif key == "endpoint_url":
+            fields["endpoint_url"] = _parse_origin_url(raw, file, dotted, what="endpoint URL",
+                                                       allow_path=False)
+        elif key == "bucket":
+            fields["bucket"] = _parse_bucket(raw, file, dotted)
+        elif key == "prefix":
+            fields["prefix"] = _parse_prefix(raw, file, dotted)
+        elif key == "region":
+            region = _origin_string(raw, file, dotted, 'a region name like "eu-west-1"')
+            if not _REGION_RE.fullmatch(region):
+                raise ConfigError(file, dotted, f"bad region {_quote(raw)}")
+            fields["region"] = region
+        elif key == "profile":
+            fields["profile"] = _origin_string(raw, file, dotted, "an AWS profile name")
+        elif key == "timeouts":
+            parsed = _parse_upstream_timeouts(raw, file, dotted)
+            fields["timeouts"] = UpstreamTimeouts(**{k: v for k, (v, _) in parsed.items()})
+    return OriginConfig(name=name, type=kind, **fields)
+
+
+def _parse_origins(value: Any, file: str, base_dir: str) -> dict[str, OriginConfig]:
+    if not isinstance(value, dict):
+        raise _type_error(file, "origin", "tables written [origin.NAME]", value)
+    origins: dict[str, OriginConfig] = {}
+    for name, table in value.items():
+        if not isinstance(table, dict):
+            if name in _ORIGIN_KEYS:
+                raise ConfigError(
+                    file, f"origin.{name}", f"{name} must be inside an origin's table: write "
+                    f"[origin.NAME] then {name} = …"
+                )
+            raise _type_error(file, f"origin.{name}", f"a table ([origin.{name}])", table)
+        if not _NODE_NAME_RE.fullmatch(name):
+            raise ConfigError(
+                file, f"origin.{name}", f"bad origin name {_quote(name)}: use letters, digits, "
+                "- and _"
+            )
+        origins[name] = _parse_origin(name, table, file, base_dir)
+    return origins
+
+
+# --------------------------------------------------------------------------------------------
 # Files.
 
-_TOP_KEYS = ("defaults", "node")
+_TOP_KEYS = ("defaults", "node", "origin")
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
-def _read_toml(file: str) -> dict[str, Any]:
+def _read_text(file: str) -> str:
     try:
         with open(file, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise ConfigError(file, "", f"cannot read the config file: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
             file, "", f"the config file is not UTF-8 text (bad byte at offset {exc.start})"
         ) from None
+
+
+def _parse_toml(text: str, file: str) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -843,25 +1413,34 @@ def _read_toml(file: str) -> dict[str, Any]:
         ) from None
 
 
-def load_config_file(
-    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
-) -> dict[str, NodeConfig]:
-    """Load and validate every ``[node.NAME]`` of a topology file, in file order.
+def topology_from_text(
+    text: str,
+    *,
+    file: str = "<embedded>",
+    base_dir: str,
+    environ: Mapping[str, str] | None = None,
+) -> Topology:
+    """Validate a whole topology given as TOML text.
 
-    The whole file is validated even when one node is wanted: nodes of one topology start
-    together, and a mistake in any of them should surface before the first one binds.
+    ``file`` names the text in messages; ``base_dir`` is where relative paths (an fs origin's
+    ``root``) are resolved — the file's directory for a file, the data directory for the
+    embedded default. The whole text is validated even when one node is wanted: nodes of one
+    topology start together, and a mistake in any of them should surface before the first binds.
     """
-    file = os.fspath(path)
     env = os.environ if environ is None else environ
-    doc = _read_toml(file)
+    base = os.path.abspath(base_dir)
+    doc = _parse_toml(text, file)
     for key in doc:
         if key not in _TOP_KEYS:
             hint = _unknown_key(file, "", key, _TOP_KEYS).message
-            raise ConfigError(file, key, hint + " (nodes are written [node.NAME])")
+            raise ConfigError(
+                file, key, hint + " (nodes are written [node.NAME], origins [origin.NAME])"
+            )
     defaults_table = doc.get("defaults", {})
     if not isinstance(defaults_table, dict):
         raise _type_error(file, "defaults", "a table ([defaults])", defaults_table)
     defaults = _parse_layer("defaults", defaults_table, file, env)
+    origins = _parse_origins(doc.get("origin", {}), file, base)
     node_tables = doc.get("node", {})
     if not isinstance(node_tables, dict):
         raise _type_error(file, "node", "tables written [node.NAME]", node_tables)
@@ -869,7 +1448,7 @@ def load_config_file(
         raise ConfigError(
             file, "", "no nodes: describe at least one node in a [node.NAME] table"
         )
-    nodes: dict[str, tuple[NodeConfig, dict[str, str]]] = {}
+    drafts: dict[str, _Draft] = {}
     for name, table in node_tables.items():
         if not isinstance(table, dict):
             if name in _NODE_KEYS:
@@ -880,22 +1459,68 @@ def load_config_file(
             raise _type_error(file, f"node.{name}", f"a table ([node.{name}])", table)
         _check_node_name(name, file)
         layer = _parse_layer(f"node.{name}", table, file, env)
-        nodes[name] = _build_node(name, [defaults, layer], file)
-    _check_addresses(nodes, file)
-    return {name: node for name, (node, _) in nodes.items()}
+        drafts[name] = _draft(name, [defaults, layer], file)
+    return Topology(file=file, origins=origins, nodes=_build_nodes(drafts, origins, file))
+
+
+def default_topology_text() -> str:
+    """The embedded default topology (``reelcdn/default_topology.toml``), as TOML text.
+
+    Read through ``importlib.resources`` so it is found the same way in a wheel, a zip and an
+    editable checkout.
+    """
+    resource = importlib.resources.files("reelcdn").joinpath("default_topology.toml")
+    return resource.read_text(encoding="utf-8")
+
+
+def load_topology(
+    path: str | os.PathLike[str] | None,
+    *,
+    data_dir: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Topology:
+    """Load and validate a topology file; with ``path=None``, the embedded default.
+
+    A file's relative paths resolve against the file's own directory, never ``data_dir``:
+    ``reelcdn up`` and every node process it starts load the same file, and they must agree on
+    where the origin is. ``data_dir`` is the base of the embedded default (required then).
+    """
+    if path is None:
+        if data_dir is None:
+            raise ValueError("load_topology(None) loads the embedded default and needs data_dir")
+        return topology_from_text(default_topology_text(), base_dir=data_dir, environ=environ)
+    file = os.fspath(path)
+    text = _read_text(file)
+    base_dir = os.path.dirname(os.path.abspath(file))
+    return topology_from_text(text, file=file, base_dir=base_dir, environ=environ)
+
+
+def load_config_file(
+    path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+) -> dict[str, NodeConfig]:
+    """Load and validate every ``[node.NAME]`` of a topology file, in file order (see
+    :func:`load_topology` for the origins too)."""
+    return load_topology(path, environ=environ).nodes
 
 
 def load_node_config(
     path: str | os.PathLike[str], name: str, *, environ: Mapping[str, str] | None = None
 ) -> NodeConfig:
     """Load one node of a topology file (the whole file is validated, see
-    :func:`load_config_file`)."""
+    :func:`topology_from_text`)."""
     nodes = load_config_file(path, environ=environ)
     if name not in nodes:
-        close = difflib.get_close_matches(name, list(nodes), n=1)
-        hint = f'did you mean "{close[0]}"? ' if close else ""
         raise ConfigError(
             os.fspath(path), f"node.{name}", f"no node named {_quote(name)} in this file; "
-            f"{hint}nodes are: " + ", ".join(nodes)
+            f"{_suggest(name, nodes)}nodes are: " + ", ".join(nodes)
         )
     return nodes[name]
+
+
+def describe_upstream(node: NodeConfig) -> str:
+    """Where a node fetches from, for logs and ``reelcdn validate``."""
+    if node.origins:
+        return "origins " + ", ".join(f"{o.name} ({o.type})" for o in node.origins)
+    if node.parents:
+        return "parents " + ", ".join(p.name for p in node.parents)
+    return f"upstream {node.upstream}"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .admin import build_admin_app
-from .config import NodeConfig
+from .config import NodeConfig, describe_upstream
 from .node import CacheNode
 from .protocol import HttpConnection
 
@@ -75,10 +75,10 @@ class NodeServer:
                 self.admin_port = server.sockets[0].getsockname()[1]
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
         log.info(
-            "node %s (%s) listening on %s:%d, admin %s, upstream %s",
+            "node %s (%s) listening on %s:%d, admin %s, %s",
             config.name, config.role, config.listen_host, self.port,
             f"{config.admin_host}:{self.admin_port}" if self.admin_port else "off",
-            config.upstream,
+            describe_upstream(config),
         )
 
     def _sweep(self) -> None:

@@ -41,7 +41,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from reelcdn.edge.config import ConfigError, load_config_file
+    from reelcdn.edge.config import ConfigError, describe_upstream, load_config_file
 
     try:
         nodes = load_config_file(args.config)
@@ -50,7 +50,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return 2
     for name, node in nodes.items():
         print(f"{name}: {node.role} listen {node.listen_host}:{node.listen_port} "
-              f"upstream {node.upstream}")
+              f"{describe_upstream(node)}")
     print(f"{args.config}: OK ({len(nodes)} node{'s' if len(nodes) != 1 else ''})")
     return 0
 

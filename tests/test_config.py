@@ -318,14 +318,21 @@ def test_ipv6_upstream_keeps_brackets() -> None:
     assert node.upstream == "http://[::1]:8000"
 
 
-@pytest.mark.parametrize("missing", ["listen", "upstream"])
-def test_missing_required_key(missing: str) -> None:
+@pytest.mark.parametrize(
+    ("missing", "key", "message"),
+    [
+        ("listen", "node.edge-a.listen", "every node needs listen"),
+        # a lone node has no parents to list, but the message names both ways to fetch
+        ("upstream", "node.edge-a.parents", "an edge needs parents (or an upstream URL)"),
+    ],
+)
+def test_missing_required_key(missing: str, key: str, message: str) -> None:
     table = {"listen": "127.0.0.1:8080", "upstream": "http://127.0.0.1:8000"}
     del table[missing]
     with pytest.raises(ConfigError) as info:
         node_config_from_dict("edge-a", table, file="t.toml")
-    assert info.value.key == f"node.edge-a.{missing}"
-    assert f"every node needs {missing}" in info.value.message
+    assert info.value.key == key
+    assert message in info.value.message
 
 
 @pytest.mark.parametrize(
@@ -639,8 +646,8 @@ def test_missing_listen_in_file(tmp_path: Path) -> None:
 
 def test_missing_upstream_in_file(tmp_path: Path) -> None:
     err = load_error(tmp_path, '[node.a]\nlisten = "127.0.0.1:1"\n')
-    assert err.key == "node.a.upstream"
-    assert "missing" in err.message
+    assert err.key == "node.a.parents"
+    assert "missing: an edge needs parents (or an upstream URL)" in err.message
 
 
 @pytest.mark.parametrize("text", ["", "[defaults]\nrole = 'edge'\n", "[node]\n"])

@@ -29,9 +29,9 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 
 from . import machine
+from .common import BenchFailure, log, non_negative_int, positive_int, raise_interrupt
 from .origin import OBJECTS
 from .procs import StartupError
 from .report import Run, Series, markdown_table
@@ -49,35 +49,6 @@ from .wrk import WrkError, WrkSettings, parse_duration, run_wrk
 
 PROG = "python -m reelcdn.loadtest.bench.hit"
 WARM_ATTEMPTS = 6
-
-
-class BenchFailure(RuntimeError):
-    """A server misbehaved in a way that makes the run meaningless (exit status 1)."""
-
-
-def log(message: str) -> None:
-    """Progress goes to stderr so stdout is only the report."""
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
-
-
-def _positive_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from exc
-    if n < 1:
-        raise argparse.ArgumentTypeError("must be >= 1")
-    return n
-
-
-def _non_negative_int(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from exc
-    if n < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return n
 
 
 def _duration(value: str) -> int:
@@ -103,17 +74,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         description="Benchmark cache HITs of the reelcdn node side by side with nginx "
         "proxy_cache (same run, same wrk settings, medians of N alternating runs).",
     )
-    parser.add_argument("--threads", type=_positive_int, default=1, help="wrk -t (default 1)")
-    parser.add_argument("--connections", type=_positive_int, default=64, help="wrk -c (default 64)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="wrk -t (default 1)")
+    parser.add_argument("--connections", type=positive_int, default=64, help="wrk -c (default 64)")
     parser.add_argument(
         "--duration", type=_duration, default=10, help="wrk -d, e.g. 10s, 1m (default 10s)"
     )
     parser.add_argument(
-        "--repeat", type=_positive_int, default=3, help="runs per server and object (default 3)"
+        "--repeat", type=positive_int, default=3, help="runs per server and object (default 3)"
     )
     parser.add_argument(
         "--warmup",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=2,
         metavar="SECONDS",
         help="unrecorded wrk run per server and object before measuring (default 2, 0 = none)",
@@ -310,11 +281,6 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
-def _raise_interrupt(signum: int, _frame: FrameType | None) -> None:
-    """SIGTERM behaves like Ctrl-C, so the finally blocks tear the servers down."""
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def run(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     selected = [t for t in TARGETS if args.only in (None, t.key)]
@@ -386,7 +352,7 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         return run(sys.argv[1:] if argv is None else list(argv))
     except KeyboardInterrupt:

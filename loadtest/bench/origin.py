@@ -5,11 +5,19 @@ Why it exists: a cache HIT benchmark needs an origin whose objects are cacheable
 was asked. If the counter moves while wrk runs, the "HIT" numbers include misses and the run is
 flagged. It is deliberately plain aiohttp: its speed is not measured, only its request count.
 
-Run: ``python -m reelcdn.loadtest.bench.origin --port 8080``. Endpoints:
+The crowd benchmark also needs objects no cache has seen yet, answered after a delay like a
+distant origin, whose fetches it can count one path at a time (a coalescing cache must fetch
+each exactly once, however many clients ask).
+
+Run: ``python -m reelcdn.loadtest.bench.origin --port 8080 [--cold-size 256KiB]
+[--cold-delay 200ms]``. Endpoints:
 
 - ``GET|HEAD /obj/2k`` (2048 bytes) and ``/obj/1m`` (1 MiB): deterministic bytes, strong ETag,
   ``If-None-Match`` answered with 304 (so a revalidating cache is not charged a full body).
-- ``GET /__count``: JSON ``{"total": n, "by_path": {...}}``, not counted itself.
+- ``GET|HEAD /cold/{id}``: ``--cold-size`` bytes derived from the path (``coldobj.cold_body``),
+  sent ``--cold-delay`` after the request arrived, ``Cache-Control: max-age=86400``, strong ETag.
+- ``GET /__count``: JSON ``{"total": n, "by_path": {...}}``; ``GET /__count?path=/cold/x``:
+  ``{"path": "/cold/x", "count": n}``. Not counted itself.
 """
 
 from __future__ import annotations
@@ -25,6 +33,9 @@ from collections import Counter
 from collections.abc import Callable
 
 from aiohttp import web
+
+from .coldobj import COLD_PREFIX, DEFAULT_DELAY, DEFAULT_SIZE, cold_body
+from .common import byte_size, milliseconds
 
 #: Benchmark objects: name in the URL (``/obj/{name}``) -> size in bytes.
 OBJECTS: dict[str, int] = {"2k": 2048, "1m": 1024 * 1024}
@@ -54,8 +65,12 @@ def if_none_match_hits(header: str | None, etag: str) -> bool:
     return etag in tags
 
 
-def build_app() -> web.Application:
-    """The origin application; bodies and headers are prebuilt once, not per request."""
+def build_app(cold_size: int = DEFAULT_SIZE, cold_delay: float = DEFAULT_DELAY) -> web.Application:
+    """The origin application; ``/obj`` bodies and headers are prebuilt once, not per request.
+
+    ``/cold`` bodies are generated per request (each path is meant to be fetched once), before
+    the delay, so the delay is the whole time to first byte.
+    """
     counts: Counter[str] = Counter()
     prepared: dict[str, tuple[bytes, dict[str, str]]] = {}
     for name, size in OBJECTS.items():
@@ -80,19 +95,41 @@ def build_app() -> web.Application:
             return web.Response(status=304, headers=validators)
         return web.Response(body=body, headers=headers)
 
-    async def count(_request: web.Request) -> web.Response:
-        payload = {"total": sum(counts.values()), "by_path": dict(counts)}
+    async def cold(request: web.Request) -> web.Response:
+        arrived = asyncio.get_running_loop().time()
+        counts[request.path] += 1
+        body = cold_body(request.path, cold_size)
+        headers = {
+            "Cache-Control": f"max-age={MAX_AGE}",
+            "ETag": etag_of(body),
+            "Content-Type": "application/octet-stream",
+        }
+        remaining = cold_delay - (asyncio.get_running_loop().time() - arrived)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return web.Response(body=body, headers=headers)
+
+    async def count(request: web.Request) -> web.Response:
+        path = request.query.get("path")
+        payload: dict[str, object]
+        if path is not None:
+            payload = {"path": path, "count": counts.get(path, 0)}
+        else:
+            payload = {"total": sum(counts.values()), "by_path": dict(counts)}
         return web.Response(text=json.dumps(payload), content_type="application/json")
 
     app = web.Application()
     app.router.add_get("/obj/{name}", obj)  # also answers HEAD
+    app.router.add_get(COLD_PREFIX + "{name}", cold)
     app.router.add_get(COUNT_PATH, count)
     return app
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(
+    host: str, port: int, cold_size: int = DEFAULT_SIZE, cold_delay: float = DEFAULT_DELAY
+) -> None:
     """Serve until SIGTERM/SIGINT, then close cleanly (the benchmark stops us with SIGTERM)."""
-    runner = web.AppRunner(build_app(), access_log=None)
+    runner = web.AppRunner(build_app(cold_size, cold_delay), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     await site.start()
@@ -134,9 +171,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", type=loopback_host, default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--cold-size",
+        type=byte_size,
+        default=DEFAULT_SIZE,
+        help=f"bytes of each /cold/ object (default {DEFAULT_SIZE})",
+    )
+    parser.add_argument(
+        "--cold-delay",
+        type=milliseconds,
+        default=DEFAULT_DELAY,
+        metavar="MS",
+        help=f"delay before answering /cold/ (default {DEFAULT_DELAY * 1000:.0f}ms)",
+    )
     args = parser.parse_args(argv)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(args.host, args.port))
+        runner.run(serve(args.host, args.port, args.cold_size, args.cold_delay))
     return 0
 
 

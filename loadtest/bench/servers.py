@@ -19,10 +19,12 @@ import shutil
 import subprocess
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote
 
 from .procs import (
     LOOPBACK,
@@ -50,13 +52,24 @@ class BenchOptions:
 
 
 class OriginServer:
-    """The aiohttp origin (``bench/origin.py``) in a subprocess; only its request count matters."""
+    """The aiohttp origin (``bench/origin.py``) in a subprocess; only its request count matters.
 
-    def __init__(self, workdir: Path) -> None:
+    ``extra_args`` go to the origin's command line (the crowd benchmark sets ``--cold-size``
+    and ``--cold-delay`` there).
+    """
+
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.process = ManagedProcess(
             "origin",
-            [sys.executable, "-m", "reelcdn.loadtest.bench.origin", "--port", str(self.port)],
+            [
+                sys.executable,
+                "-m",
+                "reelcdn.loadtest.bench.origin",
+                "--port",
+                str(self.port),
+                *extra_args,
+            ],
             workdir,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
@@ -77,6 +90,11 @@ class OriginServer:
         reply = http_get(self.port, "/__count", timeout=5.0)
         return int(json.loads(reply.body)["total"])
 
+    def count_path(self, path: str) -> int:
+        """Requests the origin has served for exactly ``path``."""
+        reply = http_get(self.port, "/__count?path=" + quote(path, safe="/"), timeout=5.0)
+        return int(json.loads(reply.body)["count"])
+
     def stop(self) -> None:
         self.process.stop()
 
@@ -86,6 +104,7 @@ class Target(ABC):
 
     key: ClassVar[str]  # name on the command line (--only KEY)
     label: ClassVar[str]  # name in the report
+    status_header: ClassVar[str]  # response header that says HIT or MISS
 
     def __init__(self, options: BenchOptions, workdir: Path, origin: OriginServer) -> None:
         self.options = options
@@ -103,13 +122,18 @@ class Target(ABC):
     def start(self) -> None:
         """Start and wait until it serves; raise StartupError (with output tail) otherwise."""
 
-    @abstractmethod
     def cache_status(self, reply: HttpReply) -> str | None:
         """The response's cache status header value, for messages."""
+        return reply.header(self.status_header)
 
-    @abstractmethod
     def is_hit(self, reply: HttpReply) -> bool:
         """Whether the response was served from this server's cache."""
+        return self.is_hit_value(self.cache_status(reply))
+
+    @abstractmethod
+    def is_hit_value(self, value: str | None) -> bool:
+        """Whether a ``status_header`` value means a cache HIT (for tallies from other
+        processes, which only have the header value)."""
 
     @abstractmethod
     def version(self) -> str:
@@ -150,6 +174,7 @@ class NginxTarget(Target):
 
     key = "nginx"
     label = "nginx proxy_cache (1 worker)"
+    status_header = "X-Cache-Status"  # $upstream_cache_status, added by the config
 
     @classmethod
     def missing(cls, options: BenchOptions) -> list[str]:
@@ -235,11 +260,8 @@ class NginxTarget(Target):
         parts = [super().diagnostics(), tail(self.prefix / "error.log")]
         return "\n".join(p for p in parts if p.strip())
 
-    def cache_status(self, reply: HttpReply) -> str | None:
-        return reply.header("X-Cache-Status")
-
-    def is_hit(self, reply: HttpReply) -> bool:
-        return (self.cache_status(reply) or "").strip().upper() == "HIT"
+    def is_hit_value(self, value: str | None) -> bool:
+        return (value or "").strip().upper() == "HIT"
 
 
 def cache_status_is_hit(value: str | None) -> bool:
@@ -271,6 +293,7 @@ class NodeTarget(Target):
 
     key = "node"
     label = "reelcdn node (1 process)"
+    status_header = "Cache-Status"  # RFC 9211
     NAME = "bench"
 
     @classmethod
@@ -331,11 +354,8 @@ class NodeTarget(Target):
     def command_line(self) -> str:
         return shlex.join(self.command)
 
-    def cache_status(self, reply: HttpReply) -> str | None:
-        return reply.header("Cache-Status")
-
-    def is_hit(self, reply: HttpReply) -> bool:
-        return cache_status_is_hit(self.cache_status(reply))
+    def is_hit_value(self, value: str | None) -> bool:
+        return cache_status_is_hit(value)
 
 
 #: Targets in report order; the first is the reference of the ratio column.

@@ -1,0 +1,347 @@
+"""Demo video synthesis with the real ffmpeg (imageio-ffmpeg) and the meta.json schema.
+
+The encoded output is checked with independent tools, not with the code that wrote it: PyAV
+(libavformat) decodes the playlists and finds the keyframes, the ``m3u8`` library parses the
+playlists, hashlib re-digests the files. Videos are short and the ladder small (180p + 360p,
+5 s: two full 2 s segments and a short last one) so the module runs in a few seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from reelcdn.origin import demo
+from reelcdn.origin.demo import DemoError, LadderRung, synthesise_demo_videos
+from reelcdn.origin.meta import (
+    InitSection,
+    Rendition,
+    Segment,
+    VideoMeta,
+    average_bandwidth,
+    peak_bandwidth,
+)
+
+av = pytest.importorskip("av", reason="PyAV decodes the demo output (pip install av)")
+m3u8 = pytest.importorskip("m3u8", reason="the m3u8 library parses the playlists")
+pytest.importorskip("imageio_ffmpeg", reason="ffmpeg comes from pip install imageio-ffmpeg")
+
+LADDER = (
+    LadderRung("180p", 320, 180, 250_000, 64_000, "main"),
+    LadderRung("360p", 640, 360, 600_000, 96_000),
+)
+DURATION = 5.0
+IDS = ["demo-1", "demo-2"]
+
+
+@pytest.fixture(scope="module")
+def origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("origin")
+    lines: list[str] = []
+    started = time.monotonic()
+    ids = synthesise_demo_videos(root, count=2, duration=DURATION, renditions=LADDER,
+                                 log=lines.append)
+    elapsed = time.monotonic() - started
+    assert ids == IDS
+    assert elapsed < 30, f"synthesis took {elapsed:.1f} s: {lines}"
+    return root
+
+
+def meta_of(origin: Path, video_id: str) -> VideoMeta:
+    return VideoMeta.read(origin / "v" / video_id / "meta.json")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def test_layout_is_exactly_the_url_scheme(origin: Path) -> None:
+    for video_id in IDS:
+        vdir = origin / "v" / video_id
+        assert {p.name for p in vdir.iterdir()} == {
+            "master.m3u8", "meta.json", "poster.jpg", "180p", "360p"}
+        for rung in LADDER:
+            names = sorted(p.name for p in (vdir / rung.name).iterdir())
+            assert names == ["index.m3u8", "init.mp4",
+                             "seg_00000.m4s", "seg_00001.m4s", "seg_00002.m4s"]
+    assert (origin / "catalog.txt").read_text() == "demo-1\ndemo-2\n"
+    # Nothing half-written is left in the staging area.
+    assert [p.name for p in (origin / demo.STAGING_DIR).iterdir()] == ["demo.lock"]
+
+
+def test_poster_is_640_wide(origin: Path) -> None:
+    with av.open(str(origin / "v" / "demo-1" / "poster.jpg")) as container:
+        frame = next(container.decode(video=0))
+    assert (frame.width, frame.height) == (640, 360)
+
+
+# --------------------------------------------------------------------------- meta.json
+
+
+def test_meta_round_trips_and_validates(origin: Path) -> None:
+    for video_id in IDS:
+        text = (origin / "v" / video_id / "meta.json").read_text()
+        meta = VideoMeta.from_json(text)
+        assert meta.video_id == video_id and meta.state == "ready" and meta.ready
+        assert meta.poster == "poster.jpg"
+        assert meta.to_json() == text
+        assert VideoMeta.from_json(meta.to_json()) == meta
+        assert json.loads(text)["version"] == meta.version
+        assert [r.name for r in meta.renditions] == ["180p", "360p"]  # lowest first
+        assert meta.duration == pytest.approx(DURATION, abs=0.1)
+
+
+def test_codecs_come_from_the_real_stream(origin: Path) -> None:
+    meta = meta_of(origin, "demo-1")
+    profiles = {"Main": 0x4D, "High": 0x64, "Constrained Baseline": 0x42, "Baseline": 0x42}
+    for r in meta.renditions:
+        assert re.fullmatch(r"avc1\.[0-9a-f]{6}", r.video_codec), r.video_codec
+        assert r.audio_codec == "mp4a.40.2"
+        assert r.codecs == f"{r.video_codec},mp4a.40.2"
+        assert r.frame_rate == 30.0
+        rung = next(x for x in LADDER if x.name == r.name)
+        assert (r.width, r.height) == (rung.width, rung.height)
+        with av.open(str(origin / "v" / "demo-1" / r.name / "index.m3u8")) as container:
+            ctx = container.streams.video[0].codec_context
+            assert int(r.video_codec[5:7], 16) == profiles[ctx.profile]
+            assert ctx.profile.lower().endswith(rung.profile)
+            assert container.streams.audio[0].codec_context.name == "aac"
+
+
+def test_sizes_digests_and_bandwidths_match_the_files(origin: Path) -> None:
+    for video_id in IDS:
+        meta = meta_of(origin, video_id)
+        for r in meta.renditions:
+            rdir = origin / "v" / video_id / r.name
+            data = (rdir / r.init.uri).read_bytes()
+            assert r.init.size == len(data)
+            assert r.init.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+            for seg in r.segments:
+                data = (rdir / seg.uri).read_bytes()
+                assert seg.size == len(data)
+                assert seg.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+            assert r.bandwidth == peak_bandwidth(r.segments)
+            assert r.average_bandwidth == average_bandwidth(r.segments)
+            assert 0 < r.average_bandwidth <= r.bandwidth
+
+
+def test_segments_are_two_seconds_and_independent(origin: Path) -> None:
+    for video_id in IDS:
+        for r in meta_of(origin, video_id).renditions:
+            durations = [s.duration for s in r.segments]
+            assert all(d == pytest.approx(2.0, abs=0.1) for d in durations[:-1]), durations
+            assert 0 < durations[-1] <= 2.1
+            assert sum(durations) == pytest.approx(DURATION, abs=0.1)
+            assert all(s.independent for s in r.segments)
+
+
+def test_every_segment_starts_with_a_keyframe_per_pyav(origin: Path) -> None:
+    for video_id in IDS:
+        for r in meta_of(origin, video_id).renditions:
+            rdir = origin / "v" / video_id / r.name
+            init = (rdir / "init.mp4").read_bytes()
+            for seg in r.segments:
+                with av.open(io.BytesIO(init + (rdir / seg.uri).read_bytes())) as container:
+                    packet = next(p for p in container.demux(video=0) if p.size)
+                    assert packet.is_keyframe, f"{video_id}/{r.name}/{seg.uri}"
+
+
+# --------------------------------------------------------------------------- playback
+
+
+def test_pyav_plays_the_master_and_media_playlists(origin: Path) -> None:
+    vdir = origin / "v" / "demo-2"
+    with av.open(str(vdir / "master.m3u8")) as container:
+        widths = sorted(s.codec_context.width for s in container.streams.video)
+        assert widths == [320, 640]
+    for rung in LADDER:
+        with av.open(str(vdir / rung.name / "index.m3u8")) as container:
+            frames = 0
+            last = 0.0
+            for frame in container.decode(video=0):
+                assert (frame.width, frame.height) == (rung.width, rung.height)
+                frames += 1
+                last = frame.time
+            assert last >= 2.0 and frames >= 60, (frames, last)
+
+
+def test_m3u8_library_parses_master_and_media(origin: Path) -> None:
+    vdir = origin / "v" / "demo-1"
+    meta = meta_of(origin, "demo-1")
+    master = m3u8.load(str(vdir / "master.m3u8"))
+    assert master.is_variant
+    assert [p.uri for p in master.playlists] == ["180p/index.m3u8", "360p/index.m3u8"]
+    for playlist, r in zip(master.playlists, meta.renditions, strict=True):
+        info = playlist.stream_info
+        assert info.bandwidth == r.bandwidth
+        assert info.average_bandwidth == r.average_bandwidth
+        assert info.codecs == r.codecs
+        assert info.resolution == (r.width, r.height)
+        assert info.frame_rate == pytest.approx(30.0)
+        media = m3u8.load(str(vdir / playlist.uri))
+        assert media.is_endlist and media.playlist_type == "vod"
+        assert media.target_duration == r.target_duration == 2
+        assert media.segments[0].init_section.uri == r.init.uri == "init.mp4"
+        assert [(s.uri, s.duration) for s in media.segments] == [
+            (s.uri, s.duration) for s in r.segments]
+        for s in media.segments:
+            assert (vdir / r.name / s.uri).is_file()
+
+
+# --------------------------------------------------------------------------- idempotency
+
+
+def test_second_call_keeps_ready_videos(origin: Path) -> None:
+    watched = [origin / "v" / "demo-1" / "meta.json",
+               origin / "v" / "demo-2" / "360p" / "seg_00000.m4s"]
+    before = [p.stat().st_mtime_ns for p in watched]
+    lines: list[str] = []
+    started = time.monotonic()
+    ids = synthesise_demo_videos(origin, count=2, duration=DURATION, renditions=LADDER,
+                                 log=lines.append)
+    assert ids == IDS
+    assert time.monotonic() - started < 1.0
+    assert [p.stat().st_mtime_ns for p in watched] == before
+    assert lines == ["demo-1: ready, kept", "demo-2: ready, kept"]
+
+
+TINY = (LadderRung("144p", 256, 144, 150_000, 48_000, "main"),)
+
+
+def test_force_replaces_a_video_and_a_broken_one_is_redone(tmp_path: Path) -> None:
+    synthesise_demo_videos(tmp_path, count=1, duration=2.0, renditions=TINY, log=lambda _: None)
+    meta_path = tmp_path / "v" / "demo-1" / "meta.json"
+    first = VideoMeta.read(meta_path)
+    time.sleep(1.1)  # created_at has one-second resolution
+    synthesise_demo_videos(tmp_path, count=1, duration=2.0, renditions=TINY, force=True,
+                           log=lambda _: None)
+    second = VideoMeta.read(meta_path)
+    assert second.created_at != first.created_at
+    meta_path.write_text("{not json")  # not ready any more: redone without force
+    synthesise_demo_videos(tmp_path, count=1, duration=2.0, renditions=TINY, log=lambda _: None)
+    assert VideoMeta.read(meta_path).ready
+    assert [p.name for p in (tmp_path / demo.STAGING_DIR).iterdir()] == ["demo.lock"]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_failing_ffmpeg_raises_demo_error_with_stderr(tmp_path: Path) -> None:
+    with pytest.raises(DemoError) as caught:
+        synthesise_demo_videos(tmp_path, count=1, duration=2.0, renditions=TINY,
+                               preset="no-such-preset", log=lambda _: None)
+    assert "exited with status" in str(caught.value)
+    assert caught.value.stderr and caught.value.stderr in str(caught.value)
+    assert "preset" in caught.value.stderr.lower()
+    assert not (tmp_path / "v" / "demo-1").exists()
+    assert [p.name for p in (tmp_path / demo.STAGING_DIR).iterdir()] == ["demo.lock"]
+
+
+def test_bogus_origin_root_raises_demo_error(tmp_path: Path) -> None:
+    root = tmp_path / "a-file"
+    root.write_text("not a directory")
+    with pytest.raises(DemoError, match="cannot create"):
+        synthesise_demo_videos(root, count=1, renditions=TINY, log=lambda _: None)
+
+
+def test_bad_arguments_are_value_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="even"):
+        synthesise_demo_videos(tmp_path, renditions=[LadderRung("odd", 321, 180, 1000)])
+    with pytest.raises(ValueError, match="unique"):
+        synthesise_demo_videos(tmp_path, renditions=[TINY[0], TINY[0]])
+    with pytest.raises(ValueError, match="duration"):
+        synthesise_demo_videos(tmp_path, duration=0)
+
+
+# --------------------------------------------------------------------------- meta.py alone
+
+
+def sample_meta(**changes: object) -> VideoMeta:
+    digest = "sha256:" + "ab" * 32
+    segs = (Segment("seg_00000.m4s", 2.0, 250_000, digest),
+            Segment("seg_00001.m4s", 1.5, 150_000, digest))
+    rendition = Rendition(
+        name="360p", width=640, height=360, bandwidth=peak_bandwidth(segs),
+        average_bandwidth=average_bandwidth(segs), codecs="avc1.4d401e,mp4a.40.2",
+        video_codec="avc1.4d401e", audio_codec="mp4a.40.2", frame_rate=30.0,
+        init=InitSection("init.mp4", 1200, digest), segments=segs)
+    fields: dict[str, object] = dict(video_id="v1", state="ready", duration=3.5,
+                                     poster="poster.jpg", renditions=(rendition,),
+                                     created_at="2025-01-02T03:04:05Z")
+    fields.update(changes)
+    return VideoMeta(**fields)  # type: ignore[arg-type]
+
+
+def test_bandwidth_helpers() -> None:
+    meta = sample_meta()
+    r = meta.renditions[0]
+    assert r.bandwidth == 1_000_000  # 250 kB over 2 s; 150 kB over 1.5 s is 800 kbit/s
+    assert r.average_bandwidth == 914_286  # 3.2 Mbit over 3.5 s, rounded up
+    assert peak_bandwidth([]) == 0 and average_bandwidth([]) == 0
+
+
+def test_version_follows_content_not_created_at() -> None:
+    meta = sample_meta()
+    assert re.fullmatch(r"[0-9a-f]{16}", meta.version)
+    assert sample_meta(created_at="2030-01-01T00:00:00Z").version == meta.version
+    assert sample_meta(duration=3.6).version != meta.version
+    assert meta.replace(state="processing").version != meta.version
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d.update(state="done"), "state"),
+        (lambda d: d.update(video_id="../x"), "video_id"),
+        (lambda d: d.pop("renditions"), "renditions"),
+        (lambda d: d.update(schema=2), "schema"),
+        (lambda d: d.update(version="0" * 16), "version"),
+        (lambda d: d.update(created_at="yesterday"), "created_at"),
+        (lambda d: d["renditions"][0].update(width=0), "renditions[0].width"),
+        (lambda d: d["renditions"][0].update(codecs="hvc1.1"), "renditions[0].codecs"),
+        (lambda d: d["renditions"][0].update(average_bandwidth=10**9),
+         "renditions[0].average_bandwidth"),
+        (lambda d: d["renditions"][0]["init"].update(uri="../../etc/passwd"),
+         "renditions[0].init.uri"),
+        (lambda d: d["renditions"][0]["segments"][1].update(duration=-1),
+         "renditions[0].segments[1].duration"),
+        (lambda d: d["renditions"][0]["segments"][0].update(digest="md5:00"),
+         "renditions[0].segments[0].digest"),
+        (lambda d: d["renditions"][0]["segments"][0].update(size=True),
+         "renditions[0].segments[0].size"),
+        (lambda d: d["renditions"][0]["segments"][0].update(byterange=[0, 5]),
+         "renditions[0].segments[0].byterange[1]"),
+        (lambda d: d["renditions"][0]["segments"][0].pop("uri"),
+         "renditions[0].segments[0].uri"),
+        (lambda d: d["renditions"][0].update(segments=[]), "renditions[0].segments"),
+    ],
+)
+def test_validation_names_the_field(edit: object, field: str) -> None:
+    data = sample_meta().to_dict()
+    edit(data)  # type: ignore[operator]
+    with pytest.raises(ValueError) as caught:
+        VideoMeta.from_dict(data)
+    assert f" {field}: " in str(caught.value), str(caught.value)
+
+
+def test_processing_meta_may_be_partial_and_json_errors_are_value_errors() -> None:
+    meta = sample_meta()
+    partial = dataclasses.replace(meta.renditions[0], segments=(), bandwidth=0,
+                                  average_bandwidth=0)
+    processing = sample_meta(state="processing", renditions=(partial,), poster=None)
+    assert VideoMeta.from_json(processing.to_json()) == processing
+    with pytest.raises(ValueError, match="not valid JSON"):
+        VideoMeta.from_json("{")
+    with pytest.raises(ValueError, match="version"):
+        data = meta.to_dict()
+        data["duration"] = 9.0  # edited by hand without recomputing the version
+        VideoMeta.from_dict(data)
+    data = meta.to_dict()
+    del data["version"]  # a hand-written file may leave it out
+    assert VideoMeta.from_dict(data) == meta
