@@ -12,6 +12,7 @@ serves it (DESIGN.md §2)::
     {root}/v/{video_id}/{rendition}/init.mp4   CMAF header
     {root}/v/{video_id}/{rendition}/seg_00000.m4s, seg_00001.m4s, ...
     {root}/catalog.txt                         ready video ids, one per line (load harness)
+    {root}/.staging/demo/                      work in progress, renamed into v/ when done
 
 H.264 (libx264) + AAC-LC because that is what hls.js, Safari and ExoPlayer all play. GOPs are
 closed, fixed and aligned to the segment duration on every rendition (same split source, same
@@ -45,9 +46,9 @@ from reelcdn.origin.meta import (
     Segment,
     VideoMeta,
     average_bandwidth,
-    file_digest,
     peak_bandwidth,
     renditions_sorted,
+    sha256_digest,
 )
 
 __all__ = [
@@ -70,8 +71,9 @@ __all__ = [
 SEGMENT_SECONDS = 2.0
 FRAME_RATE = 30
 POSTER_WIDTH = 640
-STAGING_DIR = ".staging"
-"""Under the origin root, beside ``v/``: same filesystem, so the final rename is atomic."""
+STAGING_DIR = ".staging/demo"
+"""Under the origin root, beside ``v/``: same filesystem, so the final rename is atomic.
+Only this module writes there, so anything but the lock left in it is a crashed run's."""
 
 
 class DemoError(RuntimeError):
@@ -167,8 +169,9 @@ def ffmpeg_has_drawtext(exe: str) -> bool:
 # --------------------------------------------------------------------------- MP4 boxes
 
 
-def _iter_boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[str, int,
-                                                                                     int]]:
+def _iter_boxes(
+    data: bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[str, int, int]]:
     """Yield (type, payload_start, box_end) for the boxes laid end to end in data[start:end]."""
     end = len(data) if end is None else end
     pos = start
@@ -437,15 +440,12 @@ def build_rendition(rendition_dir: Path, name: str, frame_rate: float) -> Rendit
     info = parse_init(init_bytes)
     if info.video_codec is None:
         raise ValueError(f"{rendition_dir}/{playlist.init_uri} has no video track")
-    init_size, init_digest = file_digest(rendition_dir / playlist.init_uri)
     segments = []
     for uri, duration in playlist.segments:
-        path = rendition_dir / uri
-        size, digest = file_digest(path)
-        with open(path, "rb") as f:
-            head = f.read(64 * 1024)  # styp/sidx/moof come first; trun is well inside this
-        segments.append(Segment(uri=uri, duration=duration, size=size, digest=digest,
-                                independent=segment_starts_with_keyframe(info, head)))
+        data = (rendition_dir / uri).read_bytes()  # a few MB at most: read once, use twice
+        segments.append(Segment(uri=uri, duration=duration, size=len(data),
+                                digest=sha256_digest(data),
+                                independent=segment_starts_with_keyframe(info, data)))
     return Rendition(
         name=name,
         width=info.width,
@@ -456,7 +456,8 @@ def build_rendition(rendition_dir: Path, name: str, frame_rate: float) -> Rendit
         video_codec=info.video_codec,
         audio_codec=info.audio_codec,
         frame_rate=float(frame_rate),
-        init=InitSection(uri=playlist.init_uri, size=init_size, digest=init_digest),
+        init=InitSection(uri=playlist.init_uri, size=len(init_bytes),
+                         digest=sha256_digest(init_bytes)),
         segments=tuple(segments),
     )
 
@@ -466,7 +467,8 @@ def build_rendition(rendition_dir: Path, name: str, frame_rate: float) -> Rendit
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Pattern:
-    """A lavfi picture source: ``graph(width, height, fps)`` -> filter chain ending in [src]."""
+    """A lavfi picture: ``graph(width, height, fps)`` -> a filter chain (or small graph) whose
+    one unlabelled output is the picture at that size; ``tone_hz`` is the sine it comes with."""
 
     name: str
     tone_hz: int
@@ -485,10 +487,10 @@ def _bars_with_box(w: int, h: int, fps: int) -> str:
 
 
 def _life(w: int, h: int, fps: int) -> str:
-    # Generated at a quarter of the size and scaled up with nearest neighbour: fast and crisp.
-    return (f"life=s={w // 4}x{h // 4}:r={fps}:mold=10:ratio=0.12:seed=7:"
-            f"life_color=#40e0a0:death_color=#202048:mold_color=#603090,"
-            f"scale={w}:{h}:flags=neighbor")
+    # 8-pixel cells (generated at 1/8 size, scaled up with nearest neighbour): cheap to make
+    # and, without "mold" trails, not so noisy that x264 spends seconds on it.
+    return (f"life=s={max(2, w // 8)}x{max(2, h // 8)}:r={fps}:ratio=0.1:seed=7:"
+            f"life_color=#40e0a0:death_color=#202048,scale={w}:{h}:flags=neighbor")
 
 
 def _mandelbrot(w: int, h: int, fps: int) -> str:
@@ -597,6 +599,7 @@ def write_catalog(origin_root: Path) -> list[str]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("".join(f"{i}\n" for i in ids))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the harness may run as another user
         os.replace(tmp, origin_root / "catalog.txt")
     except BaseException:
         with contextlib.suppress(OSError):
@@ -652,7 +655,7 @@ def synthesise_demo_videos(
     renditions: Sequence[LadderRung] = DEFAULT_LADDER,
     force: bool = False,
     log: Callable[[str], object] = print,
-    preset: str = "veryfast",
+    preset: str = "superfast",
     frame_rate: int = FRAME_RATE,
     segment_seconds: float = SEGMENT_SECONDS,
     timeout: float = 600.0,
@@ -663,6 +666,10 @@ def synthesise_demo_videos(
     is encoded in a staging directory beside ``v/`` and renamed into place when complete, so a
     reader (or a crash) never sees half a video. ``catalog.txt`` is rewritten at the end.
     Raises DemoError (with ffmpeg's stderr) when encoding fails; ValueError for bad arguments.
+
+    *preset* is the x264 preset: ``superfast`` because these clips exist to be served, not
+    watched closely, and it encodes the default 3 videos x 3 renditions x 8 s about a third
+    faster than ``veryfast`` on two cores. *timeout* bounds each ffmpeg run (seconds).
     """
     if count < 0:
         raise ValueError(f"count must be >= 0 (got {count})")
@@ -683,12 +690,15 @@ def synthesise_demo_videos(
     staging = origin_root / STAGING_DIR
     try:
         vdir.mkdir(parents=True, exist_ok=True)
-        staging.mkdir(exist_ok=True)
+        staging.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DemoError(f"cannot create the origin folders under {origin_root}: {exc}") from exc
     ids = [f"demo-{i}" for i in range(1, count + 1)]
     exe: str | None = None
     with _root_lock(staging):
+        for leftover in staging.iterdir():  # a run killed mid-encode (we hold the lock)
+            if leftover.name != "demo.lock":
+                shutil.rmtree(leftover, ignore_errors=True)
         for n, video_id in enumerate(ids):
             final = vdir / video_id
             if not force and _ready(final):
@@ -703,6 +713,9 @@ def synthesise_demo_videos(
                 f"{', '.join(r.name for r in rungs)}")
             work = Path(tempfile.mkdtemp(prefix=f"{video_id}-", dir=staging))
             try:
+                # mkdtemp makes 0700; the tree is public content that another user's server
+                # (nginx in the benchmarks) must be able to read once it is renamed into v/.
+                os.chmod(work, 0o755)
                 meta = _encode_video(exe, video_id, pattern, rungs, work, duration=duration,
                                      fps=frame_rate, segment_seconds=segment_seconds,
                                      preset=preset, timeout=timeout)

@@ -535,6 +535,7 @@ class VideoMeta:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(self.to_json())
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; the file is served to the world
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -65,6 +65,8 @@ def build_origin(config: Any) -> Upstream:
             region=getattr(config, "region", None) or None,
             profile=getattr(config, "profile", None) or None,
             timeouts=timeouts,
+            max_connections=getattr(config, "max_connections", None) or 32,
+            attempts=getattr(config, "attempts", None) or 2,
             name=name,
         )
     if kind == "http":

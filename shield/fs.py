@@ -106,6 +106,8 @@ class FsResponse(UpstreamResponse):
                 raise FetchFailed(504, "filesystem read stalled") from exc
             except OSError as exc:
                 raise FetchFailed(502, f"filesystem read failed: {exc.strerror}") from exc
+            except RuntimeError as exc:  # the origin was closed (replaced by a reload)
+                raise FetchFailed(502, "filesystem origin closed during the body") from exc
             finally:
                 if pending.done():
                     self._pending = None
@@ -220,10 +222,12 @@ class FsOrigin(Upstream):
         except OriginRefused as refused:
             return simple_response(refused.status, refused.reason)
         loop = asyncio.get_running_loop()
+        pending = loop.run_in_executor(self._executor, self._open, key, method == "GET")
         try:
-            opened = await loop.run_in_executor(
-                self._executor, self._open, key, method == "GET"
-            )
+            opened = await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            pending.add_done_callback(_close_unclaimed)  # the thread still opens the file
+            raise
         except OSError as exc:
             failure = FetchFailed(502, f"{self.name}: {exc.strerror or exc}")
             self.observe(self.name, failure.status)
@@ -302,6 +306,14 @@ class FsOrigin(Upstream):
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self.root + os.sep) if self.root != os.sep else True
+
+
+def _close_unclaimed(pending: asyncio.Future[_Opened]) -> None:
+    """The request was cancelled while its file was being opened: close what was opened."""
+    if not pending.cancelled() and pending.exception() is None:
+        fd = pending.result().fd
+        if fd is not None:
+            os.close(fd)
 
 
 def _request_fields(

@@ -65,6 +65,7 @@ _PASSED_FIELDS = (
     ("ContentDisposition", b"Content-Disposition"),
     ("ContentLanguage", b"Content-Language"),
 )
+MAX_KEY_BYTES = 1024  # S3's limit on a key, UTF-8 encoded
 _ANSWERS = {"NoSuchKey": 404, "404": 404, "AccessDenied": 403, "403": 403}
 
 
@@ -109,6 +110,8 @@ class S3Response(UpstreamResponse):
                 raise FetchFailed(504, "S3 body stalled") from exc
             except (BotoCoreError, OSError) as exc:
                 raise FetchFailed(502, f"S3 body broke: {exc.__class__.__name__}") from exc
+            except RuntimeError as exc:  # the origin was closed (replaced by a reload)
+                raise FetchFailed(502, "S3 origin closed during the body") from exc
             finally:
                 if pending.done():
                     self._pending = None
@@ -150,7 +153,7 @@ class S3Origin(Upstream):
         region: str | None = None,
         profile: str | None = None,
         timeouts: UpstreamTimeouts | None = None,
-        max_connections: int = 64,
+        max_connections: int = 32,
         addressing_style: str | None = None,
         attempts: int = 2,
         name: str | None = None,
@@ -237,8 +240,13 @@ class S3Origin(Upstream):
 
     async def _fetch(
         self, method: str, key: str, headers: Iterable[tuple[bytes | str, bytes | str]]
-    ) -> S3Response:
-        params: dict[str, Any] = {"Bucket": self.bucket, "Key": join_key(self.prefix, key)}
+    ) -> UpstreamResponse:
+        full_key = join_key(self.prefix, key)
+        if len(full_key.encode()) > MAX_KEY_BYTES:
+            # S3 would answer KeyTooLongError, a 400 we would count as the origin failing:
+            # anyone could then open the circuit with long URLs. No such object can exist.
+            return simple_response(404, "not found")
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": full_key}
         fields = _conditional_fields(headers)
         if "if-none-match" in fields:
             params["IfNoneMatch"] = fields["if-none-match"]
@@ -255,8 +263,11 @@ class S3Origin(Upstream):
         except TimeoutError as exc:
             pending.add_done_callback(_close_late_response)
             raise FetchFailed(504, f"{self.name} timed out before the response head") from exc
+        except asyncio.CancelledError:
+            pending.add_done_callback(_close_late_response)
+            raise
 
-    def _get(self, params: dict[str, Any]) -> S3Response:
+    def _get(self, params: dict[str, Any]) -> UpstreamResponse:
         """In a thread: ``get_object``, and the whole body when it is at most one chunk."""
         try:
             answer = self._client.get_object(**params)
@@ -276,7 +287,7 @@ class S3Origin(Upstream):
             return S3Response(200, headers, data)
         return S3Response(200, headers, body=body, executor=self._executor)
 
-    def _head(self, params: dict[str, Any]) -> S3Response:
+    def _head(self, params: dict[str, Any]) -> UpstreamResponse:
         """In a thread: ``head_object``."""
         try:
             answer = self._client.head_object(**params)
@@ -299,7 +310,7 @@ class S3Origin(Upstream):
             headers.append((b"Expires", _latin1(raw_expires)))
         return headers
 
-    def _error(self, exc: ClientError | BotoCoreError) -> S3Response:
+    def _error(self, exc: ClientError | BotoCoreError) -> UpstreamResponse:
         """An S3 answer about the object as a response; anything else raised as a failure."""
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
@@ -320,7 +331,7 @@ class S3Origin(Upstream):
         raise FetchFailed(502, f"{self.name}: {exc.__class__.__name__}: {exc}") from exc
 
 
-def _close_late_response(pending: asyncio.Future[S3Response]) -> None:
+def _close_late_response(pending: asyncio.Future[UpstreamResponse]) -> None:
     """The head came after we gave up on it: drop its body so the connection is not held."""
     if not pending.cancelled() and pending.exception() is None:
         pending.result().close()

@@ -345,3 +345,63 @@ def test_processing_meta_may_be_partial_and_json_errors_are_value_errors() -> No
     data = meta.to_dict()
     del data["version"]  # a hand-written file may leave it out
     assert VideoMeta.from_dict(data) == meta
+
+
+def test_the_documented_example_is_valid_and_renders_the_documented_master() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "meta-json.md").read_text()
+    section = doc[doc.index("## Example"):]
+    example = re.search(r"```json\n(.*?)```", section, re.S)
+    master = re.search(r"```\n(#EXTM3U\n.*?)```", section, re.S)
+    assert example and master
+    meta = VideoMeta.from_json(example.group(1))
+    assert meta.ready and [r.name for r in meta.renditions] == ["360p", "720p"]
+    assert demo.render_master_playlist(meta) == master.group(1)
+
+
+def _box(kind: str, payload: bytes) -> bytes:
+    return (8 + len(payload)).to_bytes(4, "big") + kind.encode() + payload
+
+
+def _moof(tfhd_flags: int, default_flags: int | None, trun_flags: int,
+          first_flags: int | None) -> bytes:
+    tfhd = tfhd_flags.to_bytes(4, "big") + (1).to_bytes(4, "big")
+    if default_flags is not None:
+        tfhd += default_flags.to_bytes(4, "big")
+    trun = trun_flags.to_bytes(4, "big") + (3).to_bytes(4, "big") + (0).to_bytes(4, "big")
+    if first_flags is not None:
+        trun += first_flags.to_bytes(4, "big")
+    traf = _box("tfhd", tfhd) + _box("trun", trun)
+    return _box("styp", b"msdh") + _box("moof", _box("mfhd", bytes(8)) + _box("traf", traf))
+
+
+def test_keyframe_check_reads_trun_tfhd_and_trex_flags() -> None:
+    sync, non_sync = 0x0200_0000, 0x0101_0000
+    info = demo.InitInfo("avc1.64001f", None, 640, 360, 1, {1: non_sync})
+    # first_sample_flags in trun win over everything
+    assert demo.segment_starts_with_keyframe(info, _moof(0x20, non_sync, 0x005, sync))
+    assert not demo.segment_starts_with_keyframe(info, _moof(0x20, sync, 0x005, non_sync))
+    # else tfhd default_sample_flags
+    assert demo.segment_starts_with_keyframe(info, _moof(0x20, sync, 0x001, None))
+    assert not demo.segment_starts_with_keyframe(info, _moof(0x20, non_sync, 0x001, None))
+    # else trex (from the init segment)
+    assert not demo.segment_starts_with_keyframe(info, _moof(0x00, None, 0x001, None))
+    with pytest.raises(ValueError, match="moof"):
+        demo.segment_starts_with_keyframe(info, _box("mdat", b"x"))
+
+
+def test_without_drawtext_the_pictures_are_still_made(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without fonts: no burnt-in text, everything else the same."""
+    monkeypatch.setattr(demo, "ffmpeg_has_drawtext", lambda exe: False)
+    synthesise_demo_videos(tmp_path, count=1, duration=2.0, renditions=TINY, log=lambda _: None)
+    meta = VideoMeta.read(tmp_path / "v" / "demo-1" / "meta.json")
+    assert meta.ready and meta.renditions[0].segments[0].independent
+
+
+def test_a_crashed_runs_leftovers_are_cleared(tmp_path: Path) -> None:
+    leftover = tmp_path / demo.STAGING_DIR / "demo-1-crashed"
+    leftover.mkdir(parents=True)
+    (leftover / "seg_00000.m4s").write_bytes(b"half")
+    synthesise_demo_videos(tmp_path, count=0, log=lambda _: None)
+    assert not leftover.exists()
+    assert (tmp_path / "catalog.txt").read_text() == ""
