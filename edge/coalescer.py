@@ -14,6 +14,7 @@ import asyncio
 from typing import Protocol
 
 from .freshness import Freshness
+from .http import render_fields
 
 
 class FetchHead:
@@ -33,6 +34,7 @@ class FetchHead:
         "last_modified",
         "content_type",
         "block",
+        "prior",
     )
 
     def __init__(
@@ -64,7 +66,7 @@ class FetchHead:
         self.last_modified = modified.decode("latin-1") if modified is not None else None
         self.content_type = lookup.get(b"content-type")
         # The stored fields rendered once, shared by every reader's response head.
-        self.block = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+        self.block, self.prior = render_fields(headers)
 
 
 class FetchFailed(Exception):

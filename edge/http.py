@@ -127,3 +127,25 @@ def forwardable(
         for name, value in raw_headers
         if (low := name.lower()) not in HOP_BY_HOP and low not in named and low not in drop
     ]
+
+
+NO_PRIOR: tuple[bytes, bytes] = (b"", b"")
+
+
+def render_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, tuple[bytes, bytes]]:
+    """Header pairs as one block of ``Name: value\\r\\n`` lines, with the upstream tiers'
+    ``Cache-Status`` and ``Via`` taken out (returned as ``prior``): the node sends each of
+    those as one line with its own member appended, since many clients read only the first
+    (or last) line of a repeated field."""
+    parts = []
+    statuses = []
+    vias = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower == b"cache-status":
+            statuses.append(value)
+        elif lower == b"via":
+            vias.append(value)
+        else:
+            parts.append(name + b": " + value + b"\r\n")
+    return b"".join(parts), (b", ".join(statuses), b", ".join(vias))

@@ -35,7 +35,16 @@ from .cachekey import cache_key, split_target
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig
 from .freshness import Freshness, current_age, decide
-from .http import CLIENT_ONLY, HOP_BY_HOP, Request, error_response, forwardable, status_line
+from .http import (
+    CLIENT_ONLY,
+    HOP_BY_HOP,
+    NO_PRIOR,
+    Request,
+    error_response,
+    forwardable,
+    render_fields,
+    status_line,
+)
 from .httpdate import http_date_now_bytes
 from .metrics import NodeStats
 from .parents import ParentSet
@@ -53,6 +62,7 @@ SMALL_BODY = 64 * 1024
 PASS_MARK_SECONDS = 30.0
 NO_BODY_STATUSES = frozenset({204, 304})
 CONNECTION_CLOSE = b"Connection: close\r\n"
+TIER_FIELDS = frozenset({b"cache-status", b"via"})
 # Request fields not copied upstream: recomputed here (Via, X-Forwarded-For, framing) or,
 # for fills, answered here (conditionals, Range).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
@@ -159,7 +169,8 @@ class CacheNode:
         self.stats = NodeStats(config.name)
         self.upstream.observe = self.stats.upstream
         self._member = _sf_token(config.name).encode()
-        self._via = b"Via: 1.1 " + config.name.encode() + b"\r\n"
+        self._via_hop = b"1.1 " + config.name.encode()
+        self._via = b"Via: " + self._via_hop + b"\r\n"
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -308,7 +319,7 @@ class CacheNode:
             if parsed is not None:
                 self._write_ranges(
                     req, conn, parsed, body, len(body), entry.header_block,
-                    entry.content_type, entry.age(now), member, close,
+                    entry.content_type, entry.age(now), member, close, entry.prior,
                 )
                 return
         if member == b"hit" and not close:
@@ -316,7 +327,7 @@ class CacheNode:
         else:
             head = self._head(
                 entry.status, entry.header_block, entry.age(now), member, entry.ttl(now),
-                len(body), close,
+                len(body), close, prior=entry.prior,
             )
         if req.method == "HEAD":
             conn.write(head)
@@ -335,7 +346,7 @@ class CacheNode:
             return cached[1]
         head = self._head(
             entry.status, entry.header_block, entry.age(now), b"hit", entry.ttl(now),
-            len(entry.body), b"",
+            len(entry.body), b"", prior=entry.prior,
         )
         entry.head_cache = (second, head)
         return head
@@ -351,6 +362,7 @@ class CacheNode:
         close: bytes,
         *,
         chunked: bool = False,
+        prior: tuple[bytes, bytes] = NO_PRIOR,
     ) -> bytes:
         """Status line, stored fields, then what this node adds: Age, Cache-Status, Via,
         framing (Content-Length or chunked) and Connection."""
@@ -360,8 +372,14 @@ class CacheNode:
         status_member = self._member + b"; " + member
         if ttl is not None and member.startswith(b"hit"):
             status_member += b"; ttl=%d" % int(ttl)
+        earlier_status, earlier_via = prior
+        if earlier_status:
+            status_member = earlier_status + b", " + status_member
         parts.append(b"Cache-Status: " + status_member + b"\r\n")
-        parts.append(self._via)
+        if earlier_via:
+            parts.append(b"Via: " + earlier_via + b", " + self._via_hop + b"\r\n")
+        else:
+            parts.append(self._via)
         if length is not None:
             parts.append(b"Content-Length: %d\r\n" % length)
         elif chunked:
@@ -382,10 +400,11 @@ class CacheNode:
     ) -> None:
         """304 Not Modified or 412 Precondition Failed answered from a representation."""
         if status == 304:
-            block = b"".join(
-                n + b": " + v + b"\r\n" for n, v in headers if n.lower() in NOT_MODIFIED_FIELDS
+            block, prior = render_fields(
+                [(n, v) for n, v in headers
+                 if (low := n.lower()) in NOT_MODIFIED_FIELDS or low in TIER_FIELDS]
             )
-            head = self._head(304, block, age, member, None, None, close)
+            head = self._head(304, block, age, member, None, None, close, prior=prior)
         else:
             head = self._head(status, b"", None, member, None, 0, close)
         conn.write(head)
@@ -403,6 +422,7 @@ class CacheNode:
         age: float | None,
         member: bytes,
         close: bytes,
+        prior: tuple[bytes, bytes] = NO_PRIOR,
     ) -> None:
         """206 with one range, 206 multipart/byteranges, or 416 — from a complete body."""
         if parsed is ranges.UNSATISFIABLE:
@@ -417,7 +437,8 @@ class CacheNode:
         if len(parsed) == 1:
             start, end = parsed[0]
             block = header_block + b"Content-Range: " + ranges.content_range(start, end, size)
-            head = self._head(206, block + b"\r\n", age, member, None, end - start, close)
+            head = self._head(206, block + b"\r\n", age, member, None, end - start, close,
+                              prior=prior)
             conn.write(head)
             if not head_only:
                 conn.write(view[start:end])
@@ -431,7 +452,7 @@ class CacheNode:
             if line and not line.lower().startswith(b"content-type:")
         )
         block += b"Content-Type: multipart/byteranges; boundary=" + boundary + b"\r\n"
-        head = self._head(206, block, age, member, None, total, close)
+        head = self._head(206, block, age, member, None, total, close, prior=prior)
         conn.write(head)
         if not head_only:
             for part_head, start, end in parts:
@@ -746,7 +767,8 @@ class CacheNode:
                 self._write_bodyless(conn, verdict, head.headers, age, member, close)
                 return
         if head.status in NO_BODY_STATUSES:
-            conn.write(self._head(head.status, block, age, member, None, None, close))
+            conn.write(self._head(head.status, block, age, member, None, None, close,
+                                  prior=head.prior))
             return
         if (
             head.status == 200
@@ -769,7 +791,7 @@ class CacheNode:
             close = CONNECTION_CLOSE
             conn.close_after_response()
         conn.write(self._head(head.status, block, age, member, None, length, close,
-                              chunked=chunked))
+                              chunked=chunked, prior=head.prior))
         if req.method == "HEAD":
             return
         await self._stream(conn, fetch, 0, None, chunked)
@@ -795,17 +817,17 @@ class CacheNode:
         if len(parsed) == 1:
             start, end = parsed[0]
             extra = b"Content-Range: " + ranges.content_range(start, end, size) + b"\r\n"
-            conn.write(self._head(206, block + extra, age, member, None, end - start, close))
+            conn.write(self._head(206, block + extra, age, member, None, end - start, close,
+                                  prior=head.prior))
             if req.method != "HEAD":
                 await self._stream(conn, fetch, start, end, False)
             return
         boundary = ranges.new_boundary()
         parts, closing, total = ranges.multipart_plan(parsed, size, head.content_type, boundary)
-        kept = b"".join(
-            n + b": " + v + b"\r\n" for n, v in head.headers if n.lower() != b"content-type"
-        )
+        kept, _ = render_fields([(n, v) for n, v in head.headers
+                                 if n.lower() != b"content-type"])
         kept += b"Content-Type: multipart/byteranges; boundary=" + boundary + b"\r\n"
-        conn.write(self._head(206, kept, age, member, None, total, close))
+        conn.write(self._head(206, kept, age, member, None, total, close, prior=head.prior))
         if req.method == "HEAD":
             return
         for part_head, start, end in parts:
@@ -856,7 +878,7 @@ class CacheNode:
                               config.ignore_query_prefixes)
                 )
             headers = _storable_headers(response.headers)
-            block = b"".join(n + b": " + v + b"\r\n" for n, v in headers)
+            block, prior = render_fields(headers)
             hmap = _header_map(response.headers)
             length_text = hmap.get("content-length", "").strip()
             length = int(length_text) if length_text.isdigit() else None
@@ -873,7 +895,8 @@ class CacheNode:
                     close = CONNECTION_CLOSE
                     conn.close_after_response()
             conn.write(self._head(response.status, block, None, member + b"; fwd-status=%d"
-                                  % response.status, None, framing, close, chunked=chunked))
+                                  % response.status, None, framing, close, chunked=chunked,
+                                  prior=prior))
             self.stats.count(req.method, "pass", response.status)
             if bodyless:
                 return

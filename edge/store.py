@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from .freshness import Freshness
+from .http import render_fields
 
 # Rough bytes per entry beyond body and header block (the object, dict slot, key string).
 ENTRY_OVERHEAD = 600
@@ -39,6 +40,7 @@ class CacheEntry:
         "initial_age",
         "vary",
         "head_cache",
+        "prior",
         "hits",
         "charge",
     )
@@ -70,7 +72,7 @@ class CacheEntry:
 
     def _set_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
-        self.header_block = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        self.header_block, self.prior = render_fields(headers)
         lookup = {name.lower(): value for name, value in headers}
         etag = lookup.get(b"etag")
         modified = lookup.get(b"last-modified")

@@ -9,13 +9,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 
 from reelcdn import __version__
 
 
+def _die_with_supervisor() -> None:
+    """Under ``reelcdn up`` (``REELCDN_SUPERVISED=1``), ask Linux to SIGTERM this node when
+    the supervisor dies, even by SIGKILL, so no node outlives it."""
+    if os.environ.get("REELCDN_SUPERVISED") != "1" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the supervisor died before prctl took effect
+        sys.exit(0)
+
+
 def _cmd_node(args: argparse.Namespace) -> int:
     from reelcdn.edge.config import ConfigError, load_node_config
+
+    _die_with_supervisor()
     from reelcdn.edge.server import install_uvloop, serve
 
     try:

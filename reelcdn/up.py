@@ -129,7 +129,7 @@ class Supervisor:
             sys.executable, "-m", "reelcdn.cli", "--log-level", self.log_level, "node",
             "--config", str(self.config_file), "--name", node.name,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, "REELCDN_SUPERVISED": "1"},
         )
         node.started_at = time.monotonic()
         node.pumps = [

@@ -16,6 +16,9 @@ import re
 import time
 from pathlib import Path
 
+import av  # noqa: E402  (test dependencies: a missing one must fail, not skip)
+import imageio_ffmpeg  # noqa: E402, F401
+import m3u8  # noqa: E402
 import pytest
 
 from reelcdn.origin import demo
@@ -28,10 +31,6 @@ from reelcdn.origin.meta import (
     average_bandwidth,
     peak_bandwidth,
 )
-
-av = pytest.importorskip("av", reason="PyAV decodes the demo output (pip install av)")
-m3u8 = pytest.importorskip("m3u8", reason="the m3u8 library parses the playlists")
-pytest.importorskip("imageio_ffmpeg", reason="ffmpeg comes from pip install imageio-ffmpeg")
 
 LADDER = (
     LadderRung("180p", 320, 180, 250_000, 64_000, "main"),

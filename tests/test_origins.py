@@ -13,10 +13,10 @@ import os
 import posixpath
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -338,6 +338,24 @@ async def test_fs_fifo_is_404_and_does_not_hang(fs: FsOrigin, root: Path) -> Non
     assert response.status == 404
 
 
+async def test_fs_request_cancelled_while_opening_leaks_no_descriptor(
+    fs: FsOrigin, root: Path
+) -> None:
+    (root / "v" / "abc" / "big.mp4").write_bytes(os.urandom(2 * CHUNK_SIZE))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        task = asyncio.ensure_future(fs.request("GET", "/v/abc/big.mp4", []))
+        await asyncio.sleep(0)
+        task.cancel()
+        try:
+            response = await task
+        except asyncio.CancelledError:
+            continue
+        response.close()  # the open won the race: an ordinary response
+    await asyncio.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= before + 2
+
+
 async def test_fs_large_file_streams_in_chunks(fs: FsOrigin, root: Path) -> None:
     data = os.urandom(5 * CHUNK_SIZE + 12345)
     (root / "v" / "abc" / "big.mp4").write_bytes(data)
@@ -381,7 +399,7 @@ async def test_fs_abandoned_body_closes_its_descriptor(fs: FsOrigin, root: Path)
     before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     for _ in range(20):
         response = await fs.request("GET", "/v/abc/big.mp4", [])
-        body = response.chunks(5.0)
+        body = cast(AsyncGenerator[bytes, None], response.chunks(5.0))
         await body.__anext__()
         response.close()
         await body.aclose()
@@ -622,12 +640,28 @@ async def test_s3_streams_a_large_object_intact(s3: S3Origin) -> None:
 
 async def test_s3_abandoned_stream_can_be_closed(s3: S3Origin) -> None:
     response = await s3.request("GET", "/v/abc/big.mp4", [])
-    body = response.chunks(5.0)
+    body = cast(AsyncGenerator[bytes, None], response.chunks(5.0))
     await body.__anext__()
     response.close()
     await body.aclose()
     again = await s3.request("GET", "/v/abc/master.m3u8", [])  # the pool still works
     assert await read_body(again) == b"#EXTM3U\n"
+
+
+async def test_s3_overlong_key_is_404_not_an_origin_failure(
+    chains: list[OriginChain], s3_endpoint: str, bucket: str  # noqa: F811
+) -> None:
+    """S3 answers a key over 1024 bytes with a 400 error: counted as a failure, anyone could
+    open the origin's circuit with long URLs."""
+    chain = await start_chain(chains, build_origin_chain([
+        origin_config(name="s3", type="s3", bucket=bucket, prefix="media",
+                      endpoint_url=s3_endpoint, region="us-east-1"),
+    ], failures=1))
+    for _ in range(3):
+        response = await chain.request("GET", "/v/" + "a" * 1100, [])
+        assert response.status == 404
+        await read_body(response)
+    assert chain.counters()["s3"]["failures"] == 0 and chain.counters()["s3"]["up"]
 
 
 async def test_s3_missing_bucket_is_a_failure(s3_endpoint: str) -> None:  # noqa: F811

@@ -588,6 +588,7 @@ def render_report(
         extra = f" {shlex.join(node.options.node_args)}" if node.options.node_args else ""
         lines.append(f"- node command: `{node.command_line()} node --config … --name bench{extra}`")
     lines.append(f"- crowd client: `loadtest/bench/crowdclient.py` on {_client_loop()}")
+    lines.append(f"- load average at end (1/5/15 min): {machine.loadavg()}")
     return "\n".join(lines) + "\n"
 
 
