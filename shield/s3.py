@@ -1,8 +1,8 @@
 """The S3 origin: objects are keys under a prefix of a bucket, on AWS or any S3 API (MinIO, moto).
 
 boto3 is synchronous, so every call (``get_object``/``head_object``, and each 256 KiB read of
-the streaming body) runs in the origin's own thread pool, sized like boto3's connection pool
-so no thread ever waits for a connection. A body of at most one chunk (playlists, ``meta.json``,
+the streaming body) runs in the origin's own thread pool, as many threads as boto3 keeps
+pooled connections (``max_connections``, 32). A body of at most one chunk (playlists, ``meta.json``,
 most short-video segments) is read in the same thread hop as the request, and its connection
 goes back to the pool before the event loop even sees the head. Credentials, region and
 profile are found the way boto3 finds them (environment, profile, instance role): the shield
@@ -19,7 +19,9 @@ If-Modified-Since) to S3, whose 304 comes back as a 304 response.
 Errors: S3's answers about the object are answers — 304, 404 (``NoSuchKey``), 403
 (``AccessDenied``) — while everything that says the origin is unusable is a ``FetchFailed``
 the origin chain fails over on: 502 for a refused connection (``retryable``), S3 5xx and any
-other error (``NoSuchBucket``, bad credentials, ...), 504 for connect and read timeouts.
+other error (``NoSuchBucket``, bad credentials, ...), 504 for connect and read timeouts. A key
+S3 would refuse as too long (over 1024 bytes) is a 404 answered here: S3's 400 for it would
+otherwise count as the origin failing, and long URLs could open its circuit.
 botocore tries twice (``attempts``, ``standard`` retry mode, up to 1 s of jittered backoff):
 S3 asks clients to retry its 500/503s, and more attempts would only delay failover to the next
 origin.
@@ -59,7 +61,8 @@ from .paths import OriginRefused, join_key, resolve_key
 __all__ = ["MEASUREMENT", "S3Origin", "S3Response"]
 
 MEASUREMENT = """\
-boto3 in threads vs aiobotocore, measured (``python -m reelcdn.shield.bench_s3 --aio``; 200
+boto3 in threads vs aiobotocore, measured
+(``python -m reelcdn.loadtest.bench.s3_clients --aio``; 200
 GETs in flight, each reading its whole object, 2000 per run, 50 distinct objects; 2-core box,
 moto 5.2.1 server, botocore 1.43.117 for both, aiobotocore 3.10.0; median of 2-3 rounds):
 

@@ -8,8 +8,8 @@ per request — on a small machine the server shares the cores, so the client's 
 what decides how much is left for the server (and, in production, for the shield's cache
 hits).
 
-    python -m reelcdn.shield.bench_s3                      # boto3 threads only
-    /tmp/venv/bin/python -m reelcdn.shield.bench_s3 --aio  # both, in a venv with aiobotocore
+    python -m reelcdn.loadtest.bench.s3_clients          # boto3 threads only
+    /tmp/venv/bin/python -m reelcdn.loadtest.bench.s3_clients --aio  # both (aiobotocore venv)
 
 aiobotocore pins botocore to a narrow range, so it is measured in a separate venv
 (``python -m venv --system-site-packages /tmp/venv && /tmp/venv/bin/pip install aiobotocore``)
