@@ -66,7 +66,11 @@ def build_admin_app(server: NodeServer) -> web.Application:
             "reelcdn_open_connections": len(server.connections),
         }
 
-    registry = node_registry(node.stats, gauges)
+    def upstream_health() -> dict[str, dict[str, object]]:
+        health = getattr(node.upstream, "health", None)
+        return health() if callable(health) else {}
+
+    registry = node_registry(node.stats, gauges, upstream_health)
 
     @web.middleware
     async def require_token(request: web.Request, handler):  # type: ignore[no-untyped-def]
@@ -108,6 +112,7 @@ def build_admin_app(server: NodeServer) -> web.Application:
                 "requests": total,
                 "hits": hits,
                 "hit_ratio": hits / total if total else 0.0,
+                "upstreams": upstream_health(),
             }
         )
 

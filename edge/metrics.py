@@ -58,9 +58,15 @@ class NodeStats:
 class NodeCollector(Collector):
     """Renders a node's ``NodeStats`` and cache gauges as Prometheus metric families."""
 
-    def __init__(self, stats: NodeStats, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(
+        self,
+        stats: NodeStats,
+        gauges: Callable[[], dict[str, float]],
+        upstream_health: Callable[[], dict[str, dict[str, Any]]] | None = None,
+    ) -> None:
         self._stats = stats
         self._gauges = gauges
+        self._upstream_health = upstream_health
 
     def collect(self) -> Iterator[Any]:
         stats = self._stats
@@ -117,14 +123,37 @@ class NodeCollector(Collector):
             yield family
 
         for name, value in self._gauges().items():
-            gauge = GaugeMetricFamily(name, name.replace("_", " "), labels=["node"])
+            gauge = GaugeMetricFamily(name, GAUGE_HELP.get(name, name), labels=["node"])
             gauge.add_metric([node], value)
             yield gauge
 
+        if self._upstream_health is not None:
+            up = GaugeMetricFamily(
+                "reelcdn_upstream_up",
+                "1 while a parent or origin is in rotation, 0 while it is skipped after failures",
+                labels=["node", "upstream"],
+            )
+            for name, health in sorted(self._upstream_health().items()):
+                up.add_metric([node, name], 1.0 if health.get("up") else 0.0)
+            yield up
 
-def node_registry(stats: NodeStats, gauges: Callable[[], dict[str, float]]) -> CollectorRegistry:
+
+GAUGE_HELP = {
+    "reelcdn_cache_objects": "Entries in the memory cache",
+    "reelcdn_cache_bytes": "Bytes charged to the memory cache (bodies, headers, overhead)",
+    "reelcdn_cache_capacity_bytes": "The memory cache's configured budget",
+    "reelcdn_inflight_fetches": "Upstream fetches in progress (each may feed many clients)",
+    "reelcdn_open_connections": "Client connections open now",
+}
+
+
+def node_registry(
+    stats: NodeStats,
+    gauges: Callable[[], dict[str, float]],
+    upstream_health: Callable[[], dict[str, dict[str, Any]]] | None = None,
+) -> CollectorRegistry:
     """A registry of one node's metrics (one per node, so several nodes can share a process
     in tests without clashing)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(stats, gauges))
+    registry.register(NodeCollector(stats, gauges, upstream_health))
     return registry

@@ -8,9 +8,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import get
+from s3server import s3_endpoint  # noqa: F401  (a fixture)
 
 from reelcdn.edge.config import topology_from_text
+from reelcdn.edge.metrics import node_registry
 from reelcdn.edge.server import NodeServer
 
 TOPOLOGY = """
@@ -176,3 +180,86 @@ async def test_parents_share_objects_by_hash_and_survive_a_dead_parent(two_regio
     results = [await get(tiers.port("edge-b"), path) for path in paths]
     assert [r.status for r in results] == [200] * 20
     assert all(r.body == p.encode() * 100 for r, p in zip(results, paths, strict=True))
+
+
+S3_TOPOLOGY = """
+[origin.bucket]
+type = "s3"
+bucket = "{bucket}"
+prefix = "media/"
+endpoint_url = "{endpoint}"
+region = "us-east-1"
+
+[origin.backup]
+type = "fs"
+root = "backup"
+
+[node.shield-s3]
+role = "shield"
+listen = "127.0.0.1:{shield}"
+origins = ["bucket", "backup"]
+
+[node.edge-s3]
+role = "edge"
+listen = "127.0.0.1:{edge}"
+parents = ["shield-s3"]
+
+[[node.edge-s3.ttl]]
+match = "*.m4s"
+ttl = "1d"
+"""
+
+
+async def test_s3_origin_through_a_shield_and_failover_to_fs(tmp_path, s3_endpoint):  # noqa: F811
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    bucket = "tiers-" + os.urandom(4).hex()
+    client.create_bucket(Bucket=bucket)
+    body = os.urandom(200_000)
+    client.put_object(Bucket=bucket, Key="media/v/s3vid/360p/seg_00000.m4s", Body=body)
+    (tmp_path / "backup" / "v" / "s3vid").mkdir(parents=True)
+    (tmp_path / "backup" / "v" / "s3vid" / "poster.jpg").write_bytes(b"JPEG")
+    shield, edge = free_ports(2)
+    text = S3_TOPOLOGY.format(bucket=bucket, endpoint=s3_endpoint, shield=shield, edge=edge)
+    topology = topology_from_text(text, base_dir=str(tmp_path))
+    servers = []
+    try:
+        for name in topology.order_for_start():
+            server = NodeServer(topology.nodes[name])
+            await server.start()
+            servers.append(server)
+        response = await get(edge, "/v/s3vid/360p/seg_00000.m4s")
+        assert response.status == 200 and response.body == body
+        assert response.header("content-type") == "video/iso.segment"
+        assert "hit" in (await get(edge, "/v/s3vid/360p/seg_00000.m4s")).header("cache-status")
+        # A 404 from the bucket is an answer (origins are copies of one store): no failover.
+        assert (await get(edge, "/v/s3vid/poster.jpg")).status == 404
+        # With the bucket unreachable, the chain falls over to the fs origin.
+        client.delete_object(Bucket=bucket, Key="media/v/s3vid/360p/seg_00000.m4s")
+        client.delete_bucket(Bucket=bucket)
+        missing_bucket = await get(edge, "/v/s3vid/poster.jpg?fresh=1")
+        assert missing_bucket.status == 200 and missing_bucket.body == b"JPEG"
+    finally:
+        for server in reversed(servers):
+            await server.stop(grace=1.0)
+
+
+async def test_per_parent_metrics(two_regionals):
+    """Requests and health per parent, as /metrics exports them."""
+    tiers = two_regionals
+    for i in range(10):
+        tiers.put(f"/v/m/seg_{i:05d}.m4s", b"x")
+        await get(tiers.port("edge-a"), f"/v/m/seg_{i:05d}.m4s")
+    edge = tiers.servers["edge-a"]
+    registry = node_registry(edge.node.stats, dict, edge.node.upstream.health)
+    text = generate_latest(registry).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    per_parent = {dict(labels)["upstream"]: value for (name, labels), value in samples.items()
+                  if name == "reelcdn_upstream_requests_total"}
+    assert set(per_parent) == {"regional-1", "regional-2"}
+    assert sum(per_parent.values()) == 10
+    up = {dict(labels)["upstream"]: value for (name, labels), value in samples.items()
+          if name == "reelcdn_upstream_up"}
+    assert up == {"regional-1": 1.0, "regional-2": 1.0}
