@@ -18,7 +18,8 @@ Protocol of a run (all on 127.0.0.1):
 3. reconnect any connection the server closed, settle, next phase.
 
 The benchmark runs phase 1 on a cold path (the coalescing test) and phase 2 on the same path,
-which is then a cache HIT: the client floor. Output: one JSON object on stdout (see ``main``).
+which is then a cache HIT: the floor (client, loopback and the server's HIT path).
+Output: one JSON object on stdout (see ``main``).
 """
 
 from __future__ import annotations

@@ -75,7 +75,10 @@ def upload(endpoint: str, objects: int) -> None:
 
 
 async def run(
-    fetch: Callable[[str], Awaitable[int]], label: str, objects: int, total: int,
+    fetch: Callable[[str], Awaitable[int]],
+    label: str,
+    objects: int,
+    total: int,
     concurrency: int,
 ) -> dict[str, float]:
     """``total`` fetches, ``concurrency`` at a time, cycling over the objects of ``label``."""
@@ -105,9 +108,13 @@ async def run(
 
 
 async def bench_threads(endpoint: str, pool: int, **kw: Any) -> dict[str, dict[str, float]]:
-    origin = S3Origin(BUCKET, endpoint_url=endpoint, region="us-east-1",
-                      timeouts=UpstreamTimeouts(connect=5, first_byte=60, idle=60),
-                      max_connections=pool)
+    origin = S3Origin(
+        BUCKET,
+        endpoint_url=endpoint,
+        region="us-east-1",
+        timeouts=UpstreamTimeouts(connect=5, first_byte=60, idle=60),
+        max_connections=pool,
+    )
     await origin.start()
 
     async def fetch(key: str) -> int:
@@ -128,9 +135,13 @@ async def bench_aio(endpoint: str, pool: int, **kw: Any) -> dict[str, dict[str, 
     from aiobotocore.config import AioConfig
     from aiobotocore.session import get_session
 
-    config = AioConfig(max_pool_connections=pool, connect_timeout=5, read_timeout=60,
-                       retries={"mode": "standard", "total_max_attempts": 2},
-                       s3={"addressing_style": "path"})
+    config = AioConfig(
+        max_pool_connections=pool,
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"mode": "standard", "total_max_attempts": 2},
+        s3={"addressing_style": "path"},
+    )
     async with get_session().create_client(
         "s3", endpoint_url=endpoint, region_name="us-east-1", config=config
     ) as client:
@@ -157,8 +168,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--uvloop", action="store_true")
     args = parser.parse_args()
-    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(name, value)
     process = None
     endpoint = args.endpoint
@@ -181,9 +195,12 @@ def main() -> None:
             for kind, bench in kinds.items():
                 results = asyncio.run(bench(endpoint, args.pool, **kw))
                 for label, r in results.items():
-                    print(f"round {round_} {kind:14} {label:6} {r['rps']:8.1f} req/s  "
-                          f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
-                          f"cpu {r['cpu_ms_per_req']:.2f} ms/req", flush=True)
+                    print(
+                        f"round {round_} {kind:14} {label:6} {r['rps']:8.1f} req/s  "
+                        f"p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                        f"cpu {r['cpu_ms_per_req']:.2f} ms/req",
+                        flush=True,
+                    )
     finally:
         if process is not None:
             process.terminate()
