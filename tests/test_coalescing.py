@@ -16,29 +16,36 @@ CACHEABLE = {"Cache-Control": "max-age=3600", "Content-Type": "video/iso.segment
 
 
 async def test_500_concurrent_cold_requests_make_one_fetch(origin, node):
-    """The DESIGN target: 500 players ask for one cold segment behind a 200 ms origin → one
-    origin fetch, identical bodies, the slowest answer within origin latency + 50 ms. The
-    crowd runs in its own process (with connections opened beforehand), as real players do."""
-    origin.set("/v/a/seg_00001.m4s", SEGMENT, headers=CACHEABLE, delay=0.2)
+    """The issue's target: 500 players ask for one cold segment behind a 200 ms origin → one
+    origin fetch, identical bodies, the slowest answer within origin latency + 50 ms.
+
+    The crowd runs in its own process with its connections opened beforehand, as real
+    players do; its own cost (parsing 500 responses on one core) is measured as the floor of
+    the same crowd on a HIT and not charged to the node. The machine is shared, so the
+    timing is given three attempts (each with a fresh object, each asserting one fetch and
+    correct bodies): a node that waits on anything but the fetch — a poll interval like
+    proxy_cache_lock's 500 ms — fails all three."""
     origin.set("/v/a/warm.m4s", SEGMENT, headers=CACHEABLE)
     expected = hashlib.sha256(SEGMENT).hexdigest()
-    # The floor: what the same crowd takes for a HIT (client parsing, loopback, scheduling).
     await get(node.port, "/v/a/warm.m4s")
-    floor = max((await run_crowd(node.port, "/v/a/warm.m4s", 500))["latencies"])
-    result = await run_crowd(node.port, "/v/a/seg_00001.m4s", 500)
-    assert origin.counts["/v/a/seg_00001.m4s"] == 1
-    assert result["statuses"] == {"200": 500}
-    assert result["digests"] == {expected: 500}
-    latencies = sorted(result["latencies"])
-    slowest = latencies[-1]
-    print(f"cold crowd p50 {latencies[250] * 1000:.0f} ms, slowest {slowest * 1000:.0f} ms;"
-          f" warm crowd slowest {floor * 1000:.0f} ms")
-    # The tight target (origin latency + 50 ms over the client's own floor) is measured by
-    # the benchmark `python -m reelcdn.loadtest.bench.crowd` (docs/benchmarks.md): this
-    # machine is shared, so a test only guards against waiting on anything but the fetch
-    # (a poll interval like proxy_cache_lock's 500 ms would fail it).
-    assert slowest < 0.2 + floor + 0.2, (slowest, floor)
-    assert node.node.stats.coalesced_waiters == 499
+    attempts = []
+    for attempt in range(3):
+        path = f"/v/a/seg_{attempt:05d}.m4s"
+        origin.set(path, SEGMENT, headers=CACHEABLE, delay=0.2)
+        floor = max((await run_crowd(node.port, "/v/a/warm.m4s", 500))["latencies"])
+        result = await run_crowd(node.port, path, 500)
+        assert origin.counts[path] == 1
+        assert result["statuses"] == {"200": 500}
+        assert result["digests"] == {expected: 500}
+        slowest = max(result["latencies"])
+        attempts.append((round(slowest * 1000), round(floor * 1000)))
+        print(f"attempt {attempt}: slowest {slowest * 1000:.0f} ms, floor {floor * 1000:.0f} ms")
+        if slowest < 0.2 + 0.05 + floor:
+            break
+    else:
+        raise AssertionError(f"slowest over origin + 50 ms + floor in every attempt "
+                             f"(slowest ms, floor ms): {attempts}")
+    assert node.node.stats.coalesced_waiters == 499 * len(attempts)
 
 
 async def run_crowd(port: int, path: str, count: int) -> dict:
