@@ -14,7 +14,7 @@ import asyncio
 from typing import Protocol
 
 from .freshness import Freshness
-from .http import render_fields
+from .http import render_fields, validators
 
 
 class FetchHead:
@@ -59,12 +59,7 @@ class FetchHead:
         self.response_time = response_time
         self.initial_age = initial_age
         self.vary = vary
-        lookup = {n.lower(): v for n, v in headers}
-        etag = lookup.get(b"etag")
-        modified = lookup.get(b"last-modified")
-        self.etag = etag.decode("latin-1") if etag is not None else None
-        self.last_modified = modified.decode("latin-1") if modified is not None else None
-        self.content_type = lookup.get(b"content-type")
+        self.etag, self.last_modified, self.content_type = validators(headers)
         # The stored fields rendered once, shared by every reader's response head.
         self.block, self.prior = render_fields(headers)
 

@@ -149,3 +149,18 @@ def render_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, tuple[byte
         else:
             parts.append(name + b": " + value + b"\r\n")
     return b"".join(parts), (b", ".join(statuses), b", ".join(vias))
+
+
+def validators(
+    headers: list[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, bytes | None]:
+    """(ETag, Last-Modified, Content-Type) of a response's header pairs: what conditional
+    requests and multipart ranges need of a stored or in-flight representation."""
+    lookup = {name.lower(): value for name, value in headers}
+    etag = lookup.get(b"etag")
+    modified = lookup.get(b"last-modified")
+    return (
+        etag.decode("latin-1") if etag is not None else None,
+        modified.decode("latin-1") if modified is not None else None,
+        lookup.get(b"content-type"),
+    )

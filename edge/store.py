@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 
 from .freshness import Freshness
-from .http import render_fields
+from .http import render_fields, validators
 
 # Rough bytes per entry beyond body and header block (the object, dict slot, key string).
 ENTRY_OVERHEAD = 600
@@ -73,13 +73,7 @@ class CacheEntry:
     def _set_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.headers = headers
         self.header_block, self.prior = render_fields(headers)
-        lookup = {name.lower(): value for name, value in headers}
-        etag = lookup.get(b"etag")
-        modified = lookup.get(b"last-modified")
-        ctype = lookup.get(b"content-type")
-        self.etag = etag.decode("latin-1") if etag is not None else None
-        self.last_modified = modified.decode("latin-1") if modified is not None else None
-        self.content_type = ctype
+        self.etag, self.last_modified, self.content_type = validators(headers)
         self.head_cache = None
         self.charge = len(self.body) + len(self.header_block) + len(self.key) + ENTRY_OVERHEAD
 

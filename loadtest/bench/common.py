@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
 import sys
+from collections.abc import Callable, Sequence
 from types import FrameType
 
 
@@ -82,3 +84,16 @@ def milliseconds(value: str) -> float:
 def raise_interrupt(signum: int, _frame: FrameType | None) -> None:
     """SIGTERM behaves like Ctrl-C, so the finally blocks tear the servers down."""
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_main(run: Callable[[list[str]], int], prog: str, argv: Sequence[str] | None) -> int:
+    """Run a benchmark's ``run(argv)`` with SIGTERM turned into KeyboardInterrupt, so an
+    interrupted run still stops every server it started (their ``finally`` blocks run)."""
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        return run(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted, servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)

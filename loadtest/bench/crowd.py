@@ -37,7 +37,6 @@ import resource
 import secrets
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from .common import (
     milliseconds,
     non_negative_int,
     positive_int,
-    raise_interrupt,
+    run_main,
 )
 from .procs import StartupError
 from .report import fmt_size
@@ -672,14 +671,7 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        return run(sys.argv[1:] if argv is None else list(argv))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted, servers stopped", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main(run, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import http.client
 import importlib.util
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import machine
-from .common import BenchFailure, log, non_negative_int, positive_int, raise_interrupt
+from .common import BenchFailure, log, non_negative_int, positive_int, run_main
 from .origin import OBJECTS
 from .procs import StartupError
 from .report import Run, Series, markdown_table
@@ -352,14 +351,7 @@ def run(argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    previous = signal.signal(signal.SIGTERM, raise_interrupt)
-    try:
-        return run(sys.argv[1:] if argv is None else list(argv))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted, servers stopped", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return run_main(run, PROG, argv)
 
 
 if __name__ == "__main__":
