@@ -37,6 +37,7 @@ class NodeProcess:
     name: str
     role: str
     admin_url: str | None
+    admin_token: str | None = None
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -102,9 +103,11 @@ async def _pump(name: str, stream: asyncio.StreamReader | None, width: int) -> N
         sys.stdout.flush()
 
 
-async def _healthy(url: str, session: aiohttp.ClientSession) -> bool:
+async def _healthy(url: str, token: str | None, session: aiohttp.ClientSession) -> bool:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=1)) as r:
+        async with session.get(url + "/health", headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=1)) as r:
             return r.status == 200
     except (aiohttp.ClientError, TimeoutError):
         return False
@@ -122,7 +125,8 @@ class Supervisor:
             node = topology.nodes[name]
             admin = (f"http://{node.admin_host}:{node.admin_port}"
                      if node.admin_host and node.admin_port else None)
-            self.nodes[name] = NodeProcess(name=name, role=node.role, admin_url=admin)
+            self.nodes[name] = NodeProcess(name=name, role=node.role, admin_url=admin,
+                                           admin_token=node.admin_token)
 
     async def spawn(self, node: NodeProcess) -> None:
         node.process = await asyncio.create_subprocess_exec(
@@ -145,7 +149,7 @@ class Supervisor:
         while time.monotonic() < deadline:
             if node.process is not None and node.process.returncode is not None:
                 return False
-            if await _healthy(node.admin_url, session):
+            if await _healthy(node.admin_url, node.admin_token, session):
                 return True
             await asyncio.sleep(0.1)
         return False
