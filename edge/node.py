@@ -30,7 +30,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from . import conditional, ranges
+from ..extensions import ranges  # the compiled twin when built, else edge/ranges.py
+from . import conditional
 from .cachekey import cache_key, split_target
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig

@@ -1,1 +1,72 @@
-"""reelcdn.extensions"""
+"""Hot-path modules compiled with Cython, each with a pure-Python twin, chosen once at import.
+
+The pattern is aio-libs' multidict/yarl one (DESIGN.md §2 "Extensions"):
+
+* Every compiled module ``extensions/_<name>.pyx`` has a pure-Python twin that is the
+  reference (``reelcdn.edge.ranges`` for ``_ranges``). Both have the same API and behaviour,
+  down to the sentinel objects (the compiled one imports them from the twin) and the exceptions;
+  ``tests/test_extensions.py`` runs the same cases and differential property tests on both.
+* The choice is made here, once, at import: ``REELCDN_NO_EXTENSIONS`` set to anything but ``""``
+  or ``"0"`` forces the twins (for debugging, profiling Python code, or checking that a bug is
+  in the C path); otherwise the compiled module is used when it imports, and the twin when it
+  does not (``ImportError``: built without Cython or a C compiler, see ``setup.py``). Callers
+  import the chosen module object from here, e.g. ``from reelcdn.extensions import ranges``,
+  and never choose again per call.
+* :func:`implementations` tells which one runs, for logs and ``/health``; a missing compiled
+  module is not an error (the twin is correct, only slower), so it is reported, not raised.
+
+To add a module (the LRU index, head building): write the twin first with its tests, then
+``_<name>.pyx`` importing the twin's constants/sentinels, a line in ``setup.py``'s
+``CYTHON_MODULES``, a ``_select`` call below with its ``<NAME>_COMPILED`` flag, and the
+fixture in ``tests/test_extensions.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from reelcdn.edge import ranges as _pure_ranges
+
+__all__ = ["NO_EXTENSIONS", "RANGES_COMPILED", "implementations", "ranges"]
+
+
+def _no_extensions(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``REELCDN_NO_EXTENSIONS`` forces the pure twins (any value but "" and "0")."""
+    return environ.get("REELCDN_NO_EXTENSIONS", "") not in ("", "0")
+
+
+NO_EXTENSIONS: bool = _no_extensions()
+
+FALLBACK_REASONS: dict[str, str] = {}
+"""Why a module runs its pure twin: ``"REELCDN_NO_EXTENSIONS"`` or the ``ImportError`` text."""
+
+
+def _select(name: str, pure: ModuleType) -> ModuleType:
+    """The compiled ``reelcdn.extensions._<name>`` if allowed and importable, else ``pure``."""
+    if NO_EXTENSIONS:
+        FALLBACK_REASONS[name] = "REELCDN_NO_EXTENSIONS"
+        return pure
+    try:
+        return importlib.import_module(f"{__name__}._{name}")
+    except ImportError as exc:
+        FALLBACK_REASONS[name] = f"{type(exc).__name__}: {exc}"
+        return pure
+
+
+if TYPE_CHECKING:
+    # Type checkers see the twin's precise signatures: it is the contract of both.
+    from reelcdn.edge import ranges as ranges
+else:
+    ranges = _select("ranges", _pure_ranges)
+
+RANGES_COMPILED: bool = ranges is not _pure_ranges
+"""True when :data:`ranges` is the Cython module."""
+
+
+def implementations() -> dict[str, str]:
+    """``{"ranges": "compiled" | "pure", ...}``: what runs, for logs and ``/health``."""
+    return {"ranges": "compiled" if RANGES_COMPILED else "pure"}
