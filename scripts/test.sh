@@ -14,8 +14,14 @@ echo "== installing reelcdn and its test dependencies"
 echo "== lint (ruff)"
 "$PYTHON" -m ruff check .
 
-echo "== tests on uvloop (the production loop)"
+echo "== which implementations the install selected"
+"$PYTHON" -c "from reelcdn import extensions; print(extensions.implementations())"
+
+echo "== tests on uvloop (the production loop), compiled extensions"
 "$PYTHON" -m pytest -q -p no:cacheprovider
+
+echo "== the whole suite again on the pure-Python twins (REELCDN_NO_EXTENSIONS=1)"
+REELCDN_NO_EXTENSIONS=1 "$PYTHON" -m pytest -q -p no:cacheprovider
 
 echo "== protocol and coalescing tests on the plain asyncio loop"
 REELCDN_TEST_LOOP=asyncio "$PYTHON" -m pytest -q -p no:cacheprovider \
