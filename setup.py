@@ -142,7 +142,7 @@ def cython_extensions() -> list[Extension]:
 setup(
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
-    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.pyi"]},
+    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"]},
     include_package_data=True,
     ext_modules=cython_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

@@ -59,10 +59,11 @@ def _duration(value: str) -> int:
 
 def _objects(value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
-    unknown = [n for n in names if n not in OBJECTS]
+    unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown object(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(OBJECTS)}"
+            f"unknown object(s) {', '.join(unknown) or '(none)'}; "
+            f"choose from {', '.join(BENCHMARKS)}"
         )
     return names
 
@@ -94,8 +95,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--objects",
         type=_objects,
-        default=list(OBJECTS),
-        help=f"comma-separated objects (default {','.join(OBJECTS)})",
+        default=list(BENCHMARKS),
+        help=f"comma-separated objects (default {','.join(BENCHMARKS)})",
     )
     parser.add_argument("--nginx", metavar="PATH", help="nginx binary (default /usr/sbin/nginx)")
     parser.add_argument(
@@ -143,12 +144,33 @@ def _options(args: argparse.Namespace) -> BenchOptions:
     )
 
 
+#: Benchmark variants that request ranges of a stored object: name → (object, wrk script,
+#: bytes per response). Warming fetches the whole object; wrk then asks for ranges of it.
+RANGE_VARIANTS: dict[str, tuple[str, str, int]] = {
+    "1m-range64k": ("1m", "range64k.lua", 64 * 1024),
+}
+BENCHMARKS: dict[str, int] = {**OBJECTS, **{k: v[2] for k, v in RANGE_VARIANTS.items()}}
+
+
+def object_of(name: str) -> str:
+    """The stored object a benchmark name reads (itself, or a range variant's object)."""
+    return RANGE_VARIANTS[name][0] if name in RANGE_VARIANTS else name
+
+
+def script_of(name: str) -> str | None:
+    """The wrk Lua script of a range variant (shipped beside this module)."""
+    if name not in RANGE_VARIANTS:
+        return None
+    return str(Path(__file__).with_name(RANGE_VARIANTS[name][1]))
+
+
 def warm(target: Target, object_name: str) -> str:
     """Fetch until the target answers from its cache; returns the HIT's cache status.
 
     A few requests, not one: nginx stores on the first miss, but a cache with second-hit
     admission stores only on the second, so the third is the first HIT.
     """
+    object_name = object_of(object_name)
     path = f"/obj/{object_name}"
     size = OBJECTS[object_name]
     statuses = []
@@ -207,8 +229,9 @@ def measure(
     """For each object: servers alternate run by run, ``repeat`` recorded runs each."""
     all_series: list[Series] = []
     for name in objects:
-        path = f"/obj/{name}"
-        by_target = {t.key: Series(name, OBJECTS[name], t.key, t.label) for t in targets}
+        path = f"/obj/{object_of(name)}"
+        script = script_of(name)
+        by_target = {t.key: Series(name, BENCHMARKS[name], t.key, t.label) for t in targets}
         if warmup:
             for target in targets:
                 log(f"{path} {target.key}: {warmup} s unrecorded warm-up")
@@ -217,6 +240,7 @@ def measure(
                         wrk,
                         target.url(path),
                         WrkSettings(settings.threads, settings.connections, warmup),
+                        script,
                     )
                 except WrkError as exc:
                     log(f"warm-up failed (ignored): {exc}")
@@ -226,7 +250,7 @@ def measure(
                 series = by_target[target.key]
                 before = _origin_count(origin)
                 try:
-                    result, _raw = run_wrk(wrk, target.url(path), settings)
+                    result, _raw = run_wrk(wrk, target.url(path), settings, script)
                 except WrkError as exc:
                     series.failures.append(str(exc))
                     log(f"{path} {target.key} run {rep}/{repeat}: FAILED: {exc}")

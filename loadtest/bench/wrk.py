@@ -117,13 +117,14 @@ class WrkSettings:
     connections: int = 64
     duration: int = 10  # seconds
 
-    def argv(self, wrk: str, url: str) -> list[str]:
+    def argv(self, wrk: str, url: str, script: str | None = None) -> list[str]:
         return [
             wrk,
             f"-t{self.threads}",
             f"-c{self.connections}",
             f"-d{self.duration}s",
             "--latency",
+            *(["-s", script] if script else []),
             url,
         ]
 
@@ -131,12 +132,15 @@ class WrkSettings:
         return f"-t{self.threads} -c{self.connections} -d{self.duration}s --latency"
 
 
-def run_wrk(wrk: str, url: str, settings: WrkSettings) -> tuple[WrkResult, str]:
-    """Run wrk once against ``url``; returns the parsed result and the raw report.
+def run_wrk(
+    wrk: str, url: str, settings: WrkSettings, script: str | None = None
+) -> tuple[WrkResult, str]:
+    """Run wrk once against ``url`` (with a Lua ``script`` shaping requests, if given);
+    returns the parsed result and the raw report.
 
     Bounded: wrk gets its duration plus 30 s before it is killed.
     """
-    argv = settings.argv(wrk, url)
+    argv = settings.argv(wrk, url, script)
     try:
         done = subprocess.run(
             argv,
