@@ -1,38 +1,127 @@
-"""The admin API of a node (aiohttp): health, Prometheus metrics, cache stats, purge.
+"""The admin API of a node (aiohttp): health, Prometheus metrics, cache stats, purge, prewarm.
 
 Separate from the data plane, on its own address, so that operators' tools never compete with
 players for the request path, and a bearer token (``admin_token``) guards it when configured.
+
+A node with ``workers > 1`` runs one of these apps per worker process on a unix socket, plus
+``/internal/stats`` (a JSON snapshot of the worker's counters and gauges); the master process
+serves the node's real admin address with the same API built on those (``workers.py``). The
+request checks (token, purge and prewarm bodies) are shared here so both answer alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .cachekey import cache_key, split_target
-from .metrics import node_registry
+from .metrics import node_registry, stats_snapshot, upstream_up_values
 
 if TYPE_CHECKING:
+    from .node import CacheNode
     from .server import NodeServer
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 PREWARM_MAX_PATHS = 1000
 PREWARM_CONCURRENCY = 8
+PURGE_KINDS = ("path", "prefix", "video")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(message: str, status: int = 400, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def bearer_middleware(token: Callable[[], str | None]) -> Any:
+    """Require ``Authorization: Bearer <token>`` on every route but ``/health`` (load
+    balancers probe health without a token). ``token`` is read per request, so a reloaded
+    config takes effect at once."""
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        expected_token = token()
+        if expected_token is not None and request.path != "/health":
+            given = request.headers.get("Authorization", "")
+            expected = "Bearer " + expected_token
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return web.json_response(
+                    {"error": "missing or wrong bearer token"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="reelcdn-admin"'},
+                )
+        return await handler(request)
+
+    return require_token
+
+
+async def read_purge_spec(request: web.Request) -> tuple[str, str] | web.Response:
+    """Body: {"path": "/v/x/seg_00001.m4s"} | {"prefix": "/v/x/"} | {"video": "x"}; the
+    (kind, value) it names, or the 400 to answer."""
+    try:
+        spec = await request.json()
+    except ValueError:
+        return json_error("body must be JSON")
+    if not isinstance(spec, dict) or len(spec) != 1:
+        return json_error('give exactly one of "path", "prefix" or "video"')
+    (kind, value), = spec.items()
+    if kind not in PURGE_KINDS:
+        return json_error(f'unknown purge kind "{kind}": use "path", "prefix" or "video"')
+    if not isinstance(value, str) or not value:
+        return json_error(f'"{kind}" must be a non-empty string')
+    if kind in ("path", "prefix") and not value.startswith("/"):
+        return json_error(f'"{kind}" must start with "/"')
+    if kind == "video" and not VIDEO_ID.match(value):
+        return json_error("invalid video id")
+    return kind, value
+
+
+def purge_local(node: CacheNode, kind: str, value: str) -> int:
+    """Remove what a checked purge spec names from this process's store; entries removed."""
+    config = node.config
+    if kind == "path":
+        path, query = split_target(value)
+        return node.store.remove_primary(
+            cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes)
+        )
+    if kind == "prefix":
+        return node.store.remove_prefix(value)
+    return node.store.remove_prefix(f"/v/{value}/")
+
+
+async def read_prewarm_paths(request: web.Request) -> list[str] | web.Response:
+    """Body: {"paths": ["/v/x/master.m3u8", ...]}; the paths, or the 400 to answer."""
+    try:
+        spec = await request.json()
+    except ValueError:
+        return json_error("body must be JSON")
+    paths = spec.get("paths") if isinstance(spec, dict) else None
+    if not isinstance(paths, list) or not paths:
+        return json_error('"paths" must be a non-empty list')
+    if len(paths) > PREWARM_MAX_PATHS:
+        return json_error(f"at most {PREWARM_MAX_PATHS} paths per request")
+    bad = [p for p in paths if not isinstance(p, str) or not p.startswith("/")]
+    if bad:
+        return json_error('every path must be a string starting with "/"', bad=bad[:10])
+    return paths
 
 
 async def prewarm_paths(server: NodeServer, paths: list[str]) -> dict[str, dict[str, object]]:
     """GET each path from the node's own listener (bounded concurrency), reading and
-    discarding bodies; report status and Cache-Status per path."""
-    host = server.node.config.listen_host
-    if host in ("0.0.0.0", "::", ""):
-        host = "127.0.0.1"
-    base = f"http://{host}:{server.port}" if ":" not in host else f"http://[{host}]:{server.port}"
+    discarding bodies; report status and Cache-Status per path.
+
+    A worker of a multi-worker node uses its private loopback listener: through the shared
+    SO_REUSEPORT port the kernel would hand the request to any worker, and the point is to
+    fill *this* worker's cache."""
+    base = server.self_url
     limit = asyncio.Semaphore(PREWARM_CONCURRENCY)
     results: dict[str, dict[str, object]] = {}
     timeout = aiohttp.ClientTimeout(total=60)
@@ -54,134 +143,107 @@ async def prewarm_paths(server: NodeServer, paths: list[str]) -> dict[str, dict[
     return results
 
 
-def build_admin_app(server: NodeServer) -> web.Application:
+def upstream_health(node: CacheNode) -> dict[str, dict[str, Any]]:
+    health = getattr(node.upstream, "health", None)
+    return health() if callable(health) else {}
+
+
+def node_gauges(server: NodeServer) -> dict[str, float]:
     node = server.node
+    return {
+        "reelcdn_cache_objects": len(node.store),
+        "reelcdn_cache_bytes": node.store.bytes,
+        "reelcdn_cache_capacity_bytes": node.store.capacity,
+        "reelcdn_inflight_fetches": len(node.coalescer),
+        "reelcdn_open_connections": len(server.connections),
+        # One per process; the master of a multi-worker node sums its workers' gauges, so
+        # there it counts the workers whose metrics are in the scrape.
+        "reelcdn_workers": 1,
+    }
 
-    def gauges() -> dict[str, float]:
-        return {
-            "reelcdn_cache_objects": len(node.store),
-            "reelcdn_cache_bytes": node.store.bytes,
-            "reelcdn_cache_capacity_bytes": node.store.capacity,
-            "reelcdn_inflight_fetches": len(node.coalescer),
-            "reelcdn_open_connections": len(server.connections),
-        }
 
-    def upstream_health() -> dict[str, dict[str, object]]:
-        health = getattr(node.upstream, "health", None)
-        return health() if callable(health) else {}
+def cache_stats(server: NodeServer) -> dict[str, Any]:
+    node = server.node
+    requests = node.stats.requests
+    hits = sum(v for (_, status, _), v in requests.items() if status == "hit")
+    total = sum(requests.values())
+    return {
+        "node": node.name,
+        "objects": len(node.store),
+        "bytes": node.store.bytes,
+        "capacity": node.store.capacity,
+        "evictions": node.store.evictions,
+        "inflight": len(node.coalescer),
+        "requests": total,
+        "hits": hits,
+        "hit_ratio": hits / total if total else 0.0,
+        "upstreams": upstream_health(node),
+    }
 
-    registry = node_registry(node.stats, gauges, upstream_health)
 
-    @web.middleware
-    async def require_token(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        token = node.config.admin_token
-        if token is not None and request.path != "/health":
-            given = request.headers.get("Authorization", "")
-            expected = "Bearer " + token
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return web.json_response(
-                    {"error": "missing or wrong bearer token"},
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="reelcdn-admin"'},
-                )
-        return await handler(request)
+def internal_stats(server: NodeServer) -> dict[str, Any]:
+    """What a worker tells its master: enough to render the node's /metrics and
+    /cache/stats as a sum over workers."""
+    node = server.node
+    return {
+        "pid": os.getpid(),
+        "worker": server.worker_index,
+        "draining": server.draining,
+        "stats": stats_snapshot(node.stats),
+        "gauges": node_gauges(server),
+        "upstream_up": upstream_up_values(upstream_health(node)),
+        "cache": cache_stats(server),
+    }
+
+
+def build_admin_app(server: NodeServer, internal: bool = False) -> web.Application:
+    """The admin app of one process; ``internal`` adds ``/internal/stats`` (workers)."""
+    node = server.node
+    registry = node_registry(
+        node.stats, lambda: node_gauges(server), lambda: upstream_health(node)
+    )
 
     async def health(request: web.Request) -> web.Response:
         status = "draining" if server.draining else "ok"
-        return web.json_response(
-            {"status": status, "node": node.name, "role": node.config.role},
-            status=503 if server.draining else 200,
-        )
+        body: dict[str, Any] = {"status": status, "node": node.name, "role": node.config.role}
+        if server.worker_index is not None:
+            body.update(worker=server.worker_index, pid=os.getpid())
+        return web.json_response(body, status=503 if server.draining else 200)
 
     async def metrics(request: web.Request) -> web.Response:
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def cache_stats(request: web.Request) -> web.Response:
-        requests = node.stats.requests
-        hits = sum(v for (_, status, _), v in requests.items() if status == "hit")
-        total = sum(requests.values())
-        return web.json_response(
-            {
-                "node": node.name,
-                "objects": len(node.store),
-                "bytes": node.store.bytes,
-                "capacity": node.store.capacity,
-                "evictions": node.store.evictions,
-                "inflight": len(node.coalescer),
-                "requests": total,
-                "hits": hits,
-                "hit_ratio": hits / total if total else 0.0,
-                "upstreams": upstream_health(),
-            }
-        )
+    async def stats(request: web.Request) -> web.Response:
+        return web.json_response(cache_stats(server))
 
     async def purge(request: web.Request) -> web.Response:
-        """Body: {"path": "/v/x/seg_00001.m4s"} | {"prefix": "/v/x/"} | {"video": "x"}."""
-        try:
-            spec = await request.json()
-        except ValueError:
-            return web.json_response({"error": "body must be JSON"}, status=400)
-        if not isinstance(spec, dict) or len(spec) != 1:
-            return web.json_response(
-                {"error": 'give exactly one of "path", "prefix" or "video"'}, status=400
-            )
-        (kind, value), = spec.items()
-        if not isinstance(value, str) or not value:
-            return web.json_response({"error": f'"{kind}" must be a non-empty string'},
-                                     status=400)
-        config = node.config
-        if kind == "path":
-            if not value.startswith("/"):
-                return web.json_response({"error": '"path" must start with "/"'}, status=400)
-            path, query = split_target(value)
-            removed = node.store.remove_primary(
-                cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes)
-            )
-        elif kind == "prefix":
-            if not value.startswith("/"):
-                return web.json_response({"error": '"prefix" must start with "/"'}, status=400)
-            removed = node.store.remove_prefix(value)
-        elif kind == "video":
-            if not VIDEO_ID.match(value):
-                return web.json_response({"error": "invalid video id"}, status=400)
-            removed = node.store.remove_prefix(f"/v/{value}/")
-        else:
-            return web.json_response(
-                {"error": f'unknown purge kind "{kind}": use "path", "prefix" or "video"'},
-                status=400,
-            )
-        return web.json_response({"purged": removed, kind: value})
+        spec = await read_purge_spec(request)
+        if isinstance(spec, web.Response):
+            return spec
+        kind, value = spec
+        return web.json_response({"purged": purge_local(node, kind, value), kind: value})
 
     async def prewarm(request: web.Request) -> web.Response:
-        """Body: {"paths": ["/v/x/master.m3u8", ...]}. Each path is fetched through this
-        node's own data plane, so this node and every tier above it store the object."""
-        try:
-            spec = await request.json()
-        except ValueError:
-            return web.json_response({"error": "body must be JSON"}, status=400)
-        paths = spec.get("paths") if isinstance(spec, dict) else None
-        if not isinstance(paths, list) or not paths:
-            return web.json_response({"error": '"paths" must be a non-empty list'}, status=400)
-        if len(paths) > PREWARM_MAX_PATHS:
-            return web.json_response(
-                {"error": f"at most {PREWARM_MAX_PATHS} paths per request"}, status=400
-            )
-        bad = [p for p in paths if not isinstance(p, str) or not p.startswith("/")]
-        if bad:
-            return web.json_response(
-                {"error": 'every path must be a string starting with "/"', "bad": bad[:10]},
-                status=400,
-            )
+        """Each path is fetched through this node's own data plane, so this node and every
+        tier above it store the object."""
+        paths = await read_prewarm_paths(request)
+        if isinstance(paths, web.Response):
+            return paths
         results = await prewarm_paths(server, paths)
-        failed = sum(1 for r in results.values() if r["status"] >= 400)
+        failed = sum(1 for r in results.values() if r["status"] >= 400)  # type: ignore[operator]
         return web.json_response({"requested": len(paths), "failed": failed,
                                   "results": results})
 
-    app = web.Application(middlewares=[require_token])
+    async def internal(request: web.Request) -> web.Response:
+        return web.json_response(internal_stats(server))
+
+    app = web.Application(middlewares=[bearer_middleware(lambda: node.config.admin_token)])
     app.router.add_post("/prewarm", prewarm)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/cache/stats", cache_stats)
+    app.router.add_get("/cache/stats", stats)
     app.router.add_post("/purge", purge)
+    if internal:
+        app.router.add_get("/internal/stats", internal)
     return app

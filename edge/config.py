@@ -212,6 +212,7 @@ class NodeConfig:
     origins: tuple[OriginConfig, ...] = ()
     parent_retry_after: float = 10.0   # seconds a failed parent (or origin) is skipped
     parent_failures: int = 3           # consecutive errors/5xx that mark a parent down
+    workers: int = 1                   # processes sharing the listener (SO_REUSEPORT)
 
 
 #: Start order of the roles: the tiers closest to the origin first.
@@ -675,6 +676,7 @@ _NODE_KEYS: tuple[str, ...] = (
     "ignore_query_prefixes",
     "server_names",
     "upstream_max_connections",
+    "workers",
     "limits",
     "upstream_timeouts",
     "ttl",
@@ -891,7 +893,7 @@ def _parse_layer(
             put(key, _parse_str_list(raw, file, dotted, _query_name_checker(file, "prefix")), key)
         elif key == "server_names":
             put(key, _parse_str_list(raw, file, dotted, _server_name_checker(file)), key)
-        elif key == "upstream_max_connections":
+        elif key in ("upstream_max_connections", "workers"):
             put(key, _parse_int(raw, file, dotted, minimum=1), key)
         elif key == "limits":
             put(key, _parse_limits(raw, file, dotted), key)

@@ -3,12 +3,16 @@
 Why not ``Counter.labels(...).inc()`` per request: each call takes a lock and a label lookup,
 a measurable share of a ~10 µs HIT. The node bumps plain ints and dict slots instead, and a
 custom collector turns them into Prometheus families only when ``/metrics`` is scraped.
+
+The rendering works from plain data (a stats snapshot, gauge values) so that a node running
+several worker processes (``workers.py``) can sum its workers' snapshots in the master and
+render the sum with the very same code: one node to Prometheus, whatever its process count.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.core import (
@@ -55,6 +59,133 @@ class NodeStats:
         self.ttfb_sum += seconds
 
 
+# The plain counters of ``NodeStats`` that become one ``{node}``-labelled counter each:
+# (attribute, metric name, help).
+SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("coalesced_waiters", "reelcdn_coalesced_waiters", "Requests that joined an in-flight fetch"),
+    ("evictions", "reelcdn_cache_evictions", "Entries evicted to stay within the cache budget"),
+    ("bytes_sent", "reelcdn_bytes_sent", "Response bytes written to clients"),
+    ("upstream_failures", "reelcdn_upstream_failures",
+     "Upstream fetches that failed (connect, timeout, broken body)"),
+    ("connections_total", "reelcdn_connections", "Client connections accepted"),
+    ("connections_rejected", "reelcdn_connections_rejected",
+     "Connections refused over the connection cap"),
+    ("timeouts", "reelcdn_client_timeouts",
+     "Client connections cut by a header, body, idle or send timeout"),
+)
+
+
+def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
+    """The counters of ``stats`` as plain JSON-able data.
+
+    A multi-worker node (``workers.py``) has one ``NodeStats`` per worker process; each worker
+    hands its snapshot to the master, which sums them (:func:`sum_snapshots`) and renders the
+    sum with the same code as a single node (:func:`collect_families`), so Prometheus sees
+    one node either way."""
+    return {
+        "requests": [[m, s, c, v] for (m, s, c), v in stats.requests.items()],
+        "upstream_requests": [[u, c, v] for (u, c), v in stats.upstream_requests.items()],
+        "counters": {attr: getattr(stats, attr) for attr, _, _ in SIMPLE_COUNTERS},
+        "ttfb_counts": list(stats.ttfb_counts),
+        "ttfb_sum": stats.ttfb_sum,
+    }
+
+
+def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Add stats snapshots key by key (same labels → one series), for a node's workers."""
+    requests: dict[tuple[str, str, int], int] = {}
+    upstream: dict[tuple[str, int], int] = {}
+    counters = {attr: 0 for attr, _, _ in SIMPLE_COUNTERS}
+    ttfb = [0] * (len(TTFB_BUCKETS) + 1)
+    ttfb_sum = 0.0
+    for snap in snapshots:
+        for method, status, code, value in snap["requests"]:
+            key = (method, status, int(code))
+            requests[key] = requests.get(key, 0) + value
+        for name, code, value in snap["upstream_requests"]:
+            ukey = (name, int(code))
+            upstream[ukey] = upstream.get(ukey, 0) + value
+        for attr, value in snap["counters"].items():
+            counters[attr] = counters.get(attr, 0) + value
+        for i, value in enumerate(snap["ttfb_counts"][: len(ttfb)]):
+            ttfb[i] += value
+        ttfb_sum += snap["ttfb_sum"]
+    return {
+        "requests": [[m, s, c, v] for (m, s, c), v in requests.items()],
+        "upstream_requests": [[u, c, v] for (u, c), v in upstream.items()],
+        "counters": counters,
+        "ttfb_counts": ttfb,
+        "ttfb_sum": ttfb_sum,
+    }
+
+
+def collect_families(
+    node: str,
+    stats: dict[str, Any],
+    gauges: dict[str, float],
+    upstream_up: dict[str, float] | None = None,
+) -> Iterator[Any]:
+    """Prometheus families of one node from plain data: a stats snapshot, gauge values by
+    metric name, and 1/0 per upstream (``None``: the node has no upstream health)."""
+    requests = CounterMetricFamily(
+        "reelcdn_requests", "Requests answered, by method, cache status and status code",
+        labels=["node", "method", "cache_status", "code"],
+    )
+    for method, cache_status, code, value in sorted(stats["requests"]):
+        requests.add_metric([node, method, cache_status, str(code)], value)
+    yield requests
+
+    buckets = []
+    cumulative = 0
+    counts = stats["ttfb_counts"]
+    for bound, count in zip(TTFB_BUCKETS, counts, strict=False):
+        cumulative += count
+        buckets.append((repr(bound), cumulative))
+    cumulative += counts[-1]
+    buckets.append(("+Inf", cumulative))
+    ttfb = HistogramMetricFamily(
+        "reelcdn_request_duration_seconds",
+        "Time from a complete request head to the first byte of the response",
+        labels=["node"],
+    )
+    ttfb.add_metric([node], buckets, stats["ttfb_sum"])
+    yield ttfb
+
+    upstream = CounterMetricFamily(
+        "reelcdn_upstream_requests", "Requests sent upstream, by upstream and status code "
+        "(502/504 for connection failures and timeouts)",
+        labels=["node", "upstream", "code"],
+    )
+    for name, code, value in sorted(stats["upstream_requests"]):
+        upstream.add_metric([node, name, str(code)], value)
+    yield upstream
+
+    for attr, name, doc in SIMPLE_COUNTERS:
+        family = CounterMetricFamily(name, doc, labels=["node"])
+        family.add_metric([node], stats["counters"].get(attr, 0))
+        yield family
+
+    for name, value in gauges.items():
+        gauge = GaugeMetricFamily(name, GAUGE_HELP.get(name, name), labels=["node"])
+        gauge.add_metric([node], value)
+        yield gauge
+
+    if upstream_up is not None:
+        up = GaugeMetricFamily(
+            "reelcdn_upstream_up",
+            "1 while a parent or origin is in rotation, 0 while it is skipped after failures",
+            labels=["node", "upstream"],
+        )
+        for name, value in sorted(upstream_up.items()):
+            up.add_metric([node, name], value)
+        yield up
+
+
+def upstream_up_values(health: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """``{upstream: 1.0 | 0.0}`` from an upstream's ``health()`` view."""
+    return {name: 1.0 if state.get("up") else 0.0 for name, state in health.items()}
+
+
 class NodeCollector(Collector):
     """Renders a node's ``NodeStats`` and cache gauges as Prometheus metric families."""
 
@@ -69,73 +200,26 @@ class NodeCollector(Collector):
         self._upstream_health = upstream_health
 
     def collect(self) -> Iterator[Any]:
-        stats = self._stats
-        node = stats.node
-        requests = CounterMetricFamily(
-            "reelcdn_requests", "Requests answered, by method, cache status and status code",
-            labels=["node", "method", "cache_status", "code"],
+        up = None if self._upstream_health is None else upstream_up_values(
+            self._upstream_health())
+        yield from collect_families(
+            self._stats.node, stats_snapshot(self._stats), self._gauges(), up
         )
-        for (method, cache_status, code), value in sorted(stats.requests.items()):
-            requests.add_metric([node, method, cache_status, str(code)], value)
-        yield requests
 
-        buckets = []
-        cumulative = 0
-        for bound, count in zip(TTFB_BUCKETS, stats.ttfb_counts, strict=False):
-            cumulative += count
-            buckets.append((repr(bound), cumulative))
-        cumulative += stats.ttfb_counts[-1]
-        buckets.append(("+Inf", cumulative))
-        ttfb = HistogramMetricFamily(
-            "reelcdn_request_duration_seconds",
-            "Time from a complete request head to the first byte of the response",
-            labels=["node"],
+
+class SnapshotCollector(Collector):
+    """Renders whatever ``source()`` returns at scrape time: ``{"node", "stats", "gauges",
+    "upstream_up"}`` with the meanings of :func:`collect_families`. The master of a
+    multi-worker node fills it with the sum of its workers."""
+
+    def __init__(self, source: Callable[[], dict[str, Any]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Any]:
+        view = self._source()
+        yield from collect_families(
+            view["node"], view["stats"], view["gauges"], view.get("upstream_up")
         )
-        ttfb.add_metric([node], buckets, stats.ttfb_sum)
-        yield ttfb
-
-        upstream = CounterMetricFamily(
-            "reelcdn_upstream_requests", "Requests sent upstream, by upstream and status code "
-            "(502/504 for connection failures and timeouts)",
-            labels=["node", "upstream", "code"],
-        )
-        for (name, code), value in sorted(stats.upstream_requests.items()):
-            upstream.add_metric([node, name, str(code)], value)
-        yield upstream
-
-        simple = [
-            ("reelcdn_coalesced_waiters", "Requests that joined an in-flight fetch",
-             stats.coalesced_waiters),
-            ("reelcdn_cache_evictions", "Entries evicted to stay within the cache budget",
-             stats.evictions),
-            ("reelcdn_bytes_sent", "Response bytes written to clients", stats.bytes_sent),
-            ("reelcdn_upstream_failures", "Upstream fetches that failed (connect, timeout, "
-             "broken body)", stats.upstream_failures),
-            ("reelcdn_connections", "Client connections accepted", stats.connections_total),
-            ("reelcdn_connections_rejected", "Connections refused over the connection cap",
-             stats.connections_rejected),
-            ("reelcdn_client_timeouts", "Client connections cut by a header, body, idle or "
-             "send timeout", stats.timeouts),
-        ]
-        for name, doc, value in simple:
-            family = CounterMetricFamily(name, doc, labels=["node"])
-            family.add_metric([node], value)
-            yield family
-
-        for name, value in self._gauges().items():
-            gauge = GaugeMetricFamily(name, GAUGE_HELP.get(name, name), labels=["node"])
-            gauge.add_metric([node], value)
-            yield gauge
-
-        if self._upstream_health is not None:
-            up = GaugeMetricFamily(
-                "reelcdn_upstream_up",
-                "1 while a parent or origin is in rotation, 0 while it is skipped after failures",
-                labels=["node", "upstream"],
-            )
-            for name, health in sorted(self._upstream_health().items()):
-                up.add_metric([node, name], 1.0 if health.get("up") else 0.0)
-            yield up
 
 
 GAUGE_HELP = {
@@ -144,6 +228,7 @@ GAUGE_HELP = {
     "reelcdn_cache_capacity_bytes": "The memory cache's configured budget",
     "reelcdn_inflight_fetches": "Upstream fetches in progress (each may feed many clients)",
     "reelcdn_open_connections": "Client connections open now",
+    "reelcdn_workers": "Worker processes of the node (each with its own memory cache)",
 }
 
 
@@ -156,4 +241,11 @@ def node_registry(
     in tests without clashing)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(stats, gauges, upstream_health))
+    return registry
+
+
+def snapshot_registry(source: Callable[[], dict[str, Any]]) -> CollectorRegistry:
+    """A registry rendering ``source()`` (see :class:`SnapshotCollector`)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(source))
     return registry

@@ -485,6 +485,15 @@ class CacheNode:
         key = MemoryStore.variant_key(primary, vary, req.headers)
         fetch = self.coalescer.get(key)
         collapsed = fetch is not None
+        if fetch is None and fwd is None:
+            # ``receive`` returned this coroutine and it started on a later loop pass: a fill
+            # may have completed in between, so look again before fetching a second time.
+            entry = self.store.lookup(primary, req.headers)
+            if entry is not None and entry.is_fresh(now):
+                entry.hits += 1
+                self.deliver_entry(req, conn, entry, now, b"hit")
+                self.stats.count(req.method, "hit", entry.status)
+                return
         if fetch is None:
             fetch = self.start_fill(key, primary, req, stale)
         else:

@@ -3,6 +3,11 @@
 The data plane is ``protocol.HttpConnection`` on a plain ``loop.create_server``; the admin API
 is an aiohttp application (``admin.py``) on its own address, where convenience beats
 microseconds. One sweep per second drives every connection's timeouts from a coarse clock.
+
+A worker of a multi-worker node (``workers.py``) binds the data listener with SO_REUSEPORT, so
+the kernel spreads connections over the node's processes, and serves its admin app on a unix
+socket that only the master talks to. It also opens a private loopback listener of its own,
+for requests that must reach *this* worker (prewarm fills this worker's cache).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -29,8 +35,21 @@ SWEEP_SECONDS = 1.0
 class NodeServer:
     """One node's listeners and connections, on the running event loop."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        reuse_port: bool = False,
+        admin_socket: str | None = None,
+        worker_index: int | None = None,
+    ) -> None:
+        """``reuse_port``: bind the data listener with SO_REUSEPORT (a worker; with it, a
+        private loopback listener too). ``admin_socket``: serve admin (with
+        ``/internal/stats``) on this unix socket instead of the configured TCP address."""
         self.node = CacheNode(config)
+        self.reuse_port = reuse_port
+        self.admin_socket = admin_socket
+        self.worker_index = worker_index
         self.loop = asyncio.get_running_loop()
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
@@ -38,10 +57,12 @@ class NodeServer:
         self.draining = False
         self.served_hosts: frozenset[str] = self._served_hosts(config)
         self._server: asyncio.Server | None = None
+        self._private: asyncio.Server | None = None
         self._admin_runner: web.AppRunner | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.port: int = 0
         self.admin_port: int | None = None
+        self.private_port: int | None = None
 
     @staticmethod
     def _served_hosts(config: NodeConfig) -> frozenset[str]:
@@ -49,6 +70,18 @@ class NodeServer:
             {config.listen_host.lower(), "localhost", "127.0.0.1"}
             | {h.lower() for h in config.server_names}
         )
+
+    @property
+    def self_url(self) -> str:
+        """A base URL reaching this process's data plane (the private listener if any)."""
+        host = self.node.config.listen_host
+        port = self.port
+        if self.private_port is not None:
+            host = _loopback_for(host)
+            port = self.private_port
+        elif host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     async def start(self) -> None:
         config = self.node.config
@@ -58,12 +91,27 @@ class NodeServer:
             host=config.listen_host,
             port=config.listen_port,
             reuse_address=True,
+            reuse_port=self.reuse_port or None,
             backlog=4096,
         )
         sock = self._server.sockets[0]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = sock.getsockname()[1]
-        if config.admin_host is not None and config.admin_port is not None:
+        if self.reuse_port:
+            self._private = await self.loop.create_server(
+                lambda: HttpConnection(self), host=_loopback_for(config.listen_host), port=0,
+            )
+            self.private_port = self._private.sockets[0].getsockname()[1]
+        admin_where = "off"
+        if self.admin_socket is not None:
+            app = build_admin_app(self, internal=True)
+            self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await self._admin_runner.setup()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.admin_socket)  # left by a previous worker that was killed
+            await web.UnixSite(self._admin_runner, self.admin_socket).start()
+            admin_where = f"unix:{self.admin_socket}"
+        elif config.admin_host is not None and config.admin_port is not None:
             app = build_admin_app(self)
             self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await self._admin_runner.setup()
@@ -73,12 +121,14 @@ class NodeServer:
             server = site._server
             if server is not None and server.sockets:
                 self.admin_port = server.sockets[0].getsockname()[1]
+                admin_where = f"{config.admin_host}:{self.admin_port}"
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
         log.info(
-            "node %s (%s) listening on %s:%d, admin %s, %s",
-            config.name, config.role, config.listen_host, self.port,
-            f"{config.admin_host}:{self.admin_port}" if self.admin_port else "off",
-            describe_upstream(config),
+            "node %s (%s)%s listening on %s:%d%s, admin %s, %s",
+            config.name, config.role,
+            f" worker {self.worker_index}" if self.worker_index is not None else "",
+            config.listen_host, self.port, " (SO_REUSEPORT)" if self.reuse_port else "",
+            admin_where, describe_upstream(config),
         )
 
     def _sweep(self) -> None:
@@ -104,6 +154,8 @@ class NodeServer:
         self.draining = True
         if self._server is not None:
             self._server.close()
+        if self._private is not None:
+            self._private.close()
         for conn in list(self.connections):
             conn.shutdown()
         deadline = self.loop.time() + grace
@@ -117,10 +169,20 @@ class NodeServer:
             self._sweeper.cancel()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
+        if self.admin_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.admin_socket)
         await self.node.close()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        for listener in (self._server, self._private):
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(listener.wait_closed(), 1.0)
+
+
+def _loopback_for(host: str) -> str:
+    """The loopback address of the family of ``host`` (a private listener never listens
+    beyond this machine)."""
+    return "::1" if ":" in host else "127.0.0.1"
 
 
 def install_uvloop() -> bool:
@@ -137,9 +199,17 @@ async def serve(
     config: NodeConfig,
     reload_config: Callable[[], NodeConfig] | None = None,
     ready: Callable[[NodeServer], None] | None = None,
+    *,
+    reuse_port: bool = False,
+    admin_socket: str | None = None,
+    worker_index: int | None = None,
 ) -> None:
-    """Run a node until SIGINT/SIGTERM; SIGHUP reloads through ``reload_config``."""
-    server = NodeServer(config)
+    """Run a node until SIGINT/SIGTERM; SIGHUP reloads through ``reload_config``.
+
+    ``reuse_port``, ``admin_socket`` and ``worker_index`` make it one worker of a
+    multi-worker node (see :class:`NodeServer`)."""
+    server = NodeServer(config, reuse_port=reuse_port, admin_socket=admin_socket,
+                        worker_index=worker_index)
     await server.start()
     if ready is not None:
         ready(server)

@@ -1,4 +1,8 @@
-"""The ``reelcdn`` command: run a node, validate a config file.
+"""The ``reelcdn`` command: run a node, validate a config file, run a topology.
+
+``reelcdn node`` runs one node in this process, or, when the node's ``workers`` is above 1, a
+master process that starts that many workers of the node (``edge/workers.py``) with hidden
+``--worker-*`` options.
 
 Sub-commands stay thin: each parses its options and calls the part of the system that does
 the work, so everything here is also usable from Python.
@@ -17,8 +21,9 @@ from reelcdn import __version__
 
 
 def _die_with_supervisor() -> None:
-    """Under ``reelcdn up`` (``REELCDN_SUPERVISED=1``), ask Linux to SIGTERM this node when
-    the supervisor dies, even by SIGKILL, so no node outlives it."""
+    """Under a supervisor (``reelcdn up``, or the master of a multi-worker node; both set
+    ``REELCDN_SUPERVISED=1``), ask Linux to SIGTERM this process when the supervisor dies,
+    even by SIGKILL, so nothing outlives it."""
     if os.environ.get("REELCDN_SUPERVISED") != "1" or not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -26,7 +31,12 @@ def _die_with_supervisor() -> None:
     pr_set_pdeathsig = 1
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
+    # The supervisor died before prctl took effect: we were re-parented. A supervisor that
+    # says who it is is checked by pid (it may itself be pid 1 in a container); else the
+    # re-parenting to init is the sign.
+    expected = os.environ.get("REELCDN_SUPERVISOR_PID", "")
+    orphaned = os.getppid() != int(expected) if expected.isdigit() else os.getppid() == 1
+    if orphaned:
         sys.exit(0)
 
 
@@ -36,10 +46,21 @@ def _cmd_node(args: argparse.Namespace) -> int:
     _die_with_supervisor()
     from reelcdn.edge.server import install_uvloop, serve
 
+    worker = args.worker_index is not None
+    if worker and (args.worker_admin_socket is None or args.worker_count is None
+                   or not 0 <= args.worker_index < args.worker_count):
+        print("reelcdn: --worker-index needs --worker-count (greater than the index) and "
+              "--worker-admin-socket", file=sys.stderr)
+        return 2
     try:
         config = load_node_config(args.config, args.name)
     except ConfigError as exc:
         print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        return 2
+    if not worker and config.workers > 1 and config.listen_port == 0:
+        print(f"reelcdn: config error: node.{args.name}.workers = {config.workers} needs a "
+              "fixed listen port (with port 0 each worker would get a port of its own)",
+              file=sys.stderr)
         return 2
     if args.no_uvloop:
         loop_name = "asyncio"
@@ -47,13 +68,34 @@ def _cmd_node(args: argparse.Namespace) -> int:
         loop_name = "uvloop" if install_uvloop() else "asyncio (uvloop not installed)"
     logging.getLogger("reelcdn").info("event loop: %s", loop_name)
 
-    def reload() -> object:
-        return load_node_config(args.config, args.name)
+    if not worker and config.workers > 1:
+        from reelcdn.edge.workers import Master
 
+        master = Master(
+            str(args.config), config, lambda: load_node_config(args.config, args.name),
+            log_level=args.log_level, no_uvloop=args.no_uvloop,
+        )
+        return asyncio.run(master.run())
+
+    from reelcdn.edge.workers import worker_config
+
+    def reload() -> object:
+        fresh = load_node_config(args.config, args.name)
+        # A worker's share of the cache: divided by the running worker count, not the
+        # reloaded file's (a changed ``workers`` needs a restart).
+        return worker_config(fresh, args.worker_count) if worker else fresh
+
+    if worker:
+        config = worker_config(config, args.worker_count)
     try:
-        asyncio.run(serve(config, reload_config=reload))  # type: ignore[arg-type]
+        asyncio.run(serve(  # type: ignore[arg-type]
+            config, reload_config=reload, reuse_port=worker,
+            admin_socket=args.worker_admin_socket if worker else None,
+            worker_index=args.worker_index,
+        ))
     except OSError as exc:
-        print(f"reelcdn: node {args.name} could not start: {exc}", file=sys.stderr)
+        what = f" worker {args.worker_index}" if worker else ""
+        print(f"reelcdn: node {args.name}{what} could not start: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -67,7 +109,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"reelcdn: config error: {exc}", file=sys.stderr)
         return 2
     for name, node in nodes.items():
-        print(f"{name}: {node.role} listen {node.listen_host}:{node.listen_port} "
+        workers = f" ({node.workers} workers)" if node.workers > 1 else ""
+        print(f"{name}: {node.role} listen {node.listen_host}:{node.listen_port}{workers} "
               f"{describe_upstream(node)}")
     print(f"{args.config}: OK ({len(nodes)} node{'s' if len(nodes) != 1 else ''})")
     return 0
@@ -105,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--name", required=True, help="which [node.NAME] table to run")
     node.add_argument("--no-uvloop", action="store_true",
                       help="use the plain asyncio loop (for debugging)")
+    # Internal: how the master of a node with workers > 1 starts each worker (edge/workers.py).
+    node.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    node.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
+    node.add_argument("--worker-admin-socket", help=argparse.SUPPRESS)
     node.set_defaults(func=_cmd_node)
 
     up = sub.add_parser(
@@ -129,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    # Workers of one node share its stderr: tag their lines with the worker index.
+    index = getattr(args, "worker_index", None)
+    tag = f"[w{index}]" if index is not None else ""
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
         stream=sys.stderr,
     )
     return int(args.func(args))

@@ -748,6 +748,18 @@ def test_env_token_unset_in_file(tmp_path: Path) -> None:
     assert "NOPE_UNSET is not set" in err.message
 
 
+def test_workers_key(tmp_path: Path) -> None:
+    """``workers``: default 1, set in a node or [defaults], a whole number ≥ 1, errors named."""
+    assert load_node_config(write(tmp_path, MINIMAL), "edge-a").workers == 1
+    path = write(tmp_path, "[defaults]\nworkers = 3\n" + MINIMAL)
+    assert load_node_config(path, "edge-a").workers == 3
+    assert load_node_config(write(tmp_path, MINIMAL + "workers = 2\n"), "edge-a").workers == 2
+    err = load_error(tmp_path, MINIMAL + "workers = 0\n")
+    assert err.key == "node.edge-a.workers" and "must be at least 1, got 0" in err.message
+    err = load_error(tmp_path, MINIMAL + 'workers = "2"\n')
+    assert err.key == "node.edge-a.workers" and "expected an integer" in err.message
+
+
 # --- the example --------------------------------------------------------------------------------
 
 
