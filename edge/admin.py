@@ -42,14 +42,14 @@ def json_error(message: str, status: int = 400, **extra: Any) -> web.Response:
 
 
 def bearer_middleware(token: Callable[[], str | None]) -> Any:
-    """Require ``Authorization: Bearer <token>`` on every route but ``/health`` (load
-    balancers probe health without a token). ``token`` is read per request, so a reloaded
-    config takes effect at once."""
+    """Require ``Authorization: Bearer <token>`` on every route, ``/health`` included (a
+    load balancer's probe sends the header; health reveals the topology and upstream state).
+    ``token`` is read per request, so a reloaded config takes effect at once."""
 
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         expected_token = token()
-        if expected_token is not None and request.path != "/health":
+        if expected_token is not None:
             given = request.headers.get("Authorization", "")
             expected = "Bearer " + expected_token
             if not hmac.compare_digest(given.encode(), expected.encode()):

@@ -84,7 +84,10 @@ async def test_bearer_token(origin, start_node, client):
                           headers={"Authorization": "Bearer s3cret"}) as response:
         assert response.status == 200
     async with client.get(admin(node, "/health")) as response:
-        assert response.status == 200  # load balancers probe health without a token
+        assert response.status == 401  # every admin route needs the token
+    async with client.get(admin(node, "/health"),
+                          headers={"Authorization": "Bearer s3cret"}) as response:
+        assert response.status == 200
 
 
 async def test_each_node_has_its_own_registry(origin, start_node):

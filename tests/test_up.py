@@ -56,8 +56,11 @@ def alive(pid: int) -> bool:
     return stat.exists() and ") Z" not in stat.read_text()
 
 
-def fetch(url: str, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+def fetch(url: str, timeout: float = 10.0,
+          token: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (loopback)
         return response.status, dict(response.headers), response.read()
 
 
@@ -170,10 +173,11 @@ def test_up_restarts_a_node_that_dies(running_up):
     edge = next(pid for pid in nodes
                 if "edge-a" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"))
     os.kill(edge, signal.SIGKILL)
+    token = (data / "admin-token").read_text().strip()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
-            if fetch("http://127.0.0.1:9080/health", timeout=1)[0] == 200:
+            if fetch("http://127.0.0.1:9080/health", timeout=1, token=token)[0] == 200:
                 break
         except OSError:
             pass

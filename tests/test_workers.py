@@ -108,7 +108,7 @@ class MultiNode:
 
     async def healthy(self) -> dict[str, Any] | None:
         try:
-            status, body = await self.admin("GET", "/health", token=None)
+            status, body = await self.admin("GET", "/health")
         except aiohttp.ClientError:
             return None
         if status == 200:
@@ -213,10 +213,10 @@ async def test_both_workers_serve_metrics_sum_and_purge_fans_out(origin, multi_n
     assert total(samples, "reelcdn_upstream_requests_total") == origin.counts[path]
     assert {dict(labels)["node"] for _, labels in samples} == {"edge-w"}
 
-    # The master's admin API keeps the token; health stays open for load balancers.
+    # The master's admin API keeps the token, on every route.
     assert (await node.admin("GET", "/metrics", token=None))[0] == 401
     assert (await node.admin("GET", "/cache/stats", token="wrong"))[0] == 401
-    assert (await node.admin("GET", "/health", token=None))[0] == 200
+    assert (await node.admin("GET", "/health", token=None))[0] == 401
 
     status, body = await node.admin("POST", "/purge", {"path": path})
     assert status == 200 and body["purged"] == 2
