@@ -50,6 +50,7 @@ from reelcdn.edge.upstream import Upstream, UpstreamResponse
 
 from .content_types import content_type_bytes
 from .paths import OriginRefused, resolve_key
+from .threaded import ThreadedBodyResponse
 
 __all__ = ["CHUNK_SIZE", "FsOrigin", "FsResponse", "simple_response"]
 
@@ -61,8 +62,10 @@ _PROC_FD = "/proc/self/fd"
 _HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir(_PROC_FD)
 
 
-class FsResponse(UpstreamResponse):
+class FsResponse(ThreadedBodyResponse):
     """A response whose body is already in memory, or is read from an open descriptor."""
+
+    SOURCE = "filesystem"
 
     __slots__ = ("status", "headers", "_data", "_fd", "_offset", "_end", "_executor",
                  "_pending", "_closed")
@@ -94,23 +97,10 @@ class FsResponse(UpstreamResponse):
             yield data
         if self._fd is None:
             return
-        loop = asyncio.get_running_loop()
         while self._offset < self._end and not self._closed:
             want = min(CHUNK_SIZE, self._end - self._offset)
-            pending = loop.run_in_executor(self._executor, os.pread, self._fd, want, self._offset)
-            self._pending = pending
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await asyncio.shield(pending)
-            except TimeoutError as exc:
-                raise FetchFailed(504, "filesystem read stalled") from exc
-            except OSError as exc:
-                raise FetchFailed(502, f"filesystem read failed: {exc.strerror}") from exc
-            except RuntimeError as exc:  # the origin was closed (replaced by a reload)
-                raise FetchFailed(502, "filesystem origin closed during the body") from exc
-            finally:
-                if pending.done():
-                    self._pending = None
+            chunk = await self._read_in_thread(idle_timeout, os.pread, self._fd, want,
+                                               self._offset)
             if not chunk:
                 raise FetchFailed(502, "file shrank while it was read")
             self._offset += len(chunk)

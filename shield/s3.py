@@ -57,6 +57,7 @@ from reelcdn.edge.upstream import Upstream, UpstreamResponse
 from .content_types import DEFAULT_CONTENT_TYPE, content_type_bytes
 from .fs import CHUNK_SIZE, simple_response
 from .paths import OriginRefused, join_key, resolve_key
+from .threaded import ThreadedBodyResponse
 
 __all__ = ["MEASUREMENT", "S3Origin", "S3Response"]
 
@@ -103,9 +104,13 @@ MAX_KEY_BYTES = 1024  # S3's limit on a key, UTF-8 encoded
 _ANSWERS = {"NoSuchKey": 404, "404": 404, "AccessDenied": 403, "403": 403}
 
 
-class S3Response(UpstreamResponse):
+class S3Response(ThreadedBodyResponse):
     """A head from S3 and its body: already read, or a botocore ``StreamingBody`` read in
     chunks in the origin's threads."""
+
+    SOURCE = "S3"
+    STALLED = (TimeoutError, ReadTimeoutError)
+    BROKEN = (BotoCoreError, OSError)
 
     __slots__ = ("status", "headers", "_data", "_body", "_executor", "_pending", "_done")
 
@@ -133,22 +138,8 @@ class S3Response(UpstreamResponse):
             yield data
         if self._body is None:
             return
-        loop = asyncio.get_running_loop()
         while self._body is not None:
-            pending = loop.run_in_executor(self._executor, self._body.read, CHUNK_SIZE)
-            self._pending = pending
-            try:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await asyncio.shield(pending)
-            except (TimeoutError, ReadTimeoutError) as exc:
-                raise FetchFailed(504, "S3 body stalled") from exc
-            except (BotoCoreError, OSError) as exc:
-                raise FetchFailed(502, f"S3 body broke: {exc.__class__.__name__}") from exc
-            except RuntimeError as exc:  # the origin was closed (replaced by a reload)
-                raise FetchFailed(502, "S3 origin closed during the body") from exc
-            finally:
-                if pending.done():
-                    self._pending = None
+            chunk = await self._read_in_thread(idle_timeout, self._body.read, CHUNK_SIZE)
             if not chunk:
                 # Read to the end: urllib3 has returned the connection to the pool already.
                 self._body = None
