@@ -12,6 +12,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import FrameType
 
 
@@ -97,3 +98,25 @@ def run_main(run: Callable[[list[str]], int], prog: str, argv: Sequence[str] | N
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every side-by-side benchmark takes about the servers it starts."""
+    parser.add_argument("--nginx", metavar="PATH", help="nginx binary (default /usr/sbin/nginx)")
+    parser.add_argument(
+        "--node-cmd",
+        metavar="CMD",
+        help="command that runs the reelcdn CLI (default: the `reelcdn` console script)",
+    )
+    parser.add_argument(
+        "--node-args",
+        metavar="ARGS",
+        default="",
+        help="extra arguments after `node --config F --name bench` (e.g. --node-args=--no-uvloop)",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also append the result section to FILE"
+    )
+    parser.add_argument(
+        "--keep-temp", action="store_true", help="keep the temp dir (configs, logs) for inspection"
+    )

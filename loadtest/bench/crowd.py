@@ -54,6 +54,7 @@ from . import machine
 from .coldobj import COLD_PREFIX, DEFAULT_DELAY, DEFAULT_SIZE
 from .common import (
     BenchFailure,
+    add_server_arguments,
     byte_size,
     log,
     milliseconds,
@@ -246,24 +247,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=[t.key for t in TARGETS], help="benchmark one server only"
     )
-    parser.add_argument("--nginx", metavar="PATH", help="nginx binary (default /usr/sbin/nginx)")
-    parser.add_argument(
-        "--node-cmd",
-        metavar="CMD",
-        help="command that runs the reelcdn CLI (default: the `reelcdn` console script)",
-    )
-    parser.add_argument(
-        "--node-args",
-        metavar="ARGS",
-        default="",
-        help="extra arguments after `node --config F --name bench` (e.g. --node-args=--no-uvloop)",
-    )
-    parser.add_argument(
-        "--markdown", type=Path, metavar="FILE", help="also append the result section to FILE"
-    )
-    parser.add_argument(
-        "--keep-temp", action="store_true", help="keep the temp dir (configs, logs) for inspection"
-    )
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.crowd * args.size > 2 * 1024**3:
         parser.error("--crowd × --size must stay under 2 GiB (the client keeps bodies to verify)")

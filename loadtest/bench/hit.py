@@ -30,7 +30,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import machine
-from .common import BenchFailure, log, non_negative_int, positive_int, run_main
+from .common import (
+    BenchFailure,
+    add_server_arguments,
+    log,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
 from .origin import OBJECTS
 from .procs import StartupError
 from .report import Run, Series, markdown_table
@@ -98,24 +105,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=list(BENCHMARKS),
         help=f"comma-separated objects (default {','.join(BENCHMARKS)})",
     )
-    parser.add_argument("--nginx", metavar="PATH", help="nginx binary (default /usr/sbin/nginx)")
-    parser.add_argument(
-        "--node-cmd",
-        metavar="CMD",
-        help="command that runs the reelcdn CLI (default: the `reelcdn` console script)",
-    )
-    parser.add_argument(
-        "--node-args",
-        metavar="ARGS",
-        default="",
-        help="extra arguments after `node --config F --name bench` (e.g. --node-args=--no-uvloop)",
-    )
-    parser.add_argument(
-        "--markdown", type=Path, metavar="FILE", help="also append the result section to FILE"
-    )
-    parser.add_argument(
-        "--keep-temp", action="store_true", help="keep the temp dir (configs, logs) for inspection"
-    )
+    add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads > args.connections:
         parser.error("--threads must not exceed --connections (wrk needs a connection per thread)")
