@@ -23,12 +23,15 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "SCHEMA",
     "STATES",
+    "AudioRendition",
+    "IFrame",
     "InitSection",
     "Rendition",
     "Segment",
@@ -50,6 +53,10 @@ _VIDEO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _URI_FORBIDDEN = re.compile(r"[\s\\?#\x00-\x1f\x7f]")
+# What may not appear inside an HLS quoted-string attribute value (RFC 8216 §4.2): the quote
+# itself, CR and LF; other control characters are banned from playlists altogether (§4.1).
+_UNQUOTABLE = re.compile(r'["\x00-\x1f\x7f-\x9f]')
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")  # RFC 5646 shape, loosely
 
 
 # --------------------------------------------------------------------------- helpers
@@ -71,26 +78,37 @@ def file_digest(path: str | os.PathLike[str], chunk: int = 1 << 20) -> tuple[int
     return size, "sha256:" + h.hexdigest()
 
 
-def peak_bandwidth(segments: Iterable[Segment]) -> int:
+class _Timed(Protocol):
+    """Anything with a byte size and a playing time: a Segment, an IFrame."""
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def duration(self) -> float: ...
+
+
+def peak_bandwidth(segments: Iterable[_Timed]) -> int:
     """HLS ``BANDWIDTH``: the largest segment bit rate, ``max(size * 8 / duration)``, rounded up.
 
     RFC 8216 §4.3.4.2 defines BANDWIDTH as the peak segment bit rate; players use it to pick a
-    rendition, so under-stating it causes rebuffering. Rounded up so it is never under.
+    rendition, so under-stating it causes rebuffering. Rounded up so it is never under, in exact
+    rational arithmetic: a float quotient can land a hair below an exact integer and round down.
     """
-    peak = 0.0
+    peak = Fraction(0)
     for seg in segments:
         if seg.duration > 0:
-            peak = max(peak, seg.size * 8 / seg.duration)
+            peak = max(peak, Fraction(seg.size * 8) / Fraction(seg.duration))
     return math.ceil(peak)
 
 
-def average_bandwidth(segments: Iterable[Segment]) -> int:
-    """HLS ``AVERAGE-BANDWIDTH``: total bits over total duration, rounded up."""
+def average_bandwidth(segments: Iterable[_Timed]) -> int:
+    """HLS ``AVERAGE-BANDWIDTH``: total bits over total duration, rounded up (exactly)."""
     bits = 0
-    seconds = 0.0
+    seconds = Fraction(0)
     for seg in segments:
         bits += seg.size * 8
-        seconds += seg.duration
+        seconds += Fraction(seg.duration)
     return math.ceil(bits / seconds) if seconds > 0 else 0
 
 
@@ -128,6 +146,36 @@ def _check_number(field: str, value: Any, *, positive: bool = False) -> None:
 def _check_str(field: str, value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise _fail(field, "must be a non-empty string", value)
+
+
+def _check_quotable(field: str, value: Any) -> None:
+    """A non-empty string that can be written inside an HLS quoted-string attribute.
+
+    Codec strings, group ids and labels are copied into playlists verbatim; a quote or a line
+    break in one would end the attribute or the tag and corrupt every playlist of the video.
+    """
+    _check_str(field, value)
+    if _UNQUOTABLE.search(value):
+        raise _fail(field, "must not contain '\"' or control characters", value)
+
+
+def _check_byterange(field: str, value: Any, size: int) -> None:
+    """``[offset, length]`` of a sub-range of a file; *length* must equal the object's *size*."""
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise _fail(field, "must be [offset, length]", value)
+    _check_int(f"{field}[0]", value[0])
+    _check_int(f"{field}[1]", value[1], minimum=1)
+    if value[1] != size:
+        raise _fail(f"{field}[1]", f"must equal size {size}", value[1])
+
+
+def _byterange_from(data: Mapping[str, Any], field: str) -> tuple[Any, Any] | None:
+    br = data.get("byterange")
+    if br is None:
+        return None
+    if not isinstance(br, list) or len(br) != 2:
+        raise _fail(f"{field}.byterange", "must be [offset, length]", br)
+    return (br[0], br[1])
 
 
 def _check_uri(field: str, value: Any) -> None:
@@ -186,13 +234,7 @@ class Segment:
         _check_int(f"{field}.size", self.size)
         _check_digest(f"{field}.digest", self.digest)
         if self.byterange is not None:
-            br = self.byterange
-            if not isinstance(br, tuple | list) or len(br) != 2:
-                raise _fail(f"{field}.byterange", "must be [offset, length]", br)
-            _check_int(f"{field}.byterange[0]", br[0])
-            _check_int(f"{field}.byterange[1]", br[1], minimum=1)
-            if br[1] != self.size:
-                raise _fail(f"{field}.byterange[1]", f"must equal size {self.size}", br[1])
+            _check_byterange(f"{field}.byterange", self.byterange, self.size)
         if not isinstance(self.independent, bool):
             raise _fail(f"{field}.independent", "must be true or false", self.independent)
 
@@ -211,11 +253,7 @@ class Segment:
     @classmethod
     def from_dict(cls, data: Any, field: str = "segment") -> Segment:
         data = _mapping(field, data)
-        br = data.get("byterange")
-        if br is not None:
-            if not isinstance(br, list) or len(br) != 2:
-                raise _fail(f"{field}.byterange", "must be [offset, length]", br)
-            br = (br[0], br[1])
+        br = _byterange_from(data, field)
         seg = cls(
             uri=_require(data, field, "uri"),
             duration=_require(data, field, "duration"),
@@ -230,19 +268,33 @@ class Segment:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class InitSection:
-    """The CMAF header (``EXT-X-MAP``): ``ftyp`` + ``moov`` with the codec configuration."""
+    """The CMAF header (``EXT-X-MAP``): ``ftyp`` + ``moov`` with the codec configuration.
+
+    ``byterange`` is set when the header is the start of a larger file (a single-file
+    rendition: header and every segment are byte ranges of one ``.mp4``).
+    """
 
     uri: str
     size: int
     digest: str
+    byterange: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.byterange, list):
+            object.__setattr__(self, "byterange", tuple(self.byterange))
 
     def validate(self, field: str = "init") -> None:
         _check_uri(f"{field}.uri", self.uri)
         _check_int(f"{field}.size", self.size, minimum=1)
         _check_digest(f"{field}.digest", self.digest)
+        if self.byterange is not None:
+            _check_byterange(f"{field}.byterange", self.byterange, self.size)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "size": self.size, "digest": self.digest}
+        out: dict[str, Any] = {"uri": self.uri, "size": self.size, "digest": self.digest}
+        if self.byterange is not None:  # absent when unused: older files keep their version
+            out["byterange"] = [self.byterange[0], self.byterange[1]]
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, field: str = "init") -> InitSection:
@@ -251,9 +303,74 @@ class InitSection:
             uri=_require(data, field, "uri"),
             size=_require(data, field, "size"),
             digest=_require(data, field, "digest"),
+            byterange=_byterange_from(data, field),
         )
         init.validate(field)
         return init
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IFrame:
+    """One I-frame of a rendition, for trick play (``EXT-X-I-FRAMES-ONLY`` playlists).
+
+    ``uri`` names the file holding it (normally a media segment) and ``byterange`` the bytes
+    a player must fetch to decode that one frame (for CMAF: the ``moof`` and the sample's data);
+    ``duration`` is the time until the next I-frame, the EXTINF of an I-frame playlist
+    (RFC 8216 §4.3.3.6). ``size`` is the range length, or the file size without a range.
+    """
+
+    uri: str
+    duration: float
+    size: int
+    byterange: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.byterange, list):
+            object.__setattr__(self, "byterange", tuple(self.byterange))
+
+    def validate(self, field: str = "iframe") -> None:
+        _check_uri(f"{field}.uri", self.uri)
+        _check_number(f"{field}.duration", self.duration, positive=True)
+        _check_int(f"{field}.size", self.size, minimum=1)
+        if self.byterange is not None:
+            _check_byterange(f"{field}.byterange", self.byterange, self.size)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"uri": self.uri, "duration": self.duration, "size": self.size}
+        if self.byterange is not None:
+            out["byterange"] = [self.byterange[0], self.byterange[1]]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, field: str = "iframe") -> IFrame:
+        data = _mapping(field, data)
+        frame = cls(
+            uri=_require(data, field, "uri"),
+            duration=_require(data, field, "duration"),
+            size=_require(data, field, "size"),
+            byterange=_byterange_from(data, field),
+        )
+        frame.validate(field)
+        return frame
+
+
+def _check_media(field: str, init: Any, segments: Any) -> None:
+    """The init section and segment list every media playlist (video or audio) is made of."""
+    if not isinstance(init, InitSection):
+        raise _fail(f"{field}.init", "must be an InitSection", init)
+    init.validate(f"{field}.init")
+    if not isinstance(segments, tuple):
+        raise _fail(f"{field}.segments", "must be a tuple of Segment", segments)
+    seen: set[tuple[str, tuple[int, int] | None]] = set()
+    for i, seg in enumerate(segments):
+        sfield = f"{field}.segments[{i}]"
+        if not isinstance(seg, Segment):
+            raise _fail(sfield, "must be a Segment", seg)
+        seg.validate(sfield)
+        key = (seg.uri, seg.byterange)
+        if key in seen:
+            raise _fail(f"{sfield}.uri", "appears twice", seg.uri)
+        seen.add(key)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -277,12 +394,15 @@ class Rendition:
     init: InitSection
     segments: tuple[Segment, ...] = ()
     audio_group: str | None = None
+    iframes: tuple[IFrame, ...] = ()
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; stored as tuples so the object stays hashable-ish
         # and immutable. Validation with the full field path happens in VideoMeta.
         if isinstance(self.segments, list):
             object.__setattr__(self, "segments", tuple(self.segments))
+        if isinstance(self.iframes, list):
+            object.__setattr__(self, "iframes", tuple(self.iframes))
 
     @property
     def duration(self) -> float:
@@ -313,34 +433,32 @@ class Rendition:
         if self.average_bandwidth > self.bandwidth:
             raise _fail(f"{field}.average_bandwidth",
                         f"must not exceed bandwidth {self.bandwidth}", self.average_bandwidth)
-        _check_str(f"{field}.codecs", self.codecs)
-        _check_str(f"{field}.video_codec", self.video_codec)
+        _check_quotable(f"{field}.codecs", self.codecs)
+        _check_quotable(f"{field}.video_codec", self.video_codec)
         listed = [c.strip() for c in self.codecs.split(",")]
         if self.video_codec not in listed:
             raise _fail(f"{field}.codecs", f"must list video_codec {self.video_codec!r}",
                         self.codecs)
         if self.audio_codec is not None:
-            _check_str(f"{field}.audio_codec", self.audio_codec)
+            _check_quotable(f"{field}.audio_codec", self.audio_codec)
             if self.audio_codec not in listed:
                 raise _fail(f"{field}.codecs", f"must list audio_codec {self.audio_codec!r}",
                             self.codecs)
         _check_number(f"{field}.frame_rate", self.frame_rate, positive=True)
         if self.audio_group is not None:
-            _check_str(f"{field}.audio_group", self.audio_group)
-        if not isinstance(self.init, InitSection):
-            raise _fail(f"{field}.init", "must be an InitSection", self.init)
-        self.init.validate(f"{field}.init")
-        if not isinstance(self.segments, tuple):
-            raise _fail(f"{field}.segments", "must be a tuple of Segment", self.segments)
+            _check_quotable(f"{field}.audio_group", self.audio_group)
+        _check_media(field, self.init, self.segments)
+        if not isinstance(self.iframes, tuple):
+            raise _fail(f"{field}.iframes", "must be a tuple of IFrame", self.iframes)
         seen: set[tuple[str, tuple[int, int] | None]] = set()
-        for i, seg in enumerate(self.segments):
-            sfield = f"{field}.segments[{i}]"
-            if not isinstance(seg, Segment):
-                raise _fail(sfield, "must be a Segment", seg)
-            seg.validate(sfield)
-            key = (seg.uri, seg.byterange)
+        for i, frame in enumerate(self.iframes):
+            ifield = f"{field}.iframes[{i}]"
+            if not isinstance(frame, IFrame):
+                raise _fail(ifield, "must be an IFrame", frame)
+            frame.validate(ifield)
+            key = (frame.uri, frame.byterange)
             if key in seen:
-                raise _fail(f"{sfield}.uri", "appears twice", seg.uri)
+                raise _fail(f"{ifield}.uri", "appears twice", frame.uri)
             seen.add(key)
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,12 +477,15 @@ class Rendition:
             out["audio_group"] = self.audio_group
         out["init"] = self.init.to_dict()
         out["segments"] = [s.to_dict() for s in self.segments]
+        if self.iframes:  # absent when unused: older files keep their version
+            out["iframes"] = [f.to_dict() for f in self.iframes]
         return out
 
     @classmethod
     def from_dict(cls, data: Any, field: str = "rendition") -> Rendition:
         data = _mapping(field, data)
         segs = _list(f"{field}.segments", _require(data, field, "segments"))
+        frames = _list(f"{field}.iframes", data.get("iframes", []))
         rendition = cls(
             name=_require(data, field, "name"),
             width=_require(data, field, "width"),
@@ -380,9 +501,90 @@ class Rendition:
             segments=tuple(
                 Segment.from_dict(s, f"{field}.segments[{i}]") for i, s in enumerate(segs)
             ),
+            iframes=tuple(
+                IFrame.from_dict(f, f"{field}.iframes[{i}]") for i, f in enumerate(frames)
+            ),
         )
         rendition.validate(field)
         return rendition
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AudioRendition:
+    """A separate (not muxed) audio media playlist, one member of an ``EXT-X-MEDIA`` group.
+
+    Video renditions whose ``audio_group`` equals ``group`` play with one member of the group
+    (the player picks by language / default). ``name`` is the directory, as for a Rendition
+    (``/v/{video_id}/{name}/index.m3u8``), so it shares their namespace; ``label`` is the
+    human-readable ``NAME`` attribute (``name`` when absent).
+    """
+
+    name: str
+    group: str
+    codec: str
+    init: InitSection
+    segments: tuple[Segment, ...] = ()
+    language: str | None = None
+    label: str | None = None
+    channels: int | None = None
+    default: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.segments, list):
+            object.__setattr__(self, "segments", tuple(self.segments))
+
+    @property
+    def display_name(self) -> str:
+        """The ``NAME`` attribute: ``label``, else ``name``."""
+        return self.label if self.label is not None else self.name
+
+    def validate(self, field: str = "audio") -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise _fail(f"{field}.name", "must match [A-Za-z0-9][A-Za-z0-9_-]*", self.name)
+        _check_quotable(f"{field}.group", self.group)
+        _check_quotable(f"{field}.codec", self.codec)
+        if "," in self.codec:
+            raise _fail(f"{field}.codec", "must be one RFC 6381 codec string", self.codec)
+        if self.language is not None and (
+                not isinstance(self.language, str) or not _LANGUAGE.match(self.language)):
+            raise _fail(f"{field}.language", "must be a BCP 47 language tag", self.language)
+        if self.label is not None:
+            _check_quotable(f"{field}.label", self.label)
+        if self.channels is not None:
+            _check_int(f"{field}.channels", self.channels, minimum=1)
+        if not isinstance(self.default, bool):
+            raise _fail(f"{field}.default", "must be true or false", self.default)
+        _check_media(field, self.init, self.segments)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "group": self.group, "codec": self.codec}
+        for key in ("language", "label", "channels"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["default"] = self.default
+        out["init"] = self.init.to_dict()
+        out["segments"] = [s.to_dict() for s in self.segments]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, field: str = "audio") -> AudioRendition:
+        data = _mapping(field, data)
+        segs = _list(f"{field}.segments", _require(data, field, "segments"))
+        audio = cls(
+            name=_require(data, field, "name"),
+            group=_require(data, field, "group"),
+            codec=_require(data, field, "codec"),
+            init=InitSection.from_dict(_require(data, field, "init"), f"{field}.init"),
+            segments=tuple(
+                Segment.from_dict(s, f"{field}.segments[{i}]") for i, s in enumerate(segs)
+            ),
+            language=data.get("language"),
+            label=data.get("label"),
+            channels=data.get("channels"),
+            default=data.get("default", False),
+        )
+        audio.validate(field)
+        return audio
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -401,10 +603,13 @@ class VideoMeta:
     renditions: tuple[Rendition, ...]
     poster: str | None = None
     created_at: str = dataclasses.field(default_factory=_now_rfc3339)
+    audio: tuple[AudioRendition, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.renditions, list):
             object.__setattr__(self, "renditions", tuple(self.renditions))
+        if isinstance(self.audio, list):
+            object.__setattr__(self, "audio", tuple(self.audio))
         self.validate()
 
     # ------------------------------------------------------------------ derived
@@ -426,6 +631,10 @@ class VideoMeta:
             if r.name == name:
                 return r
         raise KeyError(name)
+
+    def audio_in_group(self, group: str) -> tuple[AudioRendition, ...]:
+        """The members of audio group *group*, in file order (empty when there is none)."""
+        return tuple(a for a in self.audio if a.group == group)
 
     # ------------------------------------------------------------------ validation
 
@@ -455,6 +664,7 @@ class VideoMeta:
             if r.name in names:
                 raise _fail(f"{field}.name", "appears twice", r.name)
             names.add(r.name)
+        self._validate_audio(names)
         if self.state == "ready":
             if not self.renditions:
                 raise _fail("renditions", "a ready video needs at least one rendition", [])
@@ -465,6 +675,42 @@ class VideoMeta:
                 if r.bandwidth <= 0:
                     raise _fail(f"renditions[{i}].bandwidth", "must be > 0 when ready",
                                 r.bandwidth)
+                if r.audio_group is not None and not self.audio_in_group(r.audio_group):
+                    raise _fail(f"renditions[{i}].audio_group",
+                                "a ready video needs the group in 'audio'", r.audio_group)
+            for i, a in enumerate(self.audio):
+                if not a.segments:
+                    raise _fail(f"audio[{i}].segments",
+                                "a ready video needs segments in every rendition", [])
+
+    def _validate_audio(self, names: set[str]) -> None:
+        """Audio renditions: valid, named apart from every rendition, one default per group.
+
+        Names share the URL namespace with video renditions (``/v/{id}/{name}/``); within a
+        group the NAME attribute must be unique and at most one member may be DEFAULT=YES
+        (RFC 8216 §4.3.4.1.1).
+        """
+        if not isinstance(self.audio, tuple):
+            raise _fail("audio", "must be a tuple of AudioRendition", self.audio)
+        labels: set[tuple[str, str]] = set()
+        defaults: set[str] = set()
+        for i, a in enumerate(self.audio):
+            field = f"audio[{i}]"
+            if not isinstance(a, AudioRendition):
+                raise _fail(field, "must be an AudioRendition", a)
+            a.validate(field)
+            if a.name in names:
+                raise _fail(f"{field}.name", "appears twice (renditions and audio)", a.name)
+            names.add(a.name)
+            if (a.group, a.display_name) in labels:
+                raise _fail(f"{field}.label", f"appears twice in group {a.group!r}",
+                            a.display_name)
+            labels.add((a.group, a.display_name))
+            if a.default:
+                if a.group in defaults:
+                    raise _fail(f"{field}.default", f"a second default in group {a.group!r}",
+                                a.default)
+                defaults.add(a.group)
 
     # ------------------------------------------------------------------ (de)serialisation
 
@@ -476,6 +722,8 @@ class VideoMeta:
             "duration": self.duration,
             "poster": self.poster,
             "renditions": [r.to_dict() for r in self.renditions],
+            # absent when unused: older files keep their version
+            **({"audio": [a.to_dict() for a in self.audio]} if self.audio else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -495,6 +743,7 @@ class VideoMeta:
         if schema != SCHEMA:
             raise _fail("schema", f"unsupported schema (this reader knows {SCHEMA})", schema)
         renditions = _list("renditions", _require(data, "", "renditions"))
+        audio = _list("audio", data.get("audio", []))
         created_at = data.get("created_at")
         meta = cls(
             video_id=_require(data, "", "video_id"),
@@ -504,6 +753,7 @@ class VideoMeta:
             renditions=tuple(
                 Rendition.from_dict(r, f"renditions[{i}]") for i, r in enumerate(renditions)
             ),
+            audio=tuple(AudioRendition.from_dict(a, f"audio[{i}]") for i, a in enumerate(audio)),
             **({"created_at": created_at} if created_at is not None else {}),
         )
         stored = data.get("version")

@@ -329,6 +329,93 @@ def test_validation_names_the_field(edit: object, field: str) -> None:
     assert f" {field}: " in str(caught.value), str(caught.value)
 
 
+def _with_optional_parts() -> dict[str, object]:
+    """sample_meta() as a dict plus every optional part: demuxed audio, I-frames, init range."""
+    data = sample_meta().to_dict()
+    digest = "sha256:" + "cd" * 32
+    r = data["renditions"][0]
+    r["audio_group"] = "aac"
+    r["codecs"] = r["video_codec"]
+    r["audio_codec"] = None
+    r["init"]["byterange"] = [0, r["init"]["size"]]
+    r["iframes"] = [{"uri": "seg_00000.m4s", "duration": 2.0, "size": 9000,
+                     "byterange": [812, 9000]}]
+    data["audio"] = [{"name": "audio-en", "group": "aac", "codec": "mp4a.40.2",
+                      "language": "en", "label": "English", "channels": 2, "default": True,
+                      "init": {"uri": "init.mp4", "size": 700, "digest": digest},
+                      "segments": [{"uri": "seg_00000.m4s", "duration": 2.0, "size": 32000,
+                                    "digest": digest}]}]
+    del data["version"]
+    return data
+
+
+def test_optional_parts_round_trip_and_leave_old_versions_alone() -> None:
+    plain = sample_meta()
+    assert "audio" not in plain.to_dict()
+    assert {"iframes"} & plain.to_dict()["renditions"][0].keys() == set()
+    assert "byterange" not in plain.to_dict()["renditions"][0]["init"]
+    full = VideoMeta.from_dict(_with_optional_parts())
+    assert VideoMeta.from_json(full.to_json()) == full
+    assert full.version != plain.version
+    assert full.audio_in_group("aac")[0].display_name == "English"
+    assert full.renditions[0].iframes[0].byterange == (812, 9000)
+    assert full.renditions[0].init.byterange == (0, 1200)
+
+
+def _add_audio(d: dict, **changes: object) -> None:
+    extra = dict(d["audio"][0], **changes)
+    d["audio"].append(extra)
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d["renditions"][0].update(audio_group="no-such-group"),
+         "renditions[0].audio_group"),
+        (lambda d: d["renditions"][0].update(audio_group='a"b'), "renditions[0].audio_group"),
+        (lambda d: d["renditions"][0].update(codecs='avc1.4d401e"', video_codec='avc1.4d401e"'),
+         "renditions[0].codecs"),
+        (lambda d: d["renditions"][0]["init"].update(byterange=[0, 5]),
+         "renditions[0].init.byterange[1]"),
+        (lambda d: d["renditions"][0]["iframes"][0].update(byterange=[0, 5]),
+         "renditions[0].iframes[0].byterange[1]"),
+        (lambda d: d["renditions"][0]["iframes"][0].update(duration=0),
+         "renditions[0].iframes[0].duration"),
+        (lambda d: d["renditions"][0]["iframes"].append(d["renditions"][0]["iframes"][0]),
+         "renditions[0].iframes[1].uri"),
+        (lambda d: d["audio"][0].update(name="360p"), "audio[0].name"),
+        (lambda d: d["audio"][0].update(codec="mp4a.40.2,ac-3"), "audio[0].codec"),
+        (lambda d: d["audio"][0].update(language="english!"), "audio[0].language"),
+        (lambda d: d["audio"][0].update(channels=0), "audio[0].channels"),
+        (lambda d: d["audio"][0].update(segments=[]), "audio[0].segments"),
+        (lambda d: _add_audio(d, name="audio-fr", language="fr"), "audio[1].label"),
+        (lambda d: _add_audio(d, name="audio-fr", label="French"), "audio[1].default"),
+    ],
+)
+def test_optional_parts_validation_names_the_field(edit: object, field: str) -> None:
+    data = _with_optional_parts()
+    edit(data)  # type: ignore[operator]
+    with pytest.raises(ValueError) as caught:
+        VideoMeta.from_dict(data)
+    assert f" {field}: " in str(caught.value), str(caught.value)
+
+
+def test_a_processing_video_may_lack_its_audio_group_yet() -> None:
+    data = _with_optional_parts()
+    data["state"] = "processing"
+    data["audio"] = []
+    assert VideoMeta.from_dict(data).audio == ()
+
+
+def test_bandwidth_helpers_are_exact_at_integer_boundaries() -> None:
+    # 0.1 is a hair above 1/10 as a float, so 1000 bytes over it is a hair *under* 80 kbit/s
+    # exactly, while float division says exactly 80000.0; either way ceil must not go under.
+    seg = Segment("s.m4s", 0.1, 1000, "sha256:" + "00" * 32)
+    assert peak_bandwidth([seg]) >= 1000 * 8 / 0.1
+    odd = Segment("s.m4s", 0.3, 3, "sha256:" + "00" * 32)  # 80 bit/s and a hair: rounds up
+    assert peak_bandwidth([odd]) == 81 and average_bandwidth([odd]) == 81
+
+
 def test_processing_meta_may_be_partial_and_json_errors_are_value_errors() -> None:
     meta = sample_meta()
     partial = dataclasses.replace(meta.renditions[0], segments=(), bandwidth=0,
