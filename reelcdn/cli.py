@@ -132,6 +132,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return 130
 
 
+def _cmd_loadtest(args: argparse.Namespace) -> int:
+    from reelcdn.edge.server import install_uvloop
+    from reelcdn.loadtest.cli import main_args
+
+    install_uvloop()
+    return main_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reelcdn",
@@ -163,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true",
                     help="do not synthesise demo videos into filesystem origins")
     up.set_defaults(func=_cmd_up)
+
+    from reelcdn.loadtest.cli import add_arguments as add_loadtest_arguments
+
+    loadtest = sub.add_parser(
+        "loadtest", help="emulate HLS players against a CDN: TTFF, start failures, "
+        "rebuffering, hit ratio per tier, origin offload (docs/loadtest.md)",
+    )
+    add_loadtest_arguments(loadtest)
+    loadtest.set_defaults(func=_cmd_loadtest)
 
     validate = sub.add_parser("validate", help="check a config file and report problems")
     validate.add_argument("config", help="the TOML file")

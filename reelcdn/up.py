@@ -91,6 +91,25 @@ def ensure_demo_videos(topology: Topology) -> list[str]:
     return ids
 
 
+def write_loadtest_catalog(data_dir: Path, topology: Topology, demo_ids: list[str]) -> Path:
+    """Write ``{data_dir}/catalog.txt`` for ``reelcdn loadtest --catalog``: the ready videos
+    of every filesystem origin (their ``catalog.txt``, so uploads count too), else the demo
+    ids. Written atomically (temp file + rename) so a harness never reads half a list."""
+    ids: list[str] = []
+    for origin in topology.origins.values():
+        listed = Path(origin.root) / "catalog.txt" if origin.type == "fs" and origin.root \
+            else None
+        if listed is not None and listed.is_file():
+            ids.extend(i for i in listed.read_text().split() if i not in ids)
+    ids = ids or list(dict.fromkeys(demo_ids))
+    path = data_dir / "catalog.txt"
+    temporary = data_dir / ".catalog.txt.tmp"
+    temporary.write_text("# video ids for `reelcdn loadtest --catalog` (written by reelcdn up)\n"
+                         + "".join(f"{i}\n" for i in ids))
+    os.replace(temporary, path)
+    return path
+
+
 async def _pump(name: str, stream: asyncio.StreamReader | None, width: int) -> None:
     if stream is None:
         return
@@ -245,6 +264,10 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
         video_ids = await asyncio.get_running_loop().run_in_executor(
             None, ensure_demo_videos, topology
         )
+    data.mkdir(parents=True, exist_ok=True)
+    catalog = write_loadtest_catalog(data, topology, video_ids)
+    say(f"load-test catalog: {catalog} (reelcdn loadtest --topology {config_file} "
+        f"--catalog {catalog})")
     supervisor = Supervisor(config_file, topology, log_level)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
