@@ -139,8 +139,17 @@ class ShareRunner:
         if self.workload.ramp > 0 and slots > 1:
             await asyncio.sleep(self.workload.ramp * slot / slots)
         while time.monotonic() < end and self.sessions < self.workload.max_sessions:
+            started = time.monotonic()
+            player = self._new_player()
             # wait() does not raise: a player's own error must not end the slot.
-            await asyncio.wait({self._launch(self._new_player())})
+            await asyncio.wait({self._launch(player)})
+            if player.result.outcome in ("vsf", "ebvs", "vpf"):
+                # A viewer whose video failed looks at the error before trying another one:
+                # the slot stays taken until the patience time has passed, so a failing CDN
+                # is not hammered by a tight retry loop of the whole concurrency.
+                rest = started + self.workload.player.patience - time.monotonic()
+                if rest > 0:
+                    await asyncio.sleep(min(rest, max(0.0, end - time.monotonic())))
 
     async def _poisson(self, end: float) -> None:
         workload = self.workload

@@ -1,0 +1,190 @@
+"""The load harness (``reelcdn loadtest``) against a small real topology: a counting origin,
+shield → regional → two edges run by ``reelcdn up``, all on 127.0.0.1.
+
+Loads are small and bounded (tens of players, a few seconds, time-compressed playback) so the
+whole module stays well under a minute on a shared 2-core machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from pathlib import Path
+
+import pytest
+from loadtest_fixtures import RENDITIONS, SEGMENT_SECONDS, Topology, segment_size
+
+from reelcdn.cli import main
+from reelcdn.loadtest import cmcd
+from reelcdn.loadtest.cachestatus import Tally
+from reelcdn.loadtest.catalog import Zipf
+from reelcdn.loadtest.network import parse_distribution
+from reelcdn.loadtest.summary import parse_slos
+
+
+@pytest.fixture(scope="module")
+def topology(tmp_path_factory):
+    topo = Topology(tmp_path_factory.mktemp("loadtest"))
+    topo.start()
+    yield topo
+    topo.stop()
+
+
+def run_cli(topo: Topology, report: Path, *extra: str, targets: tuple[str, ...] = ("edge_a",
+            "edge_b")) -> tuple[int, dict]:
+    args = ["loadtest", "--topology", str(topo.config), "--catalog", str(topo.catalog),
+            "--report", str(report), "--no-progress", "--scrape-interval", "1s"]
+    for target in targets:
+        args += ["--target", topo.edge(target)]
+    status = main([*args, *extra])
+    return status, json.loads((report / "summary.json").read_text())
+
+
+def players_of(report: Path) -> list[dict]:
+    return [json.loads(line) for line in (report / "players.jsonl").read_text().splitlines()]
+
+
+def test_request_and_hit_counts_agree_with_the_nodes_counters(topology, tmp_path):
+    origin_before = sum(topology.origin.counts.values())
+    status, summary = run_cli(topology, tmp_path, "--players", "16", "--duration", "3s",
+                              "--time-scale", "8", "--cache", "cold", "--zipf", "0.9")
+    assert status == 0
+    assert summary["outcomes"].get("played", 0) >= 16 and summary["vsf"] == 0
+    client, server = summary["client"], summary["server"]
+    assert client["failures"] == 0
+    # Every player request reached an edge, and each tier agrees with the nodes' /metrics.
+    assert client["requests"] == server["roles"]["edge"]["requests"] > 0
+    for tier in ("edge", "regional", "shield"):
+        assert client["tiers"][tier]["requests"] == server["roles"][tier]["requests"], tier
+        assert client["tiers"][tier]["hits"] == server["roles"][tier]["hits"], tier
+    assert client["origin_fetches"] == server["origin_requests"]
+    # ... and with the origin's own count of what it was asked.
+    assert server["origin_requests"] == sum(topology.origin.counts.values()) - origin_before
+    assert 0 < summary["offload"] < 1
+    # Sessions carry the buffer model's results.
+    played = [p for p in players_of(tmp_path) if p["outcome"] == "played"]
+    assert all(p["segments"] >= 1 and p["ttff"] > 0 for p in played)
+    assert all(set(p["phases"]) >= {"master", "media_playlist", "init", "first_segment_ttfb",
+                                    "first_segment"} for p in played)
+
+
+def test_a_player_capped_at_1_mbit_takes_size_over_rate_for_a_segment(topology, tmp_path):
+    status, summary = run_cli(topology, tmp_path, "--players", "1", "--duration", "6s",
+                              "--bandwidth", "1Mbit", "--watch", "2s", "--max-sessions", "1",
+                              "--catalog", str(_one_video_catalog(tmp_path, "vid-2")))
+    assert status == 0
+    (player,) = players_of(tmp_path)
+    assert player["outcome"] == "played" and player["rate_cap_bps"] == 1e6
+    # At 500 kbit/s the start estimate picks the lowest rendition; its first segment:
+    size = segment_size(1, 0, 0)
+    assert player["start_variant_bps"] == RENDITIONS[0][1]
+    assert player["phases"]["first_segment"] >= size * 8 / 1e6
+    assert player["ttff"] >= size * 8 / 1e6
+    assert summary["ttff_ms"]["p50"] >= size * 8 / 1e6 * 1000
+
+
+def _one_video_catalog(folder: Path, video: str) -> Path:
+    path = folder / "one.txt"
+    path.write_text(video + "\n")
+    return path
+
+
+def test_a_failing_origin_is_a_video_start_failure_and_violates_the_slo(topology, tmp_path):
+    catalog = tmp_path / "broken.txt"
+    catalog.write_text("broken\n")
+    status, summary = run_cli(topology, tmp_path, "--players", "4", "--duration", "2s",
+                              "--catalog", str(catalog), "--retries", "0",
+                              "--slo", "ttff_p95=2s,vsf=0.5%")
+    assert status == 1                      # the SLO was violated
+    assert summary["vsf"] == 1.0 and summary["outcomes"]["vsf"] == summary["attempts"] > 0
+    failed = [p for p in players_of(tmp_path) if p["outcome"] == "vsf"]
+    assert failed and all(p["failed_phase"] == "master" and p["error"].startswith("HTTP 5")
+                          for p in failed)
+    verdicts = {v["key"]: v["met"] for v in summary["slo"]}
+    assert verdicts == {"ttff_p95": False, "vsf": False}
+    assert topology.origin.counts["/v/broken/master.m3u8"] >= 1
+
+
+def test_flash_crowd_makes_one_origin_fetch_per_object_and_writes_the_report(topology,
+                                                                             tmp_path):
+    before = dict(topology.origin.counts)
+    status, summary = run_cli(topology, tmp_path, "--scenario", "flash-crowd",
+                              "--flash-video", "vid-4", "--players", "60", "--duration", "6s",
+                              "--time-scale", "8", "--cache", "cold",
+                              "--slo", "vsf=0%,ttff_p99=5s")
+    assert status == 0, summary["slo"]
+    assert summary["outcomes"] == {"played": 60}
+    fetched = {path: n - before.get(path, 0) for path, n in topology.origin.counts.items()
+               if path.startswith("/v/vid-4/") and n - before.get(path, 0)}
+    assert fetched and set(fetched.values()) == {1}, fetched    # one fetch per object
+    assert summary["server"]["origin_requests"] == len(fetched)
+    assert summary["server"]["coalesced_waiters"] > 0
+    # The HTML report, with its six plots inline.
+    page = (tmp_path / "report.html").read_text()
+    images = re.findall(r"<img alt='(\w+)' src='data:image/png;base64,([A-Za-z0-9+/=]{200,})'",
+                        page)
+    assert {name for name, _ in images} == {"ttff_cdf", "ttff_over_time", "phases",
+                                            "hit_ratio_over_time", "bitrate", "rebuffering"}
+    assert "flash-crowd" in page and "vsf=0%" in page
+
+
+def test_bad_options_are_named(topology, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["loadtest", "--catalog", str(topology.catalog), "--bandwidth", "fast"])
+    assert exited.value.code == 2
+    assert "--bandwidth" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["loadtest", "--catalog", str(topology.catalog), "--slo", "ttff_p95=soon"])
+    assert "--slo" in capsys.readouterr().err
+    assert main(["loadtest", "--catalog", str(tmp_path / "missing.txt"),
+                 "--target", "http://127.0.0.1:1"]) == 2
+    assert "--catalog" in capsys.readouterr().err
+    assert main(["loadtest", "--catalog", str(topology.catalog)]) == 2
+    assert "--target" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ pure parts
+
+
+def test_cmcd_is_encoded_like_cta_5004():
+    data = cmcd.CmcdRequest(sid="6e2fb550-c457-11e9", cid="vid-1", ot="av", d=2.0, br=778_012,
+                            bl=1.26, mtp=2_345_000, su=True, nor="seg_00002.m4s")
+    payload = cmcd.encode(data)
+    assert payload == ('bl=1300,br=778,cid="vid-1",d=2000,mtp=2300,nor="seg_00002.m4s",'
+                       'ot=av,sf=h,sid="6e2fb550-c457-11e9",st=v,su')
+    url = cmcd.with_cmcd("http://e/v/x/low/seg_00001.m4s", data)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert cmcd.decode(query["CMCD"][0])["nor"] == "seg_00002.m4s"
+    assert cmcd.decode(query["CMCD"][0])["su"] is True
+    assert "su" not in cmcd.encode(cmcd.CmcdRequest(sid="s", cid="c", ot="m"))
+
+
+def test_cache_status_walk_stops_at_the_serving_or_collapsed_tier():
+    tally = Tally()
+    tally.record(200, "s; fwd=uri-miss; stored, r; fwd=uri-miss, e; hit", 10, 0)
+    tally.record(200, "s; fwd=uri-miss, r; hit, e; fwd=uri-miss; stored", 10, 0)
+    tally.record(200, "s; fwd=uri-miss, r; fwd=uri-miss, e; fwd=uri-miss; collapsed", 10, 0)
+    tally.record(200, "s; fwd=uri-miss, r; fwd=uri-miss, e; fwd=uri-miss", 10, 0)
+    assert {d: (c.reached, c.hits, c.collapsed) for d, c in tally.by_depth.items()} == {
+        1: (4, 1, 1), 2: (2, 1, 0), 3: (1, 0, 0)}
+    assert tally.origin_fetches == 1
+
+
+def test_distributions_zipf_and_slos_parse():
+    import random
+
+    rng = random.Random(3)
+    assert parse_distribution("5Mbit", "rate").sample(rng) == 5e6
+    uniform = parse_distribution("uniform:1Mbit-2Mbit", "rate")
+    assert all(1e6 <= uniform.sample(rng) <= 2e6 for _ in range(100))
+    assert parse_distribution("choice:10ms|30ms", "time").sample(rng) in (0.01, 0.03)
+    with pytest.raises(ValueError, match="uniform"):
+        parse_distribution("uniform:5Mbit", "rate")
+    zipf = Zipf(10, 1.0)
+    draws = [zipf.draw(rng) for _ in range(5000)]
+    assert draws.count(0) > 2.5 * draws.count(3) > 0
+    slos = parse_slos("ttff_p95=200ms,vsf=0.5%,offload=90%")
+    assert [(s.key, round(s.target, 4)) for s in slos] == [
+        ("ttff_p95", 0.2), ("vsf", 0.005), ("offload", 0.9)]
+    assert SEGMENT_SECONDS == 2.0
