@@ -188,3 +188,29 @@ def test_distributions_zipf_and_slos_parse():
     assert [(s.key, round(s.target, 4)) for s in slos] == [
         ("ttff_p95", 0.2), ("vsf", 0.005), ("offload", 0.9)]
     assert SEGMENT_SECONDS == 2.0
+
+
+@pytest.mark.skipif(not (Path("/usr/sbin/nginx").exists() or __import__("shutil").which("nginx")),
+                    reason="nginx is not installed")
+def test_side_by_side_with_nginx_reports_both_and_their_ratios(tmp_path):
+    from loadtest_fixtures import VIDEOS, make_videos
+
+    origin = tmp_path / "origin"
+    make_videos(origin, VIDEOS[:2])
+    catalog = tmp_path / "catalog.txt"
+    catalog.write_text("\n".join(VIDEOS[:2]) + "\n")
+    report = tmp_path / "compare"
+    status = main(["loadtest", "--compare-nginx", str(origin), "--catalog", str(catalog),
+                   "--players", "8", "--duration", "2s", "--time-scale", "8",
+                   "--report", str(report), "--no-progress"])
+    assert status == 0
+    result = json.loads((report / "compare.json").read_text())
+    for cdn in ("reelcdn", "nginx"):
+        summary = result[cdn]
+        assert summary["vsf"] == 0 and summary["attempts"] > 0
+        # Both CDNs tier their answers (Cache-Status per tier) and protect the origin.
+        assert set(summary["client"]["tiers"]) == {"edge", "regional", "shield"}
+        assert 0 < summary["origin_requests_counted"] < summary["client"]["requests"]
+        assert (report / cdn / "report.html").is_file()
+    assert result["ratios"]["ttff_p50_nginx_over_reelcdn"] > 0
+    assert "nginx / reelcdn" in (report / "compare.md").read_text()
