@@ -214,3 +214,15 @@ def test_side_by_side_with_nginx_reports_both_and_their_ratios(tmp_path):
         assert (report / cdn / "report.html").is_file()
     assert result["ratios"]["ttff_p50_nginx_over_reelcdn"] > 0
     assert "nginx / reelcdn" in (report / "compare.md").read_text()
+
+
+def test_two_load_processes_merge_into_one_report(topology, tmp_path):
+    status, summary = run_cli(topology, tmp_path, "--players", "6", "--duration", "2s",
+                              "--time-scale", "8", "--processes", "2", "--rate", "20",
+                              "--cache", "warm")
+    assert status == 0
+    assert [p["share"] for p in summary["harness"]["processes"]] == [0, 1]
+    assert summary["attempts"] > 0 and summary["vsf"] == 0
+    assert summary["client"]["requests"] == summary["server"]["roles"]["edge"]["requests"]
+    ids = [p["player_id"] for p in players_of(tmp_path)]
+    assert len(ids) == len(set(ids)) == summary["sessions"]
