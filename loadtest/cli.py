@@ -173,7 +173,12 @@ class UsageError(ValueError):
 def build_options(args: argparse.Namespace) -> Any:
     """Options → RunOptions, checking what argparse cannot; UsageError names the option."""
     from .runner import RunOptions
-    from .scrape import Endpoint, edge_urls_from_topology, endpoints_from_topology
+    from .scrape import (
+        Endpoint,
+        edge_urls_from_topology,
+        endpoints_from_topology,
+        tier_roles_from_topology,
+    )
 
     try:
         catalog = tuple(load_catalog(args.catalog))
@@ -192,9 +197,9 @@ def build_options(args: argparse.Namespace) -> Any:
             endpoints += endpoints_from_topology(args.topology)
             if not targets:
                 targets = edge_urls_from_topology(args.topology)
+            tier_roles = tier_roles_from_topology(args.topology)
         except (ConfigError, OSError) as exc:
             raise UsageError(f"--topology {args.topology}: {exc}") from None
-        tier_roles = ["edge", "regional", "shield"]
     if not targets and any(v.url is None for v in catalog):
         raise UsageError("--target: needed (or --topology) when the catalog has video ids "
                          "or paths rather than full URLs")

@@ -124,6 +124,22 @@ def edge_urls_from_topology(path: str) -> list[str]:
     return urls
 
 
+def tier_roles_from_topology(path: str) -> list[str]:
+    """Roles from the edge inwards (``["edge", "regional", "shield"]``), following the first
+    edge's first parent at each step, to name the Cache-Status depths of the report."""
+    from reelcdn.edge.config import load_topology
+
+    topology = load_topology(path)
+    edges = topology.edges()
+    roles: list[str] = []
+    node = topology.nodes[edges[0]] if edges else None
+    while node is not None and len(roles) < len(topology.nodes):
+        roles.append(node.role)
+        parent = node.parents[0].name if node.parents else None
+        node = topology.nodes.get(parent) if parent else None
+    return roles
+
+
 async def scrape_one(session: aiohttp.ClientSession, endpoint: Endpoint) -> NodeCounters:
     headers = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
     async with session.get(endpoint.url.rstrip("/") + "/metrics", headers=headers,
