@@ -200,16 +200,17 @@ class Progress:
         elapsed = time.monotonic() - self.run_started
         table = Table(title=f"{self.options.label}: {elapsed:5.1f} s / "
                             f"{self.options.workload.duration:g} s", show_header=True)
-        for column in ("sessions", "active", "playing ok", "VSF", "EBVS", "TTFF p50",
-                       "TTFF p95", "rebuffers", "responses", "Mbit/s", "client CPU"):
+        # Short headers: the table must fit an 80-column terminal.
+        for column in ("sessions", "active", "ok", "VSF", "EBVS", "TTFF p50", "TTFF p95",
+                       "stalls", "responses", "Mbit/s", "CPU"):
             table.add_column(column, justify="right")
         p50, p95 = percentile(self.ttffs, 50), percentile(self.ttffs, 95)
         rate = total("bytes") * 8 / max(elapsed, 1e-3) / 1e6
         table.add_row(
             str(total("started")), str(total("active")), str(total("played")),
             str(total("vsf")), str(total("ebvs")),
-            "-" if p50 is None else f"{p50 * 1000:.0f} ms",
-            "-" if p95 is None else f"{p95 * 1000:.0f} ms",
+            "-" if p50 is None else f"{p50 * 1000:.0f}ms",
+            "-" if p95 is None else f"{p95 * 1000:.0f}ms",
             str(total("rebuffers")), str(total("responses")), f"{rate:.1f}",
             f"{self.cpu * 100:.0f}%",
         )
