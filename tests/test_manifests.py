@@ -614,6 +614,46 @@ def test_template_is_token_free_and_fills_per_request() -> None:
         template.fill('x"y')
 
 
+def test_the_documented_examples_match_the_renderer() -> None:
+    docs = Path(__file__).parent.parent / "docs"
+    meta_doc = (docs / "meta-json.md").read_text()
+    example = re.search(r"```json\n(.*?)```", meta_doc[meta_doc.index("## Example"):], re.S)
+    assert example
+    meta = VideoMeta.from_json(example.group(1))
+    doc = (docs / "manifests.md").read_text()
+    blocks = re.findall(r"```\n(#EXTM3U\n.*?)```", doc[doc.index("## Examples"):], re.S)
+    first = options_from_query("start=highest&token=abc&exp=1700000000", ["token", "exp"])
+    steered = options_from_query(
+        "max_height=480&token=abc", ["token"], steering=Steering(
+            "/steer/{video_id}.json",
+            (Pathway("edge"), Pathway("backup", "https://cdn-b.example.com"))))
+    assert blocks == [render_master(meta, first), render_master(meta, steered),
+                      render_media(meta, "360p", first)]
+    for options in (first, steered):
+        check_everything(meta, options)
+
+
+def test_the_library_is_pure() -> None:
+    """No I/O, clock, network or process modules imported by manifests/ (DESIGN.md §2)."""
+    import ast
+
+    allowed = {"__future__", "collections", "dataclasses", "decimal", "json", "math", "re",
+               "types", "typing", "urllib", "reelcdn"}
+    folder = Path(manifests.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                roots = [(node.module or "").split(".")[0]]
+                if roots == ["reelcdn"]:
+                    assert node.module in ("reelcdn.origin.meta",) or (
+                        node.module or "").startswith("reelcdn.manifests"), node.module
+            else:
+                continue
+            assert set(roots) <= allowed, (path.name, roots)
+
+
 # =========================================================================== the checkers fail
 
 
