@@ -226,3 +226,12 @@ def test_two_load_processes_merge_into_one_report(topology, tmp_path):
     assert summary["client"]["requests"] == summary["server"]["roles"]["edge"]["requests"]
     ids = [p["player_id"] for p in players_of(tmp_path)]
     assert len(ids) == len(set(ids)) == summary["sessions"]
+
+
+def test_a_start_slower_than_the_patience_is_an_exit_before_video_start(topology, tmp_path):
+    status, summary = run_cli(topology, tmp_path, "--players", "2", "--duration", "3s",
+                              "--bandwidth", "200kbit", "--patience", "500ms",
+                              "--max-sessions", "2", "--slo", "ebvs=0%")
+    assert status == 1
+    assert summary["outcomes"] == {"ebvs": 2} and summary["ebvs"] == 1.0
+    assert all(p["failed_phase"] == "first_segment" for p in players_of(tmp_path))
