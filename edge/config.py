@@ -194,6 +194,9 @@ class NodeConfig:
     role: str = "edge"                 # edge | regional | shield
     cache_memory: int = 256 * 1024 * 1024
     max_object_bytes: int = 64 * 1024 * 1024
+    # Stored bodies at least this large live in memory files and leave with sendfile(2)
+    # (edge/bodyfile.py); 0 keeps every body as bytes.
+    sendfile_min_bytes: int = 64 * 1024
     ttl_rules: tuple[TtlRule, ...] = ()
     ignore_query_params: frozenset[str] = DEFAULT_IGNORE_QUERY_PARAMS
     ignore_query_prefixes: tuple[str, ...] = ()
@@ -665,6 +668,7 @@ _NODE_KEYS: tuple[str, ...] = (
     "parent_failures",
     "cache_memory",
     "max_object_size",
+    "sendfile_min_size",
     "admin_token",
     "admin_token_env",
     "host_in_key",
@@ -863,6 +867,8 @@ def _parse_layer(
             put("cache_memory", parse_size(raw, file=file, key=dotted), key)
         elif key == "max_object_size":
             put("max_object_bytes", parse_size(raw, file=file, key=dotted), key)
+        elif key == "sendfile_min_size":
+            put("sendfile_min_bytes", parse_size(raw, file=file, key=dotted), key)
         elif key == "admin_token":
             if not isinstance(raw, str):
                 raise _type_error(file, dotted, "a string", raw)

@@ -42,6 +42,8 @@ class NodeStats:
         self.connections_total = 0
         self.connections_rejected = 0
         self.timeouts = 0
+        self.body_files = 0
+        self.body_file_fallbacks = 0
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
 
@@ -72,6 +74,10 @@ SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Connections refused over the connection cap"),
     ("timeouts", "reelcdn_client_timeouts",
      "Client connections cut by a header, body, idle or send timeout"),
+    ("body_files", "reelcdn_body_files",
+     "Stored bodies kept in memory files, served with sendfile"),
+    ("body_file_fallbacks", "reelcdn_body_file_fallbacks",
+     "Large bodies stored as bytes because no memory file could be made (e.g. EMFILE)"),
 )
 
 

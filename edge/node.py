@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from ..extensions import ranges  # the compiled twin when built, else edge/ranges.py
 from . import conditional
+from .bodyfile import BodyFiles, FileBody
 from .cachekey import cache_key, split_target
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig
@@ -168,6 +169,7 @@ class CacheNode:
         self.coalescer = Coalescer()
         self.upstream: Upstream = build_upstream(config)
         self.stats = NodeStats(config.name)
+        self.body_files = BodyFiles(config.sendfile_min_bytes, self.stats)
         self.upstream.observe = self.stats.upstream
         self._member = _sf_token(config.name).encode()
         self._via_hop = b"1.1 " + config.name.encode()
@@ -184,6 +186,7 @@ class CacheNode:
         old = self.config
         self.config = config
         self.stats.evictions += self.store.resize(config.cache_memory)
+        self.body_files.min_bytes = config.sendfile_min_bytes
         if _upstream_spec(config) != _upstream_spec(old):
             fresh = build_upstream(config)
             fresh.observe = self.stats.upstream
@@ -332,6 +335,8 @@ class CacheNode:
             )
         if req.method == "HEAD":
             conn.write(head)
+        elif type(body) is FileBody:
+            conn.write_file(head, body, 0, len(body))
         elif len(body) <= SMALL_BODY:
             conn.write(head + body)
         else:
@@ -433,16 +438,19 @@ class CacheNode:
             self.stats.bytes_sent += len(head)
             return
         assert isinstance(parsed, list)
-        view = memoryview(body)
         head_only = req.method == "HEAD"
         if len(parsed) == 1:
             start, end = parsed[0]
             block = header_block + b"Content-Range: " + ranges.content_range(start, end, size)
             head = self._head(206, block + b"\r\n", age, member, None, end - start, close,
                               prior=prior)
-            conn.write(head)
-            if not head_only:
-                conn.write(view[start:end])
+            if head_only:
+                conn.write(head)
+            elif type(body) is FileBody:
+                conn.write_file(head, body, start, end)
+            else:
+                conn.write(head)
+                conn.write(memoryview(body)[start:end])
             self.stats.bytes_sent += len(head) + (0 if head_only else end - start)
             return
         boundary = ranges.new_boundary()
@@ -456,6 +464,7 @@ class CacheNode:
         head = self._head(206, block, age, member, None, total, close, prior=prior)
         conn.write(head)
         if not head_only:
+            view = memoryview(body)
             for part_head, start, end in parts:
                 conn.write(part_head)
                 conn.write(view[start:end])
@@ -740,7 +749,7 @@ class CacheNode:
             primary=primary,
             status=head.status,
             headers=head.headers,
-            body=fetch.body(),
+            body=self.body_files.make(fetch.chunks, fetch.size),
             freshness=head.freshness,
             response_time=head.response_time,
             initial_age=head.initial_age,

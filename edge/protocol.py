@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 import httptools
 
+from .bodyfile import FileBody
 from .http import Request, error_response
 
 if TYPE_CHECKING:
@@ -52,6 +55,22 @@ IDLE, HEAD, BODY, CLOSING = 0, 1, 2, 3
 # How long a refused connection keeps reading (and dropping) what the client sends after the
 # error response, so that the client sees the response rather than a reset.
 LINGER_SECONDS = 2.0
+
+
+# Linux: more data follows, hold the segment (like TCP_CORK for one call). 0 elsewhere.
+_MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+
+def _socket_of(transport: asyncio.BaseTransport) -> socket.socket | None:
+    """A socket object sharing the transport's descriptor (``send`` with flags, and a
+    ``fileno`` for sendfile); None if the transport has no socket (e.g. in tests)."""
+    info = transport.get_extra_info("socket")
+    if info is None:
+        return None
+    try:
+        return socket.socket(fileno=info.fileno())
+    except OSError:
+        return None
 
 
 class RequestRejected(Exception):
@@ -105,6 +124,7 @@ class HttpConnection(asyncio.Protocol):
         "_eof",
         "_linger",
         "_expect_continue",
+        "_socket",
     )
 
     def __init__(self, server: NodeServer) -> None:
@@ -138,6 +158,9 @@ class HttpConnection(asyncio.Protocol):
         self._eof = False
         self._linger = False
         self._expect_continue = False
+        # A socket object over the transport's descriptor, for sendfile (see write_file);
+        # created on first use, detached (never closed) when the connection ends.
+        self._socket: socket.socket | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -160,6 +183,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._socket is not None:
+            self._socket.detach()  # the descriptor is the transport's: it closes it
+            self._socket = None
         self.server.connections.discard(self)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
@@ -489,6 +515,56 @@ class HttpConnection(asyncio.Protocol):
             self._ttfb_start = 0.0
         if not self.closed and self.transport is not None:
             self.transport.write(data)
+
+    def write_file(self, head: bytes, body: FileBody, start: int, end: int) -> None:
+        """Write ``head`` and bytes [start, end) of ``body`` with sendfile(2) when possible.
+
+        Only when the transport has nothing queued may bytes bypass it (order on the wire);
+        then the head goes out with ``MSG_MORE`` so that it shares a segment with the body,
+        and ``sendfile`` hands the memory file's pages to the socket without copying them
+        (see ``bodyfile``). Whatever the socket does not take now is queued on the
+        transport as a ``memoryview`` of the map, so back-pressure works as for any write.
+        """
+        if self._ttfb_start:
+            self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
+            self._ttfb_start = 0.0
+        transport = self.transport
+        if self.closed or transport is None:
+            return
+        sock = self._socket
+        if sock is None and not transport.get_write_buffer_size() and not transport.is_closing():
+            sock = self._socket = _socket_of(transport)
+        if sock is None or transport.get_write_buffer_size() or transport.is_closing():
+            transport.write(head)
+            transport.write(memoryview(body)[start:end])
+            return
+        try:
+            sent = sock.send(head, _MSG_MORE)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()  # the peer is gone (EPIPE, ECONNRESET)
+            return
+        if sent < len(head):
+            transport.write(head[sent:] if sent else head)
+            transport.write(memoryview(body)[start:end])
+            return
+        try:
+            fd = sock.fileno()
+            while start < end:
+                sent = os.sendfile(fd, body.fd, start, end - start)
+                if not sent:
+                    break
+                start += sent
+        except BlockingIOError:
+            pass
+        except OSError:
+            # The peer is gone (EPIPE, ECONNRESET): the transport would find out on its
+            # next read; the response cannot complete, so end the connection now.
+            self.abort()
+            return
+        if start < end:
+            transport.write(memoryview(body)[start:end])
 
     def connection_field(self, request: Request) -> bytes:
         """The Connection field this response carries: ``close`` when it ends the

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .admin import build_admin_app
+from .bodyfile import raise_open_files_limit
 from .config import NodeConfig, describe_upstream
 from .node import CacheNode
 from .protocol import HttpConnection
@@ -85,6 +86,8 @@ class NodeServer:
 
     async def start(self) -> None:
         config = self.node.config
+        if config.sendfile_min_bytes > 0:
+            raise_open_files_limit()  # each large cached body holds a memory-file descriptor
         await self.node.start()
         self._server = await self.loop.create_server(
             lambda: HttpConnection(self),
