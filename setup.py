@@ -51,6 +51,7 @@ for part in PARTS:
 # module name → .pyx source. Each entry needs a pure twin and a line in extensions/__init__.py.
 CYTHON_MODULES = {
     "reelcdn.extensions._ranges": "extensions/_ranges.pyx",
+    "reelcdn.extensions._lru": "extensions/_lru.pyx",
 }
 
 # Everything a missing or broken compiler raises: CompileError/LinkError are CCompilerErrors,

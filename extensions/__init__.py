@@ -29,9 +29,17 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from reelcdn.edge import lru as _pure_lru
 from reelcdn.edge import ranges as _pure_ranges
 
-__all__ = ["NO_EXTENSIONS", "RANGES_COMPILED", "implementations", "ranges"]
+__all__ = [
+    "LRU_COMPILED",
+    "NO_EXTENSIONS",
+    "RANGES_COMPILED",
+    "implementations",
+    "lru",
+    "ranges",
+]
 
 
 def _no_extensions(environ: Mapping[str, str] = os.environ) -> bool:
@@ -66,7 +74,18 @@ else:
 RANGES_COMPILED: bool = ranges is not _pure_ranges
 """True when :data:`ranges` is the Cython module."""
 
+if TYPE_CHECKING:
+    from reelcdn.edge import lru as lru
+else:
+    lru = _select("lru", _pure_lru)
+
+LRU_COMPILED: bool = lru is not _pure_lru
+"""True when :data:`lru` (the store's LRU index) is the Cython module."""
+
 
 def implementations() -> dict[str, str]:
     """``{"ranges": "compiled" | "pure", ...}``: what runs, for logs and ``/health``."""
-    return {"ranges": "compiled" if RANGES_COMPILED else "pure"}
+    return {
+        "ranges": "compiled" if RANGES_COMPILED else "pure",
+        "lru": "compiled" if LRU_COMPILED else "pure",
+    }
