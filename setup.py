@@ -52,6 +52,7 @@ for part in PARTS:
 CYTHON_MODULES = {
     "reelcdn.extensions._ranges": "extensions/_ranges.pyx",
     "reelcdn.extensions._lru": "extensions/_lru.pyx",
+    "reelcdn.extensions._head": "extensions/_head.pyx",
 }
 
 # Everything a missing or broken compiler raises: CompileError/LinkError are CCompilerErrors,

@@ -30,7 +30,8 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from ..extensions import ranges  # the compiled twin when built, else edge/ranges.py
+from ..extensions import head as heads  # compiled twins when built, else edge/head.py
+from ..extensions import ranges  # and edge/ranges.py
 from . import conditional
 from .bodyfile import BodyFiles, FileBody
 from .cachekey import cache_key, split_target
@@ -45,7 +46,6 @@ from .http import (
     error_response,
     forwardable,
     render_fields,
-    status_line,
 )
 from .httpdate import http_date_now_bytes
 from .metrics import NodeStats
@@ -173,7 +173,6 @@ class CacheNode:
         self.upstream.observe = self.stats.upstream
         self._member = _sf_token(config.name).encode()
         self._via_hop = b"1.1 " + config.name.encode()
-        self._via = b"Via: " + self._via_hop + b"\r\n"
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -371,29 +370,13 @@ class CacheNode:
         prior: tuple[bytes, bytes] = NO_PRIOR,
     ) -> bytes:
         """Status line, stored fields, then what this node adds: Age, Cache-Status, Via,
-        framing (Content-Length or chunked) and Connection."""
-        parts = [status_line(status), header_block]
-        if age is not None:
-            parts.append(b"Age: %d\r\n" % max(0, int(age)))
-        status_member = self._member + b"; " + member
-        if ttl is not None and member.startswith(b"hit"):
-            status_member += b"; ttl=%d" % int(ttl)
-        earlier_status, earlier_via = prior
-        if earlier_status:
-            status_member = earlier_status + b", " + status_member
-        parts.append(b"Cache-Status: " + status_member + b"\r\n")
-        if earlier_via:
-            parts.append(b"Via: " + earlier_via + b", " + self._via_hop + b"\r\n")
-        else:
-            parts.append(self._via)
-        if length is not None:
-            parts.append(b"Content-Length: %d\r\n" % length)
-        elif chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        if close:
-            parts.append(close)
-        parts.append(b"\r\n")
-        return b"".join(parts)
+        framing (Content-Length or chunked) and Connection (``head.build_head``, compiled
+        when built)."""
+        return heads.build_head(
+            status, header_block, None if age is None else int(age), prior[0], self._member,
+            member, None if ttl is None else int(ttl), prior[1], self._via_hop, length,
+            chunked, close,
+        )
 
     def _write_bodyless(
         self,

@@ -29,13 +29,16 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from reelcdn.edge import head as _pure_head
 from reelcdn.edge import lru as _pure_lru
 from reelcdn.edge import ranges as _pure_ranges
 
 __all__ = [
+    "HEAD_COMPILED",
     "LRU_COMPILED",
     "NO_EXTENSIONS",
     "RANGES_COMPILED",
+    "head",
     "implementations",
     "lru",
     "ranges",
@@ -82,10 +85,19 @@ else:
 LRU_COMPILED: bool = lru is not _pure_lru
 """True when :data:`lru` (the store's LRU index) is the Cython module."""
 
+if TYPE_CHECKING:
+    from reelcdn.edge import head as head
+else:
+    head = _select("head", _pure_head)
+
+HEAD_COMPILED: bool = head is not _pure_head
+"""True when :data:`head` (response head building) is the Cython module."""
+
 
 def implementations() -> dict[str, str]:
     """``{"ranges": "compiled" | "pure", ...}``: what runs, for logs and ``/health``."""
     return {
         "ranges": "compiled" if RANGES_COMPILED else "pure",
         "lru": "compiled" if LRU_COMPILED else "pure",
+        "head": "compiled" if HEAD_COMPILED else "pure",
     }

@@ -1,0 +1,156 @@
+"""Response head building: the pure twin (edge/head.py) and the compiled one
+(extensions/_head.pyx) give the same bytes, and the bytes are right."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reelcdn import extensions
+from reelcdn.edge import head as pure_head
+
+COMPILED_NAME = "reelcdn.extensions._head"
+BLOCK = b"Content-Type: video/mp4\r\nETag: \"e1\"\r\n"
+
+
+def load_compiled() -> ModuleType:
+    """The compiled module; fails (not skips) when it is missing or older than its source."""
+    if extensions.NO_EXTENSIONS:
+        pytest.skip("REELCDN_NO_EXTENSIONS is set: only the pure twins are tested")
+    try:
+        module = importlib.import_module(COMPILED_NAME)
+    except ImportError as exc:
+        pytest.fail(f"{COMPILED_NAME} is not built ({exc}); build it with `pip install -e .`")
+    path = Path(module.__file__ or "")
+    assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
+    source = path.with_name("_head.pyx")
+    if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
+        pytest.fail(f"{path.name} is older than {source.name}: rebuild with `pip install -e .`")
+    return module
+
+
+@pytest.fixture(params=["pure", "compiled"])
+def head_impl(request: pytest.FixtureRequest) -> ModuleType:
+    return pure_head if request.param == "pure" else load_compiled()
+
+
+@pytest.fixture(scope="module")
+def compiled() -> ModuleType:
+    return load_compiled()
+
+
+def call(impl: ModuleType, **overrides: Any) -> bytes:
+    args: dict[str, Any] = {
+        "status": 200,
+        "header_block": BLOCK,
+        "age": 5,
+        "prior_status": b"",
+        "node_member": b"reelcdn-edge-a",
+        "detail": b"hit",
+        "ttl": 55,
+        "prior_via": b"",
+        "via_hop": b"1.1 edge-a",
+        "length": 2048,
+        "chunked": False,
+        "connection": b"",
+    }
+    args.update(overrides)
+    return impl.build_head(**args)
+
+
+def test_a_hit_head(head_impl: ModuleType) -> None:
+    assert call(head_impl) == (
+        b"HTTP/1.1 200 OK\r\n" + BLOCK + b"Age: 5\r\n"
+        b"Cache-Status: reelcdn-edge-a; hit; ttl=55\r\nVia: 1.1 edge-a\r\n"
+        b"Content-Length: 2048\r\n\r\n"
+    )
+
+
+def test_tiers_above_come_first(head_impl: ModuleType) -> None:
+    out = call(head_impl, prior_status=b"reelcdn-shield-1; fwd=uri-miss",
+               prior_via=b"1.1 shield-1", detail=b"fwd=uri-miss; stored", ttl=9)
+    assert b"Cache-Status: reelcdn-shield-1; fwd=uri-miss, reelcdn-edge-a; " \
+           b"fwd=uri-miss; stored\r\n" in out  # no ttl: not a hit
+    assert b"Via: 1.1 shield-1, 1.1 edge-a\r\n" in out
+
+
+def test_optional_fields(head_impl: ModuleType) -> None:
+    out = call(head_impl, status=304, header_block=b"", age=None, ttl=None, length=None,
+               connection=b"Connection: close\r\n")
+    assert out == (b"HTTP/1.1 304 Not Modified\r\nCache-Status: reelcdn-edge-a; hit\r\n"
+                   b"Via: 1.1 edge-a\r\nConnection: close\r\n\r\n")
+    chunked = call(head_impl, length=None, chunked=True)
+    assert chunked.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
+    assert b"Content-Length" not in chunked
+    both = call(head_impl, length=0, chunked=True)  # a length wins over chunked
+    assert both.endswith(b"Content-Length: 0\r\n\r\n")
+
+
+def test_negative_numbers(head_impl: ModuleType) -> None:
+    out = call(head_impl, age=-3, ttl=-12, detail=b"hit; detail=stale-while-revalidate")
+    assert b"Age: 0\r\n" in out
+    assert b"; hit; detail=stale-while-revalidate; ttl=-12\r\n" in out
+
+
+def test_unknown_status_gets_a_generic_phrase(head_impl: ModuleType) -> None:
+    assert call(head_impl, status=599).startswith(b"HTTP/1.1 599 Unknown\r\n")
+
+
+UNUSUAL: list[dict[str, Any]] = [
+    {"age": 2**70},
+    {"ttl": -(2**64)},
+    {"length": 2**63},
+    {"age": True},
+    {"chunked": 1, "length": None},
+    {"header_block": bytearray(b"X: y\r\n")},
+    {"detail": memoryview(b"hit")},
+    {"status": 206.0},
+]
+
+
+@pytest.mark.parametrize("overrides", UNUSUAL, ids=[str(sorted(u)) for u in UNUSUAL])
+def test_unusual_arguments_behave_like_the_twin(
+    compiled: ModuleType, overrides: dict[str, Any]
+) -> None:
+    """The compiled module hands what it has no fast path for to the pure one: same result,
+    or the same exception."""
+    try:
+        expected: Any = call(pure_head, **overrides)
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the twin must match it
+        with pytest.raises(type(exc)):
+            call(compiled, **overrides)
+        return
+    assert call(compiled, **overrides) == expected
+
+
+field_bytes = st.binary(max_size=40).filter(lambda b: b"\r" not in b and b"\n" not in b)
+int64 = st.integers(min_value=-(2**63) + 1, max_value=2**63 - 1)
+blocks = st.lists(field_bytes, max_size=4).map(lambda ls: b"".join(x + b"\r\n" for x in ls))
+details = st.sampled_from([b"hit", b"hit; detail=x", b"fwd=miss", b"", b"hi", b"HIT"])
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    status=st.integers(min_value=100, max_value=999),
+    header_block=blocks,
+    age=st.none() | int64,
+    prior_status=field_bytes,
+    node_member=field_bytes,
+    detail=details | field_bytes,
+    ttl=st.none() | int64,
+    prior_via=field_bytes,
+    via_hop=field_bytes,
+    length=st.none() | st.integers(min_value=0, max_value=2**63 - 1),
+    chunked=st.booleans(),
+    connection=st.sampled_from([b"", b"Connection: close\r\n", b"Connection: keep-alive\r\n"]),
+)
+def test_differential(compiled: ModuleType, **kwargs: Any) -> None:
+    assert compiled.build_head(**kwargs) == pure_head.build_head(**kwargs)
