@@ -2,14 +2,16 @@
 
 Why this shape (DESIGN.md §6): absolute numbers on a shared 2-core machine drift from hour to
 hour, so the only meaningful result is a ratio measured in *one* run, with *the same* wrk
-settings, one process (node) / one worker (nginx) each, servers alternating so drift hits both,
-and medians of N runs. Both servers proxy the same local origin; after warming, the origin's
-request counter must not move during a run, which proves the numbers are HITs.
+settings, one process (node) / one worker (nginx) each — or ``--workers N`` of each — servers
+alternating so drift hits both, and medians of N runs. Both servers proxy the same local
+origin; after warming, the origin's request counter must not move during a run, which proves
+the numbers are HITs.
 
 Usage::
 
     python -m reelcdn.loadtest.bench.hit [--repeat 3] [--threads 1 --connections 64 --duration 10s]
-                                         [--only nginx|node] [--markdown docs/benchmarks.md]
+                                         [--only nginx|node] [--workers 1]
+                                         [--markdown docs/benchmarks.md]
 
 Exit status: 0 measured, 1 a server failed to start / warm / stay up (its log tail is printed),
 2 missing prerequisites or bad arguments.
@@ -105,6 +107,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=list(BENCHMARKS),
         help=f"comma-separated objects (default {','.join(BENCHMARKS)})",
     )
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="server processes: nginx worker_processes and the node's `workers` (default 1); "
+        "on a 2-core machine wrk shares the cores, so more workers measure contention too",
+    )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
     if args.threads > args.connections:
@@ -131,6 +140,7 @@ def _options(args: argparse.Namespace) -> BenchOptions:
         nginx_bin=args.nginx,
         node_cmd=tuple(shlex.split(args.node_cmd)) if args.node_cmd else None,
         node_args=tuple(shlex.split(args.node_args)),
+        workers=args.workers,
     )
 
 

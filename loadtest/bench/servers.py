@@ -49,6 +49,7 @@ class BenchOptions:
     nginx_bin: str | None
     node_cmd: tuple[str, ...] | None
     node_args: tuple[str, ...] = ()  # appended after `node --config F --name bench`
+    workers: int = 1  # nginx worker_processes, and the node's `workers` (SO_REUSEPORT)
 
 
 class OriginServer:
@@ -103,7 +104,7 @@ class Target(ABC):
     """A cache server under test, started in ``workdir`` and proxying to the origin."""
 
     key: ClassVar[str]  # name on the command line (--only KEY)
-    label: ClassVar[str]  # name in the report
+    label: str  # name in the report (an instance may refine it, e.g. with its workers)
     status_header: ClassVar[str]  # response header that says HIT or MISS
 
     def __init__(self, options: BenchOptions, workdir: Path, origin: OriginServer) -> None:
@@ -170,7 +171,8 @@ def _nginx_info(nginx: str) -> str:
 
 
 class NginxTarget(Target):
-    """nginx ``proxy_cache``, one worker, its own prefix in the run's temp dir."""
+    """nginx ``proxy_cache``, ``worker_processes`` = the bench's ``--workers`` (default 1), its
+    own prefix in the run's temp dir."""
 
     key = "nginx"
     label = "nginx proxy_cache (1 worker)"
@@ -192,6 +194,8 @@ class NginxTarget(Target):
         self.nginx = nginx
         self.prefix = workdir / "nginx"
         self._info = ""
+        if options.workers > 1:
+            self.label = f"nginx proxy_cache ({options.workers} workers)"
 
     def version(self) -> str:
         first = self._info.splitlines()[0] if self._info else ""
@@ -216,6 +220,7 @@ class NginxTarget(Target):
             "@PREFIX@": str(self.prefix),
             "@RLIMIT_NOFILE@": str(2 * connections + 64),
             "@WORKER_CONNECTIONS@": str(connections),
+            "@WORKERS@": str(self.options.workers),
             "@EXTRA_TEMP_PATHS@": "\n".join(extra),
             "@ORIGIN_PORT@": str(self.origin.port),
             "@PORT@": str(self.port),
@@ -289,7 +294,8 @@ def find_node_command(explicit: tuple[str, ...] | None) -> list[str] | None:
 
 
 class NodeTarget(Target):
-    """The reelcdn cache node (one process), configured by a generated TOML file."""
+    """The reelcdn cache node (one process, or ``workers`` processes sharing the listener),
+    configured by a generated TOML file."""
 
     key = "node"
     label = "reelcdn node (1 process)"
@@ -313,6 +319,8 @@ class NodeTarget(Target):
             raise RuntimeError("reelcdn command not found")
         self.command = command
         self.config_path = workdir / "node.toml"
+        if options.workers > 1:
+            self.label = f"reelcdn node ({options.workers} workers)"
 
     def render_config(self) -> str:
         return (
@@ -321,6 +329,7 @@ class NodeTarget(Target):
             f'admin = "{LOOPBACK}:{self.admin_port}"\n'
             f'upstream = "{self.origin.base_url}"\n'
             'cache_memory = "256MiB"\n'
+            f"workers = {self.options.workers}\n"
         )
 
     def start(self) -> None:
