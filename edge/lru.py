@@ -100,9 +100,13 @@ class LruIndex:
         """Mark ``key`` most recently used; False if it is not held (nothing changes then)."""
         try:
             self._order.move_to_end(key)
+            return True
         except KeyError:
-            return False
-        return True
+            pass
+        # An empty OrderedDict raises KeyError without hashing the key: hash it here (misses
+        # only) so that an unhashable key is a TypeError whatever the index holds, as elsewhere.
+        hash(key)
+        return False
 
     def insert(self, key: str, charge: int) -> list[str]:
         """Hold ``key`` as the most recently used with ``charge`` (replacing its previous charge).
