@@ -12,8 +12,9 @@ Vary is a single dict access.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
+
+from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
 
 from .freshness import Freshness
 from .http import render_fields, validators
@@ -103,21 +104,44 @@ class CacheEntry:
 
 
 class MemoryStore:
-    """LRU over ``CacheEntry`` objects, bounded by the sum of their charges in bytes."""
+    """LRU over ``CacheEntry`` objects, bounded by the sum of their charges in bytes.
+
+    The entries live in a plain dict (key → entry) and their order and byte accounting in an
+    :class:`~reelcdn.edge.lru.LruIndex` of key → charge, chosen by ``reelcdn.extensions`` (the
+    Cython twin when built). Why two structures: a HIT must stay one dict get plus one touch, and
+    the part that moves on every request (the recency list, evictions, the byte sum) is the part
+    worth compiling, which a C data structure can only do over plain keys and integers, not over
+    entry objects. The index records each entry's charge when it is inserted, so ``bytes`` is
+    always the exact sum of what was charged, even if an entry is refreshed in place by a 304
+    (:meth:`CacheEntry.refresh`) and its own ``charge`` changes: it is accounted again on its next
+    insert. Every key of ``_entries`` is in the index and the reverse, after every public call.
+    """
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.bytes = 0
         self.evictions = 0
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._entries: dict[str, CacheEntry] = {}
+        self._index = lru.LruIndex(capacity)
+        self._touch = self._index.touch  # bound once: lookup() is on the HIT path
         self._vary: dict[str, tuple[bytes, ...]] = {}
         self._variant_keys: dict[str, set[str]] = {}
+
+    @property
+    def bytes(self) -> int:
+        """Sum of the charges of the stored entries."""
+        return self._index.bytes
+
+    @property
+    def capacity(self) -> int:
+        """The byte budget (change it with :meth:`resize`)."""
+        return self._index.capacity
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[CacheEntry]:
-        return iter(list(self._entries.values()))
+        """The entries, least recently used first (a snapshot)."""
+        entries = self._entries
+        return iter([entries[key] for key in self._index])
 
     @staticmethod
     def variant_key(primary: str, vary: tuple[bytes, ...], headers: dict[bytes, bytes]) -> str:
@@ -136,37 +160,40 @@ class MemoryStore:
         key = primary if not vary else self.variant_key(primary, vary, headers)
         entry = self._entries.get(key)
         if entry is not None:
-            self._entries.move_to_end(key)
+            self._touch(key)
         return entry
 
     def insert(self, entry: CacheEntry) -> int:
         """Store (or replace) an entry; evict least recently used ones. Returns evictions."""
-        if entry.charge > self.capacity:
-            return 0
-        old = self._entries.pop(entry.key, None)
+        if entry.charge > self._index.capacity:
+            return 0  # refused before anything changes: an older version stays servable
+        key = entry.key
+        old = self._entries.pop(key, None)
         if old is not None:
-            self._forget(old)
+            self._forget(old)  # its index slot is replaced by the insert below
         if entry.vary:
             if self._vary.get(entry.primary) != entry.vary:
                 # The origin changed its Vary: variants filed under the old fields are unreachable.
                 self.remove_primary(entry.primary)
             self._vary[entry.primary] = entry.vary
-            self._variant_keys.setdefault(entry.primary, set()).add(entry.key)
+            self._variant_keys.setdefault(entry.primary, set()).add(key)
         elif entry.primary in self._vary:
             self.remove_primary(entry.primary)
-        self._entries[entry.key] = entry
-        self.bytes += entry.charge
-        evicted = 0
-        while self.bytes > self.capacity and self._entries:
-            _, victim = self._entries.popitem(last=False)
-            self._forget(victim)
-            evicted += 1
-        self.evictions += evicted
-        return evicted
+        self._entries[key] = entry
+        evicted = self._index.insert(key, entry.charge)
+        if evicted:
+            self._drop(evicted)
+        return len(evicted)
+
+    def _drop(self, evicted: list[str]) -> None:
+        """The index evicted these keys: drop their entries and count the evictions."""
+        entries = self._entries
+        for key in evicted:
+            self._forget(entries.pop(key))
+        self.evictions += len(evicted)
 
     def _forget(self, victim: CacheEntry) -> None:
-        """Account for an entry that left ``_entries``; drop Vary state with its last variant."""
-        self.bytes -= victim.charge
+        """Vary bookkeeping for an entry that left ``_entries``: drop it with its last variant."""
         if victim.vary or victim.key != victim.primary:
             keys = self._variant_keys.get(victim.primary)
             if keys is not None:
@@ -175,13 +202,17 @@ class MemoryStore:
                     del self._variant_keys[victim.primary]
                     self._vary.pop(victim.primary, None)
 
-    def remove(self, key: str) -> bool:
-        """Remove one stored variant by its storage key."""
+    def _remove_key(self, key: str) -> bool:
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
+        self._index.remove(key)
         self._forget(entry)
         return True
+
+    def remove(self, key: str) -> bool:
+        """Remove one stored variant by its storage key."""
+        return self._remove_key(key)
 
     def remove_primary(self, primary: str) -> int:
         """Remove every variant of one URI. Returns how many entries went."""
@@ -189,10 +220,7 @@ class MemoryStore:
         keys.add(primary)
         removed = 0
         for key in keys:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self._forget(entry)
-                removed += 1
+            removed += self._remove_key(key)
         self._vary.pop(primary, None)
         self._variant_keys.pop(primary, None)
         return removed
@@ -201,18 +229,12 @@ class MemoryStore:
         """Remove every entry whose primary key starts with ``prefix`` (purge by prefix)."""
         keys = [k for k, e in self._entries.items() if e.primary.startswith(prefix)]
         for key in keys:
-            entry = self._entries.pop(key, None)
-            if entry is not None:
-                self._forget(entry)
+            self._remove_key(key)
         return len(keys)
 
     def resize(self, capacity: int) -> int:
         """Change the byte budget (reload); evicts down to it. Returns evictions."""
-        self.capacity = capacity
-        evicted = 0
-        while self.bytes > self.capacity and self._entries:
-            _, victim = self._entries.popitem(last=False)
-            self._forget(victim)
-            evicted += 1
-        self.evictions += evicted
-        return evicted
+        evicted = self._index.resize(capacity)
+        if evicted:
+            self._drop(evicted)
+        return len(evicted)
