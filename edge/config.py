@@ -216,6 +216,16 @@ class NodeConfig:
     parent_retry_after: float = 10.0   # seconds a failed parent (or origin) is skipped
     parent_failures: int = 3           # consecutive errors/5xx that mark a parent down
     workers: int = 1                   # processes sharing the listener (SO_REUSEPORT)
+    # Edge features (edge/features.py). Query parameters copied to every URI of a rendered
+    # playlist (tokens); they never enter a cache key (the loader adds them to the ignored).
+    carried_query_params: tuple[str, ...] = ()
+    render_playlists: bool | None = None   # None: only role = "edge" renders (from meta.json)
+    playlist_cache_entries: int = 1024     # rendered templates kept per node (LRU)
+    prefetch_segments: int = 2             # init + this many segments after a media playlist
+    prefetch_cmcd: bool = True             # prefetch CMCD ``nor``/``nrr`` objects
+    prefetch_queue: int = 256              # queued prefetches beyond this are dropped
+    prefetch_concurrency: int = 4          # prefetch fills in flight at once
+    cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
 
 
 #: Start order of the roles: the tiers closest to the origin first.
@@ -519,6 +529,25 @@ def _query_name_checker(file: str, what: str) -> Callable[[str, str], str]:
     return check
 
 
+#: Query parameters the playlist renderer reads as options; a carried (copied) parameter with
+#: one of these names would be both at once.
+_PLAYLIST_OPTIONS = ("max_height", "max_bandwidth", "codecs", "start")
+
+
+def _parse_carried(value: Any, file: str, key: str) -> tuple[str, ...]:
+    """``carried_query_params``: names copied from a playlist request to every URI inside the
+    rendered playlist (tokens). Lowercase, like every query name the node compares, and never an
+    option name (``start`` cannot be both a filter and a token)."""
+    names = _parse_str_list(value, file, key, _query_name_checker(file, "parameter"))
+    for i, name in enumerate(names):
+        if name in _PLAYLIST_OPTIONS or name == "cmcd":
+            raise ConfigError(
+                file, f"{key}[{i}]", f"{_quote(name)} cannot be carried: it is read by the node "
+                "itself (" + ", ".join(_PLAYLIST_OPTIONS) + ", cmcd)"
+            )
+    return tuple(dict.fromkeys(names))
+
+
 def _server_name_checker(file: str) -> Callable[[str, str], str]:
     def check(item: str, item_key: str) -> str:
         host = item.strip().lower().rstrip(".")
@@ -684,6 +713,14 @@ _NODE_KEYS: tuple[str, ...] = (
     "limits",
     "upstream_timeouts",
     "ttl",
+    "carried_query_params",
+    "render_playlists",
+    "playlist_cache_entries",
+    "prefetch_segments",
+    "prefetch_cmcd",
+    "prefetch_queue",
+    "prefetch_concurrency",
+    "cmsd",
 )
 # Where a node fetches from: exactly one of these, and a node's own choice replaces the default's
 # as a whole (a [defaults] upstream must not combine with a node's parents).
@@ -886,8 +923,15 @@ def _parse_layer(
                     "admin token)"
                 )
             put("admin_token", _check_token(environ[raw], file, dotted), key)
-        elif key in ("host_in_key", "honor_client_no_cache"):
+        elif key in ("host_in_key", "honor_client_no_cache", "render_playlists",
+                     "prefetch_cmcd", "cmsd"):
             put(key, _parse_bool(raw, file, dotted), key)
+        elif key == "carried_query_params":
+            put(key, _parse_carried(raw, file, dotted), key)
+        elif key in ("playlist_cache_entries", "prefetch_queue", "prefetch_concurrency"):
+            put(key, _parse_int(raw, file, dotted, minimum=1), key)
+        elif key == "prefetch_segments":
+            put(key, _parse_int(raw, file, dotted, minimum=0, maximum=100), key)
         elif key == "heuristic_fraction":
             put(key, _parse_fraction(raw, file, dotted), key)
         elif key == "heuristic_max":
@@ -1129,7 +1173,8 @@ def _build_node(
         admin_host=admin_host,
         admin_port=admin_port,
         upstream=values.pop("upstream", None),
-        ignore_query_params=frozenset(ignore | extra),
+        # Carried parameters (tokens) are per viewer: they must never split the cache.
+        ignore_query_params=frozenset(ignore | extra | set(values.get("carried_query_params", ()))),
         source_file=file,
         **values,
     )

@@ -44,6 +44,16 @@ class NodeStats:
         self.timeouts = 0
         self.body_files = 0
         self.body_file_fallbacks = 0
+        # Edge features (edge/features.py, playlists.py, prefetch.py, cmcd.py).
+        self.playlists_rendered = 0
+        self.prefetch_issued = 0
+        self.prefetch_used = 0
+        self.prefetch_wasted = 0
+        self.prefetch_dropped = 0
+        self.cmcd_requests = 0
+        self.cmcd_starving = 0
+        self.cmcd_buffer_ms_sum = 0
+        self.cmcd_buffer_reports = 0
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
 
@@ -78,6 +88,23 @@ SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Stored bodies kept in memory files, served with sendfile"),
     ("body_file_fallbacks", "reelcdn_body_file_fallbacks",
      "Large bodies stored as bytes because no memory file could be made (e.g. EMFILE)"),
+    ("playlists_rendered", "reelcdn_playlists_rendered",
+     "Playlists rendered here from meta.json (200 answers)"),
+    ("prefetch_issued", "reelcdn_prefetch_issued",
+     "Prefetch fills started (after a media playlist, or on a CMCD nor)"),
+    ("prefetch_used", "reelcdn_prefetch_used",
+     "Prefetched objects a client then asked for (joined the fetch, or a later HIT)"),
+    ("prefetch_wasted", "reelcdn_prefetch_wasted",
+     "Prefetched objects evicted or expired before any client asked for them"),
+    ("prefetch_dropped", "reelcdn_prefetch_dropped",
+     "Prefetch requests dropped because the prefetch queue was full"),
+    ("cmcd_requests", "reelcdn_cmcd_requests", "Requests carrying CMCD data"),
+    ("cmcd_starving", "reelcdn_cmcd_starving",
+     "CMCD requests from players starting up or rebuffering (su or bs)"),
+    ("cmcd_buffer_ms_sum", "reelcdn_cmcd_buffer_length_ms_sum",
+     "Sum of the CMCD buffer lengths (bl, ms) reported; divide by the reports count"),
+    ("cmcd_buffer_reports", "reelcdn_cmcd_buffer_length_reports",
+     "CMCD requests that reported a buffer length (bl)"),
 )
 
 

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING
 
 from ..extensions import head as heads  # compiled twins when built, else edge/head.py
 from ..extensions import ranges  # and edge/ranges.py
-from . import conditional
+from . import cmsd, conditional
 from .bodyfile import BodyFiles, FileBody
 from .cachekey import cache_key, split_target
+from .cmcd import CMCD_HEADERS
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig
+from .features import CONTINUE, EdgeFeatures
 from .freshness import Freshness, current_age, decide
 from .http import (
     CLIENT_ONLY,
@@ -68,7 +70,8 @@ TIER_FIELDS = frozenset({b"cache-status", b"via"})
 # Request fields not copied upstream: recomputed here (Via, X-Forwarded-For, framing) or,
 # for fills, answered here (conditionals, Range).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
-FILL_DROPS = CLIENT_ONLY | PASS_DROPS
+# CMCD headers too: a fill serves every waiting client, not the one whose telemetry it is.
+FILL_DROPS = CLIENT_ONLY | PASS_DROPS | CMCD_HEADERS
 # Fields a 304 answered from cache carries (RFC 9110 §15.4.5).
 NOT_MODIFIED_FIELDS = frozenset(
     {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
@@ -173,6 +176,8 @@ class CacheNode:
         self.upstream.observe = self.stats.upstream
         self._member = _sf_token(config.name).encode()
         self._via_hop = b"1.1 " + config.name.encode()
+        self._cmsd = cmsd.node_block(config.name) if config.cmsd else b""
+        self.features: EdgeFeatures | None = EdgeFeatures(self)
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -216,7 +221,9 @@ class CacheNode:
     # ------------------------------------------------------------------------------------
     # receive
     # ------------------------------------------------------------------------------------
-    def receive(self, req: Request, conn: HttpConnection) -> Awaitable[None] | None:
+    def receive(
+        self, req: Request, conn: HttpConnection, hooks: bool = True
+    ) -> Awaitable[None] | None:
         """Answer a request. Returns None when the answer was written synchronously (a HIT,
         an error), else an awaitable the connection runs before its next request."""
         if req.error is not None:
@@ -239,6 +246,10 @@ class CacheNode:
         primary = cache_key(
             req.path, req.query, config.ignore_query_params, config.ignore_query_prefixes, host
         )
+        if hooks and self.features is not None:  # playlists, CMCD, prefetch (features.py)
+            answer = self.features.receive(req, conn, primary)
+            if answer is not CONTINUE:
+                return answer  # type: ignore[return-value]
         if b"authorization" in req.headers:
             return self.pass_(req, conn, "request")
         entry = self.store.lookup(primary, req.headers)
@@ -373,9 +384,9 @@ class CacheNode:
         framing (Content-Length or chunked) and Connection (``head.build_head``, compiled
         when built)."""
         return heads.build_head(
-            status, header_block, None if age is None else int(age), prior[0], self._member,
-            member, None if ttl is None else int(ttl), prior[1], self._via_hop, length,
-            chunked, close,
+            status, header_block + self._cmsd, None if age is None else int(age), prior[0],
+            self._member, member, None if ttl is None else int(ttl), prior[1], self._via_hop,
+            length, chunked, close,
         )
 
     def _write_bodyless(

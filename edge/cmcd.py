@@ -1,0 +1,140 @@
+"""CMCD (CTA-5004, Common Media Client Data) as a cache node reads it.
+
+Players tell the CDN what they are doing: which object they will ask for next (``nor``, with
+``nrr`` its byte range), whether they are starving (``su`` start-up/urgent, ``bs`` buffer
+starvation), their buffer length (``bl``, ms), measured throughput (``mtp``, kbit/s) and the
+session they belong to (``sid``). The node uses ``nor`` to prefetch (edge/prefetch.py) and keeps
+the rest for logs and metrics.
+
+Transport (CTA-5004 §2): either one ``CMCD=`` query argument (URL-encoded payload) or up to four
+request headers, ``CMCD-Request``, ``CMCD-Object``, ``CMCD-Status`` and ``CMCD-Session``, whose
+payloads are merged. A payload is ``key[=value]`` items separated by commas: strings in double
+quotes (``\\"`` and ``\\\\`` escaped), tokens and numbers bare, a bare key meaning boolean true
+(``bs``, ``su``). Unknown keys are kept (custom keys must contain a hyphen), malformed items are
+skipped: telemetry must never make a request fail.
+
+CMCD never enters a cache key (``cmcd`` is in the default ignored query parameters) and the
+node does not forward the CMCD headers on cache fills either (``CMCD_HEADERS`` joins the
+fill's dropped fields): a fill is shared by every client waiting on it, so one client's
+telemetry would mislead the parent, and the parent gains nothing from ``nor`` since this node
+prefetches the object itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+__all__ = ["CMCD_HEADERS", "Cmcd", "from_request", "parse_payload"]
+
+#: The four CMCD request header names (lowercase, as the parser stores them).
+CMCD_HEADERS: frozenset[bytes] = frozenset(
+    {b"cmcd-request", b"cmcd-object", b"cmcd-status", b"cmcd-session"}
+)
+_MAX_PAYLOAD = 4096  # a payload longer than this is not telemetry: ignore it
+
+
+@dataclass(frozen=True, slots=True)
+class Cmcd:
+    """The CMCD keys a node acts on or records; ``None``/``False`` when not sent."""
+
+    sid: str | None = None      # session id
+    nor: str | None = None      # next object request: a URL relative to this request's
+    nrr: str | None = None      # next range request: "start-end" (bytes) of ``nor``
+    su: bool = False            # start-up: the object is needed urgently
+    bs: bool = False            # buffer starvation since the last request
+    bl: int | None = None       # buffer length, ms
+    mtp: int | None = None      # measured throughput, kbit/s
+    ot: str | None = None       # object type: m, a, v, av, i, c, tt, k, o
+
+    @property
+    def starving(self) -> bool:
+        """A player that is starting up or rebuffering: what ``su``/``bs`` are for."""
+        return self.su or self.bs
+
+
+def _split_items(payload: str) -> list[str]:
+    """Split on commas outside quoted strings (a ``nor`` URL may hold a comma)."""
+    items: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in payload:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quoted:
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            items.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
+
+
+def parse_payload(payload: str) -> dict[str, str | int | bool]:
+    """``{key: value}`` of one CMCD payload: strings unquoted, integers as ``int``, a bare key
+    as ``True``, other tokens as text. Malformed items are skipped."""
+    out: dict[str, str | int | bool] = {}
+    if len(payload) > _MAX_PAYLOAD:
+        return out
+    for item in _split_items(payload):
+        key, has_value, value = item.partition("=")
+        key = key.strip()
+        if not key:
+            continue
+        if not has_value:
+            out[key] = True
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+            out[key] = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        elif value.lstrip("-").isdigit():
+            out[key] = int(value)
+        elif value:
+            out[key] = value
+    return out
+
+
+def _query_payload(query: str) -> str | None:
+    """The decoded value of the ``CMCD`` query argument (name matched case-insensitively)."""
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        if name.lower() == "cmcd":
+            return unquote(value)
+    return None
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def from_request(query: str, headers: dict[bytes, bytes]) -> Cmcd | None:
+    """The CMCD data of a request (query argument and headers merged), or None without any."""
+    keys: dict[str, str | int | bool] = {}
+    if query and "cmcd" in query.lower():
+        payload = _query_payload(query)
+        if payload:
+            keys.update(parse_payload(payload))
+    for name in CMCD_HEADERS:
+        value = headers.get(name)
+        if value:
+            keys.update(parse_payload(value.decode("latin-1")))
+    if not keys:
+        return None
+    return Cmcd(
+        sid=_str_or_none(keys.get("sid")),
+        nor=_str_or_none(keys.get("nor")),
+        nrr=_str_or_none(keys.get("nrr")),
+        su=keys.get("su") is True,
+        bs=keys.get("bs") is True,
+        bl=_int_or_none(keys.get("bl")),
+        mtp=_int_or_none(keys.get("mtp")),
+        ot=_str_or_none(keys.get("ot")) if not isinstance(keys.get("ot"), bool) else None,
+    )

@@ -1,0 +1,104 @@
+"""The edge's request hook: rendered playlists, CMCD and prefetch, in one call from ``receive``.
+
+Why one hook: ``CacheNode.receive`` is the HIT path, so the edge features cost it one method
+call and a few dict lookups, and node.py keeps one small, local change. The hook runs after the
+cache key is computed and returns ``CONTINUE`` to let the node go on as usual, or the node's
+answer (None, written synchronously, or an awaitable) when it took the request.
+
+- ``/v/{id}/master.m3u8`` and ``/v/{id}/{rendition}/(index|iframes).m3u8`` go to the
+  playlist renderer (edge/playlists.py) when ``render_playlists`` is on (default: edges).
+- CMCD (edge/cmcd.py) is read from the ``CMCD`` query argument and headers; ``nor`` asks the
+  prefetcher (edge/prefetch.py) for the next object; ``su``/``bs``/``bl``/``mtp``/``sid`` go
+  to the metrics and the debug log.
+- A request for an object a prefetch brought (or is bringing) counts that prefetch as used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from reelcdn.origin.meta import VideoMeta
+
+from . import cmcd, playlists
+from .http import Request
+from .prefetch import Prefetcher, resolve
+
+if TYPE_CHECKING:
+    from .node import CacheNode
+    from .protocol import HttpConnection
+
+log = logging.getLogger("reelcdn.cmcd")
+
+#: Returned by :meth:`EdgeFeatures.receive` when the node should handle the request itself.
+CONTINUE = object()
+
+
+class EdgeFeatures:
+    """Playlist rendering, CMCD and prefetch of one node."""
+
+    def __init__(self, node: CacheNode) -> None:
+        self.node = node
+        self.playlists = playlists.PlaylistRenderer(node)
+        self.prefetcher = Prefetcher(node)
+
+    @property
+    def rendering(self) -> bool:
+        config = self.node.config
+        if config.render_playlists is None:
+            return config.role == "edge"
+        return config.render_playlists
+
+    def receive(
+        self, req: Request, conn: HttpConnection, primary: str
+    ) -> Awaitable[None] | None | object:
+        """The hook: ``CONTINUE``, or the answer to a request it took (a rendered playlist)."""
+        prefetcher = self.prefetcher
+        if prefetcher._running or prefetcher._unused:
+            prefetcher.note_request(primary)
+        query = req.query
+        headers = req.headers
+        if (query and ("CMCD" in query or "cmcd" in query)) or (
+            b"cmcd-request" in headers or b"cmcd-object" in headers
+            or b"cmcd-session" in headers or b"cmcd-status" in headers
+        ):
+            self._cmcd(req)
+        if req.path.endswith(".m3u8") and self.rendering:
+            where = playlists.route(req.path)
+            if where is not None:
+                return self.playlists.receive(req, conn, where)
+        return CONTINUE
+
+    def _cmcd(self, req: Request) -> None:
+        data = cmcd.from_request(req.query, req.headers)
+        if data is None:
+            return
+        stats = self.node.stats
+        stats.cmcd_requests += 1
+        if data.starving:
+            stats.cmcd_starving += 1
+        if data.bl is not None:
+            stats.cmcd_buffer_ms_sum += data.bl
+            stats.cmcd_buffer_reports += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("cmcd %s sid=%s ot=%s su=%s bs=%s bl=%s mtp=%s nor=%s nrr=%s", req.path,
+                      data.sid, data.ot, data.su, data.bs, data.bl, data.mtp, data.nor, data.nrr)
+        if data.nor and self.node.config.prefetch_cmcd:
+            target = resolve(req.path, data.nor)
+            if target is not None:
+                self.prefetcher.want(target, req.client_ip)
+
+    def after_media_playlist(self, req: Request, meta: VideoMeta, rendition: str) -> None:
+        """A media playlist was served: the player's next requests are the rendition's init
+        segment and first segments, so fetch them now (``prefetch_segments``)."""
+        count = self.node.config.prefetch_segments
+        if count <= 0:
+            return
+        media = next((r for r in (*meta.renditions, *meta.audio) if r.name == rendition), None)
+        if media is None:
+            return
+        base = f"/v/{meta.video_id}/{rendition}/"
+        uris = [media.init.uri] + [segment.uri for segment in media.segments[:count]]
+        for uri in dict.fromkeys(uris):
+            self.prefetcher.want(base + uri, req.client_ip)

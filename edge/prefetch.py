@@ -1,0 +1,181 @@
+"""Prefetch: fill the cache with what a player will ask for next, before it asks.
+
+Two signals say what comes next: serving a media playlist (the player fetches the init segment
+and the first segments right after it) and CMCD ``nor`` (the player names its next object,
+edge/cmcd.py). Either way the node starts an ordinary cache fill (``CacheNode.start_fill``)
+through its parents, so a prefetched object is fetched, stored and counted exactly like a client
+miss, and a client asking for it while the prefetch is under way joins that fetch through the
+coalescer instead of starting a second one.
+
+Bounds, so that prefetch can only help:
+
+- a capped queue (``prefetch_queue``): beyond it requests are dropped and counted;
+- deduplication: a key already queued, in flight (client or prefetch) or fresh in the store is
+  not queued again;
+- lower priority: nothing starts inside the client's request step (the queue is pumped on a
+  later loop pass, after the client's answer is written), and at most ``prefetch_concurrency``
+  prefetch fills run at once, so client misses keep the upstream connections.
+
+Measured (``/metrics``): prefetches issued; used (a client asked for the object while it was
+being prefetched, or later got it as a HIT); wasted (the object left the cache, evicted or
+expired, before any client asked); dropped (queue full). Use is noted by the request hook
+(``note_request``, one dict lookup), waste by a sweep over the objects still unused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING
+from urllib.parse import urljoin, urlsplit
+
+from .cachekey import cache_key
+from .coalescer import Fetch
+from .http import Request
+from .store import CacheEntry
+
+if TYPE_CHECKING:
+    from .node import CacheNode
+
+log = logging.getLogger("reelcdn.prefetch")
+
+#: Unused prefetched objects remembered (to count them used or wasted): a bound on memory.
+MAX_TRACKED = 4096
+#: How often (seconds) the unused ones are checked for eviction or expiry.
+SWEEP_INTERVAL = 1.0
+_RESOLVE_BASE = "http://node.invalid"
+
+
+def resolve(request_path: str, relative: str) -> str | None:
+    """``relative`` (a CMCD ``nor``) resolved against the request path, as an origin-form
+    target ``/path[?query]``; None for anything that leaves this host or is not a path."""
+    try:
+        joined = urlsplit(urljoin(_RESOLVE_BASE + request_path, relative))
+    except ValueError:
+        return None
+    if f"{joined.scheme}://{joined.netloc}" != _RESOLVE_BASE or not joined.path.startswith("/"):
+        return None
+    return joined.path + ("?" + joined.query if joined.query else "")
+
+
+class Prefetcher:
+    """The prefetch queue of one node, and its accounting."""
+
+    def __init__(self, node: CacheNode) -> None:
+        self.node = node
+        self._queue: deque[tuple[str, str]] = deque()   # (key, target)
+        self._queued: set[str] = set()
+        self._running: dict[str, Fetch] = {}
+        # key -> the entry a prefetch stored, until a client uses it or it leaves the cache.
+        self._unused: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._used_inflight: set[str] = set()   # running prefetches a client already joined
+        self._pump_scheduled = False
+        self._last_sweep = 0.0
+
+    # -- what the request hook calls --------------------------------------------------------
+    def note_request(self, primary: str) -> None:
+        """A client asked for ``primary``: a prefetch of it was useful (counted once)."""
+        if primary in self._running:
+            if primary not in self._used_inflight:
+                self._used_inflight.add(primary)
+                self.node.stats.prefetch_used += 1
+        elif self._unused:
+            entry = self._unused.pop(primary, None)
+            if entry is not None:
+                self.node.stats.prefetch_used += 1
+
+    def want(self, target: str, client_ip: str) -> bool:
+        """Queue ``target`` (``/path[?query]``) for prefetch; False when not queued (already
+        there, or the queue is full)."""
+        config = self.node.config
+        path, _, query = target.partition("?")
+        key = cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes)
+        if key in self._queued or key in self._running or self.node.coalescer.get(key):
+            return False
+        entry = self.node.store.lookup(key, {})
+        if entry is not None and entry.is_fresh(time.time()):
+            return False
+        if len(self._queue) >= config.prefetch_queue:
+            self.node.stats.prefetch_dropped += 1
+            return False
+        self._queue.append((key, client_ip))
+        self._queued.add(key)
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+        return True
+
+    # -- the queue ----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Start queued prefetches up to the concurrency cap (runs on its own loop pass)."""
+        self._pump_scheduled = False
+        node = self.node
+        limit = node.config.prefetch_concurrency
+        while self._queue and len(self._running) < limit:
+            key, client_ip = self._queue.popleft()
+            self._queued.discard(key)
+            if node.coalescer.get(key) is not None:
+                continue  # a client started it meanwhile
+            entry = node.store.lookup(key, {})
+            if entry is not None and entry.is_fresh(time.time()):
+                continue
+            request = Request()
+            request.path, _, request.query = key.partition("?")
+            request.target = key.encode("latin-1")
+            request.client_ip = client_ip
+            # Fetch-standard marker, so a parent's logs can tell prefetches from players.
+            request.raw_headers = [(b"Sec-Purpose", b"prefetch")]
+            request.headers = {b"sec-purpose": b"prefetch"}
+            fetch = node.start_fill(key, key, request, None)
+            self._running[key] = fetch
+            node.stats.prefetch_issued += 1
+            assert fetch.task is not None
+            fetch.task.add_done_callback(lambda _task, key=key, fetch=fetch: self._done(key,
+                                                                                        fetch))
+        self.sweep()
+
+    def _done(self, key: str, fetch: Fetch) -> None:
+        self._running.pop(key, None)
+        used = key in self._used_inflight
+        self._used_inflight.discard(key)
+        if not used and fetch.error is None:
+            entry = self.node.store.lookup(key, {})
+            if entry is not None:
+                self._unused[key] = entry
+                while len(self._unused) > MAX_TRACKED:
+                    self._unused.popitem(last=False)  # forgotten, neither used nor wasted
+        if self._queue and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    def sweep(self, now: float | None = None) -> None:
+        """Count unused prefetched objects that left the cache (evicted, replaced) or expired:
+        wasted. At most once per ``SWEEP_INTERVAL`` unless ``now`` is given."""
+        if now is None:
+            now = time.time()
+            if now - self._last_sweep < SWEEP_INTERVAL:
+                return
+        self._last_sweep = now
+        store = self.node.store
+        gone = [
+            key for key, entry in self._unused.items()
+            if not entry.is_fresh(now) or not _still_stored(store, key, entry)
+        ]
+        for key in gone:
+            del self._unused[key]
+        self.node.stats.prefetch_wasted += len(gone)
+
+    @property
+    def pending(self) -> int:
+        """Prefetches queued or in flight (tests wait for zero)."""
+        return len(self._queue) + len(self._running)
+
+
+def _still_stored(store: object, key: str, entry: CacheEntry) -> bool:
+    """Whether ``entry`` is still the one stored under ``key``, *without* touching the LRU
+    order (a lookup would make an unused object look recently used and keep it longer).
+    MemoryStore has no public peek yet, so this reads its entry dict."""
+    entries = getattr(store, "_entries", None)
+    return entries is not None and entries.get(key) is entry
