@@ -89,7 +89,9 @@ class EdgeFeatures:
             if target is not None:
                 self.prefetcher.want(target, req.client_ip)
 
-    def after_media_playlist(self, req: Request, meta: VideoMeta, rendition: str) -> None:
+    def after_media_playlist(
+        self, req: Request, video: str, meta: VideoMeta, rendition: str
+    ) -> None:
         """A media playlist was served: the player's next requests are the rendition's init
         segment and first segments, so fetch them now (``prefetch_segments``)."""
         count = self.node.config.prefetch_segments
@@ -98,7 +100,7 @@ class EdgeFeatures:
         media = next((r for r in (*meta.renditions, *meta.audio) if r.name == rendition), None)
         if media is None:
             return
-        base = f"/v/{meta.video_id}/{rendition}/"
+        base = f"/v/{video}/{rendition}/"  # the URL's id: the objects sit beside the playlist
         uris = [media.init.uri] + [segment.uri for segment in media.segments[:count]]
         for uri in dict.fromkeys(uris):
             self.prefetcher.want(base + uri, req.client_ip)

@@ -278,7 +278,7 @@ class PlaylistRenderer:
         node.stats.count(req.method, "rendered", 200)
         node.stats.playlists_rendered += 1
         if where[1] == "media" and node.features is not None:
-            node.features.after_media_playlist(req, meta, where[2])
+            node.features.after_media_playlist(req, where[0], meta, where[2])
 
     def _write_error(
         self,

@@ -1,0 +1,130 @@
+"""A 3-tier topology (shield → regional → edge) in the test's event loop, over ffmpeg demo
+videos: what the playlist, prefetch and player tests share.
+
+The demo videos are synthesised once per test module (``synthesise``: about 3 s for one 6 s
+video with two renditions); each test starts fresh nodes over them (milliseconds), so every
+test begins with cold caches.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from reelcdn.edge.config import topology_from_text
+from reelcdn.edge.server import NodeServer
+from reelcdn.origin.demo import DEFAULT_LADDER, synthesise_demo_videos
+
+VIDEO = "demo-1"
+# 360p (avc1 Main) and 720p (avc1 High): enough to see every filter choose differently.
+LADDER = DEFAULT_LADDER[:2]
+DURATION = 6.0  # three 2 s segments per rendition
+
+TOPOLOGY = """
+[defaults]
+cache_memory = "64MiB"
+
+[[defaults.ttl]]
+match = "*.m4s"
+ttl = "1d"
+
+[[defaults.ttl]]
+match = "*/init.mp4"
+ttl = "1d"
+
+[[defaults.ttl]]
+match = "*/meta.json"
+ttl = "{meta_ttl}"
+
+[[defaults.ttl]]
+match = "*"
+ttl = "5s"
+statuses = [404]
+
+[origin.main]
+type = "fs"
+root = "{root}"
+
+[node.shield-1]
+role = "shield"
+listen = "127.0.0.1:{shield}"
+origins = ["main"]
+
+[node.regional-1]
+role = "regional"
+listen = "127.0.0.1:{regional}"
+parents = ["shield-1"]
+
+[node.edge-a]
+role = "edge"
+listen = "127.0.0.1:{edge}"
+parents = ["regional-1"]
+{edge_extra}
+"""
+
+
+def synthesise(root: Path) -> Path:
+    """The origin folder with ``demo-1`` (two renditions, three segments each)."""
+    synthesise_demo_videos(root, count=1, duration=DURATION, renditions=LADDER,
+                           log=lambda _message: None)
+    return root
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return str(value)
+
+
+class DemoTiers:
+    """Three running nodes over the demo origin; ``edge`` is where players connect."""
+
+    def __init__(self, root: Path, meta_ttl: str = "2s", **edge_keys: Any) -> None:
+        shield, regional, edge = free_ports(3)
+        extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in edge_keys.items())
+        text = TOPOLOGY.format(root=root, shield=shield, regional=regional, edge=edge,
+                               meta_ttl=meta_ttl, edge_extra=extra)
+        self.topology = topology_from_text(text, base_dir=str(root))
+        self.servers: dict[str, NodeServer] = {}
+
+    async def start(self) -> DemoTiers:
+        for name in self.topology.order_for_start():
+            server = NodeServer(self.topology.nodes[name])
+            await server.start()
+            self.servers[name] = server
+        return self
+
+    async def stop(self) -> None:
+        for server in reversed(list(self.servers.values())):
+            await server.stop(grace=1.0)
+
+    @property
+    def edge(self) -> NodeServer:
+        return self.servers["edge-a"]
+
+    @property
+    def port(self) -> int:
+        return self.edge.port
+
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def upstream_paths(self, node: str = "regional-1") -> dict[str, int]:
+        """Requests ``node`` answered, by cache status (what the edge asked of its parent)."""
+        return dict(self.servers[node].node.stats.requests)

@@ -1,0 +1,195 @@
+"""Playlists rendered at the edge from meta.json, through a real 3-tier topology over ffmpeg
+demo videos: options, carried tokens, caching of templates, headers, conditionals, HEAD,
+errors, and the fallback to the origin's static playlist when meta.json is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import m3u8
+import pytest
+from player.demo_tiers import VIDEO, DemoTiers, synthesise
+from rawhttp import get
+
+from reelcdn.manifests import options_from_query, render_master, render_media
+from reelcdn.origin.meta import VideoMeta
+
+
+@pytest.fixture(scope="module")
+def origin_root(tmp_path_factory) -> Path:
+    return synthesise(tmp_path_factory.mktemp("playlists"))
+
+
+@pytest.fixture(scope="module")
+def meta(origin_root) -> VideoMeta:
+    return VideoMeta.read(origin_root / "v" / VIDEO / "meta.json")
+
+
+@pytest.fixture
+async def tiers(origin_root):
+    tiers = await DemoTiers(origin_root, carried_query_params=["token", "exp"]).start()
+    yield tiers
+    await tiers.stop()
+
+
+def edge_member(response) -> str:
+    return (response.header("cache-status") or "").split(",")[-1].strip()
+
+
+def variants(body: bytes) -> list[str]:
+    return [p.uri for p in m3u8.loads(body.decode()).playlists]
+
+
+async def test_master_is_rendered_from_meta_json_at_the_edge_only(tiers, meta):
+    response = await get(tiers.port, f"/v/{VIDEO}/master.m3u8")
+    assert response.status == 200
+    assert response.body.decode() == render_master(meta)
+    assert response.header("content-type") == "application/vnd.apple.mpegurl"
+    assert response.header("cache-control") == "public, max-age=3600"  # ready: long
+    assert response.header("etag").startswith(f'"{meta.version}-')
+    assert edge_member(response).startswith("edge-a; fwd=uri-miss; fwd-status=200")
+    assert "detail=rendered" in edge_member(response)
+    # The parents' members come from the meta.json fetch: the whole path is visible.
+    assert response.header("cache-status").split(",")[0].startswith("shield-1")
+    assert response.header("cmsd-static") == 'ot=m,sf=h,st=v,n="edge-a"'
+    # Parents hold meta.json, never a playlist: nobody upstream renders per request.
+    for name in ("regional-1", "shield-1"):
+        keys = {entry.primary for entry in tiers.servers[name].node.store}
+        assert f"/v/{VIDEO}/meta.json" in keys
+        assert not any(key.endswith(".m3u8") for key in keys), (name, keys)
+
+    again = await get(tiers.port, f"/v/{VIDEO}/master.m3u8")
+    assert edge_member(again) == "edge-a; hit; detail=rendered"
+    assert again.body == response.body
+    assert again.header("etag") == response.header("etag")
+
+
+async def test_conditional_and_head(tiers):
+    first = await get(tiers.port, f"/v/{VIDEO}/master.m3u8")
+    etag = first.header("etag")
+    not_modified = await get(tiers.port, f"/v/{VIDEO}/master.m3u8",
+                             headers={"If-None-Match": etag})
+    assert not_modified.status == 304
+    assert not_modified.body == b""
+    assert not_modified.header("etag") == etag
+    changed = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?start=highest",
+                        headers={"If-None-Match": etag})
+    assert changed.status == 200  # other options, other bytes, other tag
+    assert changed.header("etag") != etag
+    head = await get(tiers.port, f"/v/{VIDEO}/master.m3u8", method="HEAD")
+    assert head.status == 200
+    assert head.header("content-length") == str(len(first.body))
+    assert head.body == b""
+
+
+async def test_filters_and_start_order(tiers, meta):
+    low, high = meta.renditions  # 360p avc1 Main, 720p avc1 High
+    cases = {
+        "": ["360p/index.m3u8", "720p/index.m3u8"],
+        "max_height=360": ["360p/index.m3u8"],
+        f"max_bandwidth={render_bandwidth(meta, 'max_height=360')}": ["360p/index.m3u8"],
+        f"codecs={high.video_codec},mp4a": ["720p/index.m3u8"],
+        "codecs=avc1,mp4a": ["360p/index.m3u8", "720p/index.m3u8"],
+        "start=highest": ["720p/index.m3u8", "360p/index.m3u8"],
+        "start=lowest&max_height=720": ["360p/index.m3u8", "720p/index.m3u8"],
+    }
+    assert low.height == 360
+    for query, expected in cases.items():
+        response = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?{query}")
+        assert response.status == 200, (query, response.body)
+        assert variants(response.body) == expected, query
+        assert response.body.decode() == render_master(meta, options_from_query(query))
+
+
+def render_bandwidth(meta: VideoMeta, query: str) -> int:
+    """The BANDWIDTH the master gives the only variant a query keeps."""
+    text = render_master(meta, options_from_query(query))
+    return m3u8.loads(text).playlists[0].stream_info.bandwidth
+
+
+async def test_bad_options_are_400_naming_the_parameter_and_no_variants_404(tiers):
+    for query, parameter in (("max_height=abc", "max_height"), ("start=middle", "start"),
+                             ("max_height=1&max_height=2", "max_height"), ("codecs=", "codecs")):
+        response = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?{query}")
+        assert response.status == 400, query
+        assert response.body.decode().startswith(f"400 {parameter}:"), response.body
+        assert response.header("cache-control") == "no-store"
+    none = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?max_height=100")
+    assert none.status == 404
+    assert b"max_height" in none.body
+    unknown = await get(tiers.port, f"/v/{VIDEO}/4k/index.m3u8")
+    assert unknown.status == 404
+
+
+async def test_tokens_are_carried_to_every_uri_and_never_cached(tiers, meta):
+    renderer = tiers.edge.node.features.playlists
+    a = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?token=aaa&exp=17&CMCD=sid%3D%22s%22")
+    b = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?exp=18&token=bbb")
+    assert variants(a.body) == ["360p/index.m3u8?token=aaa&exp=17",
+                                "720p/index.m3u8?token=aaa&exp=17"]
+    assert variants(b.body) == ["360p/index.m3u8?exp=18&token=bbb",
+                                "720p/index.m3u8?exp=18&token=bbb"]
+    assert edge_member(b) == "edge-a; hit; detail=rendered"  # one template for both tokens
+    assert a.header("etag") != b.header("etag")
+    assert len(renderer.templates) == 1
+    assert not any("aaa" in repr(t) or "bbb" in repr(t) for t in renderer.templates.values())
+
+    media = await get(tiers.port, f"/v/{VIDEO}/360p/index.m3u8?token=aaa&exp=17")
+    playlist = m3u8.loads(media.body.decode())
+    assert playlist.segment_map[0].uri == "init.mp4?token=aaa&exp=17"
+    assert [s.uri for s in playlist.segments] == [
+        f"seg_{i:05d}.m4s?token=aaa&exp=17" for i in range(3)]
+    # Segments asked for with different tokens share one cached copy.
+    await get(tiers.port, f"/v/{VIDEO}/360p/seg_00002.m4s?token=aaa&exp=17")
+    shared = await get(tiers.port, f"/v/{VIDEO}/360p/seg_00002.m4s?token=zzz&exp=99")
+    assert edge_member(shared).startswith("edge-a; hit")
+
+
+async def test_media_playlist_is_rendered_and_prefetches_init_and_first_segments(tiers, meta):
+    response = await get(tiers.port, f"/v/{VIDEO}/720p/index.m3u8")
+    assert response.status == 200
+    assert response.body.decode() == render_media(meta, "720p")
+    prefetcher = tiers.edge.node.features.prefetcher
+    async with asyncio.timeout(10):
+        while prefetcher.pending:
+            await asyncio.sleep(0.02)
+    keys = {entry.primary for entry in tiers.edge.node.store}
+    base = f"/v/{VIDEO}/720p/"
+    assert {base + "init.mp4", base + "seg_00000.m4s", base + "seg_00001.m4s"} <= keys
+    assert base + "seg_00002.m4s" not in keys  # K = 2 (the default)
+    stats = tiers.edge.node.stats
+    assert stats.prefetch_issued == 3
+    for uri in ("init.mp4", "seg_00000.m4s"):
+        hit = await get(tiers.port, base + uri)
+        assert edge_member(hit).startswith("edge-a; hit"), uri
+    assert stats.prefetch_used == 2
+
+
+async def test_missing_meta_json_falls_back_to_the_static_playlist(tiers, origin_root):
+    static = b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-STREAM-INF:BANDWIDTH=1\nlow/index.m3u8\n"
+    folder = origin_root / "v" / "legacy-1"
+    folder.mkdir(exist_ok=True)
+    (folder / "master.m3u8").write_bytes(static)
+    for _ in range(2):
+        response = await get(tiers.port, "/v/legacy-1/master.m3u8?max_height=10")
+        assert response.status == 200
+        assert response.body == static  # as stored: options apply to rendered playlists only
+        assert "detail=rendered" not in response.header("cache-status")
+    missing = await get(tiers.port, "/v/nothing-here/master.m3u8")
+    assert missing.status == 404
+
+
+async def test_processing_video_gets_an_event_playlist_with_a_short_ttl(tiers, origin_root, meta):
+    processing = meta.replace(video_id="proc-1", state="processing")
+    folder = origin_root / "v" / "proc-1"
+    folder.mkdir(exist_ok=True)
+    (folder / "meta.json").write_text(processing.to_json())
+    media = await get(tiers.port, "/v/proc-1/360p/index.m3u8")
+    assert media.status == 200
+    assert media.header("cache-control") == "public, max-age=1"
+    assert media.header("cmsd-static") == 'ot=m,sf=h,st=l,n="edge-a"'
+    text = media.body.decode()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text
+    assert json.loads((folder / "meta.json").read_text())["state"] == "processing"
