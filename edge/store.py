@@ -12,12 +12,13 @@ Vary is a single dict access.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
 
 from .freshness import Freshness
 from .http import render_fields, validators
+from .lru import LruIndex  # the contract of both twins, for type hints
 
 # Rough bytes per entry beyond body and header block (the object, dict slot, key string).
 ENTRY_OVERHEAD = 600
@@ -117,10 +118,13 @@ class MemoryStore:
     insert. Every key of ``_entries`` is in the index and the reverse, after every public call.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(
+        self, capacity: int, *, index_type: Callable[[int], LruIndex] | None = None
+    ) -> None:
+        """``index_type``: the LRU index class, when not the selected one (benchmarks, tests)."""
         self.evictions = 0
         self._entries: dict[str, CacheEntry] = {}
-        self._index = lru.LruIndex(capacity)
+        self._index = (index_type or lru.LruIndex)(capacity)
         self._touch = self._index.touch  # bound once: lookup() is on the HIT path
         self._vary: dict[str, tuple[bytes, ...]] = {}
         self._variant_keys: dict[str, set[str]] = {}

@@ -220,9 +220,7 @@ def apply_store_op(store: MemoryStore, op: tuple[str, str, bytes | None, int]) -
 def test_stores_on_both_twins_agree(index_twin: ModuleType, ops, capacity):
     """The store over the twin under test against the store over the pure twin, step by step."""
     store = MemoryStore(capacity)
-    reference = MemoryStore(capacity)
-    reference._index = pure_lru.LruIndex(capacity)
-    reference._touch = reference._index.touch
+    reference = MemoryStore(capacity, index_type=pure_lru.LruIndex)
     for step, op in enumerate(ops):
         assert apply_store_op(store, op) == apply_store_op(reference, op), (step, op)
         assert keys_of(store) == keys_of(reference), (step, op)
