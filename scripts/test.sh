@@ -11,6 +11,24 @@ PYTHON="${PYTHON:-python3}"
 echo "== installing reelcdn and its test dependencies"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
+echo "== the browser player tests' needs: Debian chromium, node, tests/player's npm packages"
+# tests/test_player.py plays rendered playlists with hls.js in headless chromium (driven by
+# playwright-core with executablePath /usr/bin/chromium: no browser is ever downloaded).
+missing_debs=()
+command -v chromium >/dev/null 2>&1 || missing_debs+=(chromium)
+command -v npm >/dev/null 2>&1 || missing_debs+=(nodejs npm)
+if [ "${#missing_debs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing_debs[@]}"
+    else
+        echo "missing ${missing_debs[*]} and not root: the hls.js tests skip (and fail in CI)"
+    fi
+fi
+if command -v npm >/dev/null 2>&1; then
+    (cd tests/player && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
 echo "== lint (ruff)"
 "$PYTHON" -m ruff check .
 

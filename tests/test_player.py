@@ -1,0 +1,124 @@
+"""Rendered playlists against real players, through a running 3-tier topology over ffmpeg
+demo videos: PyAV (ffmpeg's HLS demuxer) opens and decodes them, and hls.js plays them in
+headless Debian Chromium, with each filter option.
+
+Chromium comes from apt and hls.js + playwright-core from tests/player/package.json
+(scripts/test.sh installs both). Without them the hls.js tests skip with the reason, except in
+CI (``CI`` set), where a missing browser is a failure: CI must really play the video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+from urllib.parse import quote
+
+import av
+import m3u8
+import pytest
+from player.demo_tiers import VIDEO, DemoTiers, synthesise
+from rawhttp import get
+
+PLAYER_DIR = Path(__file__).parent / "player"
+HLS_JS = PLAYER_DIR / "node_modules" / "hls.js" / "dist" / "hls.min.js"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+
+# Query → the variant heights the master must list, in order.
+FILTERS: dict[str, list[int]] = {
+    "": [360, 720],
+    "max_height=360": [360],
+    "max_bandwidth=1500000": [360],
+    "codecs=avc1.64001f,mp4a": [720],
+    "start=highest": [720, 360],
+}
+
+
+@pytest.fixture(scope="module")
+def origin_root(tmp_path_factory) -> Path:
+    return synthesise(tmp_path_factory.mktemp("player"))
+
+
+@pytest.fixture
+async def tiers(origin_root):
+    tiers = await DemoTiers(origin_root, carried_query_params=["token"]).start()
+    yield tiers
+    await tiers.stop()
+
+
+def decode_with_pyav(url: str) -> tuple[int, float, int]:
+    """(video frames decoded, seconds of video, height) of an HLS URL, read by ffmpeg."""
+    frames = 0
+    last = 0.0
+    height = 0
+    with av.open(url, timeout=10.0) as container:
+        stream = container.streams.video[0]
+        height = stream.codec_context.height
+        for frame in container.decode(stream):
+            frames += 1
+            last = float(frame.time or 0.0)
+    return frames, last, height
+
+
+async def test_pyav_decodes_rendered_playlists_with_each_filter(tiers):
+    for query, heights in FILTERS.items():
+        master = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?{query}&token=t0k")
+        assert master.status == 200, query
+        listed = [p.stream_info.resolution[1] for p in m3u8.loads(master.body.decode()).playlists]
+        assert listed == heights, query
+        # ffmpeg's HLS demuxer follows the master (with the token on every URI) and picks a
+        # variant; open the first listed one explicitly too, the one players start on.
+        url = f"{tiers.base()}/v/{VIDEO}/master.m3u8?{query}&token=t0k"
+        frames, seconds, _ = await asyncio.to_thread(decode_with_pyav, url)
+        assert frames >= 150 and seconds > 5.0, (query, frames, seconds)
+        first = m3u8.loads(master.body.decode()).playlists[0].uri
+        assert first.endswith("?token=t0k")
+        media_url = f"{tiers.base()}/v/{VIDEO}/{first}"
+        frames, seconds, height = await asyncio.to_thread(decode_with_pyav, media_url)
+        assert height == heights[0] and frames >= 150, (query, height, frames)
+
+
+def chromium_or_skip() -> None:
+    missing = [what for what, ok in (
+        (f"chromium ({CHROMIUM})", Path(CHROMIUM).exists()),
+        ("tests/player/node_modules (npm install in tests/player)", HLS_JS.exists()),
+        ("node", shutil.which("node") is not None),
+    ) if not ok]
+    if not missing:
+        return
+    reason = "hls.js player test needs " + ", ".join(missing) + " (scripts/test.sh installs them)"
+    if os.environ.get("CI"):
+        pytest.fail(reason + "; in CI the browser test must run")
+    pytest.skip(reason)
+
+
+async def play_in_chromium(page_url: str, timeout_ms: int = 20000) -> dict:
+    process = await asyncio.create_subprocess_exec(
+        "node", str(PLAYER_DIR / "play.js"), page_url, str(timeout_ms),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_ms / 1000 + 30)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    return json.loads(stdout)
+
+
+async def test_hlsjs_plays_rendered_master_in_chromium_with_each_filter(tiers):
+    chromium_or_skip()
+    for query, heights in FILTERS.items():
+        src = f"/v/{VIDEO}/master.m3u8?{query}&token=t0k"
+        page = f"{tiers.base()}/player/page.html?src={quote(src, safe='')}"
+        result = await play_in_chromium(page)
+        assert result["supported"], result
+        assert result["manifestParsed"], (query, result)
+        # hls.js sorts its levels by bitrate; firstLevel is the variant the master lists first.
+        assert sorted(level["height"] for level in result["levels"]) == sorted(heights), result
+        assert result["levels"][result["firstLevel"]]["height"] == heights[0], (query, result)
+        assert result["fragsBuffered"] >= 1 and result["playing"], (query, result)
+        assert result["currentTime"] > 1.0, (query, result)
+        assert not [e for e in result["errors"] if "fatal" in e], (query, result["errors"])
+        # Every fragment hls.js asked for carried the token, through rendered playlists.
+        assert result["urls"] and all(u.endswith("token=t0k") for u in result["urls"]), result
+    stats = tiers.edge.node.stats
+    assert stats.playlists_rendered >= 2 * len(FILTERS)
