@@ -224,7 +224,7 @@ class NodeConfig:
     prefetch_segments: int = 2             # init + this many segments after a media playlist
     prefetch_cmcd: bool = True             # prefetch CMCD ``nor``/``nrr`` objects
     prefetch_queue: int = 256              # queued prefetches beyond this are dropped
-    prefetch_concurrency: int = 4          # prefetch fills in flight at once
+    prefetch_concurrency: int = 16         # prefetch fills in flight at once
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
 
 

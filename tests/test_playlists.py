@@ -193,3 +193,26 @@ async def test_processing_video_gets_an_event_playlist_with_a_short_ttl(tiers, o
     text = media.body.decode()
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text
     assert json.loads((folder / "meta.json").read_text())["state"] == "processing"
+
+
+def test_config_keys_are_validated_with_errors_naming_the_key():
+    from reelcdn.edge.config import ConfigError, node_config_from_dict
+
+    base = {"listen": "127.0.0.1:0", "upstream": "http://127.0.0.1:1"}
+    node = node_config_from_dict("e", {**base, "carried_query_params": ["Token", "exp"]})
+    assert node.carried_query_params == ("token", "exp")
+    assert {"token", "exp"} <= node.ignore_query_params  # tokens never split the cache
+    assert (node.prefetch_segments, node.prefetch_cmcd, node.render_playlists) == (2, True, None)
+    for key, value, message in (
+        ("carried_query_params", ["start"], "cannot be carried"),
+        ("carried_query_params", ["a b"], "bad parameter"),
+        ("prefetch_segments", -1, "must be 0..100"),
+        ("prefetch_queue", 0, "at least 1"),
+        ("prefetch_concurrency", "4", "expected an integer"),
+        ("render_playlists", "yes", "expected"),
+        ("playlist_cache_entries", 0, "at least 1"),
+    ):
+        with pytest.raises(ConfigError) as error:
+            node_config_from_dict("e", {**base, key: value})
+        assert error.value.key.startswith(f"node.e.{key}"), (key, error.value)
+        assert message in error.value.message, (key, error.value.message)
