@@ -125,6 +125,11 @@ TOPOLOGY = """
 [defaults]
 cache_memory = "64MiB"
 admin_token = "{token}"
+# The accounting tests compare what players see (Cache-Status) with every tier's counters, so
+# no node may send upstream requests no player sees: no edge prefetch, no meta.json fetches.
+render_playlists = false
+prefetch_segments = 0
+prefetch_cmcd = false
 
 [[defaults.ttl]]
 match = "*"
