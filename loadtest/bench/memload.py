@@ -457,6 +457,36 @@ def plan(sampler: CatalogueSampler) -> Planned:
     return Planned("abort", obj.path, obj=obj, abort=True)
 
 
+#: The small-object mix: distinct cache keys per (object, ``?n=``) pair; the origin ignores
+#: the query, so a small catalogue gives as many cached objects as wanted.
+SMALL_VARIANTS = 400_000
+SMALL_HOT = 4
+
+
+def plan_small(sampler: CatalogueSampler) -> Planned:
+    """Draw the next request of the small-object mix: what fills a cache with *many* entries
+    (the case where per-entry overhead, not bodies, decides memory). 70 % playlists, 20 %
+    inits, 5 % conditional playlists (→ 304), 5 % 404s; each object under one of 400 000
+    query variants, half of the draws under one of 4 hot ones (so there are HITs too)."""
+    rng = sampler.rng
+    variant = rng.randrange(SMALL_HOT if rng.random() < 0.5 else SMALL_VARIANTS)
+    r = rng.random()
+    if r < 0.70:
+        obj = sampler.playlist()
+        return Planned("playlist", f"{obj.path}?n={variant}", obj=obj)
+    if r < 0.90:
+        obj = sampler.init()
+        return Planned("init", f"{obj.path}?n={variant}", obj=obj)
+    if r < 0.95:
+        obj = sampler.playlist()
+        return Planned("conditional", f"{obj.path}?n={variant}",
+                       headers=(("If-None-Match", obj.etag),), expect=304, obj=obj)
+    return Planned("404", f"{sampler.missing()}?n={variant}", expect=404)
+
+
+MIXES: dict[str, Callable[[CatalogueSampler], Planned]] = {"players": plan, "small": plan_small}
+
+
 def check(p: Planned, status: int, body: bytes, content_range: str | None,
           catalogue: Catalogue, tally: Tally) -> None:
     """Verify one complete response against the catalogue; record a failure if it differs."""
@@ -491,6 +521,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
     catalogue = Catalogue(args.videos, args.segments, args.seed)
     sampler = catalogue.sampler(args.zipf, args.seed + 7)
     tally = Tally()
+    draw = MIXES[args.mix]
     base = f"http://127.0.0.1:{args.port}"
     loop = asyncio.get_running_loop()
     start = loop.time()
@@ -534,7 +565,7 @@ async def run_client(args: argparse.Namespace) -> dict[str, Any]:
                 return
             if due > now:
                 await asyncio.sleep(due - now)
-            p = plan(sampler)
+            p = draw(sampler)
             tally.requests += 1
             tally.by_kind[p.kind] += 1
             await one(session, p)
@@ -580,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--connections", type=int, default=16)
     client.add_argument("--max-requests", type=int, default=2_000_000)
     client.add_argument("--zipf", type=float, default=0.9, help="Zipf exponent over videos")
+    client.add_argument("--mix", choices=sorted(MIXES), default="players",
+                        help="players (default): segments, ranges, playlists...; small: "
+                        "many small objects (playlists, inits) under query variants")
     args = parser.parse_args(argv)
     if args.videos < 1 or args.segments < 1:
         parser.error("--videos and --segments must be >= 1")

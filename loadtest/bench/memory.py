@@ -654,7 +654,8 @@ def run_soak(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 [sys.executable, "-m", "reelcdn.loadtest.bench.memload", "client",
                  "--port", str(port), "--duration", str(args.duration),
                  "--rate", str(args.rate), "--connections", str(args.connections),
-                 "--max-requests", str(args.max_requests), *common],
+                 "--max-requests", str(args.max_requests), "--zipf", str(args.zipf),
+                 "--mix", args.mix, *common],
                 stdout=out, stderr=client_err, stdin=subprocess.DEVNULL,
             )
         sample_loop(result, pid, admin, token, client, args, node)
@@ -762,6 +763,15 @@ def _spark(values: Sequence[float], limit: float, width: int = 60) -> list[str]:
     return rows
 
 
+MIX_TEXT = {
+    "players": "60 % segments, 13 % Range, 11 % playlists, 5 % inits/masters, 6 % "
+    "conditional, 3 % 404, 1 % HEAD, 1 % aborted downloads",
+    "small": "`--mix small`: only small objects, each under one of 400 000 query variants "
+    "(distinct cache keys; half the draws under 4 hot ones): 70 % playlists, 20 % inits, "
+    "5 % conditional, 5 % 404",
+}
+
+
 def soak_report(result: SoakResult, args: argparse.Namespace, argv: Sequence[str],
                 info: machine.MachineInfo, started: datetime, catalogue: Catalogue,
                 command: list[str]) -> str:
@@ -794,10 +804,9 @@ def soak_report(result: SoakResult, args: argparse.Namespace, argv: Sequence[str
         f"renditions × {catalogue.segments} segments (50 KiB–2 MiB), 2 KiB media playlists "
         "(max-age 2 s: revalidated), masters, inits. Load (`memload.py client`, its own "
         f"process): {args.rate:g} req/s over {args.connections} keep-alive connections for "
-        f"{args.duration:.0f} s, Zipf {args.zipf} over videos; 60 % segments, 13 % Range, "
-        "11 % playlists, 5 % inits/masters, 6 % conditional, 3 % 404, 1 % HEAD, 1 % aborted "
-        "downloads; every body verified. Sampled every second: VmRSS, RssShmem and the "
-        "memory files the node holds (`/proc/PID/fd`, one per inode, allocated pages).",
+        f"{args.duration:.0f} s, Zipf {args.zipf} over videos; {MIX_TEXT[args.mix]}; every "
+        "body verified. Sampled every second: VmRSS, RssShmem and the memory files the node "
+        "holds (`/proc/PID/fd`, one per inode, allocated pages).",
         "",
         f"Limit: {args.cache // MIB} MiB × 1.1 + 80 MB = **{fmt_mib(limit)}** reading MB as "
         f"MiB ({fmt_mib(strict)} with 80 × 10⁶ bytes).",
@@ -846,14 +855,15 @@ def soak_report(result: SoakResult, args: argparse.Namespace, argv: Sequence[str
               "", "| t | VmRSS | RssAnon | memory files | footprint | cache bytes | objects "
               "| evictions |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     span = max(1, int(args.duration) // 10)
-    for start in range(0, int(mem[-1].t) + 1 if mem else 0, span):
+    end_all = int(mem[-1].t) + 1 if mem else 0
+    for start in range(0, end_all, span):
         part = [s for s in mem if start <= s.t < start + span]
         cache = [s for s in result.cache if s.t < start + span]
         if not part:
             continue
         last = cache[-1] if cache else None
         lines.append(
-            f"| {start + span} s | {fmt_mib(max(s.rss for s in part))} "
+            f"| {start}–{min(start + span, end_all)} s | {fmt_mib(max(s.rss for s in part))} "
             f"| {fmt_mib(max(s.anon for s in part))} "
             f"| {fmt_mib(max(s.memfd_bytes for s in part))} "
             f"| {fmt_mib(max(s.footprint for s in part))} "
@@ -1207,23 +1217,26 @@ def simulate(trace: Sequence[tuple[int, int]], memory: int, disk: int, warmup: i
     return SimResult(zipf, disk, n, m_hits, d_hits, b_total, b_mem, b_disk)
 
 
-def simulate_all(args: argparse.Namespace) -> tuple[Catalogue, list[SimResult]]:
-    catalogue = Catalogue(args.sim_videos, 8, args.seed)
-    ids = {path: i for i, path in enumerate(catalogue.objects)}
+def simulate_all(args: argparse.Namespace) -> list[tuple[Catalogue, SimResult]]:
+    """Every catalogue size × Zipf exponent × disk size, on one trace per catalogue and Zipf."""
     results = []
-    for zipf in args.sim_zipf:
-        sampler = catalogue.sampler(zipf, args.seed + 11)
-        trace = [(ids[o.path], o.size) for o in sampler.trace(args.sim_requests)]
-        warmup = len(trace) * 3 // 10
-        for disk in (0, *args.sim_disk):
-            results.append(simulate(trace, args.sim_memory, disk, warmup, zipf))
-            r = results[-1]
-            log(f"disk: simulated Zipf {zipf}, disk {fmt_mib(disk)}: hit ratio "
-                f"{r.hit_ratio:.1%}, byte hit ratio {r.byte_hit_ratio:.1%}")
-    return catalogue, results
+    for videos in args.sim_videos:
+        catalogue = Catalogue(videos, 8, args.seed)
+        ids = {path: i for i, path in enumerate(catalogue.objects)}
+        for zipf in args.sim_zipf:
+            sampler = catalogue.sampler(zipf, args.seed + 11)
+            trace = [(ids[o.path], o.size) for o in sampler.trace(args.sim_requests)]
+            warmup = len(trace) * 3 // 10
+            for disk in (0, *args.sim_disk):
+                r = simulate(trace, args.sim_memory, disk, warmup, zipf)
+                results.append((catalogue, r))
+                log(f"disk: simulated {catalogue.total_bytes / 2**30:.0f} GiB catalogue, Zipf "
+                    f"{zipf}, disk {fmt_mib(disk)}: hit ratio {r.hit_ratio:.1%}, byte hit ratio "
+                    f"{r.byte_hit_ratio:.1%}")
+    return results
 
 
-def disk_report(lat: list[Latency], sims: list[SimResult], catalogue: Catalogue,
+def disk_report(lat: list[Latency], sims: list[tuple[Catalogue, SimResult]],
                 args: argparse.Namespace, argv: Sequence[str], info: machine.MachineInfo,
                 started: datetime) -> str:
     ways = list(dict.fromkeys(x.way for x in lat))
@@ -1243,9 +1256,12 @@ def disk_report(lat: list[Latency], sims: list[SimResult], catalogue: Catalogue,
         f"from that file after `posix_fadvise(DONTNEED)` (a real disk read; disk: "
         f"{args.disk_dir or tempfile.gettempdir()}).",
         "",
-        "| way | " + " | ".join(f"{s // KIB} KiB" for s in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
     ]
+    if not lat:
+        lines.append("(a) not measured (--sim-only).")
+    else:
+        lines += ["| way | " + " | ".join(f"{s // KIB} KiB" for s in sizes) + " |",
+                  "|---|" + "---:|" * len(sizes)]
     for way in ways:
         cells = []
         for size in sizes:
@@ -1255,21 +1271,22 @@ def disk_report(lat: list[Latency], sims: list[SimResult], catalogue: Catalogue,
         lines.append(f"| {way} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"(b) Simulated: {args.sim_requests:,} requests drawn like the soak's (80 % segments, "
-        "13 % playlists, inits, masters; Zipf over videos, early segments more popular) over "
-        f"{len(catalogue.objects):,} objects, {catalogue.total_bytes / 2**30:.1f} GiB "
-        f"({catalogue.total_bytes / args.sim_memory:.0f}× memory); memory LRU "
+        f"(b) Simulated: {args.sim_requests:,} requests per row, drawn like the soak's (80 % "
+        "segments, 13 % playlists, inits, masters; Zipf over videos, early segments more "
+        "popular) over catalogues of 8-segment videos; memory LRU "
         f"{fmt_mib(args.sim_memory)}, its victims to a disk LRU (exclusive: a disk hit moves "
         f"back to memory); {SIM_ENTRY_CHARGE // KIB} KiB charged per entry beyond the body; "
-        "the first 30 % of the trace warms the caches and is not counted.",
+        "the first 30 % of each trace warms the caches and is not counted.",
         "",
-        "| Zipf s | disk | hit ratio (memory + disk) | of which disk | byte hit ratio "
-        "| of which disk | requests to the parent |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| catalogue | Zipf s | disk | hit ratio (memory + disk) | of which disk "
+        "| byte hit ratio | of which disk | requests to the parent |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sims:
+    for catalogue, r in sims:
         lines.append(
-            f"| {r.zipf} | {'none' if not r.disk else f'{r.disk / 2**30:g} GiB'} "
+            f"| {catalogue.videos} videos, {catalogue.total_bytes / 2**30:.1f} GiB "
+            f"({catalogue.total_bytes / args.sim_memory:.0f}× memory) | {r.zipf} "
+            f"| {'none' if not r.disk else f'{r.disk / 2**30:g} GiB'} "
             f"| {r.hit_ratio:.1%} | {r.disk_hits / r.requests:.1%} | {r.byte_hit_ratio:.1%} "
             f"| {r.bytes_disk / r.bytes_total:.1%} | {1 - r.hit_ratio:.1%} |"
         )
@@ -1302,8 +1319,8 @@ def run_disk(args: argparse.Namespace, argv: Sequence[str]) -> int:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)
-    catalogue, sims = simulate_all(args)
-    report = disk_report(lat, sims, catalogue, args, argv, info, started)
+    sims = simulate_all(args)
+    report = disk_report(lat, sims, args, argv, info, started)
     print(report)
     _append(args.markdown, report)
     return 0
@@ -1343,6 +1360,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     soak.add_argument("--videos", type=positive_int, default=120)
     soak.add_argument("--segments", type=positive_int, default=8)
     soak.add_argument("--zipf", type=float, default=0.9)
+    soak.add_argument("--mix", choices=sorted(MIX_TEXT), default="players",
+                      help="players (default): the full player mix; small: many small objects, "
+                      "where per-entry overhead decides memory")
     soak.add_argument("--seed", type=int, default=1)
     soak.add_argument("--node-env", type=_env_pair, action="append", default=[],
                       metavar="NAME=VALUE",
@@ -1352,7 +1372,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="timed requests per way and size (default 400)")
     disk.add_argument("--disk-dir", help="where the disk files go (default: the temp dir)")
     disk.add_argument("--sim-only", action="store_true", help="skip (a), simulate only")
-    disk.add_argument("--sim-videos", type=positive_int, default=2000)
+    disk.add_argument("--sim-videos", type=positive_int, nargs="+", default=[500, 2000],
+                      help="catalogue sizes in videos of ~17 MiB (default 500 2000)")
     disk.add_argument("--sim-requests", type=positive_int, default=1_000_000)
     disk.add_argument("--sim-memory", type=byte_size, default=256 * MIB)
     disk.add_argument("--sim-disk", type=lambda v: byte_size(v) if not v.endswith("GiB")
