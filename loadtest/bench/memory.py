@@ -1418,7 +1418,8 @@ def _env_pair(value: str) -> tuple[str, str]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{overhead,soak,disk}")
     over = sub.add_parser("overhead", help="bytes per cached object beyond its body")
     over.add_argument("--rss-child", type=int, choices=range(len(PROFILES)),
                       help=argparse.SUPPRESS)
