@@ -26,6 +26,8 @@ The contract:
   until ``bytes <= capacity``; the key just inserted is never among them (it fits by itself).
 * Iteration yields the keys oldest → newest from a snapshot taken when it starts, so a caller may
   remove keys while iterating.
+* The methods take their arguments by position only: the compiled twin's calls are cheapest that
+  way (a HIT calls ``touch`` once), and both twins must accept exactly the same calls.
 """
 
 from __future__ import annotations
@@ -92,11 +94,11 @@ class LruIndex:
         # compiled twin cannot be pickled either.
         raise TypeError("LruIndex cannot be pickled or copied")
 
-    def charge_of(self, key: str) -> int:
+    def charge_of(self, key: str, /) -> int:
         """The charge ``key`` was inserted with; ``KeyError`` if it is not held."""
         return self._order[key]
 
-    def touch(self, key: str) -> bool:
+    def touch(self, key: str, /) -> bool:
         """Mark ``key`` most recently used; False if it is not held (nothing changes then)."""
         try:
             self._order.move_to_end(key)
@@ -108,7 +110,7 @@ class LruIndex:
         hash(key)
         return False
 
-    def insert(self, key: str, charge: int) -> list[str]:
+    def insert(self, key: str, charge: int, /) -> list[str]:
         """Hold ``key`` as the most recently used with ``charge`` (replacing its previous charge).
 
         Returns the keys evicted to get back within the capacity, oldest first. A charge above the
@@ -132,7 +134,7 @@ class LruIndex:
             return []
         return self._evict()
 
-    def remove(self, key: str) -> bool:
+    def remove(self, key: str, /) -> bool:
         """Forget ``key``; False if it was not held."""
         charge = self._order.pop(key, None)
         if charge is None:
@@ -140,7 +142,7 @@ class LruIndex:
         self._bytes -= charge
         return True
 
-    def resize(self, capacity: int) -> list[str]:
+    def resize(self, capacity: int, /) -> list[str]:
         """Change the capacity; returns the keys evicted to fit in it, oldest first."""
         self._capacity = _size("capacity", capacity)
         if self._bytes <= self._capacity:

@@ -257,6 +257,110 @@ def test_lookups_by_a_str_subclass_find_the_key(impl: ModuleType) -> None:
     assert index.remove(SubStr("b")) is True and list(index) == ["a"]
 
 
+class Meddling(str):
+    """A key equal to its text whose first comparison changes the index it is looked up in."""
+
+    __hash__ = str.__hash__
+    index: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        index, self.index = self.index, None
+        if index is not None:
+            index.remove("b")
+            index.insert("z", 1)
+        return str.__eq__(self, other)
+
+
+def test_a_lookup_survives_an_eq_that_changes_the_index(impl: ModuleType) -> None:
+    """dict restarts a lookup whose comparison changed it; the compiled table does the same."""
+    index = impl.LruIndex(100)
+    for key in "abcdefgh":
+        index.insert(key, 1)
+    meddling = Meddling("a")
+    meddling.index = index
+    assert index.touch(meddling) is True
+    assert list(index) == ["c", "d", "e", "f", "g", "h", "z", "a"] and index.bytes == 8
+    for call in (index.__contains__, index.charge_of, index.remove):
+        meddling = Meddling("c")
+        meddling.index = index
+        assert call(meddling) in (True, 1)
+    assert list(index) == ["d", "e", "f", "g", "h", "a", "z"] and index.bytes == 7
+
+
+class Growing(str):
+    """A key whose first comparison adds enough keys to the index to rehash its table."""
+
+    __hash__ = str.__hash__
+    index: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        index, self.index = self.index, None
+        if index is not None:
+            for n in range(200):
+                index.insert(f"grown{n}", 0)
+        return str.__eq__(self, other)
+
+
+class Replacing(str):
+    """A key whose first comparison removes the key it is compared with and inserts another
+    (which the compiled twin files in the slot just freed)."""
+
+    __hash__ = str.__hash__
+    index: Any = None
+
+    def __eq__(self, other: object) -> bool:
+        index, self.index = self.index, None
+        if index is not None:
+            index.remove(str(self))
+            index.insert("new", 5)
+        return str.__eq__(self, other)
+
+
+def test_a_lookup_whose_eq_removes_the_key_finds_nothing(impl: ModuleType) -> None:
+    index = impl.LruIndex(100)
+    for k in "abcd":
+        index.insert(k, 1)
+    replacing = Replacing("b")
+    replacing.index = index
+    assert index.touch(replacing) is False  # "b" went while it was compared
+    assert state(index) == ([("a", 1), ("c", 1), ("d", 1), ("new", 5)], 8, 4, 100)
+
+
+@pytest.mark.parametrize("key", list("abcdefgh"))
+def test_a_lookup_survives_an_eq_that_rehashes_the_index(impl: ModuleType, key: str) -> None:
+    index = impl.LruIndex(100)
+    for k in "abcdefgh":
+        index.insert(k, 1)
+    growing = Growing(key)
+    growing.index = index
+    assert index.touch(growing) is True
+    assert list(index)[-1] == key and len(index) == 208
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda index: index.touch(key="a"),
+        lambda index: index.insert("a", charge=1),
+        lambda index: index.insert(key="a", charge=1),
+        lambda index: index.remove(key="a"),
+        lambda index: index.resize(capacity=1),
+        lambda index: index.charge_of(key="a"),
+        lambda index: index.touch(),
+        lambda index: index.insert("a"),
+        lambda index: index.remove("a", "b"),
+    ],
+)
+def test_arguments_are_positional_only(impl: ModuleType, call: Callable[[Any], object]) -> None:
+    """Both twins refuse the same calls (the messages are Python's and Cython's own)."""
+    index = impl.LruIndex(10)
+    index.insert("a", 1)
+    with pytest.raises(TypeError):
+        call(index)
+    assert state(index) == ([("a", 1)], 1, 1, 10)
+    assert impl.LruIndex(capacity=5).capacity == 5  # the constructor takes a keyword
+
+
 def test_replaced_and_evicted_keys_are_the_stored_objects(impl: ModuleType) -> None:
     index = impl.LruIndex(2)
     first = "".join(["k", "ey"])  # not interned: identity is observable
@@ -370,8 +474,10 @@ def test_many_keys_against_the_pure_twin(impl: ModuleType) -> None:
             args = ("resize", rng.choice([10_000, 50_000, 100_000, 0]))
         name, *rest = args
         assert getattr(index, name)(*rest) == getattr(reference, name)(*rest), (step, args)
-        if step % 1000 == 0:
+        if step % 1000 == 0:  # every key findable: the table survived its deletions
             assert state(index) == state(reference), step
+            absent = [k for k in (f"/v/{n}" for n in range(3000)) if k not in reference]
+            assert not any(k in index for k in absent), step
     assert state(index) == state(reference)
 
 
