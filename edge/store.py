@@ -164,7 +164,9 @@ class MemoryStore:
         key = primary if not vary else self.variant_key(primary, vary, headers)
         entry = self._entries.get(key)
         if entry is not None:
-            self._touch(key)
+            # The entry's own key is the object the index holds (see insert): the index finds it
+            # by identity, without comparing the request's freshly built, equal string.
+            self._touch(entry.key)
         return entry
 
     def insert(self, entry: CacheEntry) -> int:
@@ -174,7 +176,10 @@ class MemoryStore:
         key = entry.key
         old = self._entries.pop(key, None)
         if old is not None:
-            self._forget(old)  # its index slot is replaced by the insert below
+            self._forget(old)
+            # Re-filed rather than replaced in place, which would keep the old key object: the
+            # index must hold this entry's key object for lookup()'s identity match.
+            self._index.remove(key)
         if entry.vary:
             if self._vary.get(entry.primary) != entry.vary:
                 # The origin changed its Vary: variants filed under the old fields are unreachable.

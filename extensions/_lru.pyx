@@ -12,9 +12,9 @@ Why this module looks the way it does:
   hash, charge, and the prev/next links of the recency list, 32 bytes) and a power-of-two *table*
   of slot numbers, open addressing with linear probing at most half full, deletions by backward
   shift (no tombstones). Freed slots go on a free list and are reused. A touch is one probe of
-  the table (the key's cached hash, then a pointer comparison: the caller passes the very string
-  the store keeps) and four link writes; an insert or an eviction allocates nothing after
-  warm-up. A ``dict`` of key → slot number was the first version: it needed an ``int`` object per
+  the table (the key's cached hash, then a pointer comparison when the caller passes the very
+  string the index holds, as ``MemoryStore.lookup`` does, else a string comparison) and four link
+  writes; an insert or an eviction allocates nothing after warm-up. A ``dict`` of key → slot number was the first version: it needed an ``int`` object per
   slot and a pointer chase through it, and cost ~70 bytes per key more than this table.
 * Lookups follow ``dict``'s rules, so that the twins (the pure one *is* a dict) find the same
   keys: identity, else equal hash and ``==``. A ``str`` subclass's ``__eq__`` may run Python code;

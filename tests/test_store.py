@@ -227,3 +227,15 @@ def test_stores_on_both_twins_agree(index_twin: ModuleType, ops, capacity):
         assert store.bytes == reference.bytes and store.evictions == reference.evictions
         assert store._vary == reference._vary and store._variant_keys == reference._variant_keys
         consistent(store)
+
+
+def test_the_index_holds_the_current_entrys_key_object():
+    """lookup() touches with entry.key, which the index must hold itself to match by identity."""
+    store = MemoryStore(capacity=10**6)
+    first, second = "".join(["/k", "ey"]), "".join(["/k", "ey"])
+    assert first == second and first is not second
+    store.insert(entry(first))
+    store.insert(entry(second))  # a refill of the same key
+    (held,) = list(store._index)
+    assert held is second and store.lookup("/key", {}).key is second
+    assert len(store) == 1 and store.bytes == entry("/key").charge
