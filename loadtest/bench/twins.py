@@ -2,8 +2,10 @@
 
 ``python -m reelcdn.loadtest.bench.twins`` times each twin of ``reelcdn.extensions`` on the
 calls the cache node makes per request (Range parsing of typical headers, ``Content-Range``,
-``multipart/byteranges`` planning) and prints a Markdown table of ns/op and speed-ups, for
-``docs/benchmarks.md`` (DESIGN.md §6 target: range parsing ≥ 5× faster compiled).
+``multipart/byteranges`` planning; the LRU index's touch, insert, remove, a mixed request
+sequence and ``MemoryStore.lookup``) and prints a Markdown table of ns/op and speed-ups, for
+``docs/benchmarks.md`` (DESIGN.md §6 targets: range parsing ≥ 5×, LRU operations ≥ 2× faster
+compiled).
 
 Why it is built this way:
 
@@ -22,16 +24,25 @@ Why it is built this way:
 from __future__ import annotations
 
 import argparse
+import bisect
+import gc
 import importlib
 import platform
+import random
 import statistics
 import sys
+import time
 import timeit
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from types import ModuleType
+from typing import Any
 
+from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import ranges as pure_ranges
+from reelcdn.edge.freshness import Freshness
+from reelcdn.edge.store import CacheEntry, MemoryStore
 
 from .common import BenchFailure, log, positive_int
 
@@ -103,6 +114,273 @@ def same_result(case: Case, pure: ModuleType, compiled: ModuleType) -> None:
         raise BenchFailure(f"{case.label}: compiled {got!r} != pure {want!r}")
 
 
+# --- the LRU index: reelcdn.edge.lru vs reelcdn.extensions._lru ------------------------------
+#
+# The index is stateful, so its cases are not timeit statements: each repeat builds fresh state
+# (untimed), then times one replay of a fixed operation sequence, with GC off as timeit does. The
+# same loop without the calls is timed too and subtracted, so ns/op is the call itself (with its
+# call overhead, as for the statements above) and not the benchmark's own iteration; the summary
+# line also gives the mixed sequence's speed-up including that loop.
+
+LRU_RESIDENT = 5_000  # keys held in the single-operation cases, all of charge LRU_CHARGE
+LRU_CHARGE = 1_000_000
+LRU_SINGLE = 100_000  # operations per replay of a single-operation case (touch: 20 passes)
+LRU_OBJECTS = 50_000  # distinct objects of the mixed sequence
+LRU_ZIPF = 1.2  # their popularity: with room for ~5,000 of them, ~88% of requests are hits
+LRU_MIXED_CAPACITY = 5_000 * 1_025_000  # sizes are uniform in 50 kB .. 2 MB, 1.025 MB mean
+LRU_WARM, LRU_MIXED = 100_000, 200_000  # requests replayed untimed, then timed
+TOUCH, INSERT, REMOVE = 0, 1, 2
+
+
+def lru_key(n: int) -> str:
+    """A cache key shaped like the node's (``/v/{video}/{rendition}/seg_*.m4s``)."""
+    return f"/v/{n // 300:06d}/720p/seg_{n % 300:05d}.m4s"
+
+
+def lru_mixed_ops(seed: int = 7) -> list[tuple[int, str, int]]:
+    """``(op, key, charge)`` of a cache under Zipf requests: a hit touches, a miss inserts (and
+    evicts), one request in a hundred purges its key. Decided on the pure twin, replayed on both."""
+    rng = random.Random(seed)
+    cumulative = list(accumulate(1 / (rank + 1) ** LRU_ZIPF for rank in range(LRU_OBJECTS)))
+    charges = [rng.randrange(50_000, 2_000_000) for _ in range(LRU_OBJECTS)]
+    keys = [lru_key(n) for n in range(LRU_OBJECTS)]
+    index = pure_lru.LruIndex(LRU_MIXED_CAPACITY)
+    ops = []
+    for _ in range(LRU_WARM + LRU_MIXED):
+        n = bisect.bisect(cumulative, rng.random() * cumulative[-1])
+        key = keys[min(n, LRU_OBJECTS - 1)]
+        if rng.random() < 0.01:
+            index.remove(key)
+            ops.append((REMOVE, key, 0))
+        elif index.touch(key):
+            ops.append((TOUCH, key, 0))
+        else:
+            index.insert(key, charges[n])
+            ops.append((INSERT, key, charges[n]))
+    return ops
+
+
+def replay_mixed(index: Any, ops: list[tuple[int, str, int]]) -> int:
+    touch, insert, remove = index.touch, index.insert, index.remove
+    start = time.perf_counter_ns()
+    for op, key, charge in ops:
+        if op == TOUCH:
+            touch(key)
+        elif op == INSERT:
+            insert(key, charge)
+        else:
+            remove(key)
+    return time.perf_counter_ns() - start
+
+
+def replay_mixed_empty(_: Any, ops: list[tuple[int, str, int]]) -> int:
+    start = time.perf_counter_ns()
+    for op, _key, _charge in ops:
+        if op == TOUCH:  # noqa: SIM114 - replay_mixed's branches: the same comparisons are paid
+            pass
+        elif op == INSERT:
+            pass
+        else:
+            pass
+    return time.perf_counter_ns() - start
+
+
+def loop_empty(_: Any, keys: list[str]) -> int:
+    start = time.perf_counter_ns()
+    for _key in keys:
+        pass
+    return time.perf_counter_ns() - start
+
+
+def loop_touch(index: Any, keys: list[str]) -> int:
+    touch = index.touch
+    start = time.perf_counter_ns()
+    for key in keys:
+        touch(key)
+    return time.perf_counter_ns() - start
+
+
+def loop_insert(index: Any, keys: list[str]) -> int:
+    insert, charge = index.insert, LRU_CHARGE
+    start = time.perf_counter_ns()
+    for key in keys:
+        insert(key, charge)
+    return time.perf_counter_ns() - start
+
+
+def loop_remove(indexes: list[Any], keys: list[str]) -> int:
+    start = time.perf_counter_ns()
+    for index in indexes:
+        remove = index.remove
+        for key in keys:
+            remove(key)
+    return time.perf_counter_ns() - start
+
+
+def loop_remove_empty(indexes: list[Any], keys: list[str]) -> int:
+    start = time.perf_counter_ns()
+    for _index in indexes:
+        for _key in keys:
+            pass
+    return time.perf_counter_ns() - start
+
+
+def loop_lookup(store: Any, keys: list[str]) -> int:
+    lookup, headers = store.lookup, {}
+    start = time.perf_counter_ns()
+    for key in keys:
+        lookup(key, headers)
+    return time.perf_counter_ns() - start
+
+
+@dataclass(frozen=True)
+class LruCase:
+    """``timed(state, ops)`` on fresh ``setup(index class)`` state; ``empty`` is its bare loop."""
+
+    label: str
+    setup: Callable[[Callable[[int], Any]], Any]
+    timed: Callable[[Any, Any], int]
+    empty: Callable[[Any, Any], int]
+    ops: Any
+    check: Callable[[Any, Any], object]  # the results both twins must agree on
+    rounds: int = 1  # times ``timed`` goes through ``ops`` (the remove case: once per index)
+
+
+def full_index(index_type: Callable[[int], Any], keys: Sequence[str] | None = None) -> Any:
+    keys = _RESIDENT if keys is None else keys
+    index = index_type(len(keys) * LRU_CHARGE)
+    for key in keys:
+        index.insert(key, LRU_CHARGE)
+    return index
+
+
+def full_indexes(index_type: Callable[[int], Any]) -> list[Any]:
+    """Enough full indexes for LRU_SINGLE removes (one index of that size is memory-bound)."""
+    return [full_index(index_type) for _ in range(LRU_SINGLE // LRU_RESIDENT)]
+
+
+def mixed_index(index_type: Callable[[int], Any]) -> Any:
+    index = index_type(LRU_MIXED_CAPACITY)
+    replay_mixed(index, LRU_OPS[:LRU_WARM])
+    return index
+
+
+def full_store(index_type: Callable[[int], Any]) -> Any:
+    fresh = Freshness(storable=True, reason="max-age", lifetime=60, stale_while_revalidate=0,
+                      stale_if_error=0, must_revalidate=False, no_cache=False,
+                      has_validator=False)  # fmt: skip
+    store = MemoryStore(10**12, index_type=index_type)
+    for key in _RESIDENT:
+        store.insert(CacheEntry(key=key, primary=key, status=200, body=b"x" * 100,
+                                headers=[(b"Content-Type", b"video/mp4")], freshness=fresh,
+                                response_time=0.0, initial_age=0.0))  # fmt: skip
+    return store
+
+
+def check_mixed(index: Any, ops: list[tuple[int, str, int]]) -> object:
+    calls = (index.touch, index.insert, index.remove)
+    results = [calls[op](key) if op != INSERT else calls[op](key, c) for op, key, c in ops]
+    return results, list(index), index.bytes
+
+
+LRU_OPS: list[tuple[int, str, int]] = []  # filled on first use: 300,000 requests take a second
+_RESIDENT = [lru_key(n) for n in range(LRU_RESIDENT)]
+# Touches pass the key objects the index holds, as MemoryStore.lookup does (entry.key); lookups
+# and removes pass fresh equal strings, as a request or a purge does.
+_PASSES = [  # each pass over the resident keys in a new random order
+    _RESIDENT[n]
+    for seed in range(LRU_SINGLE // LRU_RESIDENT)
+    for n in random.Random(seed).sample(range(LRU_RESIDENT), LRU_RESIDENT)
+]
+_FRESH_PASSES = ["".join(key.partition("/720p/")) for key in _PASSES]  # equal, not the same
+_NEWCOMERS = [lru_key(n) for n in range(LRU_SINGLE, 2 * LRU_SINGLE)]
+_FRESH_SHUFFLED = _FRESH_PASSES[:LRU_RESIDENT]
+LRU_CASES = [
+    LruCase(f"LruIndex.touch, hit ({LRU_RESIDENT:,} keys)", full_index, loop_touch, loop_empty,
+            _PASSES, lambda index, keys: ([index.touch(k) for k in keys], list(index))),
+    LruCase(f"LruIndex.insert, miss evicting one (full, {LRU_RESIDENT:,} keys)", full_index,
+            loop_insert, loop_empty, _NEWCOMERS,
+            lambda index, keys: ([index.insert(k, LRU_CHARGE) for k in keys], list(index))),
+    LruCase(f"LruIndex.remove, equal key (all {LRU_RESIDENT:,} keys)", full_indexes,
+            loop_remove, loop_remove_empty, _FRESH_SHUFFLED,
+            lambda indexes, keys: [[index.remove(k) for k in keys] for index in indexes],
+            rounds=LRU_SINGLE // LRU_RESIDENT),
+    LruCase("LRU mixed", mixed_index, replay_mixed, replay_mixed_empty, None, check_mixed),
+    LruCase(f"MemoryStore.lookup, hit ({LRU_RESIDENT:,} entries)", full_store, loop_lookup,
+            loop_empty, _FRESH_PASSES,
+            lambda store, keys: ([store.lookup(k, {}).key for k in keys], [e.key for e in store])),
+]  # fmt: skip
+
+
+def mixed_label(ops: list[tuple[int, str, int]], results: list[Any]) -> str:
+    """What the mixed sequence is made of, measured on it (``results``: the pure twin's)."""
+    counts = [sum(1 for op, _, _ in ops if op == code) for code in (TOUCH, INSERT, REMOVE)]
+    evictions = sum(len(r) for (op, _, _), r in zip(ops, results, strict=True) if op == INSERT)
+    share = [f"{100 * n / len(ops):.0f}%" for n in counts]
+    return (
+        f"LRU mixed: {share[0]} touch (hits), {share[1]} insert "
+        f"({evictions / counts[1]:.2f} evictions each), {share[2]} remove"
+    )
+
+
+def lru_ns_per_op(
+    case: LruCase, index_types: Sequence[Callable[[int], Any]], repeat: int
+) -> list[tuple[float, float]]:
+    """Per twin, median ns per operation (net of the bare loop, gross) over ``repeat`` fresh
+    replays. The twins take turns within each repeat, so a burst of load from elsewhere on the
+    machine slows both rather than whichever happened to run then."""
+    ops = case.ops if case.ops is not None else LRU_OPS[LRU_WARM:]
+    gross: list[list[int]] = [[] for _ in index_types]
+    bare: list[list[int]] = [[] for _ in index_types]
+    for _ in range(repeat):
+        for twin, index_type in enumerate(index_types):
+            state = case.setup(index_type)
+            gc.collect()
+            gc.disable()
+            try:
+                bare[twin].append(case.empty(state, ops))
+                gross[twin].append(case.timed(state, ops))
+            finally:
+                gc.enable()
+    count = len(ops) * case.rounds
+    return [
+        (
+            (statistics.median(gross[twin]) - statistics.median(bare[twin])) / count,
+            statistics.median(gross[twin]) / count,
+        )
+        for twin in range(len(index_types))
+    ]
+
+
+LRU_GROSS: dict[str, tuple[float, float]] = {}  # label → gross ns/op (pure, compiled)
+
+
+def run_lru(repeat: int) -> list[Timing]:
+    """Time the LRU cases on both twins, after checking that they agree on each."""
+    try:
+        compiled = importlib.import_module("reelcdn.extensions._lru")
+    except ImportError as exc:
+        raise BenchFailure(
+            f"the compiled LRU twin is not built ({exc}); build it with `pip install -e .`"
+        ) from exc
+    if not LRU_OPS:
+        LRU_OPS.extend(lru_mixed_ops())
+    timings = []
+    for case in LRU_CASES:
+        ops = case.ops if case.ops is not None else LRU_OPS[LRU_WARM:]
+        want = case.check(case.setup(pure_lru.LruIndex), ops)
+        if case.check(case.setup(compiled.LruIndex), ops) != want:
+            raise BenchFailure(f"{case.label}: the compiled twin disagrees with the pure one")
+        log(f"timing {case.label}")
+        (pure_net, pure_gross), (compiled_net, compiled_gross) = lru_ns_per_op(
+            case, [pure_lru.LruIndex, compiled.LruIndex], repeat
+        )
+        label = case.label if case.ops is not None else mixed_label(ops, want[0])  # type: ignore[index]
+        LRU_GROSS[label] = (pure_gross, compiled_gross)
+        timings.append(Timing(label, pure_net, compiled_net))
+    return timings
+
+
 def run(repeat: int, min_time: float) -> list[Timing]:
     try:
         compiled = importlib.import_module("reelcdn.extensions._ranges")
@@ -117,6 +395,7 @@ def run(repeat: int, min_time: float) -> list[Timing]:
         pure_ns = ns_per_op(getattr(pure_ranges, case.func), case, repeat, min_time)
         compiled_ns = ns_per_op(getattr(compiled, case.func), case, repeat, min_time)
         timings.append(Timing(case.label, pure_ns, compiled_ns))
+    timings += run_lru(repeat)
     return timings
 
 
@@ -134,6 +413,18 @@ def markdown(timings: Sequence[Timing], repeat: int, min_time: float) -> str:
     parse = [t.speedup for t in timings if t.label.startswith("parse_range")]
     lines += ["", f"parse_range speed-up: min {min(parse):.1f}×, "
               f"geometric mean {statistics.geometric_mean(parse):.1f}×"]  # fmt: skip
+    lru = [t for t in timings if t.label in LRU_GROSS]
+    if lru:
+        mixed = next(t for t in lru if t.label.startswith("LRU mixed"))
+        pure_gross, compiled_gross = LRU_GROSS[mixed.label]
+        lines += [
+            "",
+            f"LRU rows: fresh state per repeat, ns/op net of the bare replay loop; mixed: Zipf "
+            f"{LRU_ZIPF} requests over {LRU_OBJECTS:,} objects (50 kB .. 2 MB) into "
+            f"{LRU_MIXED_CAPACITY / 1e9:.2f} GB, {LRU_MIXED:,} timed after {LRU_WARM:,} untimed.",
+            f"LRU speed-up: mixed {mixed.speedup:.1f}× ({pure_gross / compiled_gross:.1f}× "
+            f"with the replay loop included), min {min(t.speedup for t in lru):.1f}×",
+        ]
     return "\n".join(lines)
 
 
