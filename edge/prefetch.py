@@ -34,7 +34,7 @@ from urllib.parse import urljoin, urlsplit
 from .cachekey import cache_key
 from .coalescer import Fetch
 from .http import Request
-from .store import CacheEntry
+from .store import CacheEntry, MemoryStore
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -173,9 +173,7 @@ class Prefetcher:
         return len(self._queue) + len(self._running)
 
 
-def _still_stored(store: object, key: str, entry: CacheEntry) -> bool:
+def _still_stored(store: MemoryStore, key: str, entry: CacheEntry) -> bool:
     """Whether ``entry`` is still the one stored under ``key``, *without* touching the LRU
-    order (a lookup would make an unused object look recently used and keep it longer).
-    MemoryStore has no public peek yet, so this reads its entry dict."""
-    entries = getattr(store, "_entries", None)
-    return entries is not None and entries.get(key) is entry
+    order (a lookup would make an unused object look recently used and keep it longer)."""
+    return store.peek(key) is entry

@@ -138,8 +138,8 @@ def test_lookup_touches_and_order_is_lru_first():
 
 
 def test_oversized_replacement_keeps_the_older_version():
-    store = MemoryStore(capacity=1000)
     small = entry("/x", size=10)
+    store = MemoryStore(capacity=small.charge + 1000)
     store.insert(small)
     assert store.insert(entry("/x", size=5000)) == 0
     assert store.lookup("/x", {}) is small and store.bytes == small.charge
