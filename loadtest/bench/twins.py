@@ -39,6 +39,7 @@ from itertools import accumulate
 from types import ModuleType
 from typing import Any
 
+from reelcdn.edge import head as pure_head
 from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import ranges as pure_ranges
 from reelcdn.edge.freshness import Freshness
@@ -396,6 +397,37 @@ def run(repeat: int, min_time: float) -> list[Timing]:
         compiled_ns = ns_per_op(getattr(compiled, case.func), case, repeat, min_time)
         timings.append(Timing(case.label, pure_ns, compiled_ns))
     timings += run_lru(repeat)
+    timings += run_head(repeat, min_time)
+    return timings
+
+
+_HEAD_BLOCK = (b"Content-Type: video/mp4\r\nCache-Control: max-age=86400\r\nETag: \"5f1c\"\r\n"
+               b"Last-Modified: Sun, 22 Nov 2026 07:00:00 GMT\r\nAccept-Ranges: bytes\r\n")
+HEAD_CASES: list[Case] = [
+    Case("build_head, edge HIT of a segment", "build_head",
+         "f(200, b, 12, b'', m, b'hit', 86388, b'', v, 1048576, False, b'')",
+         {"b": _HEAD_BLOCK, "m": b"reelcdn-edge-a", "v": b"1.1 edge-a"}),
+    Case("build_head, 206 behind two tiers", "build_head",
+         "f(206, b, 3, ps, m, b'hit', 86397, pv, v, 65536, False, b'')",
+         {"b": _HEAD_BLOCK + b"Content-Range: bytes 0-65535/1048576\r\n",
+          "ps": b"reelcdn-shield-1; fwd=uri-miss; stored, reelcdn-regional-1; fwd=uri-miss",
+          "pv": b"1.1 shield-1, 1.1 regional-1", "m": b"reelcdn-edge-a", "v": b"1.1 edge-a"}),
+]  # fmt: skip
+
+
+def run_head(repeat: int, min_time: float) -> list[Timing]:
+    """Response head building (``edge/head.py`` vs ``extensions/_head.pyx``)."""
+    try:
+        compiled = importlib.import_module("reelcdn.extensions._head")
+    except ImportError as exc:
+        raise BenchFailure(f"the compiled head twin is not built ({exc})") from exc
+    timings = []
+    for case in HEAD_CASES:
+        same_result(case, pure_head, compiled)
+        log(f"timing {case.label}")
+        pure_ns = ns_per_op(pure_head.build_head, case, repeat, min_time)
+        compiled_ns = ns_per_op(compiled.build_head, case, repeat, min_time)
+        timings.append(Timing(case.label, pure_ns, compiled_ns))
     return timings
 
 
