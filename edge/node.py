@@ -630,6 +630,9 @@ class CacheNode:
                 freshness = self._decide(stale.status, hmap, primary)
                 age = current_age(hmap.get("age"), hmap.get("date"), request_time, response_time)
                 stale.refresh(merged, freshness, response_time, age)
+                if self.store.peek(stale.key) is stale:
+                    # Re-filed so the budget counts its new header block now, not later.
+                    self.stats.evictions += self.store.insert(stale)
                 fetch.set_head(stale)  # type: ignore[arg-type]
                 fetch.finish()
                 return
