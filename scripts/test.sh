@@ -11,18 +11,20 @@ PYTHON="${PYTHON:-python3}"
 echo "== installing reelcdn and its test dependencies"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
-echo "== the browser player tests' needs: Debian chromium, node, tests/player's npm packages"
+echo "== Debian packages the tests use: chromium + node (hls.js player), nginx (side-by-side loadtest)"
 # tests/test_player.py plays rendered playlists with hls.js in headless chromium (driven by
 # playwright-core with executablePath /usr/bin/chromium: no browser is ever downloaded).
 missing_debs=()
 command -v chromium >/dev/null 2>&1 || missing_debs+=(chromium)
 command -v npm >/dev/null 2>&1 || missing_debs+=(nodejs npm)
+# tests/test_loadtest.py runs the same workload against an nginx proxy_cache 3-tier topology.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing_debs+=(nginx)
 if [ "${#missing_debs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing_debs[@]}"
     else
-        echo "missing ${missing_debs[*]} and not root: the hls.js tests skip (and fail in CI)"
+        echo "missing ${missing_debs[*]} and not root: the tests that need them skip (and fail in CI)"
     fi
 fi
 if command -v npm >/dev/null 2>&1; then
