@@ -43,6 +43,10 @@ class EdgeFeatures:
         self.playlists = playlists.PlaylistRenderer(node)
         self.prefetcher = Prefetcher(node)
 
+    def close(self) -> None:
+        """The node is stopping: no more prefetches."""
+        self.prefetcher.close()
+
     @property
     def rendering(self) -> bool:
         config = self.node.config

@@ -214,6 +214,8 @@ class CacheNode:
         await self.upstream.start()
 
     async def close(self) -> None:
+        if self.features is not None:
+            self.features.close()
         for task in list(self._background):
             task.cancel()
         await self.upstream.close()

@@ -73,6 +73,7 @@ class Prefetcher:
         self._used_inflight: set[str] = set()   # running prefetches a client already joined
         self._pump_scheduled = False
         self._last_sweep = 0.0
+        self.closed = False
 
     # -- what the request hook calls --------------------------------------------------------
     def note_request(self, primary: str) -> None:
@@ -89,6 +90,8 @@ class Prefetcher:
     def want(self, target: str, client_ip: str) -> bool:
         """Queue ``target`` (``/path[?query]``) for prefetch; False when not queued (already
         there, or the queue is full)."""
+        if self.closed:
+            return False
         config = self.node.config
         path, _, query = target.partition("?")
         key = cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes)
@@ -111,6 +114,8 @@ class Prefetcher:
     def _pump(self) -> None:
         """Start queued prefetches up to the concurrency cap (runs on its own loop pass)."""
         self._pump_scheduled = False
+        if self.closed:
+            return
         node = self.node
         limit = node.config.prefetch_concurrency
         while self._queue and len(self._running) < limit:
@@ -136,6 +141,13 @@ class Prefetcher:
                                                                                         fetch))
         self.sweep()
 
+    def close(self) -> None:
+        """The node is stopping: forget what is queued and start nothing more (running
+        prefetches are fills, cancelled with the node's other background tasks)."""
+        self.closed = True
+        self._queue.clear()
+        self._queued.clear()
+
     def _done(self, key: str, fetch: Fetch) -> None:
         self._running.pop(key, None)
         used = key in self._used_inflight
@@ -146,7 +158,7 @@ class Prefetcher:
                 self._unused[key] = entry
                 while len(self._unused) > MAX_TRACKED:
                     self._unused.popitem(last=False)  # forgotten, neither used nor wasted
-        if self._queue and not self._pump_scheduled:
+        if self._queue and not self._pump_scheduled and not self.closed:
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
 

@@ -167,3 +167,22 @@ async def test_cmcd_headers_are_not_forwarded_on_fills(origin, start_node):
     assert list(origin.counts) == ["/q/a.m4s"]
     sent = {name.lower() for name in origin.seen_headers[-1]}
     assert not sent & {"cmcd-request", "cmcd-session", "cmcd-object", "cmcd-status"}
+
+
+async def test_a_closing_node_starts_no_more_prefetches(origin, start_node):
+    """Queued prefetches are forgotten when the node stops: none reaches the parent after."""
+    for name in ("slow-a", "slow-b"):
+        origin.set(f"/c/{name}.m4s", b"x" * 100, delay=0.3,
+                   headers={"Cache-Control": "max-age=60"})
+    node_server = await start_node(origin.url, prefetch_concurrency=1)
+    node = node_server.node
+    for name in ("slow-a", "slow-b"):  # one starts, one stays queued behind the cap of 1
+        await get(node_server.port, with_cmcd("/c/page.m4s", f'nor="{name}.m4s"'))
+    await asyncio.sleep(0.05)
+    prefetcher = node.features.prefetcher
+    assert prefetcher.pending == 2
+    await node.close()
+    assert prefetcher.pending == 0
+    assert not prefetcher.want("/c/slow-c.m4s", "127.0.0.1")
+    await asyncio.sleep(0.5)
+    assert "/c/slow-b.m4s" not in origin.counts
