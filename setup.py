@@ -53,6 +53,7 @@ CYTHON_MODULES = {
     "reelcdn.extensions._ranges": "extensions/_ranges.pyx",
     "reelcdn.extensions._lru": "extensions/_lru.pyx",
     "reelcdn.extensions._head": "extensions/_head.pyx",
+    "reelcdn.extensions._reader": "extensions/_reader.pyx",
 }
 
 # Everything a missing or broken compiler raises: CompileError/LinkError are CCompilerErrors,
@@ -144,7 +145,11 @@ def cython_extensions() -> list[Extension]:
 setup(
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
-    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"]},
+    # "" applies to each package's own folder only; data in a sub-folder without an
+    # __init__.py (the nginx 3-tier template of `reelcdn loadtest --compare-nginx`) is listed
+    # under its package, or a non-editable install leaves it out.
+    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"],
+                  "reelcdn.loadtest": ["nginx3tier/*.tmpl"]},
     include_package_data=True,
     ext_modules=cython_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

@@ -12,4 +12,16 @@ Entry points:
   (request coalescing), node vs nginx ``proxy_cache_lock``.
 - ``python -m reelcdn.loadtest.bench.origin --port N``: the origin those benchmarks fetch from.
 - ``python -m reelcdn.loadtest.bench.crowdclient``: the crowd, run by ``crowd`` as a process.
+- ``python -m reelcdn.loadtest.bench.memory overhead|soak|disk``: bytes per cached entry, RSS
+  under a long mixed player load, and whether a disk tier would pay.
+- ``python -m reelcdn.loadtest.bench.memload origin|client``: the memory soak's catalogue, its
+  origin and its mixed-load client, run by ``memory soak`` as processes.
+- ``python -m reelcdn.loadtest.bench.twins``: the Cython extensions against their pure twins.
+- ``python -m reelcdn.loadtest.bench.s3_clients``: the S3 origin's boto3 threads against
+  aiobotocore.
+
+Shared parts: ``procs`` (subprocesses, loopback HTTP), ``servers`` (origin, nginx, node as
+targets), ``wrk``, ``report`` (medians, Markdown), ``machine`` (what the run ran on),
+``common`` (argument plumbing), ``coldobj`` (path-derived cold bodies); data files
+``nginx.conf.tmpl`` and ``range64k.lua``.
 """
