@@ -65,6 +65,7 @@ __all__ = [
     "NodeConfig",
     "OriginConfig",
     "ParentRef",
+    "SteeringConfig",
     "Topology",
     "TtlRule",
     "UpstreamTimeouts",
@@ -180,6 +181,25 @@ class ParentRef:
 
 
 @dataclass(frozen=True, slots=True)
+class SteeringConfig:
+    """Content steering of the master playlists an edge renders (``[node.NAME.steering]`` or
+    ``[defaults.steering]``, docs/manifests.md "Content steering").
+
+    ``pathways`` are ``(PATHWAY-ID, base)`` in file order, the first being the default; ``base``
+    is ``""`` (URIs relative to the master: the host that served it) or where that pathway's
+    copies live (``https://cdn-b.example.com``, an absolute path), to which ``/v/{id}/...`` is
+    appended. ``server_uri`` is where players fetch the steering manifest (``{video_id}`` is
+    replaced); without it nothing is steered: the master carries no ``EXT-X-CONTENT-STEERING``
+    and lists each variant once, as without pathways. ``initial`` is the PATHWAY-ID players
+    start on (None: the first).
+    """
+
+    pathways: tuple[tuple[str, str], ...]
+    server_uri: str | None = None
+    initial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One node. It fetches from exactly one of: ``upstream`` (a URL, e.g. a parent outside the
     file), ``parents`` (nodes of the file, chosen by HRW) or ``origins`` (a shield, in failover
@@ -226,6 +246,7 @@ class NodeConfig:
     prefetch_queue: int = 256              # queued prefetches beyond this are dropped
     prefetch_concurrency: int = 16         # prefetch fills in flight at once
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
+    steering: SteeringConfig | None = None  # content steering of rendered master playlists
 
 
 #: Start order of the roles: the tiers closest to the origin first.
@@ -721,11 +742,12 @@ _NODE_KEYS: tuple[str, ...] = (
     "prefetch_queue",
     "prefetch_concurrency",
     "cmsd",
+    "steering",
 )
 # Where a node fetches from: exactly one of these, and a node's own choice replaces the default's
 # as a whole (a [defaults] upstream must not combine with a node's parents).
 _SOURCE_KEYS: tuple[str, ...] = ("upstream", "parents", "origins")
-_TABLE_KEYS = ("limits", "upstream_timeouts")
+_TABLE_KEYS = ("limits", "upstream_timeouts", "steering")
 _TTL_KEYS = ("match", "ttl", "statuses", "force")
 _NODE_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Byte limits of zero would refuse every request; they must be positive.
@@ -775,6 +797,116 @@ def _parse_upstream_timeouts(value: Any, file: str, key: str) -> dict[str, _Sour
             raise ConfigError(file, sub, "timeout must be larger than 0")
         out[name] = (seconds, sub)
     return out
+
+
+# Content steering (rfc8216bis §4.4.6.6). The same rules as reelcdn.manifests' Steering and
+# Pathway, checked here so that a bad value is a ConfigError naming its key before a node starts.
+_STEERING_KEYS = ("server_uri", "initial", "pathways")
+_PATHWAY_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Characters that cannot be copied into a quoted playlist attribute or a URI line.
+_URI_UNSAFE_RE = re.compile(r'[\s"#\\\x00-\x1f\x7f-\x9f]')
+_STEERING_EXAMPLE = (
+    '[node.NAME.steering] server_uri = "/steer/{video_id}.json" and '
+    '[node.NAME.steering.pathways] edge-a = "", backup = "https://cdn-b.example.com"'
+)
+
+
+def _parse_steering_uri(value: Any, file: str, key: str) -> str:
+    """``server_uri``: where players fetch the steering manifest; ``{video_id}`` is the only
+    placeholder. A URI reference (absolute, or relative to the master), without fragment,
+    spaces or quotes; a query is allowed (carried tokens are appended with ``&``)."""
+    if not isinstance(value, str):
+        raise _type_error(file, key, 'a URI string like "/steer/{video_id}.json"', value)
+    text = value.strip()
+    if not text:
+        raise ConfigError(file, key, "must not be empty (leave server_uri out for no steering)")
+    bad = f"bad steering server URI {_quote(value)}"
+    if _URI_UNSAFE_RE.search(text):
+        raise ConfigError(file, key, f"{bad}: no spaces, quotes, backslashes or fragment (#)")
+    if "{" in text.replace("{video_id}", "") or "}" in text.replace("{video_id}", ""):
+        raise ConfigError(file, key, f"{bad}: the only placeholder is {{video_id}}")
+    if "://" in text:
+        try:
+            url = urllib.parse.urlsplit(text.replace("{video_id}", "v"))
+        except ValueError as exc:
+            raise ConfigError(file, key, f"{bad}: {exc}") from None
+        if url.scheme.lower() not in ("http", "https") or not url.hostname:
+            raise ConfigError(file, key, f"{bad}: an absolute URI must be http(s)://host/…")
+        if url.username is not None or url.password is not None:
+            raise ConfigError(file, key, f"{bad}: credentials are not allowed in the URL")
+    return text
+
+
+def _parse_pathway_base(value: Any, file: str, key: str) -> str:
+    """A pathway's base: ``""`` (relative URIs: the host that served the master), an http(s)
+    URL or an absolute path, to which ``/v/{id}/…`` is appended."""
+    if not isinstance(value, str):
+        raise _type_error(file, key, 'a base URL like "https://cdn-b.example.com", or ""',
+                          value)
+    text = value.strip()
+    if not text:
+        return ""
+    if _URI_UNSAFE_RE.search(text):
+        raise ConfigError(file, key, f"bad pathway base {_quote(value)}: no spaces, quotes, "
+                          "backslashes or fragment (#)")
+    if text.startswith("/") and not text.startswith("//"):
+        if "?" in text:
+            raise ConfigError(file, key, f"bad pathway base {_quote(value)}: no query allowed")
+        return text.rstrip("/")
+    return _parse_origin_url(text, file, key, what="pathway base", allow_path=True)
+
+
+def _parse_steering(value: Any, file: str, key: str) -> dict[str, _Sourced]:
+    """``[….steering]``: ``server_uri``, ``initial`` and the ``pathways`` table (PATHWAY-ID →
+    base, in file order). Checked as a whole once the layers are merged (``_build_steering``),
+    so ``[defaults.steering]`` can list the pathways and each edge set its own ``initial``."""
+    if not isinstance(value, dict):
+        raise _type_error(file, key, f"a table ([{key}])", value)
+    _check_keys(file, key, value, _STEERING_KEYS)
+    out: dict[str, _Sourced] = {}
+    for name, raw in value.items():
+        sub = f"{key}.{name}"
+        if name == "server_uri":
+            out[name] = (_parse_steering_uri(raw, file, sub), sub)
+        elif name == "initial":
+            if not isinstance(raw, str):
+                raise _type_error(file, sub, "a PATHWAY-ID (a string)", raw)
+            out[name] = (raw, sub)
+        else:
+            if not isinstance(raw, dict):
+                raise _type_error(file, sub, f"a table ([{sub}]) of PATHWAY-ID = base URL, e.g. "
+                                  'edge-a = "", backup = "https://cdn-b.example.com"', raw)
+            if not raw:
+                raise ConfigError(file, sub, "must list at least one pathway")
+            pathways = []
+            for pathway, base in raw.items():
+                shown = pathway if _BARE_KEY_RE.fullmatch(pathway) else _quote(pathway)
+                pkey = f"{sub}.{shown}"
+                if not _PATHWAY_ID_RE.fullmatch(pathway):
+                    raise ConfigError(file, pkey, f"bad PATHWAY-ID {_quote(pathway)}: use 1 to "
+                                      "64 letters, digits, '.', '_' and '-'")
+                pathways.append((pathway, _parse_pathway_base(base, file, pkey)))
+            out[name] = (tuple(pathways), sub)
+    return out
+
+
+def _build_steering(merged: dict[str, _Sourced], where: str, file: str) -> SteeringConfig:
+    """The merged ``steering`` fields as a :class:`SteeringConfig`: pathways are required, and
+    ``initial`` must be one of them."""
+    if "pathways" not in merged:
+        raise ConfigError(file, f"{where}.pathways", "missing: steering needs its pathways, e.g. "
+                          + _STEERING_EXAMPLE)
+    pathways, _ = merged["pathways"]
+    initial = None
+    if "initial" in merged:
+        initial, initial_key = merged["initial"]
+        ids = [pathway for pathway, _ in pathways]
+        if initial not in ids:
+            raise ConfigError(file, initial_key, f"initial pathway {_quote(initial)} is not one "
+                              "of the pathways: " + ", ".join(ids))
+    server_uri = merged["server_uri"][0] if "server_uri" in merged else None
+    return SteeringConfig(pathways=pathways, server_uri=server_uri, initial=initial)
 
 
 def _parse_ttl_rules(value: Any, file: str, key: str) -> tuple[TtlRule, ...]:
@@ -951,6 +1083,8 @@ def _parse_layer(
             put(key, _parse_upstream_timeouts(raw, file, dotted), key)
         elif key == "ttl":
             put("ttl_rules", _parse_ttl_rules(raw, file, dotted), key)
+        elif key == "steering":
+            put(key, _parse_steering(raw, file, dotted), key)
         else:  # pragma: no cover - _NODE_KEYS and this chain are kept in step
             raise AssertionError(key)
     return out
@@ -1164,6 +1298,8 @@ def _build_node(
         values["upstream_timeouts"] = UpstreamTimeouts(
             **{k: v for k, (v, _) in values["upstream_timeouts"].items()}
         )
+    if "steering" in values:
+        values["steering"] = _build_steering(values["steering"], merged["steering"][1], file)
     values["parents"] = _parent_refs(draft, drafts, file)
     values["origins"] = tuple(origins[name] for name in draft.names("origins"))
     node = NodeConfig(

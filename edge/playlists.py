@@ -21,6 +21,10 @@ reload EVENT playlists); 304/412 on conditional requests; HEAD; ``Cache-Status``
 ``detail=rendered`` after the meta.json's own hit/miss, with the parents' members before it.
 Bad options are 400 naming the parameter; filters that exclude every variant 404; a video with
 nothing playable yet 503 with ``Retry-After``.
+
+Content steering: when the node's ``steering`` config has a ``server_uri``, every master gets
+``EXT-X-CONTENT-STEERING`` and one copy of the variants per pathway (the library's ``Steering``,
+built once per config and part of ``options.cache_key()``, so of the template key and the ETag).
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ from reelcdn.manifests import (
     NotReady,
     NoVariants,
     OptionError,
+    Pathway,
     RenderOptions,
+    Steering,
     Template,
     UnknownRendition,
     iframe_template,
@@ -55,6 +61,7 @@ from .http import Request
 from .store import CacheEntry
 
 if TYPE_CHECKING:
+    from .config import NodeConfig, SteeringConfig
     from .node import CacheNode
     from .protocol import HttpConnection
 
@@ -113,6 +120,17 @@ class PlaylistRenderer:
         self.node = node
         self.templates = _Lru(node.config.playlist_cache_entries)
         self._metas = _Lru(PARSED_METAS)    # meta.json key -> (entry, VideoMeta)
+        self._steering_of: NodeConfig | None = None   # the config _steering was built from
+        self._steering: Steering | None = None
+
+    def steering(self) -> Steering | None:
+        """The node's content steering (None: not configured, or no server URI), rebuilt only
+        when a reload replaced the config."""
+        config = self.node.config
+        if config is not self._steering_of:
+            self._steering = steering_of(config.steering)
+            self._steering_of = config
+        return self._steering
 
     # -- entry point ---------------------------------------------------------------------------
     def receive(self, req: Request, conn: HttpConnection, where: Route) -> Awaitable[None] | None:
@@ -121,7 +139,8 @@ class PlaylistRenderer:
         config = node.config
         video, _, _ = where
         try:
-            options = options_from_query(req.query, config.carried_query_params)
+            options = options_from_query(req.query, config.carried_query_params,
+                                         steering=self.steering())
         except OptionError as exc:
             self._write_error(req, conn, 400, str(exc), b"detail=bad-option")
             return None
@@ -299,6 +318,16 @@ class PlaylistRenderer:
         conn.write(head if req.method == "HEAD" else head + body)
         node.stats.bytes_sent += len(head) + len(body)
         node.stats.count(req.method, "rendered", status)
+
+
+def steering_of(config: SteeringConfig | None) -> Steering | None:
+    """The library's ``Steering`` for a node's steering config; None without one or without a
+    server URI (no steering server: no ``EXT-X-CONTENT-STEERING``, variants listed once)."""
+    if config is None or config.server_uri is None:
+        return None
+    return Steering(config.server_uri,
+                    tuple(Pathway(pathway, base) for pathway, base in config.pathways),
+                    config.initial)
 
 
 def _parse(body: bytes, meta_key: str) -> VideoMeta | None:

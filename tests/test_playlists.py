@@ -5,14 +5,17 @@ errors, and the fallback to the origin's static playlist when meta.json is missi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from pathlib import Path
+from urllib.parse import urljoin
 
 import m3u8
 import pytest
 from player.demo_tiers import VIDEO, DemoTiers, synthesise
 from rawhttp import get
 
+from reelcdn.edge.config import SteeringConfig
 from reelcdn.manifests import options_from_query, render_master, render_media
 from reelcdn.origin.meta import VideoMeta
 
@@ -216,3 +219,139 @@ def test_config_keys_are_validated_with_errors_naming_the_key():
             node_config_from_dict("e", {**base, key: value})
         assert error.value.key.startswith(f"node.e.{key}"), (key, error.value)
         assert message in error.value.message, (key, error.value.message)
+
+
+# -- content steering (topology pathways) -------------------------------------------------------
+BACKUP = "https://cdn-b.example.com"
+STEERING = {  # dotted TOML keys inside [node.edge-a]
+    "steering.server_uri": "/steer/{video_id}.json",
+    "steering.pathways.edge-a": "",
+    "steering.pathways.backup": BACKUP,
+}
+
+
+@pytest.fixture
+async def steered(origin_root):
+    tiers = await DemoTiers(origin_root, carried_query_params=["token", "exp"],
+                            **STEERING).start()
+    yield tiers
+    await tiers.stop()
+
+
+async def test_master_carries_content_steering_and_a_copy_of_each_variant_per_pathway(steered):
+    response = await get(steered.port, f"/v/{VIDEO}/master.m3u8?token=t1&exp=9&max_height=720")
+    assert response.status == 200, response.body
+    playlist = m3u8.loads(response.body.decode())
+    assert playlist.content_steering.uri == f"/steer/{VIDEO}.json?token=t1&exp=9"
+    assert playlist.content_steering.pathway_id == "edge-a"  # the first pathway by default
+    listed = [(p.stream_info.pathway_id, p.uri) for p in playlist.playlists]
+    assert listed == [
+        ("edge-a", "360p/index.m3u8?token=t1&exp=9"),
+        ("edge-a", "720p/index.m3u8?token=t1&exp=9"),
+        ("backup", f"{BACKUP}/v/{VIDEO}/360p/index.m3u8?token=t1&exp=9"),
+        ("backup", f"{BACKUP}/v/{VIDEO}/720p/index.m3u8?token=t1&exp=9"),
+    ]
+    by_path = {}
+    for variant in playlist.playlists:
+        info = variant.stream_info
+        by_path.setdefault(info.pathway_id, []).append(
+            (info.bandwidth, info.codecs, info.resolution))
+    assert by_path["edge-a"] == by_path["backup"]  # the same variants on every pathway
+    # This edge's pathway is relative to the master: its URIs work here, token and all.
+    master_url = f"http://127.0.0.1:{steered.port}/v/{VIDEO}/master.m3u8"
+    for variant in playlist.playlists[:2]:
+        target = urljoin(master_url, variant.uri).split(str(steered.port), 1)[1]
+        media = await get(steered.port, target)
+        assert media.status == 200, target
+        assert "PATHWAY-ID" not in media.body.decode()  # steering is a master-only matter
+        assert m3u8.loads(media.body.decode()).segments[0].uri.endswith("?token=t1&exp=9")
+
+    # One template per options (steering included), filled per token; the ETag names it.
+    other = await get(steered.port, f"/v/{VIDEO}/master.m3u8?token=t2&exp=9&max_height=720")
+    assert edge_member(other) == "edge-a; hit; detail=rendered"
+    assert m3u8.loads(other.body.decode()).content_steering.uri.endswith("?token=t2&exp=9")
+    templates = steered.edge.node.features.playlists.templates
+    masters = [key for key in templates if key[1] == "master"]
+    assert len(masters) == 1 and '"/steer/{video_id}.json"' in masters[0][3]
+
+
+async def test_steering_follows_a_config_reload_and_needs_a_server_uri(steered):
+    node = steered.edge.node
+    first = await get(steered.port, f"/v/{VIDEO}/master.m3u8")
+    config = node.config
+    await node.apply_config(dataclasses.replace(config, steering=SteeringConfig(
+        pathways=config.steering.pathways, server_uri=config.steering.server_uri,
+        initial="backup")))
+    moved = await get(steered.port, f"/v/{VIDEO}/master.m3u8")
+    assert m3u8.loads(moved.body.decode()).content_steering.pathway_id == "backup"
+    assert moved.header("etag") != first.header("etag")  # other bytes, other tag
+    # Pathways without a steering server: nothing to steer with, so no tag and no copies.
+    await node.apply_config(dataclasses.replace(config, steering=SteeringConfig(
+        pathways=config.steering.pathways)))
+    plain = await get(steered.port, f"/v/{VIDEO}/master.m3u8")
+    assert "EXT-X-CONTENT-STEERING" not in plain.body.decode()
+    assert "PATHWAY-ID" not in plain.body.decode()
+    assert variants(plain.body) == ["360p/index.m3u8", "720p/index.m3u8"]
+
+
+def test_steering_config_is_validated_with_errors_naming_the_key():
+    from reelcdn.edge.config import ConfigError, node_config_from_dict
+
+    base = {"listen": "127.0.0.1:0", "upstream": "http://127.0.0.1:1"}
+    node = node_config_from_dict("e", {**base, "steering": {
+        "server_uri": "https://steer.example/{video_id}?v=1", "initial": "b",
+        "pathways": {"a": "", "b": "https://cdn-b.example.com/", "c": "/mirror/"}}})
+    assert node.steering == SteeringConfig(
+        pathways=(("a", ""), ("b", "https://cdn-b.example.com"), ("c", "/mirror")),
+        server_uri="https://steer.example/{video_id}?v=1", initial="b")
+    for steering, key, message in (
+        ({"pathways": {"a b": ""}}, 'steering.pathways."a b"', "bad PATHWAY-ID"),
+        ({"pathways": {"b": "cdn-b.example.com"}}, "steering.pathways.b", "missing http://"),
+        ({"pathways": {"b": "https://cdn-b.example.com/?x=1"}}, "steering.pathways.b",
+         "no query"),
+        ({"pathways": {"b": 'https://cdn-b.example.com/"x'}}, "steering.pathways.b", "quotes"),
+        ({"pathways": {"b": 7}}, "steering.pathways.b", "expected a base URL"),
+        ({"pathways": {}}, "steering.pathways", "at least one pathway"),
+        ({"pathways": ["a"]}, "steering.pathways", "expected a table"),
+        ({"server_uri": "/s"}, "steering.pathways", "missing"),
+        ({"pathways": {"a": ""}, "initial": "z"}, "steering.initial", "not one of"),
+        ({"pathways": {"a": ""}, "server_uri": "/s/{id}"}, "steering.server_uri",
+         "only placeholder"),
+        ({"pathways": {"a": ""}, "server_uri": "ftp://x/s"}, "steering.server_uri", "http(s)"),
+        ({"pathways": {"a": ""}, "server_uri": "/s#x"}, "steering.server_uri", "fragment"),
+        ({"pathway": {"a": ""}}, "steering.pathway", 'did you mean "pathways"'),
+    ):
+        with pytest.raises(ConfigError) as error:
+            node_config_from_dict("e", {**base, "steering": steering})
+        assert error.value.key == f"node.e.{key}", (steering, error.value)
+        assert message in error.value.message, (steering, error.value.message)
+
+
+def test_defaults_steering_merges_with_a_node_s_own_initial_pathway():
+    from reelcdn.edge.config import ConfigError, topology_from_text
+
+    text = """
+[defaults.steering]
+server_uri = "/steer/{video_id}.json"
+[defaults.steering.pathways]
+pop-a = "https://a.cdn.example"
+pop-b = "https://b.cdn.example"
+
+[node.edge-a]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:1"
+
+[node.edge-b]
+listen = "127.0.0.1:8081"
+upstream = "http://127.0.0.1:1"
+steering.initial = "pop-b"
+"""
+    nodes = topology_from_text(text, file="t.toml", base_dir="/").nodes
+    assert nodes["edge-a"].steering.initial is None
+    assert nodes["edge-b"].steering.initial == "pop-b"
+    assert nodes["edge-b"].steering.pathways == nodes["edge-a"].steering.pathways
+    with pytest.raises(ConfigError) as error:
+        topology_from_text(text.replace('"pop-b"\n', '"pop-c"\n'), file="t.toml", base_dir="/")
+    assert str(error.value) == ('t.toml: node.edge-b.steering.initial: initial pathway "pop-c" '
+                                "is not one of the pathways: pop-a, pop-b")
+
