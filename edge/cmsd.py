@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import socket
 import struct
+from typing import Protocol
 
-__all__ = ["dynamic_member", "node_block", "sf_string", "static_playlist_block", "tcp_measures"]
+__all__ = ["dynamic_block", "dynamic_member", "node_block", "sf_string", "static_playlist_block",
+           "tcp_measures"]
 
 # struct tcp_info (linux/tcp.h): tcpi_rtt is the u32 at byte 68; tcpi_delivery_rate the u64 at
 # byte 160 (Linux >= 4.9). Reading a shorter answer simply yields no measurement.
@@ -56,13 +58,26 @@ def node_block(node: str) -> bytes:
     return b"CMSD-Dynamic: " + dynamic_member(node).encode() + b"\r\n"
 
 
+def dynamic_block(node: str, etp_kbps: int | None, rtt_ms: int | None) -> bytes:
+    """A ``CMSD-Dynamic`` field line whose member carries what was measured on one
+    connection (for heads built per response)."""
+    return b"CMSD-Dynamic: " + dynamic_member(node, etp_kbps, rtt_ms).encode() + b"\r\n"
+
+
 def static_playlist_block(node: str, live: bool) -> bytes:
     """``CMSD-Static`` of a playlist rendered by ``node``."""
     return (b"CMSD-Static: ot=m,sf=h,st=" + (b"l" if live else b"v") + b",n="
             + sf_string(node).encode() + b"\r\n")
 
 
-def tcp_measures(sock: socket.socket | None) -> tuple[int | None, int | None]:
+class _SocketLike(Protocol):
+    """What ``tcp_measures`` reads: a socket, or the transport's socket view (asyncio's
+    ``TransportSocket``, uvloop's ``PseudoSocket``), both of which have ``getsockopt``."""
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes: ...
+
+
+def tcp_measures(sock: _SocketLike | None) -> tuple[int | None, int | None]:
     """(etp kbit/s, rtt ms) of a connected TCP socket from TCP_INFO; None where unknown."""
     if sock is None or not hasattr(socket, "TCP_INFO"):
         return None, None

@@ -25,6 +25,9 @@ nothing playable yet 503 with ``Retry-After``.
 Content steering: when the node's ``steering`` config has a ``server_uri``, every master gets
 ``EXT-X-CONTENT-STEERING`` and one copy of the variants per pathway (the library's ``Steering``,
 built once per config and part of ``options.cache_key()``, so of the template key and the ETag).
+
+CMSD: the heads are built here per response, so this node's ``CMSD-Dynamic`` member carries
+``etp``/``rtt`` from TCP_INFO of this client's connection where the kernel measured them.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from reelcdn.manifests import (
     ManifestError,
@@ -54,6 +57,7 @@ from reelcdn.manifests import (
 )
 from reelcdn.origin.meta import VideoMeta
 
+from ..extensions import head as heads  # compiled twin when built, else edge/head.py
 from . import cmsd, conditional
 from .cachekey import cache_key
 from .coalescer import FetchFailed
@@ -285,19 +289,38 @@ class PlaylistRenderer:
             )
             if verdict is not None:
                 length = None if verdict == 304 else 0
-                head = node._head(verdict, block if verdict == 304 else b"", None, member, None,
-                                  length, close, prior=(prior, b""))
+                head = self._head(conn, verdict, block if verdict == 304 else b"", member,
+                                  length, close, prior)
                 conn.write(head)
                 node.stats.count(req.method, "rendered", verdict)
                 return
-        head = node._head(200, block, None, member, None, len(body), close,
-                          prior=(prior, b""))
+        head = self._head(conn, 200, block, member, len(body), close, prior)
         conn.write(head if req.method == "HEAD" else head + body)
         node.stats.bytes_sent += len(head) + (0 if req.method == "HEAD" else len(body))
         node.stats.count(req.method, "rendered", 200)
         node.stats.playlists_rendered += 1
         if where[1] == "media" and node.features is not None:
             node.features.after_media_playlist(req, where[0], meta, where[2])
+
+    def _head(
+        self,
+        conn: HttpConnection,
+        status: int,
+        block: bytes,
+        member: bytes,
+        length: int | None,
+        close: bytes,
+        prior: bytes,
+    ) -> bytes:
+        """The head of a rendered answer: what ``CacheNode._head`` writes, except that this
+        node's ``CMSD-Dynamic`` member carries the client connection's measured ``etp``/``rtt``
+        (this head is built for this one response, unlike a stored object's shared one)."""
+        node = self.node
+        if node._cmsd:
+            etp, rtt = cmsd.tcp_measures(_socket_of(conn))
+            block += cmsd.dynamic_block(node.name, etp, rtt)
+        return heads.build_head(status, block, None, prior, node._member, member, None, b"",
+                                node._via_hop, length, False, close)
 
     def _write_error(
         self,
@@ -313,8 +336,8 @@ class PlaylistRenderer:
         body = f"{status} {reason}\n".encode()
         block = (b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
                  + extra)
-        head = node._head(status, block, None, member, None, len(body),
-                          conn.connection_field(req), prior=(prior, b""))
+        head = self._head(conn, status, block, member, len(body), conn.connection_field(req),
+                          prior)
         conn.write(head if req.method == "HEAD" else head + body)
         node.stats.bytes_sent += len(head) + len(body)
         node.stats.count(req.method, "rendered", status)
@@ -328,6 +351,12 @@ def steering_of(config: SteeringConfig | None) -> Steering | None:
     return Steering(config.server_uri,
                     tuple(Pathway(pathway, base) for pathway, base in config.pathways),
                     config.initial)
+
+
+def _socket_of(conn: HttpConnection) -> Any:
+    """The client connection's socket view (only read, with getsockopt), or None."""
+    transport = conn.transport
+    return None if transport is None else transport.get_extra_info("socket")
 
 
 def _parse(body: bytes, meta_key: str) -> VideoMeta | None:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 from pathlib import Path
 from urllib.parse import urljoin
 
 import m3u8
 import pytest
 from player.demo_tiers import VIDEO, DemoTiers, synthesise
-from rawhttp import get
+from rawhttp import get, read_response
 
 from reelcdn.edge.config import SteeringConfig
 from reelcdn.manifests import options_from_query, render_master, render_media
@@ -355,3 +356,32 @@ steering.initial = "pop-b"
     assert str(error.value) == ('t.toml: node.edge-b.steering.initial: initial pathway "pop-c" '
                                 "is not one of the pathways: pop-a, pop-b")
 
+
+# -- CMSD measured per connection --------------------------------------------------------------
+CMSD_MEMBER = re.compile(r'"edge-a"(;etp=(?P<etp>[0-9]+))?;rtt=(?P<rtt>[0-9]+)')
+
+
+async def test_rendered_playlists_carry_the_connection_s_measured_rtt_and_etp(tiers):
+    first = await get(tiers.port, f"/v/{VIDEO}/master.m3u8")
+    # A rendered answer's head is built for this connection: its member has the kernel's rtt
+    # (loopback measures one on the handshake); no parents' members: nobody else made it.
+    assert CMSD_MEMBER.fullmatch(first.header("cmsd-dynamic")), first.header("cmsd-dynamic")
+    # Later answers on a connection that has delivered bytes also carry the delivery rate.
+    reader, writer = await asyncio.open_connection("127.0.0.1", tiers.port)
+    try:
+        members = []
+        for path in ("master.m3u8", "360p/index.m3u8", "master.m3u8?max_height=360"):
+            writer.write(f"GET /v/{VIDEO}/{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            response = await read_response(reader)
+            assert response.status == 200
+            members.append(CMSD_MEMBER.fullmatch(response.header("cmsd-dynamic")))
+        assert all(members), members
+        assert members[-1]["etp"] is not None and int(members[-1]["etp"]) > 0
+    finally:
+        writer.close()
+    # Stored objects keep the shared, identifier-only member of every tier.
+    segment = await get(tiers.port, f"/v/{VIDEO}/360p/seg_00000.m4s")
+    assert segment.header("cmsd-dynamic") == '"shield-1", "regional-1", "edge-a"'
+    # Errors from the renderer are built per response too.
+    none = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?max_height=100")
+    assert CMSD_MEMBER.fullmatch(none.header("cmsd-dynamic"))
