@@ -23,7 +23,7 @@ from reelcdn.origin.meta import VideoMeta
 
 from . import cmcd, playlists
 from .http import Request
-from .prefetch import Prefetcher, resolve
+from .prefetch import Prefetcher, request_host, resolve
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -91,7 +91,7 @@ class EdgeFeatures:
         if data.nor and self.node.config.prefetch_cmcd:
             target = resolve(req.path, data.nor)
             if target is not None:
-                self.prefetcher.want(target, req.client_ip)
+                self.prefetcher.want(target, req.client_ip, self._host(req))
 
     def after_media_playlist(
         self, req: Request, video: str, meta: VideoMeta, rendition: str
@@ -106,5 +106,10 @@ class EdgeFeatures:
             return
         base = f"/v/{video}/{rendition}/"  # the URL's id: the objects sit beside the playlist
         uris = [media.init.uri] + [segment.uri for segment in media.segments[:count]]
+        host = self._host(req)
         for uri in dict.fromkeys(uris):
-            self.prefetcher.want(base + uri, req.client_ip)
+            self.prefetcher.want(base + uri, req.client_ip, host)
+
+    def _host(self, req: Request) -> str | None:
+        """The host that joins prefetch keys (``host_in_key``), as in the client's own key."""
+        return request_host(req) if self.node.config.host_in_key else None

@@ -65,7 +65,7 @@ class Prefetcher:
 
     def __init__(self, node: CacheNode) -> None:
         self.node = node
-        self._queue: deque[tuple[str, str]] = deque()   # (key, target)
+        self._queue: deque[tuple[str, str, str, str]] = deque()  # (key, path, query, client)
         self._queued: set[str] = set()
         self._running: dict[str, Fetch] = {}
         # key -> the entry a prefetch stored, until a client uses it or it leaves the cache.
@@ -87,14 +87,17 @@ class Prefetcher:
             if entry is not None:
                 self.node.stats.prefetch_used += 1
 
-    def want(self, target: str, client_ip: str) -> bool:
+    def want(self, target: str, client_ip: str, host: str | None = None) -> bool:
         """Queue ``target`` (``/path[?query]``) for prefetch; False when not queued (already
-        there, or the queue is full)."""
+        there, or the queue is full). ``host`` is the Host of the request that asked for it
+        (``request_host``): with ``host_in_key`` it is part of the key, so the prefetched
+        object is stored where that site's clients look it up."""
         if self.closed:
             return False
         config = self.node.config
         path, _, query = target.partition("?")
-        key = cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes)
+        key = cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes,
+                        host if config.host_in_key else None)
         if key in self._queued or key in self._running or self.node.coalescer.get(key):
             return False
         entry = self.node.store.lookup(key, {})
@@ -103,7 +106,7 @@ class Prefetcher:
         if len(self._queue) >= config.prefetch_queue:
             self.node.stats.prefetch_dropped += 1
             return False
-        self._queue.append((key, client_ip))
+        self._queue.append((key, path, query, client_ip))
         self._queued.add(key)
         if not self._pump_scheduled:
             self._pump_scheduled = True
@@ -119,7 +122,7 @@ class Prefetcher:
         node = self.node
         limit = node.config.prefetch_concurrency
         while self._queue and len(self._running) < limit:
-            key, client_ip = self._queue.popleft()
+            key, path, query, client_ip = self._queue.popleft()
             self._queued.discard(key)
             if node.coalescer.get(key) is not None:
                 continue  # a client started it meanwhile
@@ -127,8 +130,8 @@ class Prefetcher:
             if entry is not None and entry.is_fresh(time.time()):
                 continue
             request = Request()
-            request.path, _, request.query = key.partition("?")
-            request.target = key.encode("latin-1")
+            request.path, request.query = path, query
+            request.target = (path + ("?" + query if query else "")).encode("latin-1")
             request.client_ip = client_ip
             # Fetch-standard marker, so a parent's logs can tell prefetches from players.
             request.raw_headers = [(b"Sec-Purpose", b"prefetch")]
@@ -183,6 +186,11 @@ class Prefetcher:
     def pending(self) -> int:
         """Prefetches queued or in flight (tests wait for zero)."""
         return len(self._queue) + len(self._running)
+
+
+def request_host(req: Request) -> str:
+    """The host part of a request's Host field, as ``CacheNode.receive`` puts it in the key."""
+    return req.headers.get(b"host", b"").decode("latin-1").split(":", 1)[0]
 
 
 def _still_stored(store: MemoryStore, key: str, entry: CacheEntry) -> bool:

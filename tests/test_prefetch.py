@@ -131,6 +131,37 @@ async def test_client_request_joins_a_running_prefetch(tiers):
     assert regional_requests == 2  # seg_00000 and seg_00002, each once
 
 
+async def test_with_host_in_key_prefetches_are_stored_under_the_client_s_key(origin_root):
+    """host_in_key puts the Host into every key: a prefetch must be filed under the key of the
+    site that asked, or the next request of that site misses it."""
+    tiers = await DemoTiers(origin_root, host_in_key=True).start()
+    try:
+        node = tiers.edge.node
+        site = {"Host": "Site-A.example:8443"}  # keys use the host lowercased, port dropped
+        base = f"/v/{VIDEO}/360p/"
+        first = await get(tiers.port, with_cmcd(base + "seg_00000.m4s", 'nor="seg_00001.m4s"'),
+                          headers=site)
+        assert first.status == 200
+        await settle(node)
+        keys = {entry.primary for entry in node.store}
+        assert f"site-a.example{base}seg_00001.m4s" in keys, keys
+        following = await get(tiers.port, base + "seg_00001.m4s", headers=site)
+        assert edge_member(following).startswith("edge-a; hit"), following.header("cache-status")
+        # Another site has its own copy: the prefetch made for site A is not its.
+        other = await get(tiers.port, base + "seg_00001.m4s", headers={"Host": "b.example"})
+        assert edge_member(other).startswith("edge-a; fwd=uri-miss")
+
+        # The media playlist's prefetch (init + first segments) is filed per site too.
+        media = await get(tiers.port, f"/v/{VIDEO}/720p/index.m3u8", headers=site)
+        assert media.status == 200
+        await settle(node)
+        init = await get(tiers.port, f"/v/{VIDEO}/720p/init.mp4", headers=site)
+        assert edge_member(init).startswith("edge-a; hit"), init.header("cache-status")
+        assert node.stats.prefetch_used == 2
+    finally:
+        await tiers.stop()
+
+
 # -- accounting on one node ----------------------------------------------------------------------
 async def test_prefetch_metrics_wasted_and_dropped(origin, start_node):
     origin.set("/p/short.m4s", b"s" * 100, headers={"Cache-Control": "max-age=1"})
