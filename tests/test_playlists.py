@@ -127,6 +127,32 @@ async def test_bad_options_are_400_naming_the_parameter_and_no_variants_404(tier
     assert unknown.status == 404
 
 
+async def test_filters_leaving_nothing_playable_are_a_404_that_says_which_filters(tiers):
+    """A player that asks for what no variant offers gets a clear, uncached refusal, not an
+    empty master (which players report as a parse error) and not the unfiltered one."""
+    for query, reason in (
+        ("max_height=100", "max_height=100"),
+        ("max_bandwidth=1000", "max_bandwidth=1000"),
+        ("codecs=hvc1,mp4a", "codecs=hvc1,mp4a"),
+        ("codecs=avc1", "codecs=avc1"),  # every variant also has mp4a audio
+        ("max_height=720&max_bandwidth=1000&codecs=AVC1,mp4a&token=t",
+         "max_height=720&max_bandwidth=1000&codecs=avc1,mp4a"),
+    ):
+        for method in ("GET", "HEAD"):
+            response = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?{query}", method=method)
+            assert response.status == 404, (query, method)
+            assert response.header("cache-control") == "no-store"
+            assert response.header("content-type") == "text/plain; charset=utf-8"
+            assert edge_member(response).endswith("detail=no-variants"), response.headers
+            if method == "GET":
+                assert response.body.decode() == (
+                    f"404 {VIDEO}: no variant matches {reason}\n"), query
+    # The variants are still there for a request that fits them; media playlists are unfiltered.
+    assert (await get(tiers.port, f"/v/{VIDEO}/master.m3u8?max_height=360")).status == 200
+    media = await get(tiers.port, f"/v/{VIDEO}/720p/index.m3u8?max_height=100")
+    assert media.status == 200
+
+
 async def test_tokens_are_carried_to_every_uri_and_never_cached(tiers, meta):
     renderer = tiers.edge.node.features.playlists
     a = await get(tiers.port, f"/v/{VIDEO}/master.m3u8?token=aaa&exp=17&CMCD=sid%3D%22s%22")
