@@ -262,6 +262,17 @@ def text_summary(summary: dict[str, Any]) -> str:
         server = summary["server"]
         lines.append(f"server: origin requests {server['origin_requests']}, coalesced "
                      f"waiters {server['coalesced_waiters']}")
+    harness = summary.get("harness")
+    if harness:
+        machine = harness.get("machine_busy")
+        lines.append(
+            f"harness: {len(harness['processes'])} load process(es), busiest "
+            f"{harness['cpu_max'] * 100:.0f}% of a core, {harness.get('cpu_total', 0):.2f} cores "
+            f"in all, event-loop lag p99 {harness['loop_lag_p99_ms']:.0f} ms; machine "
+            + ("-" if machine is None else f"{machine * 100:.0f}% busy")
+            + f" ({harness.get('cores', '?')} cores); "
+            f"{summary['client']['requests'] / max(summary['run']['wall_seconds'], 1e-3):.0f} "
+            "player requests/s")
     for verdict in summary["slo"]:
         lines.append(f"SLO {verdict['slo']}: {'met' if verdict['met'] else 'VIOLATED'} "
                      f"(measured {verdict['measured']})")

@@ -33,6 +33,10 @@ from .workload import LiveCounts, ShareResult, Workload, run_share
 CPU_BOUND = 0.85
 #: A loop that wakes this late (p99) delays every read it serves: TTFFs include that delay.
 LAG_BOUND = 0.05
+#: Above this share of all cores busy (machine-wide, /proc/stat), the machine is saturated:
+#: a lagging harness is then starved by the other processes (the CDN under test among them)
+#: rather than busy itself, and more load processes would not help.
+MACHINE_BOUND = 0.95
 
 
 @dataclass
@@ -217,6 +221,18 @@ class Progress:
         return table
 
 
+def machine_cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all cores since boot, from /proc/stat; None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)      # idle + iowait
+    total = sum(fields[:8])                                         # guest time is in user
+    return total - idle, total
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     """utime + stime of processes, from /proc (0 for a process that is gone)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -306,6 +322,7 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
             warnings.extend(errors[:5])
 
     run_started = time.monotonic()
+    machine0 = machine_cpu_ticks()
     async with Scraper(options.endpoints, run_started) as scraper:
         before = await scraper.scrape()
         stop = asyncio.Event()
@@ -314,6 +331,7 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
         try:
             with progress:
                 shares = await _run_shares(options, run_started, progress)
+            machine1 = machine_cpu_ticks()
         finally:
             stop.set()
             await asyncio.gather(periodic, return_exceptions=True)
@@ -331,7 +349,10 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
     delta = difference(before, after) if before and after else None
     summary = summarise(players, tally, delta, wall, options.tier_roles,
                         workload.player.time_scale)
-    summary["harness"] = harness_view(shares, options)
+    machine = None
+    if machine0 is not None and machine1 is not None and machine1[1] > machine0[1]:
+        machine = (machine1[0] - machine0[0]) / (machine1[1] - machine0[1])
+    summary["harness"] = harness_view(shares, options, machine)
     warnings.extend(summary["harness"]["warnings"])
     summary["run"] = describe(options, wall)
     verdicts = check_slos(summary, options.slos)
@@ -340,11 +361,20 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
     return RunOutcome(summary, players, tally, scraper.scrapes, verdicts, warnings)
 
 
-def harness_view(shares: list[ShareResult], options: RunOptions) -> dict[str, Any]:
-    """The client's own load: CPU per process and event-loop lag, with a warning when the
-    harness rather than the CDN may be what limits the numbers."""
+def harness_view(shares: list[ShareResult], options: RunOptions,
+                 machine_busy: float | None = None) -> dict[str, Any]:
+    """The client's own load: CPU per process, event-loop lag and how busy the whole machine
+    was, with a warning when the harness rather than the CDN may be what limits the numbers.
+
+    Two different causes are told apart, because their cures differ. A load process near a
+    whole core is *busy*: more processes (up to one per core) or fewer players help. A lagging
+    loop in a process well under a core, on a machine whose cores are all busy, is *starved*:
+    the other processes (on one machine, the CDN under test) take the cores, and more load
+    processes would only take more from the CDN.
+    """
     processes = []
     warnings = []
+    cores = os.cpu_count() or 1
     for share in shares:
         cpu = share.cpu_seconds / share.wall_seconds if share.wall_seconds else 0.0
         processes.append({"share": share.share, "cpu": round(cpu, 3),
@@ -352,18 +382,34 @@ def harness_view(shares: list[ShareResult], options: RunOptions) -> dict[str, An
                           "loop_lag_max_ms": round(share.loop_lag_max * 1000, 2),
                           "dropped_arrivals": share.dropped_arrivals})
     busiest = max((p["cpu"] for p in processes), default=0.0)
+    harness_cores = sum(p["cpu"] for p in processes)
     worst_lag = max((s.loop_lag_p99 for s in shares), default=0.0)
-    if busiest > CPU_BOUND or worst_lag > LAG_BOUND:
+    lag = f"event-loop lag p99 {worst_lag * 1000:.0f} ms; TTFF includes that delay"
+    saturated = machine_busy is not None and machine_busy > MACHINE_BOUND
+    if busiest > CPU_BOUND:
+        more = (f"use --processes {min(cores, len(shares) + 1)} or fewer players"
+                if len(shares) < cores else "use fewer players")
         warnings.append(
             f"the client may be the bottleneck: busiest load process at {busiest:.0%} of a "
-            f"core, event-loop lag p99 {worst_lag * 1000:.0f} ms; TTFF includes that delay. "
-            f"Use --processes {min(os.cpu_count() or 1, options.processes + 1)} or fewer "
-            "players, or run the harness on another machine")
+            f"core, {lag}. {more[0].upper() + more[1:]}, or run the harness on another machine")
+    elif worst_lag > LAG_BOUND and saturated:
+        warnings.append(
+            f"the machine was saturated: {machine_busy:.0%} of its {cores} cores busy, the "
+            f"load processes using {harness_cores:.2f} cores and everything else (the CDN under "
+            f"test among it) the rest; the harness was starved, not busy ({lag}). The numbers "
+            "describe an overloaded machine: use fewer players, or run the harness on another "
+            "machine")
+    elif worst_lag > LAG_BOUND:
+        warnings.append(
+            f"the client may be the bottleneck: busiest load process at {busiest:.0%} of a "
+            f"core, {lag}. Use fewer players, or run the harness on another machine")
     dropped = sum(s.dropped_arrivals for s in shares)
     if dropped:
         warnings.append(f"{dropped} Poisson arrivals were dropped at the --players cap")
-    return {"processes": processes, "cpu_max": busiest,
-            "loop_lag_p99_ms": round(worst_lag * 1000, 2), "warnings": warnings}
+    return {"processes": processes, "cpu_max": busiest, "cpu_total": round(harness_cores, 3),
+            "machine_busy": None if machine_busy is None else round(machine_busy, 3),
+            "cores": cores, "loop_lag_p99_ms": round(worst_lag * 1000, 2),
+            "warnings": warnings}
 
 
 def describe(options: RunOptions, wall: float) -> dict[str, Any]:

@@ -246,3 +246,29 @@ def test_a_start_slower_than_the_patience_is_an_exit_before_video_start(topology
     assert status == 1
     assert summary["outcomes"] == {"ebvs": 2} and summary["ebvs"] == 1.0
     assert all(p["failed_phase"] == "first_segment" for p in players_of(tmp_path))
+
+
+def test_harness_view_tells_a_busy_client_from_a_starved_one():
+    from reelcdn.loadtest.runner import RunOptions, harness_view
+    from reelcdn.loadtest.workload import ShareResult, Workload
+
+    options = RunOptions(workload=Workload(targets=(), catalog=(), players=1, duration=1.0),
+                         processes=1)
+
+    def share(cpu: float, lag: float) -> ShareResult:
+        return ShareResult(0, cpu_seconds=cpu * 10, wall_seconds=10.0, loop_lag_p99=lag)
+
+    busy = harness_view([share(0.95, 0.2)], options, machine_busy=1.0)
+    assert "client may be the bottleneck" in busy["warnings"][0]
+    assert "--processes" in busy["warnings"][0] or (os.cpu_count() or 1) == 1
+    starved = harness_view([share(0.4, 0.8)], options, machine_busy=0.99)
+    assert "machine was saturated" in starved["warnings"][0]
+    assert "starved" in starved["warnings"][0] and "--processes" not in starved["warnings"][0]
+    assert starved["machine_busy"] == 0.99 and starved["cpu_total"] == 0.4
+    quiet = harness_view([share(0.2, 0.002)], options, machine_busy=0.3)
+    assert quiet["warnings"] == []
+    # A second process cannot help when every core already has one.
+    cores = os.cpu_count() or 1
+    full = harness_view([ShareResult(i, cpu_seconds=9.5, wall_seconds=10.0, loop_lag_p99=0.1)
+                         for i in range(cores)], options, machine_busy=0.99)
+    assert "--processes" not in full["warnings"][0]
