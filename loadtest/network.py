@@ -29,7 +29,7 @@ _RATE_UNITS = {
     "bit": 1.0, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9,
     "bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9,
 }
-_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+_TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*([a-z]*)\s*$", re.I)
 
 
@@ -45,11 +45,12 @@ def parse_rate(text: str) -> float:
 
 
 def parse_seconds(text: str) -> float:
-    """``20ms`` → 0.02, ``2s`` / ``2`` → 2.0. ValueError names the problem."""
+    """``20ms`` → 0.02, ``2s`` / ``2`` → 2.0, ``2m`` / ``2min`` → 120.0, ``1h`` → 3600.0.
+    ValueError names the problem."""
     match = _NUMBER_UNIT.match(text)
     unit = (match.group(2).lower() or "s") if match else ""
     if not match or unit not in _TIME_UNITS:
-        raise ValueError(f"{text!r} is not a duration (e.g. 250ms, 2s)")
+        raise ValueError(f"{text!r} is not a duration (e.g. 250ms, 2s, 2m)")
     return float(match.group(1)) * _TIME_UNITS[unit]
 
 

@@ -190,6 +190,13 @@ def test_distributions_zipf_and_slos_parse():
     assert [(s.key, round(s.target, 4)) for s in slos] == [
         ("ttff_p95", 0.2), ("vsf", 0.005), ("offload", 0.9)]
     assert SEGMENT_SECONDS == 2.0
+    # Durations as the standard run writes them (--duration 2m).
+    from reelcdn.loadtest.network import parse_seconds
+
+    assert [parse_seconds(t) for t in ("250ms", "2", "2s", "2m", "1.5min", "1h")] == [
+        0.25, 2.0, 2.0, 120.0, 90.0, 3600.0]
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_seconds("2 fortnights")
 
 
 def nginx_or_skip() -> None:
