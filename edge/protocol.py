@@ -1,6 +1,9 @@
 """HTTP/1.1 server protocol: bytes in, ``Request`` objects out, responses in request order.
 
-An ``asyncio.Protocol`` (run on uvloop) feeding httptools (llhttp). Why not aiohttp's server:
+An ``asyncio.Protocol`` (run on uvloop). Reading is the ``RequestReader``'s (``reader.py``,
+compiled from ``extensions/_reader.pyx`` when built): it feeds httptools (llhttp), enforces the
+limits and hands whole requests to ``request_complete``; this module answers them. Why not
+aiohttp's server:
 a cache HIT must not build a request object graph, go through a router or middlewares — see
 DESIGN.md "Runtime choices". What a server framework would do for us is done here:
 
@@ -40,17 +43,16 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-import httptools
-
+from ..extensions import reader
 from .bodyfile import FileBody
 from .http import Request, error_response
+from .reader import BODY, CLOSING, HEAD, IDLE
 
 if TYPE_CHECKING:
     from .server import NodeServer
 
 log = logging.getLogger("reelcdn.protocol")
 
-IDLE, HEAD, BODY, CLOSING = 0, 1, 2, 3
 
 # How long a refused connection keeps reading (and dropping) what the client sends after the
 # error response, so that the client sees the response rather than a reset.
@@ -73,24 +75,6 @@ def _socket_of(transport: asyncio.BaseTransport) -> socket.socket | None:
         return None
 
 
-class RequestRejected(Exception):
-    """Raised from a parser callback to stop parsing with a status and a reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _has_body(length: bytes | None, coding: bytes | None) -> bool:
-    return coding is not None or (length is not None and length.strip(b"0") != b"")
-
-
-class _StopParsing(Exception):
-    """Raised from a parser callback when the connection is closing: bytes after the last
-    answered request are not requests."""
-
-
 class HttpConnection(asyncio.Protocol):
     """One client connection."""
 
@@ -98,21 +82,11 @@ class HttpConnection(asyncio.Protocol):
         "server",
         "node",
         "limits",
+        "reader",
         "transport",
-        "parser",
-        "state",
-        "deadline",
         "closed",
         "paused",
         "client_ip",
-        "_request",
-        "_fields",
-        "_raw_fields",
-        "_url",
-        "_header_name",
-        "_head_bytes",
-        "_body",
-        "_body_size",
         "_queue",
         "_busy",
         "_drain_waiter",
@@ -120,7 +94,6 @@ class HttpConnection(asyncio.Protocol):
         "_reading_paused",
         "_ttfb_start",
         "_last_progress",
-        "_head_raw",
         "_eof",
         "_linger",
         "_expect_continue",
@@ -132,21 +105,13 @@ class HttpConnection(asyncio.Protocol):
         self.node = server.node
         self.limits = server.node.config.limits
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.state = IDLE
-        self.deadline = 0.0
         self.closed = False
         self.paused = False
         self.client_ip = ""
-        self._request: Request | None = None
-        # Where on_header puts fields: the request's, or (for trailers) a throwaway.
-        self._fields: dict[bytes, bytes] = {}
-        self._raw_fields: list[tuple[bytes, bytes]] = []
-        self._url: list[bytes] = []
-        self._header_name = b""
-        self._head_bytes = 0
-        self._body: list[bytes] = []
-        self._body_size = 0
+        # The read side (parser callbacks, limits, read state): compiled when built.
+        self.reader = reader.RequestReader(
+            self, self.limits, server.served_hosts, server.loop.time
+        )
         self._queue: deque[Request] = deque()
         self._busy = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -154,7 +119,6 @@ class HttpConnection(asyncio.Protocol):
         self._reading_paused = False
         self._ttfb_start = 0.0
         self._last_progress = 0.0
-        self._head_raw = 0
         self._eof = False
         self._linger = False
         self._expect_continue = False
@@ -167,7 +131,7 @@ class HttpConnection(asyncio.Protocol):
         # uvloop's TCPTransport is not an asyncio.Transport subclass, but has its methods.
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.client_ip = self.reader.client_ip = peer[0] if isinstance(peer, tuple) else ""
         server = self.server
         server.node.stats.connections_total += 1
         if len(server.connections) >= self.limits.max_connections or server.draining:
@@ -178,8 +142,6 @@ class HttpConnection(asyncio.Protocol):
             self.closed = True
             return
         server.connections.add(self)
-        # The first request must arrive as promptly as any later head.
-        self.deadline = -self.limits.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -206,62 +168,13 @@ class HttpConnection(asyncio.Protocol):
             waiter.set_result(None)
         if (
             self._reading_paused
-            and self.state != CLOSING
+            and self.reader.state != CLOSING
             and len(self._queue) < self.limits.max_pipelined
         ):
             self._resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        if self.state == CLOSING:
-            return  # after an error or Connection: close, further bytes are not requests
-        try:
-            try:
-                self.parser.feed_data(data)
-            except httptools.HttpParserUpgrade as upgrade:
-                self._after_upgrade(data, int(upgrade.args[0]))
-        except RequestRejected as rejected:
-            self._reject(rejected.status, rejected.reason)
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, RequestRejected):
-                self._reject(cause.status, cause.reason)
-            elif not isinstance(cause, _StopParsing):
-                log.error("parser callback failed", exc_info=cause or exc)
-                self._reject(500, "internal error while reading the request")
-        except httptools.HttpParserInvalidMethodError:
-            self._reject(400, "invalid request method")
-        except httptools.HttpParserInvalidURLError:
-            self._reject(400, "invalid request target")
-        except httptools.HttpParserError as exc:
-            message = str(exc)
-            if message.startswith("Invalid HTTP version"):
-                self._reject(505, "unsupported HTTP version: use HTTP/1.1")
-            elif message.startswith("Pause on PRI"):
-                self._reject(505, "HTTP/2 is not supported here: use HTTP/1.1")
-            else:
-                self._reject(400, f"malformed request: {message}")
-        else:
-            if self.state == HEAD:
-                # llhttp hands a header line over only once it ends: count the bytes of a
-                # head spanning reads, or an endless field would be buffered without limit.
-                # (The read where the head began is not counted: it is bounded anyway.)
-                if self._head_raw < 0:
-                    self._head_raw = 0
-                else:
-                    self._head_raw += len(data)
-                    if self._head_raw > self.limits.max_head_bytes:
-                        self._reject(431, "request header fields too large")
-
-    def _after_upgrade(self, data: bytes, offset: int) -> None:
-        """The upgrade is ignored: the request (bodyless, see on_headers_complete) was
-        answered as HTTP/1.1, and what follows it is the next request."""
-        while offset < len(data) and self.state != CLOSING:
-            data = data[offset:]
-            try:
-                self.parser.feed_data(data)
-                return
-            except httptools.HttpParserUpgrade as upgrade:
-                offset = int(upgrade.args[0])
+        self.reader.feed(data)  # → request_complete / reject / expect_continue, below
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the responses it asked for; then we close.
@@ -270,142 +183,9 @@ class HttpConnection(asyncio.Protocol):
         self._eof = True
         return True
 
-    # -- httptools callbacks -----------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self.state == CLOSING:
-            raise _StopParsing  # pipelined behind a response that closes the connection
-        request = Request()
-        request.client_ip = self.client_ip
-        self._request = request
-        self._fields = request.headers
-        self._raw_fields = request.raw_headers
-        self._url = []
-        self._head_bytes = 0
-        self._head_raw = -1
-        self._body = []
-        self._body_size = 0
-        self.state = HEAD
-        self.deadline = -self.limits.header_timeout
-
-    def on_url(self, url: bytes) -> None:
-        self._url.append(url)
-        self._head_bytes += len(url)
-        if self._head_bytes > self.limits.max_target_bytes:
-            raise RequestRejected(414, "request-target too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.limits.max_head_bytes:
-            raise RequestRejected(431, "request header fields too large")
-        raw = self._raw_fields
-        if len(raw) >= self.limits.max_headers:
-            raise RequestRejected(431, "too many header fields")
-        raw.append((name, value))
-        lower = name.lower()
-        headers = self._fields
-        if lower in headers:
-            if lower == b"host":
-                raise RequestRejected(400, "more than one Host field")
-            headers[lower] = headers[lower] + b", " + value
-        else:
-            headers[lower] = value
-
-    def on_headers_complete(self) -> None:
-        request = self._request
-        assert request is not None
-        parser = self.parser
-        request.method = parser.get_method().decode("ascii", "replace")
-        request.version = parser.get_http_version().encode()
-        request.keep_alive = parser.should_keep_alive()
-        request.start = self.server.loop.time()
-        if request.version not in (b"1.1", b"1.0"):
-            raise RequestRejected(505, "only HTTP/1.0 and HTTP/1.1 are supported")
-        if request.method == "CONNECT":
-            raise RequestRejected(400, "CONNECT is not supported: this is not a forward proxy")
-        target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
-        self._set_target(request, target)
-        headers = request.headers
-        if request.version == b"1.1" and b"host" not in headers:
-            raise RequestRejected(400, "HTTP/1.1 request without Host")
-        length = headers.get(b"content-length")
-        if length is not None:
-            length = length.strip()
-            if length.isdigit() and int(length) > self.limits.max_body_bytes:
-                raise RequestRejected(413, "request body too large")
-        coding = headers.get(b"transfer-encoding")
-        if coding is not None:
-            if request.version == b"1.0":
-                raise RequestRejected(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if coding.strip().lower() != b"chunked":
-                raise RequestRejected(501, "unsupported transfer coding: only chunked")
-            # Trailer fields (after the last chunk) are read and dropped, never merged into
-            # the header fields (RFC 9110 §6.5.1): a trailer could otherwise add a field
-            # that was checked or forwarded as if the client had sent it in the head.
-            self._fields = {}
-            self._raw_fields = []
-        if (
-            b"upgrade" in headers
-            and self.parser.should_upgrade()
-            and _has_body(length, coding)
-        ):
-            # llhttp would not read the body of an upgrade; it must not become a request.
-            raise RequestRejected(400, "Upgrade is not supported on a request with a body")
-        expect = headers.get(b"expect")
-        if expect is not None:
-            if expect.lower() != b"100-continue":
-                raise RequestRejected(417, "unsupported expectation")
-            if request.version == b"1.1" and _has_body(length, coding):
-                if self._busy or self._queue:
-                    self._expect_continue = True  # sent when this request's turn comes
-                elif self.transport is not None:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self.state = BODY
-
-    def _set_target(self, request: Request, target: bytes) -> None:
-        """Accept origin-form, and absolute-form only for a host this node serves: a cache
-        node is not an open forward proxy."""
-        if target[:1] != b"/":
-            if target == b"*" and request.method == "OPTIONS":
-                request.target = target
-                request.path = "*"
-                return
-            try:
-                url = httptools.parse_url(target)
-            except httptools.HttpParserInvalidURLError as exc:
-                raise RequestRejected(400, "invalid request target") from exc
-            if url.schema is None or url.schema.lower() not in (b"http", b"https") or not url.host:
-                raise RequestRejected(400, "request target must be a path")
-            host = url.host.decode("latin-1").lower()
-            if host not in self.server.served_hosts:
-                raise RequestRejected(400, f"absolute-form target for a foreign host {host!r}")
-            target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
-        try:
-            text = target.decode("ascii")
-        except UnicodeDecodeError as exc:
-            raise RequestRejected(400, "request target is not ASCII") from exc
-        if "#" in text:  # (on str: ``in`` on bytes costs several times more)
-            raise RequestRejected(400, "request target with a fragment")
-        request.target = target
-        path, _, query = text.partition("?")
-        request.path = path
-        request.query = query
-
-    def on_body(self, body: bytes) -> None:
-        self._body_size += len(body)
-        if self._body_size > self.limits.max_body_bytes:
-            raise RequestRejected(413, "request body too large")
-        self._body.append(body)
-        self.deadline = -self.limits.header_timeout  # progress: the body timeout restarts
-
-    def on_message_complete(self) -> None:
-        request = self._request
-        assert request is not None
-        self._request = None
-        if self._body:
-            request.body = b"".join(self._body)
-            self._body = []
-        self.state = IDLE
-        self.deadline = -self.limits.idle_timeout
+    # -- what the reader calls --------------------------------------------------------------
+    def request_complete(self, request: Request) -> None:
+        """A whole request was read: answer it now, or queue it behind the ones before."""
         if self._busy or self._queue:
             # (Only then can a 100 still be owed; the body came without waiting for it.)
             self._expect_continue = False
@@ -420,7 +200,21 @@ class HttpConnection(asyncio.Protocol):
             self._queue.append(request)
             self._start(self.drain(), answered=False)
             return
-        self._dispatch(request)
+        # _dispatch and _after_response, inlined: this is every HIT's path.
+        self._ttfb_start = request.start
+        pending = self.node.receive(request, self)
+        if pending is not None:
+            self._start(pending)
+        elif self._close_after or (self._eof and not self._queue):
+            self._close()
+
+    def expect_continue(self) -> None:
+        """The request being read waits for ``100 Continue`` before sending its body: send
+        it now if the request is next to be answered, else when its turn comes."""
+        if self._busy or self._queue:
+            self._expect_continue = True
+        elif self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     # -- answering ---------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
@@ -461,9 +255,9 @@ class HttpConnection(asyncio.Protocol):
                 self._start(self.drain(), answered=False)
                 return
             self._dispatch(queue.popleft())
-        if self._busy or self.closed or self.state == CLOSING:
+        if self._busy or self.closed or self.reader.state == CLOSING:
             return
-        if self._expect_continue and self.state == BODY and self.transport is not None:
+        if self._expect_continue and self.reader.state == BODY and self.transport is not None:
             self._expect_continue = False
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if not self.paused and len(queue) < self.limits.max_pipelined:
@@ -478,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
         and drop what the client still sends for a moment (see LINGER_SECONDS): closing a
         socket with unread bytes sends a reset, which can destroy the error response before
         the client reads it."""
-        self.state = CLOSING
+        self.reader.state = CLOSING
         self._queue.clear()
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -487,20 +281,20 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
             return
         transport.write_eof()
-        self.deadline = -LINGER_SECONDS
+        self.reader.deadline = -LINGER_SECONDS
         if self._reading_paused and not self.closed:
             transport.resume_reading()
             self._reading_paused = False
 
-    def _reject(self, status: int, reason: str) -> None:
+    def reject(self, status: int, reason: str) -> None:
         """Answer a protocol error in pipeline order, then close."""
-        if self.state == CLOSING:
+        reader = self.reader
+        if reader.state == CLOSING:
             return  # bytes after the connection's last response (llhttp: data after close)
-        request = self._request or Request()
-        self._request = None
+        request = reader.take_request()
         request.error = (status, reason)
         request.keep_alive = False
-        self.state = CLOSING
+        reader.state = CLOSING
         self._linger = True
         self._pause_reading()
         if self._busy or self._queue:
@@ -570,7 +364,14 @@ class HttpConnection(asyncio.Protocol):
         """The Connection field this response carries: ``close`` when it ends the
         connection, ``keep-alive`` for an HTTP/1.0 client that asked to keep it (1.0
         clients close otherwise), nothing for HTTP/1.1's default persistence."""
-        if self.close_after(request):
+        # (close_after, inlined: every response asks)
+        if (
+            self._close_after
+            or not request.keep_alive
+            or self.server.draining
+            or (self._eof and not self._queue)
+        ):
+            self._close_after = True
             return b"Connection: close\r\n"
         if request.version == b"1.0":
             return b"Connection: keep-alive\r\n"
@@ -623,27 +424,28 @@ class HttpConnection(asyncio.Protocol):
                 self.node.stats.timeouts += 1
                 self.abort()
             return
+        reader = self.reader
         if self._busy or self._queue:
             # Answering (the upstream has its own timeouts); what is timed next starts after.
-            if self.state != CLOSING:
+            if reader.state != CLOSING:
                 limits = self.limits
-                self.deadline = -(limits.idle_timeout if self.state == IDLE
-                                  else limits.header_timeout)
+                reader.deadline = -(limits.idle_timeout if reader.state == IDLE
+                                    else limits.header_timeout)
             return
-        deadline = self.deadline
+        deadline = reader.deadline
         if deadline < 0:
-            self.deadline = now - deadline  # started since the last sweep: time it from now
+            reader.deadline = now - deadline  # started since the last sweep: time it from now
             return
         if now < deadline:
             return
         transport = self.transport
-        if self.state == CLOSING:  # the lingering close is over
+        if reader.state == CLOSING:  # the lingering close is over
             if transport is not None:
                 transport.close()
             return
         self.node.stats.timeouts += 1
-        if self.state in (HEAD, BODY):
-            self.state = CLOSING
+        if reader.state == HEAD or reader.state == BODY:
+            reader.state = CLOSING
             if transport is not None:
                 transport.write(error_response(408, "request not received in time", close=True))
                 transport.close()
@@ -657,7 +459,7 @@ class HttpConnection(asyncio.Protocol):
         if (
             not self._busy
             and not self._queue
-            and (self.state == IDLE or self.state == CLOSING)
+            and (self.reader.state == IDLE or self.reader.state == CLOSING)
             and self.transport
         ):
             self.transport.close()

@@ -32,16 +32,19 @@ from typing import TYPE_CHECKING
 from reelcdn.edge import head as _pure_head
 from reelcdn.edge import lru as _pure_lru
 from reelcdn.edge import ranges as _pure_ranges
+from reelcdn.edge import reader as _pure_reader
 
 __all__ = [
     "HEAD_COMPILED",
     "LRU_COMPILED",
     "NO_EXTENSIONS",
     "RANGES_COMPILED",
+    "READER_COMPILED",
     "head",
     "implementations",
     "lru",
     "ranges",
+    "reader",
 ]
 
 
@@ -93,6 +96,14 @@ else:
 HEAD_COMPILED: bool = head is not _pure_head
 """True when :data:`head` (response head building) is the Cython module."""
 
+if TYPE_CHECKING:
+    from reelcdn.edge import reader as reader
+else:
+    reader = _select("reader", _pure_reader)
+
+READER_COMPILED: bool = reader is not _pure_reader
+"""True when :data:`reader` (the request reader: llhttp callbacks and limits) is compiled."""
+
 
 def implementations() -> dict[str, str]:
     """``{"ranges": "compiled" | "pure", ...}``: what runs, for logs and ``/health``."""
@@ -100,4 +111,5 @@ def implementations() -> dict[str, str]:
         "ranges": "compiled" if RANGES_COMPILED else "pure",
         "lru": "compiled" if LRU_COMPILED else "pure",
         "head": "compiled" if HEAD_COMPILED else "pure",
+        "reader": "compiled" if READER_COMPILED else "pure",
     }
