@@ -186,18 +186,33 @@ def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
     def pct(v: float | None) -> str:
         return "–" if v is None else f"{v * 100:.2f}%"
 
+    def tier_ratio(s: dict[str, Any], tier: str) -> str:
+        return pct(s["client"]["tiers"].get(tier, {}).get("hit_ratio"))
+
+    def harness(s: dict[str, Any]) -> str:
+        view = s.get("harness") or {}
+        machine = view.get("machine_busy")
+        return (f"{view.get('cpu_max', 0) * 100:.0f}% of a core, lag p99 "
+                f"{view.get('loop_lag_p99_ms', 0):.0f} ms, machine "
+                + ("–" if machine is None else f"{machine * 100:.0f}%"))
+
     rows = [("TTFF p50 (ms)", lambda s: ms(s["ttff_ms"]["p50"]), "ttff_p50"),
+            ("TTFF p90 (ms)", lambda s: ms(s["ttff_ms"]["p90"]), "ttff_p90"),
             ("TTFF p95 (ms)", lambda s: ms(s["ttff_ms"]["p95"]), "ttff_p95"),
             ("TTFF p99 (ms)", lambda s: ms(s["ttff_ms"]["p99"]), "ttff_p99"),
+            ("sessions played", lambda s: str(s["outcomes"].get("played", 0)), None),
             ("VSF", lambda s: pct(s["vsf"]), None),
             ("EBVS", lambda s: pct(s["ebvs"]), None),
-            ("rebuffer ratio", lambda s: pct(s["rebuffer"]["ratio"]), None),
+            ("rebuffer ratio (events)", lambda s: f"{pct(s['rebuffer']['ratio'])} "
+             f"({s['rebuffer']['events']})", None),
             ("player requests", lambda s: str(s["client"]["requests"]), None),
             ("origin requests (counted at the origin)",
              lambda s: str(s["origin_requests_counted"]), "origin_requests"),
             ("origin offload", lambda s: pct(s["offload_counted"]), None),
-            ("edge hit ratio (Cache-Status)", lambda s: pct(
-                next(iter(s["client"]["tiers"].values()), {}).get("hit_ratio")), None)]
+            ("edge hit ratio (Cache-Status)", lambda s: tier_ratio(s, "edge"), None),
+            ("regional hit ratio (Cache-Status)", lambda s: tier_ratio(s, "regional"), None),
+            ("shield hit ratio (Cache-Status)", lambda s: tier_ratio(s, "shield"), None),
+            ("harness: busiest process, loop lag, machine busy", harness, None)]
     lines = [f"`{command}`", "", "| | reelcdn | nginx | nginx / reelcdn |", "|---|---|---|---|"]
     for label, get, key in rows:
         ratio = ratios.get(f"{key}_nginx_over_reelcdn") if key else None
