@@ -217,6 +217,11 @@ class NodeConfig:
     # Stored bodies at least this large live in memory files and leave with sendfile(2)
     # (edge/bodyfile.py); 0 keeps every body as bytes.
     sendfile_min_bytes: int = 64 * 1024
+    # Disk tier (edge/disktier.py): memory's victims (bodies >= sendfile_min_bytes) kept in
+    # files under cache_dir, at most cache_disk bytes of them; 0: no disk tier. Nothing
+    # persists across restarts. cache_dir is absolute (resolved against the file's directory).
+    cache_disk: int = 0
+    cache_dir: str | None = None
     ttl_rules: tuple[TtlRule, ...] = ()
     ignore_query_params: frozenset[str] = DEFAULT_IGNORE_QUERY_PARAMS
     ignore_query_prefixes: tuple[str, ...] = ()
@@ -719,6 +724,8 @@ _NODE_KEYS: tuple[str, ...] = (
     "cache_memory",
     "max_object_size",
     "sendfile_min_size",
+    "cache_disk",
+    "cache_dir",
     "admin_token",
     "admin_token_env",
     "host_in_key",
@@ -980,10 +987,15 @@ def _parse_name_list(
 
 
 def _parse_layer(
-    prefix: str, table: Mapping[str, Any], file: str, environ: Mapping[str, str]
+    prefix: str,
+    table: Mapping[str, Any],
+    file: str,
+    environ: Mapping[str, str],
+    base_dir: str | None = None,
 ) -> dict[str, _Sourced]:
     """Parse one table of node keys (a ``[node.NAME]`` or the ``[defaults]``) into
-    ``{field: (value, dotted key)}``; only keys present in the table appear."""
+    ``{field: (value, dotted key)}``; only keys present in the table appear. Relative paths
+    (``cache_dir``) resolve against ``base_dir`` (default: the working directory)."""
     _check_keys(file, prefix, table, _NODE_KEYS)
     if "admin_token" in table and "admin_token_env" in table:
         raise ConfigError(
@@ -1038,6 +1050,21 @@ def _parse_layer(
             put("max_object_bytes", parse_size(raw, file=file, key=dotted), key)
         elif key == "sendfile_min_size":
             put("sendfile_min_bytes", parse_size(raw, file=file, key=dotted), key)
+        elif key == "cache_disk":
+            put("cache_disk", parse_size(raw, file=file, key=dotted), key)
+        elif key == "cache_dir":
+            if not isinstance(raw, str):
+                raise _type_error(file, dotted, 'a directory path like "/var/cache/reelcdn"',
+                                  raw)
+            if not raw.strip():
+                raise ConfigError(file, dotted, "must not be empty")
+            path = os.path.normpath(os.path.join(
+                base_dir if base_dir is not None else os.getcwd(),
+                os.path.expanduser(raw.strip()),
+            ))
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise ConfigError(file, dotted, f"{_quote(path)} exists and is not a directory")
+            put("cache_dir", path, key)
         elif key == "admin_token":
             if not isinstance(raw, str):
                 raise _type_error(file, dotted, "a string", raw)
@@ -1157,6 +1184,13 @@ def _draft(name: str, layers: list[dict[str, _Sourced]], file: str) -> _Draft:
         raise ConfigError(
             file, f"node.{name}.listen", 'missing: every node needs listen (e.g. listen = '
             '"127.0.0.1:8080")'
+        )
+    disk = draft.merged.get("cache_disk")
+    if disk is not None and disk[0] > 0 and "cache_dir" not in draft.merged:
+        raise ConfigError(
+            file, f"node.{name}.cache_dir", f"missing: {disk[1]} asks for a disk tier, which "
+            'needs cache_dir, the directory for its files (e.g. cache_dir = '
+            '"/var/cache/reelcdn"; created if missing)'
         )
     return draft
 
@@ -1628,7 +1662,7 @@ def topology_from_text(
     defaults_table = doc.get("defaults", {})
     if not isinstance(defaults_table, dict):
         raise _type_error(file, "defaults", "a table ([defaults])", defaults_table)
-    defaults = _parse_layer("defaults", defaults_table, file, env)
+    defaults = _parse_layer("defaults", defaults_table, file, env, base)
     origins = _parse_origins(doc.get("origin", {}), file, base)
     node_tables = doc.get("node", {})
     if not isinstance(node_tables, dict):
@@ -1647,7 +1681,7 @@ def topology_from_text(
                 )
             raise _type_error(file, f"node.{name}", f"a table ([node.{name}])", table)
         _check_node_name(name, file)
-        layer = _parse_layer(f"node.{name}", table, file, env)
+        layer = _parse_layer(f"node.{name}", table, file, env, base)
         drafts[name] = _draft(name, [defaults, layer], file)
     return Topology(file=file, origins=origins, nodes=_build_nodes(drafts, origins, file))
 

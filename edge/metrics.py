@@ -44,6 +44,15 @@ class NodeStats:
         self.timeouts = 0
         self.body_files = 0
         self.body_file_fallbacks = 0
+        # Disk tier (edge/disktier.py): counters, then levels (rendered as gauges).
+        self.disk_hits = 0
+        self.disk_writes = 0
+        self.disk_evictions = 0
+        self.disk_dropped_writes = 0
+        self.disk_errors = 0
+        self.disk_bytes = 0
+        self.disk_objects = 0
+        self.disk_capacity = 0
         # Edge features (edge/features.py, playlists.py, prefetch.py, cmcd.py).
         self.playlists_rendered = 0
         self.prefetch_issued = 0
@@ -105,6 +114,23 @@ SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Sum of the CMCD buffer lengths (bl, ms) reported; divide by the reports count"),
     ("cmcd_buffer_reports", "reelcdn_cmcd_buffer_length_reports",
      "CMCD requests that reported a buffer length (bl)"),
+    ("disk_hits", "reelcdn_disk_hits",
+     "Memory misses answered by the disk tier (the entry moved back into memory)"),
+    ("disk_writes", "reelcdn_disk_writes", "Bodies of memory victims written to the disk tier"),
+    ("disk_evictions", "reelcdn_disk_evictions",
+     "Objects evicted from the disk tier to stay within cache_disk (files removed)"),
+    ("disk_dropped_writes", "reelcdn_disk_dropped_writes",
+     "Memory victims not written to disk because the write queue was full"),
+    ("disk_errors", "reelcdn_disk_errors",
+     "Disk tier files that could not be written, opened or mapped (the object is dropped)"),
+)
+
+# Levels kept on ``NodeStats`` by the node itself (not by the admin app's gauges callback):
+# (attribute, metric name, help), rendered as gauges and summed over workers.
+STATS_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("disk_bytes", "reelcdn_disk_bytes", "Bytes of files in the disk tier (whole 4 KiB blocks)"),
+    ("disk_objects", "reelcdn_disk_objects", "Objects in the disk tier"),
+    ("disk_capacity", "reelcdn_disk_capacity_bytes", "The disk tier's configured budget"),
 )
 
 
@@ -119,6 +145,7 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
         "requests": [[m, s, c, v] for (m, s, c), v in stats.requests.items()],
         "upstream_requests": [[u, c, v] for (u, c), v in stats.upstream_requests.items()],
         "counters": {attr: getattr(stats, attr) for attr, _, _ in SIMPLE_COUNTERS},
+        "levels": {attr: getattr(stats, attr) for attr, _, _ in STATS_GAUGES},
         "ttfb_counts": list(stats.ttfb_counts),
         "ttfb_sum": stats.ttfb_sum,
     }
@@ -129,6 +156,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     requests: dict[tuple[str, str, int], int] = {}
     upstream: dict[tuple[str, int], int] = {}
     counters = {attr: 0 for attr, _, _ in SIMPLE_COUNTERS}
+    levels = {attr: 0 for attr, _, _ in STATS_GAUGES}
     ttfb = [0] * (len(TTFB_BUCKETS) + 1)
     ttfb_sum = 0.0
     for snap in snapshots:
@@ -140,6 +168,8 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             upstream[ukey] = upstream.get(ukey, 0) + value
         for attr, value in snap["counters"].items():
             counters[attr] = counters.get(attr, 0) + value
+        for attr, value in snap.get("levels", {}).items():
+            levels[attr] = levels.get(attr, 0) + value
         for i, value in enumerate(snap["ttfb_counts"][: len(ttfb)]):
             ttfb[i] += value
         ttfb_sum += snap["ttfb_sum"]
@@ -147,6 +177,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "requests": [[m, s, c, v] for (m, s, c), v in requests.items()],
         "upstream_requests": [[u, c, v] for (u, c), v in upstream.items()],
         "counters": counters,
+        "levels": levels,
         "ttfb_counts": ttfb,
         "ttfb_sum": ttfb_sum,
     }
@@ -197,6 +228,11 @@ def collect_families(
         family = CounterMetricFamily(name, doc, labels=["node"])
         family.add_metric([node], stats["counters"].get(attr, 0))
         yield family
+
+    for attr, name, doc in STATS_GAUGES:
+        level = GaugeMetricFamily(name, doc, labels=["node"])
+        level.add_metric([node], stats.get("levels", {}).get(attr, 0))
+        yield level
 
     for name, value in gauges.items():
         gauge = GaugeMetricFamily(name, GAUGE_HELP.get(name, name), labels=["node"])

@@ -8,18 +8,29 @@ Keys: the *primary* key is the normalised URI (see ``cachekey``). When a respons
 ``Vary``, the store remembers the varying field names for that primary key and files each
 variant under ``primary + "\\0" + the request's values of those fields``; a lookup without
 Vary is a single dict access.
+
+Disk tier (``cache_disk > 0``, see ``disktier.py``): the store owns a :class:`DiskTier` that
+receives the LRU's victims and answers the lookups memory misses; a disk hit moves the entry
+back into memory (exclusive tiers). Purge and removal reach both tiers. Without it, nothing on
+the HIT path changes; with it, only a memory miss does more.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
 
 from .bodyfile import FileBody
+from .disktier import DiskTier
 from .freshness import Freshness
 from .http import render_fields, validators
 from .lru import LruIndex  # the contract of both twins, for type hints
+
+log = logging.getLogger("reelcdn.store")
 
 # Bytes charged per entry beyond body, header block and key.
 ENTRY_OVERHEAD = 3584
@@ -27,6 +38,11 @@ ENTRY_OVERHEAD = 3584
 # about 2.6 KB beyond its body when stored (the header list of tuples ~1.5 KB, the entry, the
 # header block, dict and index slots) and 3.3 KB once the first HIT cached its head. Charging
 # less let a cache of small objects (playlists, inits) grow to twice ``cache_memory``.
+
+# Bodies smaller than this never go to the disk tier when the node keeps every body as bytes
+# (``sendfile_min_size = 0``); otherwise the threshold is ``sendfile_min_size``: a body worth a
+# memory file is worth a disk file, and below it a file descriptor costs more than it saves.
+DISK_MIN_BYTES = 64 * 1024
 
 # A memory-file body (``bodyfile.FileBody``) occupies whole pages, plus the kernel's file and
 # mapping objects and two descriptors (``mmap`` duplicates the one it maps): ~1 KiB.
@@ -62,6 +78,7 @@ class CacheEntry:
         "prior",
         "hits",
         "charge",
+        "disk_path",
     )
 
     def __init__(
@@ -86,6 +103,8 @@ class CacheEntry:
         self.initial_age = initial_age
         self.vary = vary
         self.hits = 0
+        # The disk tier's file holding this body, when it was promoted from there (disktier).
+        self.disk_path: str | None = None
         self.head_cache: tuple[int, bytes] | None = None
         self._set_headers(headers)
 
@@ -147,6 +166,61 @@ class MemoryStore:
         self._touch = self._index.touch  # bound once: lookup() is on the HIT path
         self._vary: dict[str, tuple[bytes, ...]] = {}
         self._variant_keys: dict[str, set[str]] = {}
+        self._disk: DiskTier | None = None
+        self._counts: Any = None
+        self._disk_configured = False
+
+    @property
+    def disk(self) -> DiskTier | None:
+        """The disk tier (``configure_disk``), or None."""
+        return self._disk
+
+    def configure_disk(self, config: Any, counts: Any = None) -> None:
+        """Create, resize, move or drop the disk tier from a node config (``cache_disk``,
+        ``cache_dir``, ``sendfile_min_bytes``); called at start and on every reload, and a
+        no-op when nothing changed. ``counts``: the node's ``NodeStats`` (disk counters).
+
+        A new directory gets a new, empty tier (the old one's files are removed); a smaller
+        ``cache_disk`` evicts down to it. The first call raises ``OSError`` when the directory
+        cannot be made (the node does not start); later ones (reloads) log it and keep the tier
+        they had.
+        """
+        first, self._disk_configured = not self._disk_configured, True
+        capacity = getattr(config, "cache_disk", 0) or 0
+        directory = getattr(config, "cache_dir", None)
+        min_bytes = getattr(config, "sendfile_min_bytes", 0) or DISK_MIN_BYTES
+        if counts is not None:
+            self._counts = counts
+        disk = self._disk
+        if capacity <= 0 or not directory:
+            if disk is not None:
+                self._disk = None
+                disk.close()
+            return
+        directory = os.path.abspath(directory)
+        if disk is not None and disk.directory == directory:
+            disk.min_bytes = min_bytes
+            if disk.capacity != capacity:
+                disk.resize(capacity)
+            return
+        try:
+            fresh = DiskTier(capacity, directory, min_bytes=min_bytes, counts=self._counts)
+        except OSError as exc:
+            if first:
+                raise OSError(exc.errno, f"cache_dir {directory}: {exc.strerror or exc}") from exc
+            log.error("disk tier: cannot use cache_dir %s (%s); keeping the previous one",
+                      directory, exc)
+            return
+        if disk is not None:
+            disk.close()
+        self._disk = fresh
+        log.info("disk tier: %d bytes under %s", capacity, fresh.run_dir)
+
+    def close(self) -> None:
+        """Drop the disk tier's files (the memory entries stay)."""
+        if self._disk is not None:
+            disk, self._disk = self._disk, None
+            disk.close()
 
     @property
     def bytes(self) -> int:
@@ -175,10 +249,15 @@ class MemoryStore:
         return primary + "\0" + "\0".join(v.decode("latin-1") for v in values)
 
     def vary_of(self, primary: str) -> tuple[bytes, ...]:
-        return self._vary.get(primary, ())
+        vary = self._vary.get(primary, ())
+        if not vary and self._disk is not None:
+            return self._disk.vary_of(primary)
+        return vary
 
     def lookup(self, primary: str, headers: dict[bytes, bytes]) -> CacheEntry | None:
-        """The stored variant for this request, marked most recently used; or None."""
+        """The stored variant for this request, marked most recently used; or None.
+
+        A memory miss asks the disk tier, which hands the entry back into memory."""
         vary = self._vary.get(primary)
         key = primary if not vary else self.variant_key(primary, vary, headers)
         entry = self._entries.get(key)
@@ -186,6 +265,28 @@ class MemoryStore:
             # The entry's own key is the object the index holds (see insert): the index finds it
             # by identity, without comparing the request's freshly built, equal string.
             self._touch(entry.key)
+            return entry
+        if self._disk is None:
+            return None
+        return self._promote(primary, headers)
+
+    def _promote(self, primary: str, headers: dict[bytes, bytes]) -> CacheEntry | None:
+        """A disk hit: the entry leaves the disk tier and becomes memory's most recent."""
+        disk = self._disk
+        assert disk is not None
+        if not len(disk):
+            return None
+        vary = self._vary.get(primary) or disk.vary_of(primary)
+        key = primary if not vary else self.variant_key(primary, vary, headers)
+        entry = disk.take(key)
+        if entry is None:
+            return None
+        if entry.charge > self._index.capacity:
+            disk.put(entry)  # memory shrank below it since: serve it, keep it on disk
+            return entry
+        evicted = self.insert(entry)
+        if evicted and self._counts is not None:
+            self._counts.evictions += evicted  # the node counts only its own inserts
         return entry
 
     def peek(self, key: str) -> CacheEntry | None:
@@ -199,19 +300,25 @@ class MemoryStore:
             return 0  # refused before anything changes: an older version stays servable
         key = entry.key
         old = self._entries.pop(key, None)
+        disk = self._disk
+        if disk is not None:
+            disk.admit(key, entry.primary, entry.vary)
         if old is not None:
             self._forget(old)
+            if old is not entry and old.disk_path is not None:
+                self._discard_file(old)
             # Re-filed rather than replaced in place, which would keep the old key object: the
             # index must hold this entry's key object for lookup()'s identity match.
             self._index.remove(key)
         if entry.vary:
             if self._vary.get(entry.primary) != entry.vary:
                 # The origin changed its Vary: variants filed under the old fields are unreachable.
-                self.remove_primary(entry.primary)
+                # (The disk tier's were checked against its own record of the Vary: admit.)
+                self._remove_primary_memory(entry.primary)
             self._vary[entry.primary] = entry.vary
             self._variant_keys.setdefault(entry.primary, set()).add(key)
         elif entry.primary in self._vary:
-            self.remove_primary(entry.primary)
+            self._remove_primary_memory(entry.primary)
         self._entries[key] = entry
         evicted = self._index.insert(key, entry.charge)
         if evicted:
@@ -219,11 +326,22 @@ class MemoryStore:
         return len(evicted)
 
     def _drop(self, evicted: list[str]) -> None:
-        """The index evicted these keys: drop their entries and count the evictions."""
+        """The index evicted these keys: drop their entries (to the disk tier, if any, which
+        keeps those worth a file) and count the evictions."""
         entries = self._entries
+        disk = self._disk
         for key in evicted:
-            self._forget(entries.pop(key))
+            victim = entries.pop(key)
+            self._forget(victim)
+            if disk is not None:
+                disk.put(victim)
         self.evictions += len(evicted)
+
+    def _discard_file(self, entry: CacheEntry) -> None:
+        """An entry promoted from disk leaves memory for good: its kept file goes too."""
+        if self._disk is not None:
+            self._disk.discard_file(entry.disk_path)
+        entry.disk_path = None
 
     def _forget(self, victim: CacheEntry) -> None:
         """Vary bookkeeping for an entry that left ``_entries``: drop it with its last variant."""
@@ -241,14 +359,24 @@ class MemoryStore:
             return False
         self._index.remove(key)
         self._forget(entry)
+        if entry.disk_path is not None:
+            self._discard_file(entry)
         return True
 
     def remove(self, key: str) -> bool:
-        """Remove one stored variant by its storage key."""
-        return self._remove_key(key)
+        """Remove one stored variant by its storage key (from memory or the disk tier)."""
+        if self._remove_key(key):
+            return True
+        return self._disk is not None and self._disk.remove(key)
 
     def remove_primary(self, primary: str) -> int:
         """Remove every variant of one URI. Returns how many entries went."""
+        removed = self._remove_primary_memory(primary)
+        if self._disk is not None:
+            removed += self._disk.remove_primary(primary)
+        return removed
+
+    def _remove_primary_memory(self, primary: str) -> int:
         keys = set(self._variant_keys.get(primary, ()))
         keys.add(primary)
         removed = 0
@@ -263,6 +391,8 @@ class MemoryStore:
         keys = [k for k, e in self._entries.items() if e.primary.startswith(prefix)]
         for key in keys:
             self._remove_key(key)
+        if self._disk is not None:
+            return len(keys) + self._disk.remove_prefix(prefix)
         return len(keys)
 
     def resize(self, capacity: int) -> int:

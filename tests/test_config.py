@@ -777,3 +777,53 @@ def test_example_file_loads() -> None:
     assert rules["*.m3u8"].ttl == 2.0
     assert rules["*/meta.json"].ttl == 5.0
     assert rules["*"] == TtlRule("*", 10.0, frozenset({404}))
+
+
+# --- disk tier: cache_disk, cache_dir -----------------------------------------------------------
+
+
+def test_disk_tier_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + 'cache_disk = "4GiB"\ncache_dir = "cache/disk"\n')
+    node = load_config_file(path)["edge-a"]
+    assert node.cache_disk == 4 * 1024**3
+    assert node.cache_dir == str(tmp_path / "cache" / "disk")  # relative to the file
+    assert not (tmp_path / "cache").exists()  # made by the node at start, not by the loader
+    default = node_config_from_dict("edge-a", {"listen": "127.0.0.1:8080",
+                                                "upstream": "http://127.0.0.1:8000"})
+    assert (default.cache_disk, default.cache_dir) == (0, None)
+    absolute = node_config_from_dict("edge-a", {
+        "listen": "127.0.0.1:8080", "upstream": "http://127.0.0.1:8000",
+        "cache_disk": 0, "cache_dir": str(tmp_path),
+    })
+    assert absolute.cache_dir == str(tmp_path)
+
+
+def test_disk_tier_from_defaults(tmp_path: Path) -> None:
+    text = '[defaults]\ncache_dir = "/var/cache/reelcdn"\ncache_disk = "1GiB"\n' + MINIMAL
+    node = load_config_file(write(tmp_path, text))["edge-a"]
+    assert (node.cache_disk, node.cache_dir) == (1024**3, "/var/cache/reelcdn")
+
+
+def test_cache_disk_needs_cache_dir(tmp_path: Path) -> None:
+    err = load_error(tmp_path, MINIMAL + 'cache_disk = "4GiB"\n')
+    assert err.key == "node.edge-a.cache_dir"
+    assert "node.edge-a.cache_disk asks for a disk tier" in err.message
+    err = load_error(tmp_path, '[defaults]\ncache_disk = "1GiB"\n' + MINIMAL)
+    assert err.key == "node.edge-a.cache_dir" and "defaults.cache_disk" in err.message
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "fragment"),
+    [
+        ({"cache_disk": "4G"}, "node.edge-a.cache_disk", "ambiguous"),
+        ({"cache_disk": -1}, "node.edge-a.cache_disk", "must not be negative"),
+        ({"cache_dir": 5}, "node.edge-a.cache_dir", "expected a directory path"),
+        ({"cache_dir": "  "}, "node.edge-a.cache_dir", "must not be empty"),
+        ({"cache_disk": "1GiB", "cache_dir": __file__}, "node.edge-a.cache_dir",
+         "exists and is not a directory"),
+    ],
+)
+def test_disk_tier_key_errors(table: dict[str, Any], key: str, fragment: str) -> None:
+    err = node_error(table)
+    assert err.key == key and fragment in err.message
+    assert str(err).startswith("t.toml: " + key)
