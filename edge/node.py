@@ -191,6 +191,7 @@ class CacheNode:
         self.config = config
         self.stats.evictions += self.store.resize(config.cache_memory)
         self.body_files.min_bytes = config.sendfile_min_bytes
+        self._cmsd = cmsd.node_block(config.name) if config.cmsd else b""
         if _upstream_spec(config) != _upstream_spec(old):
             fresh = build_upstream(config)
             fresh.observe = self.stats.upstream
@@ -381,12 +382,15 @@ class CacheNode:
         *,
         chunked: bool = False,
         prior: tuple[bytes, bytes] = NO_PRIOR,
+        cmsd_block: bytes | None = None,
     ) -> bytes:
         """Status line, stored fields, then what this node adds: Age, Cache-Status, Via,
         framing (Content-Length or chunked) and Connection (``head.build_head``, compiled
-        when built)."""
+        when built). ``cmsd_block`` replaces this node's shared ``CMSD-Dynamic`` line (a
+        rendered playlist's carries its connection's measures)."""
+        cmsd_line = self._cmsd if cmsd_block is None else cmsd_block
         return heads.build_head(
-            status, header_block + self._cmsd, None if age is None else int(age), prior[0],
+            status, header_block + cmsd_line, None if age is None else int(age), prior[0],
             self._member, member, None if ttl is None else int(ttl), prior[1], self._via_hop,
             length, chunked, close,
         )

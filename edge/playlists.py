@@ -57,7 +57,6 @@ from reelcdn.manifests import (
 )
 from reelcdn.origin.meta import VideoMeta
 
-from ..extensions import head as heads  # compiled twin when built, else edge/head.py
 from . import cmsd, conditional
 from .cachekey import cache_key
 from .coalescer import FetchFailed
@@ -316,11 +315,12 @@ class PlaylistRenderer:
         node's ``CMSD-Dynamic`` member carries the client connection's measured ``etp``/``rtt``
         (this head is built for this one response, unlike a stored object's shared one)."""
         node = self.node
-        if node._cmsd:
+        line = None
+        if node.config.cmsd:
             etp, rtt = cmsd.tcp_measures(_socket_of(conn))
-            block += cmsd.dynamic_block(node.name, etp, rtt)
-        return heads.build_head(status, block, None, prior, node._member, member, None, b"",
-                                node._via_hop, length, False, close)
+            line = cmsd.dynamic_block(node.name, etp, rtt)
+        return node._head(status, block, None, member, None, length, close,
+                          prior=(prior, b""), cmsd_block=line)
 
     def _write_error(
         self,
