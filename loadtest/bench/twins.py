@@ -42,6 +42,7 @@ from typing import Any
 from reelcdn.edge import head as pure_head
 from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import ranges as pure_ranges
+from reelcdn.edge import reader as pure_reader
 from reelcdn.edge.freshness import Freshness
 from reelcdn.edge.store import CacheEntry, MemoryStore
 
@@ -398,6 +399,7 @@ def run(repeat: int, min_time: float) -> list[Timing]:
         timings.append(Timing(case.label, pure_ns, compiled_ns))
     timings += run_lru(repeat)
     timings += run_head(repeat, min_time)
+    timings += run_reader(repeat, min_time)
     return timings
 
 
@@ -428,6 +430,62 @@ def run_head(repeat: int, min_time: float) -> list[Timing]:
         pure_ns = ns_per_op(pure_head.build_head, case, repeat, min_time)
         compiled_ns = ns_per_op(compiled.build_head, case, repeat, min_time)
         timings.append(Timing(case.label, pure_ns, compiled_ns))
+    return timings
+
+
+# --- the request reader: reelcdn.edge.reader vs reelcdn.extensions._reader -----------------------
+
+READER_CASES: list[tuple[str, bytes]] = [
+    ("RequestReader.feed, wrk's GET (Host only)",
+     b"GET /obj/2k HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"),
+    ("RequestReader.feed, a player's segment GET (7 fields)",
+     b"GET /v/demo-1/720p/seg-00004.m4s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+     b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0\r\nAccept: */*\r\n"
+     b"Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n"
+     b"Origin: http://127.0.0.1:8000\r\nConnection: keep-alive\r\n\r\n"),
+]  # fmt: skip
+
+
+class _Sink:
+    """The reader's connection, doing nothing: what is timed is reading, not answering."""
+
+    def request_complete(self, request: object) -> None:
+        pass
+
+    def reject(self, status: int, reason: str) -> None:
+        raise BenchFailure(f"the benchmark request was refused: {status} {reason}")
+
+    def expect_continue(self) -> None:
+        pass
+
+
+def run_reader(repeat: int, min_time: float) -> list[Timing]:
+    """Reading one whole request (llhttp callbacks into a ``Request``), per twin."""
+    try:
+        compiled = importlib.import_module("reelcdn.extensions._reader")
+    except ImportError as exc:
+        raise BenchFailure(f"the compiled reader twin is not built ({exc})") from exc
+    from reelcdn.edge.config import Limits
+
+    limits = Limits()
+    timings = []
+    for label, data in READER_CASES:
+        results = []
+        for module in (pure_reader, compiled):
+            got: list[object] = []
+            sink = _Sink()
+            sink.request_complete = got.append  # type: ignore[method-assign]
+            module.RequestReader(sink, limits, frozenset(), time.monotonic).feed(data)
+            results.append([(r.method, r.path, r.headers) for r in got])  # type: ignore[attr-defined]
+        if results[0] != results[1] or len(results[0]) != 1:
+            raise BenchFailure(f"{label}: the twins read {results[1]!r} and {results[0]!r}")
+        log(f"timing {label}")
+        nanos = []
+        for module in (pure_reader, compiled):
+            reader = module.RequestReader(_Sink(), limits, frozenset(), time.monotonic)
+            case = Case(label, "feed", "f(d)", {"d": data})
+            nanos.append(ns_per_op(reader.feed, case, repeat, min_time))
+        timings.append(Timing(label, nanos[0], nanos[1]))
     return timings
 
 
