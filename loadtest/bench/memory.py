@@ -13,6 +13,8 @@ Subcommands::
     python -m reelcdn.loadtest.bench.memory soak [--duration 600] [--cache 256MiB]
         [--rate 300] [--connections 16] [--node-env MALLOC_ARENA_MAX=2] [--markdown FILE]
     python -m reelcdn.loadtest.bench.memory disk [--markdown FILE]
+    python -m reelcdn.loadtest.bench.memory disk-node [--memory 32MiB] [--disk 256MiB]
+        [--objects 200] [--object-size 1MiB] [--requests 4000] [--markdown FILE]
 
 ``overhead``
     Builds N entries per profile (2 KiB playlists, segments of 50 KiB kept as ``bytes``, of
@@ -39,6 +41,14 @@ Subcommands::
     from the page cache first). (b) Hit ratios of memory-only vs memory + disk (an exclusive
     second LRU) on a Zipf trace over a catalogue far larger than memory, simulated: cheap and
     deterministic.
+``disk-node``
+    The disk tier as built (``edge/disktier.py``) in a real node process: an origin process
+    with ``--objects`` objects, a node with ``cache_memory`` below the working set, once without
+    and once with ``cache_disk`` (memory + disk hold it all), a Zipf trace of sequential GETs on
+    one keep-alive connection (every body verified): hit ratio and origin requests of each; then
+    time per way of answering: HIT from memory, HIT from disk (round-robin over every object, so
+    each request is a disk hit; counted by ``reelcdn_disk_hits``), the same with the files'
+    pages dropped from the page cache before each request, and a miss to the origin.
 
 Exit status: 0 measured (whatever the verdict), 1 a server failed or the load went wrong,
 2 missing prerequisites or bad arguments.
@@ -1399,6 +1409,360 @@ def run_disk(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 # ----------------------------------------------------------------------------------------
+# disk-node: the disk tier as built, in a real node process
+
+
+def _object_body(index: int, size: int) -> memoryview:
+    """Object ``index`` of the disk-node origin: distinct per object, no copy."""
+    return memoryview(_SOURCE)[index % 251: index % 251 + size]
+
+
+class _ObjectHandler(socketserver.BaseRequestHandler):
+    """Keep-alive GETs of ``/obj/{i}``: ``--object-size`` bytes, cacheable for a day."""
+
+    server: _ObjectOrigin
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = b""
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = sock.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            target = head.split(b" ", 2)[1].decode()
+            try:
+                index = int(target.removeprefix("/obj/"))
+            except ValueError:
+                sock.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                continue
+            size = self.server.size
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: video/iso.segment\r\n"
+                b"Cache-Control: public, max-age=86400\r\nETag: \"o%d\"\r\n"
+                b"Content-Length: %d\r\n\r\n" % (index, size)
+            )
+            sock.sendall(_object_body(index, size))
+
+
+class _ObjectOrigin(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, size: int) -> None:
+        super().__init__((LOOPBACK, port), _ObjectHandler)
+        self.size = size
+
+
+def run_object_origin(args: argparse.Namespace) -> int:
+    """Hidden subcommand: the disk-node origin, until SIGTERM."""
+    import signal
+
+    server = _ObjectOrigin(args.port, args.object_size)
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    print(f"object origin on {LOOPBACK}:{args.port}", flush=True)
+    server.serve_forever(poll_interval=0.2)
+    return 0
+
+
+def run_node_shim(args: argparse.Namespace) -> int:
+    """Hidden subcommand: ``reelcdn node ...`` in this process, making sure the node builds its
+    disk tier from the config (``MemoryStore.configure_disk``) even where ``CacheNode`` does not
+    call it yet; says on stderr whether it had to."""
+    from reelcdn import cli
+    from reelcdn.edge import node as node_module
+
+    original_init = node_module.CacheNode.__init__
+    original_apply = node_module.CacheNode.apply_config
+
+    def init(self: Any, config: Any) -> None:
+        original_init(self, config)
+        if config.cache_disk > 0 and self.store.disk is None:
+            print("node-shim: CacheNode does not build the disk tier; the shim does",
+                  file=sys.stderr, flush=True)
+            self.store.configure_disk(config, self.stats)
+
+    async def apply_config(self: Any, config: Any) -> None:
+        await original_apply(self, config)
+        self.store.configure_disk(config, self.stats)
+
+    node_module.CacheNode.__init__ = init  # type: ignore[method-assign]
+    node_module.CacheNode.apply_config = apply_config  # type: ignore[method-assign]
+    rest = list(args.rest)
+    return cli.main(rest[1:] if rest[:1] == ["--"] else rest)
+
+
+class BodyClient(KeepAliveClient):
+    """Sequential GETs on one connection, each body kept whole to be verified."""
+
+    def fetch(self, path: str) -> tuple[float, int, str, bytes]:
+        """(seconds to the last body byte, status, Cache-Status, body)."""
+        t0 = time.perf_counter()
+        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head, rest = self._read_head()
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+        length = int(fields["content-length"])
+        body = bytearray(length)
+        view = memoryview(body)
+        have = min(len(rest), length)
+        view[:have] = rest[:have]
+        self.pending = rest[have:]
+        while have < length:
+            got = self.sock.recv_into(view[have:], length - have)
+            if not got:
+                raise OSError("connection closed mid-body")
+            have += got
+        return time.perf_counter() - t0, status, fields.get("cache-status", ""), bytes(body)
+
+
+@dataclass(slots=True)
+class DiskNodeRun:
+    label: str
+    disk: int
+    requests: int = 0
+    hits: int = 0
+    measured: int = 0            # requests after the warm-up
+    measured_hits: int = 0
+    hit_seconds: list[float] = field(default_factory=list)
+    miss_seconds: list[float] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    latencies: list[Latency] = field(default_factory=list)
+
+
+def _zipf_trace(objects: int, count: int, s: float, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    weights = [1.0 / (rank + 1) ** s for rank in range(objects)]
+    order = list(range(objects))
+    rng.shuffle(order)  # popularity unrelated to the object number
+    return [order[i] for i in rng.choices(range(objects), weights=weights, k=count)]
+
+
+def _drop_page_cache(directory: Path) -> int:
+    """posix_fadvise(DONTNEED) every file under ``directory``; pages a process maps stay."""
+    dropped = 0
+    for root, _, names in os.walk(directory):
+        for name in names:
+            try:
+                fd = os.open(os.path.join(root, name), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                dropped += 1
+            finally:
+                os.close(fd)
+    return dropped
+
+
+def _metrics(admin: int) -> dict[str, float]:
+    status, body = admin_get(admin, "/metrics", "")
+    if status != 200:
+        raise BenchFailure(f"/metrics answered {status}")
+    return parse_metrics(body.decode())
+
+
+def _timed_ways(client: BodyClient, args: argparse.Namespace, admin: int, disk: int,
+                cache_dir: Path) -> list[Latency]:
+    from .servers import cache_status_is_hit
+
+    size, objects, count = args.object_size, args.objects, args.lat_requests
+    results: list[Latency] = []
+
+    def timed(way: str, paths: Sequence[str], want_hit: bool,
+              before: Callable[[], object] | None = None) -> Latency:
+        samples = []
+        for path in paths:
+            if before is not None:
+                before()
+            seconds, status, cache_status, body = client.fetch(path)
+            if status != 200 or cache_status_is_hit(cache_status) != want_hit:
+                raise BenchFailure(f"{way}: GET {path} answered {status}, {cache_status!r}")
+            if body != _object_body(int(path.rsplit("/", 1)[1]), size):
+                raise BenchFailure(f"{way}: GET {path}: wrong body")
+            samples.append(seconds)
+        result = Latency(way, size, tuple(samples))
+        log(f"disk-node: {way}: p50 {result.pct(0.5) * 1e6:.0f} µs, "
+            f"p99 {result.pct(0.99) * 1e6:.0f} µs")
+        return result
+
+    hot = [f"/obj/{i}" for i in range(4)]  # 4 objects: well within any memory tested
+    for path in hot:
+        client.fetch(path)
+    results.append(timed("HIT from memory", [hot[i % 4] for i in range(count)], True))
+    every = [f"/obj/{i}" for i in range(objects)]
+    if not disk:
+        # Round-robin over the other objects, more than memory holds, after one untimed
+        # pass (then the next object is always the least recently used): each one a miss.
+        others = every[4:]
+        for path in others:
+            client.fetch(path)
+        results.append(timed("miss → origin (loopback)",
+                             [others[i % len(others)] for i in range(count)], False))
+        return results
+    for path in every:  # one pass: the LRU order is now this order, the oldest on disk
+        client.fetch(path)
+    time.sleep(0.5)  # let the writer catch up with the pass's demotions
+    rounds = [every[i % objects] for i in range(count)]
+    before = _metrics(admin).get("reelcdn_disk_hits_total", 0.0)
+    results.append(timed("HIT from disk (page cache)", rounds, True))
+    hits = _metrics(admin).get("reelcdn_disk_hits_total", 0.0) - before
+    results[-1] = Latency(results[-1].way, size, results[-1].samples,
+                          f"{hits:.0f} of {count} were disk hits")
+    before = hits + before
+    results.append(timed("HIT from disk, page cache dropped first", rounds, True,
+                         before=lambda: _drop_page_cache(cache_dir)))
+    hits = _metrics(admin).get("reelcdn_disk_hits_total", 0.0) - before
+    results[-1] = Latency(results[-1].way, size, results[-1].samples,
+                          f"{hits:.0f} of {count} were disk hits")
+    return results
+
+
+def measure_disk_node(args: argparse.Namespace, workdir: Path, label: str,
+                      disk: int, origin_port: int) -> DiskNodeRun:
+    from .servers import cache_status_is_hit
+
+    run_ = DiskNodeRun(label, disk)
+    cache_dir = Path(tempfile.mkdtemp(prefix="reelcdn-disk-node-", dir=args.disk_dir))
+    table = (f'upstream = "http://{LOOPBACK}:{origin_port}"\n'
+             f'cache_memory = {args.memory}\nmax_object_size = "64MiB"\n')
+    if disk:
+        table += f'cache_disk = {disk}\ncache_dir = "{cache_dir}"\n'
+    port, admin = free_port(), free_port()
+    config = workdir / f"{label.replace(' ', '-')}.toml"
+    config.write_text(f'[node.bench]\nlisten = "{LOOPBACK}:{port}"\n'
+                      f'admin = "{LOOPBACK}:{admin}"\n' + table)
+    command = [sys.executable, "-m", "reelcdn.loadtest.bench.memory", "node-shim", "--",
+               "node", "--config", str(config), "--name", "bench"]
+    proc = ManagedProcess(label.replace(" ", "-"), command, workdir,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc.start()
+    try:
+        proc.wait_ready(lambda: http_get(admin, "/health", timeout=1).status == 200
+                        and port_open(port), "admin /health answered 200")
+        trace = _zipf_trace(args.objects, args.requests, args.zipf, args.seed)
+        warmup = int(len(trace) * args.warmup)
+        client = BodyClient(port)
+        try:
+            for n, index in enumerate(trace):
+                path = f"/obj/{index}"
+                seconds, status, cache_status, body = client.fetch(path)
+                if status != 200 or body != _object_body(index, args.object_size):
+                    raise BenchFailure(f"{label}: GET {path} answered {status} or a wrong body")
+                hit = cache_status_is_hit(cache_status)
+                run_.requests += 1
+                run_.hits += hit
+                if n >= warmup:
+                    run_.measured += 1
+                    run_.measured_hits += hit
+                    (run_.hit_seconds if hit else run_.miss_seconds).append(seconds)
+            log(f"disk-node: {label}: {run_.measured_hits}/{run_.measured} hits after warm-up")
+            run_.metrics = _metrics(admin)
+            run_.latencies = _timed_ways(client, args, admin, disk, cache_dir)
+        finally:
+            client.close()
+    finally:
+        proc.stop()
+        import shutil
+
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    return run_
+
+
+def _pct(values: Sequence[float], q: float) -> str:
+    if not values:
+        return "–"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1e6:,.0f}"
+
+
+def disk_node_report(runs: list[DiskNodeRun], args: argparse.Namespace, argv: Sequence[str],
+                     info: machine.MachineInfo, started: datetime) -> str:
+    when = started.strftime("%Y-%m-%d %H:%M UTC")
+    out = [f"### Disk tier, real node, {when}", ""]
+    out.append(f"Command: `{PROG} {' '.join(shlex.quote(a) for a in argv)}`")
+    out.append("")
+    out.append(
+        f"One node process (`cache_memory = {fmt_mib(args.memory)}`), origin: {args.objects} "
+        f"objects of {fmt_mib(args.object_size)} ({fmt_mib(args.objects * args.object_size)}, "
+        f"`max-age=86400`) from a separate process on loopback. Load: {args.requests} GETs, "
+        f"Zipf s = {args.zipf} over the objects, one at a time on one keep-alive connection "
+        f"(every body verified); the first {args.warmup:.0%} warm the cache and are not counted "
+        "in the hit ratio (origin requests: the whole run, from `reelcdn_upstream_requests`). "
+        "The node runs as `reelcdn node` through this module's `node-shim`, which calls "
+        "`MemoryStore.configure_disk(config, stats)` if `CacheNode` has not built the disk tier "
+        "itself.")
+    out.append("")
+    out.append("| node | requests | hit ratio (after warm-up) | origin requests | disk hits | "
+               "disk writes | dropped writes | disk evictions | disk bytes at end | "
+               "HIT p50 / p99 µs | miss p50 / p99 µs |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        m = r.metrics
+        ratio = r.measured_hits / r.measured if r.measured else 0.0
+        out.append(
+            f"| {r.label}{f' ({fmt_mib(r.disk)} disk)' if r.disk else ''} | {r.requests} | "
+            f"{ratio:.1%} | {m.get('reelcdn_upstream_requests_total', 0):.0f} | "
+            f"{m.get('reelcdn_disk_hits_total', 0):.0f} | "
+            f"{m.get('reelcdn_disk_writes_total', 0):.0f} | "
+            f"{m.get('reelcdn_disk_dropped_writes_total', 0):.0f} | "
+            f"{m.get('reelcdn_disk_evictions_total', 0):.0f} | "
+            f"{fmt_mib(m.get('reelcdn_disk_bytes', 0))} | "
+            f"{_pct(r.hit_seconds, 0.5)} / {_pct(r.hit_seconds, 0.99)} | "
+            f"{_pct(r.miss_seconds, 0.5)} / {_pct(r.miss_seconds, 0.99)} |")
+    out.append("")
+    out.append(f"Time to the last body byte of one {fmt_mib(args.object_size)} GET, "
+               f"{args.lat_requests} requests per row, sequential on one keep-alive connection:")
+    out.append("")
+    out.append("| way | node | p50 µs | p99 µs | note |")
+    out.append("|---|---|---:|---:|---|")
+    for r in runs:
+        for lat in r.latencies:
+            out.append(f"| {lat.way} | {r.label} | {lat.pct(0.5) * 1e6:,.0f} | "
+                       f"{lat.pct(0.99) * 1e6:,.0f} | {lat.note} |")
+    out.append("")
+    out += ["Machine:", "", *info.markdown_lines(),
+            f"- load average at end (1/5/15 min): {machine.loadavg()}"]
+    return "\n".join(out) + "\n"
+
+
+def run_disk_node(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    info = machine_info()
+    started = datetime.now(UTC)
+    workdir = Path(tempfile.mkdtemp(prefix="reelcdn-disk-node-bench-"))
+    runs: list[DiskNodeRun] = []
+    origin_port = free_port()
+    origin = ManagedProcess(
+        "origin",
+        [sys.executable, "-m", "reelcdn.loadtest.bench.memory", "object-origin",
+         "--port", str(origin_port), "--object-size", str(args.object_size)],
+        workdir,
+    )
+    try:
+        origin.start()
+        origin.wait_ready(lambda: port_open(origin_port), "listening")
+        for label, disk in (("memory only", 0), ("memory + disk", args.disk)):
+            runs.append(measure_disk_node(args, workdir, label, disk, origin_port))
+    except StartupError as exc:
+        print(f"{PROG} disk-node: {exc.name} failed to start: {exc.reason}\n{exc.details}",
+              file=sys.stderr)
+        return 1
+    finally:
+        origin.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    report = disk_node_report(runs, args, argv, info, started)
+    print(report)
+    _append(args.markdown, report)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
 # Command line
 
 
@@ -1419,7 +1783,7 @@ def _env_pair(value: str) -> tuple[str, str]:
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{overhead,soak,disk}")
+                                metavar="{overhead,soak,disk,disk-node}")
     over = sub.add_parser("overhead", help="bytes per cached object beyond its body")
     over.add_argument("--rss-child", type=int, choices=range(len(PROFILES)),
                       help=argparse.SUPPRESS)
@@ -1455,10 +1819,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="disk sizes to simulate (default 1GiB 4GiB 16GiB)")
     disk.add_argument("--sim-zipf", type=float, nargs="+", default=[0.7, 0.9, 1.1])
     disk.add_argument("--seed", type=int, default=1)
+    dnode = sub.add_parser("disk-node", help="the disk tier as built, in a real node")
+    dnode.add_argument("--memory", type=byte_size, default=32 * MIB)
+    dnode.add_argument("--disk", type=byte_size, default=256 * MIB)
+    dnode.add_argument("--objects", type=positive_int, default=200)
+    dnode.add_argument("--object-size", type=byte_size, default=MIB)
+    dnode.add_argument("--requests", type=positive_int, default=4000)
+    dnode.add_argument("--lat-requests", type=positive_int, default=400)
+    dnode.add_argument("--zipf", type=float, default=0.9)
+    dnode.add_argument("--warmup", type=float, default=0.25,
+                       help="fraction of the trace not counted in the hit ratio")
+    dnode.add_argument("--seed", type=int, default=1)
+    dnode.add_argument("--disk-dir", help="where cache_dir goes (default: the temp dir)")
+    origin_cmd = sub.add_parser("object-origin", help=argparse.SUPPRESS)
+    origin_cmd.add_argument("--port", type=int, required=True)
+    origin_cmd.add_argument("--object-size", type=int, required=True)
+    shim = sub.add_parser("node-shim", help=argparse.SUPPRESS)
+    shim.add_argument("rest", nargs=argparse.REMAINDER)
     server = sub.add_parser("disk-server", help=argparse.SUPPRESS)
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--dir", required=True)
-    for p in (over, soak, disk):
+    for p in (over, soak, disk, dnode):
         p.add_argument("--markdown", type=Path, metavar="FILE",
                        help="also append the result section to FILE")
     for p in (soak, disk):
@@ -1481,6 +1862,12 @@ def run(argv: Sequence[str]) -> int:
             return run_soak(args, argv)
         if args.command == "disk":
             return run_disk(args, argv)
+        if args.command == "disk-node":
+            return run_disk_node(args, argv)
+        if args.command == "object-origin":
+            return run_object_origin(args)
+        if args.command == "node-shim":
+            return run_node_shim(args)
         return run_disk_server(args)
     except BuildError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
