@@ -231,7 +231,11 @@ def test_side_by_side_with_nginx_reports_both_and_their_ratios(tmp_path):
         assert 0 < summary["origin_requests_counted"] < summary["client"]["requests"]
         assert (report / cdn / "report.html").is_file()
     assert result["ratios"]["ttff_p50_nginx_over_reelcdn"] > 0
-    assert "nginx / reelcdn" in (report / "compare.md").read_text()
+    table = (report / "compare.md").read_text()
+    assert "nginx / reelcdn" in table
+    for row in ("TTFF p95", "origin offload", "edge hit ratio", "regional hit ratio",
+                "shield hit ratio", "rebuffer ratio", "harness"):
+        assert f"| {row}" in table, row
 
 
 def test_two_load_processes_merge_into_one_report(topology, tmp_path):
