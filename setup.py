@@ -145,11 +145,7 @@ def cython_extensions() -> list[Extension]:
 setup(
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
-    # "" applies to each package's own folder only; data in a sub-folder without an
-    # __init__.py (the nginx 3-tier template of `reelcdn loadtest --compare-nginx`) is listed
-    # under its package, or a non-editable install leaves it out.
-    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"],
-                  "reelcdn.loadtest": ["nginx3tier/*.tmpl"]},
+    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"]},
     include_package_data=True,
     ext_modules=cython_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

@@ -283,3 +283,22 @@ def test_harness_view_tells_a_busy_client_from_a_starved_one():
     full = harness_view([ShareResult(i, cpu_seconds=9.5, wall_seconds=10.0, loop_lag_p99=0.1)
                          for i in range(cores)], options, machine_busy=0.99)
     assert "--processes" not in full["warnings"][0]
+
+
+def test_every_loadtest_data_file_sits_in_a_package_setup_py_ships():
+    # setup.py maps folders with an __init__.py to packages and ships their *.tmpl/*.lua/...
+    # as package data: a template in a plain folder was left out of non-editable installs,
+    # and --compare-nginx failed there (loadtest/nginx3tier/ before it had an __init__.py).
+    import re as _re
+
+    setup_text = (Path(__file__).parents[1] / "setup.py").read_text()
+    globs = _re.search(r'package_data=\{"": \[([^\]]*)\]', setup_text)
+    assert globs is not None
+    suffixes = {g.strip().strip('"').removeprefix("*") for g in globs.group(1).split(",")}
+    root = Path(__file__).parents[1] / "loadtest"
+    data = [f for f in root.rglob("*") if f.is_file() and f.suffix in (".tmpl", ".lua",
+                                                                         ".html", ".js")]
+    assert any(f.name == "tier.conf.tmpl" for f in data)
+    for file in data:
+        assert file.suffix in suffixes, file
+        assert (file.parent / "__init__.py").is_file(), f"{file} is not inside a package"
