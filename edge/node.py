@@ -329,8 +329,10 @@ class CacheNode:
                 self._write_bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
                 return
         body = entry.body
-        if entry.status == 200 and b"range" in headers and conditional.if_range_allows(
-            req.header(b"if-range"), entry.etag, entry.last_modified
+        if entry.status == 200 and b"range" in headers and (
+            b"if-range" not in headers
+            or conditional.if_range_allows(req.header(b"if-range"), entry.etag,
+                                           entry.last_modified)
         ):
             parsed = ranges.parse_range(headers[b"range"], len(body))
             if parsed is not None:

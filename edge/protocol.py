@@ -326,9 +326,10 @@ class HttpConnection(asyncio.Protocol):
         if self.closed or transport is None:
             return
         sock = self._socket
-        if sock is None and not transport.get_write_buffer_size() and not transport.is_closing():
+        queued = transport.get_write_buffer_size() or transport.is_closing()
+        if sock is None and not queued:
             sock = self._socket = _socket_of(transport)
-        if sock is None or transport.get_write_buffer_size() or transport.is_closing():
+        if sock is None or queued:
             transport.write(head)
             transport.write(memoryview(body)[start:end])
             return
