@@ -631,11 +631,16 @@ class DiskTier:
         ok = True
         for _ in range(2):  # writes, then the unlinks their completions may queue
             self._drain()
-            marker = threading.Event()
-            self._channel.jobs.put(("sync", marker))
-            ok = marker.wait(timeout) and ok
+            ok = self.wait_writer(timeout) and ok
         self._drain()
         return ok
+
+    def wait_writer(self, timeout: float = 10.0) -> bool:
+        """Block until the writer has done every job queued so far; unlike :meth:`flush` it
+        applies nothing, so any thread may call it (e.g. an executor while the loop runs)."""
+        marker = threading.Event()
+        self._channel.jobs.put(("sync", marker))
+        return marker.wait(timeout)
 
     def close(self) -> None:
         """Forget every object and remove the run directory (in the background)."""

@@ -523,10 +523,13 @@ def serve(origin: Any, count: int, *, max_age: int = 600) -> dict[str, bytes]:
 
 
 async def flush(server: Any) -> None:
+    """Let the node's writer finish (waiting in a thread: the loop keeps serving), then apply
+    the completions on the loop, twice (writes, then the unlinks they may queue)."""
     disk = server.node.store.disk
     assert disk is not None
-    await asyncio.get_running_loop().run_in_executor(None, disk.flush)
-    disk._drain()
+    for _ in range(2):
+        assert await asyncio.get_running_loop().run_in_executor(None, disk.wait_writer)
+        disk._drain()
 
 
 @pytestmark_e2e
@@ -644,3 +647,19 @@ def dataclasses_replace(config: Any, **changes: Any) -> Any:
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_disk_metrics_render_and_sum() -> None:
+    """Counters become *_total counters, levels gauges; a multi-worker master sums both."""
+    from reelcdn.edge.metrics import NodeStats, collect_families, stats_snapshot, sum_snapshots
+
+    a, b = NodeStats("n"), NodeStats("n")
+    a.disk_hits, b.disk_hits, a.disk_dropped_writes = 3, 4, 1
+    a.disk_bytes, b.disk_bytes = 8192, 4096
+    summed = sum_snapshots([stats_snapshot(a), stats_snapshot(b)])
+    families = {f.name: f for f in collect_families("n", summed, {})}
+    assert families["reelcdn_disk_hits"].type == "counter"
+    assert families["reelcdn_disk_hits"].samples[0].value == 7
+    assert families["reelcdn_disk_dropped_writes"].samples[0].value == 1
+    assert families["reelcdn_disk_bytes"].type == "gauge"
+    assert families["reelcdn_disk_bytes"].samples[0].value == 12288
