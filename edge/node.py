@@ -49,7 +49,7 @@ from .http import (
     forwardable,
     render_fields,
 )
-from .httpdate import http_date_now_bytes
+from .httpdate import format_http_date, http_date_now_bytes
 from .metrics import NodeStats
 from .parents import ParentSet
 from .store import CacheEntry, MemoryStore
@@ -113,10 +113,17 @@ def _header_map(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 def _merge_304(
-    stored: list[tuple[bytes, bytes]], update: list[tuple[bytes, bytes]]
+    stored: list[tuple[bytes, bytes]], update: list[tuple[bytes, bytes]], received: float
 ) -> list[tuple[bytes, bytes]]:
-    """RFC 9111 §3.2: fields in the 304 replace the stored fields of the same name."""
+    """RFC 9111 §3.2: fields in the 304 replace the stored fields of the same name.
+
+    A 304 without Date gets one for ``received`` (RFC 9110 §6.6.1: a recipient with a clock
+    records when a dateless response arrived). Without it the stored, old Date would survive
+    the merge and make the refreshed entry as old as the first response: stale at once, and
+    revalidated on every request (an fs origin's 304s carry no Date)."""
     fresh = _storable_headers(update)
+    if not any(name.lower() == b"date" for name, _ in fresh):
+        fresh.append((b"Date", format_http_date(received).encode("latin-1")))
     replaced = {name.lower() for name, _ in fresh} - {b"content-type", b"content-encoding"}
     kept = [(n, v) for n, v in stored if n.lower() not in replaced]
     return kept + [(n, v) for n, v in fresh if n.lower() in replaced]
@@ -173,6 +180,7 @@ class CacheNode:
         self.upstream: Upstream = build_upstream(config)
         self.stats = NodeStats(config.name)
         self.body_files = BodyFiles(config.sendfile_min_bytes, self.stats)
+        self.store.configure_disk(config, self.stats)  # cache_disk > 0: memory's victims go there
         self.upstream.observe = self.stats.upstream
         self._member = _sf_token(config.name).encode()
         self._via_hop = b"1.1 " + config.name.encode()
@@ -191,6 +199,7 @@ class CacheNode:
         self.config = config
         self.stats.evictions += self.store.resize(config.cache_memory)
         self.body_files.min_bytes = config.sendfile_min_bytes
+        self.store.configure_disk(config, self.stats)
         self._cmsd = cmsd.node_block(config.name) if config.cmsd else b""
         if _upstream_spec(config) != _upstream_spec(old):
             fresh = build_upstream(config)
@@ -219,6 +228,7 @@ class CacheNode:
             self.features.close()
         for task in list(self._background):
             task.cancel()
+        self.store.close()  # the disk tier's files go now, not at exit
         await self.upstream.close()
 
     # ------------------------------------------------------------------------------------
@@ -633,7 +643,7 @@ class CacheNode:
             response_time = time.time()
             headers = _storable_headers(response.headers)
             if response.status == 304 and stale is not None:
-                merged = _merge_304(stale.headers, response.headers)
+                merged = _merge_304(stale.headers, response.headers, response_time)
                 hmap = _header_map(merged)
                 freshness = self._decide(stale.status, hmap, primary)
                 age = current_age(hmap.get("age"), hmap.get("date"), request_time, response_time)

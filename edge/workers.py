@@ -65,9 +65,14 @@ CACHE_SUMS = ("objects", "bytes", "capacity", "evictions", "inflight", "requests
 
 
 def worker_config(config: NodeConfig, count: int) -> NodeConfig:
-    """A worker's share of the node: ``cache_memory`` is the node's total budget, so each of
-    ``count`` workers gets an equal part and the node as a whole stays within it."""
-    return dataclasses.replace(config, cache_memory=config.cache_memory // count)
+    """A worker's share of the node: ``cache_memory`` and ``cache_disk`` are the node's total
+    budgets, so each of ``count`` workers gets an equal part and the node as a whole stays
+    within them (each worker's disk tier has its own run directory under ``cache_dir``)."""
+    return dataclasses.replace(
+        config,
+        cache_memory=config.cache_memory // count,
+        cache_disk=config.cache_disk // count,
+    )
 
 
 @dataclasses.dataclass
@@ -181,7 +186,8 @@ class Master:
         """Carry a dead worker process's last counters into the node's totals."""
         last = worker.last
         if last is not None and last.get("pid") == pid:
-            self.retired = sum_snapshots([self.retired, last["stats"]])
+            # Counters carry over; levels (gauges such as disk bytes) died with the process.
+            self.retired = sum_snapshots([self.retired, {**last["stats"], "levels": {}}])
         worker.last = None
 
     async def supervise(self, worker: Worker) -> None:

@@ -309,3 +309,44 @@ async def test_stale_entry_replaced_by_uncacheable_answer_is_dropped(origin, nod
     route.body = b"v2"
     assert (await get(node.port, "/gone-private")).body == b"v2"
     assert len(node.node.store) == 0
+
+
+async def test_a_304_without_date_makes_the_refreshed_entry_fresh_again(start_node):
+    """An origin that sends no Date on its 304 (the fs origin does not): the refreshed entry
+    is dated when the 304 arrived, so it is fresh again, not revalidated on every request."""
+    first_date = format_http_date(__import__("time").time())
+    seen: list[str | None] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                break
+            conditional = b"if-none-match" in head.lower()
+            seen.append("conditional" if conditional else None)
+            if conditional:  # exactly the bytes below: no Date field
+                writer.write(b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n"
+                             b"Cache-Control: max-age=1\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nDate: " + first_date.encode() + b"\r\n"
+                             b"ETag: \"v1\"\r\nCache-Control: max-age=1\r\n"
+                             b"Content-Length: 5\r\n\r\nhello")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        node = await start_node(f"http://127.0.0.1:{port}")
+        assert (await get(node.port, "/d")).body == b"hello"
+        await asyncio.sleep(1.2)
+        revalidated = await get(node.port, "/d")
+        assert "fwd=stale; fwd-status=304" in status_of(revalidated)
+        assert revalidated.header("date") != first_date  # dated on arrival of the 304
+        hit = await get(node.port, "/d")
+        assert status_of(hit).startswith("edge-t; hit"), status_of(hit)
+        assert seen == [None, "conditional"]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -424,3 +424,15 @@ def test_summed_snapshots_render_like_one_node():
         {"p1": {"up": False, "requests": 3, "consecutive_failures": 4}},
     ])
     assert merged == {"p1": {"up": False, "requests": 5, "consecutive_failures": 4}}
+
+
+def test_each_worker_gets_its_share_of_the_memory_and_disk_budgets(tmp_path):
+    from conftest import make_config
+
+    from reelcdn.edge.workers import worker_config
+
+    config = make_config("http://127.0.0.1:9", cache_memory=64 << 20, cache_disk=1 << 30,
+                         cache_dir=str(tmp_path))
+    share = worker_config(config, 4)
+    assert (share.cache_memory, share.cache_disk, share.cache_dir) == (
+        16 << 20, 256 << 20, str(tmp_path))
