@@ -55,6 +55,22 @@ class Cmcd:
 
 def _split_items(payload: str) -> list[str]:
     """Split on commas outside quoted strings (a ``nor`` URL may hold a comma)."""
+    if "\\" not in payload:
+        # Without escapes a quote always toggles: split on every comma, then glue back the
+        # pieces that a quoted string spans (an odd number of quotes so far). Same result as
+        # the character loop below, several times faster (every player request carries CMCD).
+        if '"' not in payload:
+            return [item.strip() for item in payload.split(",") if item.strip()]
+        glued: list[str] = []
+        open_quote = False
+        for piece in payload.split(","):
+            if open_quote:
+                glued[-1] += "," + piece
+            else:
+                glued.append(piece)
+            if piece.count('"') % 2:
+                open_quote = not open_quote
+        return [item.strip() for item in glued if item.strip()]
     items: list[str] = []
     current: list[str] = []
     quoted = escaped = False

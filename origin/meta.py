@@ -604,6 +604,9 @@ class VideoMeta:
     poster: str | None = None
     created_at: str = dataclasses.field(default_factory=_now_rfc3339)
     audio: tuple[AudioRendition, ...] = ()
+    # ``version``, once computed (hashing the canonical JSON costs ~30 µs and the edge asks for
+    # it on every rendered playlist). Not a field of the content: not compared, not copied.
+    _version: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.renditions, list):
@@ -616,10 +619,15 @@ class VideoMeta:
 
     @property
     def version(self) -> str:
-        """16 hex digits of the SHA-256 of the canonical content (``created_at`` left out)."""
-        content = self._content_dict()
-        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """16 hex digits of the SHA-256 of the canonical content (``created_at`` left out);
+        computed once per (immutable) object."""
+        if self._version is None:
+            content = self._content_dict()
+            canonical = json.dumps(content, sort_keys=True, separators=(",", ":"))
+            version = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+            object.__setattr__(self, "_version", version)
+            return version
+        return self._version
 
     @property
     def ready(self) -> bool:
