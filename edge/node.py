@@ -252,13 +252,17 @@ class CacheNode:
                 return self._options_asterisk(req, conn)
             return self.pass_(req, conn, "method")
         config = self.config
-        host = None
-        if config.host_in_key:
-            raw_host = req.headers.get(b"host", b"")
-            host = raw_host.decode("latin-1").split(":", 1)[0]
-        primary = cache_key(
-            req.path, req.query, config.ignore_query_params, config.ignore_query_prefixes, host
-        )
+        path = req.path
+        if not req.query and not config.host_in_key and "%" not in path:
+            primary = path  # what cache_key gives a plain path: the common segment request
+        else:
+            host = None
+            if config.host_in_key:
+                raw_host = req.headers.get(b"host", b"")
+                host = raw_host.decode("latin-1").split(":", 1)[0]
+            primary = cache_key(
+                path, req.query, config.ignore_query_params, config.ignore_query_prefixes, host
+            )
         if hooks and self.features is not None:  # playlists, CMCD, prefetch (features.py)
             answer = self.features.receive(req, conn, primary)
             if answer is not CONTINUE:
@@ -270,10 +274,13 @@ class CacheNode:
         if entry is not None and config.honor_client_no_cache and self._client_wants_fresh(req):
             return self.miss(req, conn, primary, entry, b"fwd=request")
         if entry is not None:
-            if entry.is_fresh(now):
+            if now < entry.fresh_until:  # entry.is_fresh(now), without the call
                 entry.hits += 1
                 self.deliver_entry(req, conn, entry, now, b"hit")
-                self.stats.count(method, "hit", entry.status)
+                # (stats.count, inlined: every HIT)
+                counts = self.stats.requests
+                key = (method, "hit", entry.status)
+                counts[key] = counts.get(key, 0) + 1
                 return None
             fresh = entry.freshness
             swr = fresh.stale_while_revalidate
@@ -352,7 +359,11 @@ class CacheNode:
                 )
                 return
         if member == b"hit" and not close:
-            head = self._cached_head(entry, now)
+            cached = entry.head_cache
+            if cached is not None and cached[0] == int(now):
+                head = cached[1]  # (the _cached_head test, without the call)
+            else:
+                head = self._cached_head(entry, now)
         else:
             head = self._head(
                 entry.status, entry.header_block, entry.age(now), member, entry.ttl(now),

@@ -40,7 +40,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..extensions import reader
@@ -173,8 +173,13 @@ class HttpConnection(asyncio.Protocol):
         ):
             self._resume_reading()
 
-    def data_received(self, data: bytes) -> None:
-        self.reader.feed(data)  # → request_complete / reject / expect_continue, below
+    @property
+    def data_received(self) -> Callable[[bytes], None]:  # type: ignore[override]
+        """The reader's ``feed`` (→ ``request_complete`` / ``reject`` / ``expect_continue``,
+        below). A property rather than a method that forwards: uvloop looks
+        ``data_received`` up once per connection and then calls what it got for every read,
+        so the bytes go straight to the (compiled) reader with no Python frame of ours."""
+        return self.reader.feed
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the responses it asked for; then we close.

@@ -57,6 +57,14 @@ def body_charge(body: bytes | FileBody) -> int:
     return len(body)
 
 
+def _fresh_until(freshness: Freshness, response_time: float, initial_age: float) -> float:
+    """The time until which an entry is fresh: its age (initial age + resident time) stays
+    below its freshness lifetime before then (RFC 9111 §4.2); never for ``no-cache``."""
+    if freshness.no_cache:
+        return float("-inf")
+    return response_time + freshness.lifetime - initial_age
+
+
 class CacheEntry:
     """A stored response. Immutable once inserted, except ``refresh`` after a 304."""
 
@@ -73,6 +81,7 @@ class CacheEntry:
         "freshness",
         "response_time",
         "initial_age",
+        "fresh_until",
         "vary",
         "head_cache",
         "prior",
@@ -101,6 +110,7 @@ class CacheEntry:
         self.freshness = freshness
         self.response_time = response_time
         self.initial_age = initial_age
+        self.fresh_until = _fresh_until(freshness, response_time, initial_age)
         self.vary = vary
         self.hits = 0
         # The disk tier's file holding this body, when it was promoted from there (disktier).
@@ -126,7 +136,9 @@ class CacheEntry:
         return self.freshness.lifetime - self.age(now)
 
     def is_fresh(self, now: float) -> bool:
-        return not self.freshness.no_cache and self.freshness.lifetime > self.age(now)
+        """Whether the entry may be served without revalidation at ``now`` (the HIT path
+        compares ``now < entry.fresh_until`` itself, the same test without a call)."""
+        return now < self.fresh_until
 
     def refresh(
         self,
@@ -139,6 +151,7 @@ class CacheEntry:
         self.freshness = freshness
         self.response_time = response_time
         self.initial_age = initial_age
+        self.fresh_until = _fresh_until(freshness, response_time, initial_age)
         self._set_headers(headers)
 
 
