@@ -75,6 +75,19 @@ def _socket_of(transport: asyncio.BaseTransport) -> socket.socket | None:
         return None
 
 
+class _FileSend:
+    """A body being sent with sendfile(2) as the socket drains: bytes [start, end) of body,
+    over ``fd``, a duplicate of the connection's socket descriptor."""
+
+    __slots__ = ("fd", "body", "start", "end")
+
+    def __init__(self, fd: int, body: FileBody, start: int, end: int) -> None:
+        self.fd = fd
+        self.body = body
+        self.start = start
+        self.end = end
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection."""
 
@@ -98,6 +111,7 @@ class HttpConnection(asyncio.Protocol):
         "_linger",
         "_expect_continue",
         "_socket",
+        "_file_send",
     )
 
     def __init__(self, server: NodeServer) -> None:
@@ -125,6 +139,8 @@ class HttpConnection(asyncio.Protocol):
         # A socket object over the transport's descriptor, for sendfile (see write_file);
         # created on first use, detached (never closed) when the connection ends.
         self._socket: socket.socket | None = None
+        # The rest of a body that sendfile(2) could not send at once (see write_file).
+        self._file_send: _FileSend | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -145,6 +161,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._file_send is not None:
+            self._end_file_send()
         if self._socket is not None:
             self._socket.detach()  # the descriptor is the transport's: it closes it
             self._socket = None
@@ -183,7 +201,7 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the responses it asked for; then we close.
-        if not self._busy and not self._queue:
+        if not self._busy and not self._queue and self._file_send is None:
             return None
         self._eof = True
         return True
@@ -279,6 +297,9 @@ class HttpConnection(asyncio.Protocol):
         the client reads it."""
         self.reader.state = CLOSING
         self._queue.clear()
+        if self._file_send is not None:
+            self._close_after = True
+            return  # the body still being sent goes first: _send_more closes after it
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -357,7 +378,8 @@ class HttpConnection(asyncio.Protocol):
                     break
                 start += sent
         except BlockingIOError:
-            pass
+            self._send_file_later(fd, body, start, end)
+            return
         except OSError:
             # The peer is gone (EPIPE, ECONNRESET): the transport would find out on its
             # next read; the response cannot complete, so end the connection now.
@@ -365,6 +387,59 @@ class HttpConnection(asyncio.Protocol):
             return
         if start < end:
             transport.write(memoryview(body)[start:end])
+
+    def _send_file_later(self, fd: int, body: FileBody, start: int, end: int) -> None:
+        """The socket is full before the body is out: go on with ``sendfile`` each time it
+        is writable, rather than queueing the rest on the transport (which would copy it
+        through ``write``). Meanwhile the connection counts as paused — later responses
+        and reading wait, as when the transport's own buffer is full — and it resumes when
+        the last byte is sent. The loop watches a duplicate of the socket's descriptor:
+        the transport keeps its own registration of the original."""
+        try:
+            watched = os.dup(fd)
+        except OSError:  # out of descriptors: the transport can still send it (copying)
+            assert self.transport is not None
+            self.transport.write(memoryview(body)[start:end])
+            return
+        self._file_send = _FileSend(watched, body, start, end)
+        self.pause_writing()
+        self.server.loop.add_writer(watched, self._send_more)
+
+    def _send_more(self) -> None:
+        """The socket is writable again: send what it takes of the rest of the body."""
+        pending = self._file_send
+        if pending is None:
+            return
+        try:
+            sent = os.sendfile(pending.fd, pending.body.fd, pending.start,
+                               pending.end - pending.start)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._end_file_send()
+            self.abort()  # the peer is gone
+            return
+        if not sent:
+            self._end_file_send()
+            self.abort()  # the body file ended early: cannot happen with a sealed memfd
+            return
+        pending.start += sent
+        self._last_progress = 0.0  # progress: the send timeout starts over
+        if pending.start >= pending.end:
+            self._end_file_send()
+            self.resume_writing()
+            if not self._busy:
+                self._after_response()  # a close that waited for this body (see _close)
+
+    def _end_file_send(self) -> None:
+        pending = self._file_send
+        if pending is None:
+            return
+        self._file_send = None
+        # Unregister before closing: epoll forgets a descriptor only when it is removed (or
+        # when every descriptor of the socket is closed, and the transport holds one).
+        self.server.loop.remove_writer(pending.fd)
+        os.close(pending.fd)
 
     def connection_field(self, request: Request) -> bytes:
         """The Connection field this response carries: ``close`` when it ends the
@@ -406,6 +481,8 @@ class HttpConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Cut the connection without completing the response (the body broke)."""
         self.closed = True
+        if self._file_send is not None:
+            self._end_file_send()
         if self.transport is not None:
             self.transport.abort()
 
@@ -465,6 +542,7 @@ class HttpConnection(asyncio.Protocol):
         if (
             not self._busy
             and not self._queue
+            and self._file_send is None
             and (self.reader.state == IDLE or self.reader.state == CLOSING)
             and self.transport
         ):

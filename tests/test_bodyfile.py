@@ -138,8 +138,8 @@ async def test_sendfile_can_be_switched_off(origin, start_node) -> None:
 
 async def test_slow_reader_gets_every_byte_in_order(origin, node) -> None:
     """Responses larger than the socket buffers, pipelined to a client that reads late: the
-    part sendfile could not send is queued on the transport, behind nothing, before the next
-    response."""
+    part sendfile could not send goes on with sendfile as the socket drains (nothing is
+    copied to the transport), and the next responses wait for it."""
     big = os.urandom(4 * 1024 * 1024)
     origin.set("/huge", big, headers=HEADERS)
     await get(node.port, "/huge")
@@ -152,7 +152,8 @@ async def test_slow_reader_gets_every_byte_in_order(origin, node) -> None:
     await asyncio.sleep(0.3)  # the node fills the socket buffers and queues the rest
     (server_side,) = node.connections
     assert server_side.transport is not None
-    assert server_side.transport.get_write_buffer_size() > 0, "nothing left for the transport"
+    assert server_side._file_send is not None, "the socket took a 3 MB body at once"
+    assert server_side.transport.get_write_buffer_size() == 0  # not copied to the transport
     for start, end in ranges:
         response = await asyncio.wait_for(read_response(reader), 10)
         assert response.status == 206 and response.body == big[start:end + 1]
@@ -168,3 +169,54 @@ def test_config_key_sendfile_min_size() -> None:
     assert config.sendfile_min_bytes == 128 * 1024
     with pytest.raises(ConfigError, match="sendfile_min_size"):
         make_config("http://127.0.0.1:1", sendfile_min_size="lots")
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_client_gone_mid_body_leaves_no_descriptor(origin, node) -> None:
+    big = os.urandom(4 * 1024 * 1024)
+    origin.set("/gone", big, headers=HEADERS)
+    await get(node.port, "/gone")
+    before = open_descriptors()
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+        writer.write(b"GET /gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readexactly(1000)  # the response started; the rest waits for the socket
+        writer.transport.abort()  # a reset, mid-body
+    await asyncio.sleep(0.3)
+    assert not node.connections
+    assert open_descriptors() <= before
+    again = await get(node.port, "/gone")
+    assert again.body == big
+
+
+async def test_connection_close_waits_for_the_whole_body(origin, node) -> None:
+    """``Connection: close`` on a body sendfile finishes later: the close comes after it."""
+    big = os.urandom(3 * 1024 * 1024)
+    origin.set("/closing", big, headers=HEADERS)
+    await get(node.port, "/closing")
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(b"GET /closing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                 b"GET /closing HTTP/1.1\r\nHost: x\r\n\r\n")  # must not be answered
+    await asyncio.sleep(0.2)
+    response = await asyncio.wait_for(read_response(reader), 10)
+    assert response.status == 200 and response.body == big
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing more
+    writer.close()
+
+
+async def test_a_stalled_reader_is_cut_after_the_send_timeout(origin, start_node) -> None:
+    server = await start_node(origin.url, limits={"send_timeout": "1s"})
+    big = os.urandom(4 * 1024 * 1024)
+    origin.set("/stall", big, headers=HEADERS)
+    await get(server.port, "/stall")
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /stall HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.2)
+    (server_side,) = server.connections
+    assert server_side._file_send is not None
+    await asyncio.sleep(3.2)  # never read: no progress for more than send_timeout
+    assert not server.connections and server.node.stats.timeouts == 1
+    writer.close()
