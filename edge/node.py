@@ -712,12 +712,19 @@ class CacheNode:
                 response.release()
 
     def _decide(self, status: int, hmap: dict[str, str], path: str) -> Freshness:
+        """Freshness of a response for the object keyed ``path`` (a cache key: with
+        ``host_in_key`` the host comes first, and TTL rules match the path after it)."""
         config = self.config
+        path = path.split("?", 1)[0]
+        if config.host_in_key:
+            slash = path.find("/")
+            if slash > 0:
+                path = path[slash:]
         return decide(
             "GET",
             status,
             hmap,
-            path.split("?", 1)[0],
+            path,
             request_has_authorization=False,
             ttl_rules=config.ttl_rules,
             now=time.time(),

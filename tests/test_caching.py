@@ -350,3 +350,14 @@ async def test_a_304_without_date_makes_the_refreshed_entry_fresh_again(start_no
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_ttl_rules_match_the_path_when_the_host_is_in_the_key(origin, start_node):
+    """With host_in_key the cache key starts with the host; a rule for ``/v/*`` still applies."""
+    origin.set("/v/a/seg_00002.m4s", b"seg")  # no freshness, no validator: only a rule stores it
+    node = await start_node(origin.url, host_in_key=True, ttl=[{"match": "/v/*", "ttl": "1d"}])
+    for _ in range(2):
+        response = await get(node.port, "/v/a/seg_00002.m4s", {"Host": "site-a.example"})
+        assert response.body == b"seg"
+    assert "hit" in status_of(response)
+    assert origin.counts["/v/a/seg_00002.m4s"] == 1
