@@ -177,6 +177,11 @@ def cache_stats(server: NodeServer) -> dict[str, Any]:
         "requests": total,
         "hits": hits,
         "hit_ratio": hits / total if total else 0.0,
+        # The disk tier (cache_disk; all 0 without one): disk hits are among the hits above.
+        "disk_objects": node.stats.disk_objects,
+        "disk_bytes": node.stats.disk_bytes,
+        "disk_capacity": node.stats.disk_capacity,
+        "disk_hits": node.stats.disk_hits,
         "upstreams": upstream_health(node),
     }
 

@@ -61,7 +61,8 @@ PROBE_TIMEOUT = 2.0            # per admin request from the master to a worker
 KILL_MARGIN = 5.0              # beyond shutdown_grace before SIGKILL
 PREWARM_TIMEOUT = 120.0
 # Summed in /cache/stats; the rest of a worker's cache stats are per worker.
-CACHE_SUMS = ("objects", "bytes", "capacity", "evictions", "inflight", "requests", "hits")
+CACHE_SUMS = ("objects", "bytes", "capacity", "evictions", "inflight", "requests", "hits",
+              "disk_objects", "disk_bytes", "disk_capacity", "disk_hits")
 
 
 def worker_config(config: NodeConfig, count: int) -> NodeConfig:

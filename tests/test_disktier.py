@@ -579,6 +579,11 @@ async def test_node_answers_evicted_objects_from_disk(origin, start_node, client
         text = await response.text()
     assert 'reelcdn_disk_hits_total{node="edge-t"}' in text
     assert 'reelcdn_disk_bytes{node="edge-t"}' in text
+    # So does /cache/stats.
+    async with client.get(f"http://127.0.0.1:{server.admin_port}/cache/stats") as response:
+        stats = await response.json()
+    assert stats["disk_hits"] > 0 and stats["disk_capacity"] > 0
+    assert stats["disk_objects"] == len(store.disk) and stats["disk_bytes"] > 0
     # Purge: from memory and disk alike, then the origin is asked again.
     async with client.post(f"http://127.0.0.1:{server.admin_port}/purge",
                            json={"prefix": "/seg/"}) as response:
