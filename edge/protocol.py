@@ -443,9 +443,9 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_field(self, request: Request) -> bytes:
         """The Connection field this response carries: ``close`` when it ends the
-        connection, ``keep-alive`` for an HTTP/1.0 client that asked to keep it (1.0
-        clients close otherwise), nothing for HTTP/1.1's default persistence."""
-        # (close_after, inlined: every response asks)
+        connection (then the connection closes after it), ``keep-alive`` for an HTTP/1.0
+        client that asked to keep it (1.0 clients close otherwise), nothing for HTTP/1.1's
+        default persistence. Every response asks, so the test is here, not in a helper."""
         if (
             self._close_after
             or not request.keep_alive
@@ -457,12 +457,6 @@ class HttpConnection(asyncio.Protocol):
         if request.version == b"1.0":
             return b"Connection: keep-alive\r\n"
         return b""
-
-    def close_after(self, request: Request) -> bool:
-        """Whether this response ends the connection; the node then sends Connection: close."""
-        if not request.keep_alive or self.server.draining or (self._eof and not self._queue):
-            self._close_after = True
-        return self._close_after
 
     def close_after_response(self) -> None:
         self._close_after = True
