@@ -359,11 +359,12 @@ class CacheNode:
                 )
                 return
         if member == b"hit" and not close:
+            # The full 200 head of a plain HIT, rebuilt only when the Age second changes.
             cached = entry.head_cache
             if cached is not None and cached[0] == int(now):
-                head = cached[1]  # (the _cached_head test, without the call)
+                head = cached[1]
             else:
-                head = self._cached_head(entry, now)
+                head = self._rebuild_hit_head(entry, now)
         else:
             head = self._head(
                 entry.status, entry.header_block, entry.age(now), member, entry.ttl(now),
@@ -380,17 +381,13 @@ class CacheNode:
             conn.write(body)
         self.stats.bytes_sent += len(head) + (len(body) if req.method != "HEAD" else 0)
 
-    def _cached_head(self, entry: CacheEntry, now: float) -> bytes:
-        """The full 200 head of a HIT; rebuilt only when the Age second changes."""
-        second = int(now)
-        cached = entry.head_cache
-        if cached is not None and cached[0] == second:
-            return cached[1]
+    def _rebuild_hit_head(self, entry: CacheEntry, now: float) -> bytes:
+        """Build a plain HIT's head for this second of Age and keep it on the entry."""
         head = self._head(
             entry.status, entry.header_block, entry.age(now), b"hit", entry.ttl(now),
             len(entry.body), b"", prior=entry.prior,
         )
-        entry.head_cache = (second, head)
+        entry.head_cache = (int(now), head)
         return head
 
     def _head(
