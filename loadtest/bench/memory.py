@@ -219,7 +219,7 @@ class EntryBuilder:
     checked up front so a refactor of ``node.py`` gives a clear message, not a wrong number.
     """
 
-    NEEDED = ("_fetch_head", "_store", "_cached_head", "store", "body_files")
+    NEEDED = ("_fetch_head", "_store", "_rebuild_hit_head", "store", "body_files")
 
     def __init__(self, capacity: int = 1 << 40, sendfile_min: int | None = None) -> None:
         from reelcdn.edge import node as node_module
@@ -265,7 +265,7 @@ class EntryBuilder:
 
     def hit(self, entry: Any) -> None:
         """What a whole-object HIT leaves behind in the entry (its rendered head)."""
-        self.node._cached_head(entry, time.time())
+        self.node._rebuild_hit_head(entry, time.time())
 
 
 @dataclass(frozen=True, slots=True)
