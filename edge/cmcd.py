@@ -58,7 +58,7 @@ def _split_items(payload: str) -> list[str]:
     if "\\" not in payload:
         # Without escapes a quote always toggles: split on every comma, then glue back the
         # pieces that a quoted string spans (an odd number of quotes so far). Same result as
-        # the character loop below, several times faster (every player request carries CMCD).
+        # _split_escaped's character loop, several times faster (every player request carries CMCD).
         if '"' not in payload:
             return [item.strip() for item in payload.split(",") if item.strip()]
         glued: list[str] = []
@@ -71,6 +71,12 @@ def _split_items(payload: str) -> list[str]:
             if piece.count('"') % 2:
                 open_quote = not open_quote
         return [item.strip() for item in glued if item.strip()]
+    return _split_escaped(payload)
+
+
+def _split_escaped(payload: str) -> list[str]:
+    """The general case of :func:`_split_items`, character by character: a backslash escapes
+    the next character inside a quoted string."""
     items: list[str] = []
     current: list[str] = []
     quoted = escaped = False
