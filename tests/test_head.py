@@ -3,37 +3,22 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import compiled_twin
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelcdn import extensions
 from reelcdn.edge import head as pure_head
 
-COMPILED_NAME = "reelcdn.extensions._head"
 BLOCK = b"Content-Type: video/mp4\r\nETag: \"e1\"\r\n"
 
 
 def load_compiled() -> ModuleType:
-    """The compiled module; fails (not skips) when it is missing or older than its source."""
-    if extensions.NO_EXTENSIONS:
-        pytest.skip("REELCDN_NO_EXTENSIONS is set: only the pure twins are tested")
-    try:
-        module = importlib.import_module(COMPILED_NAME)
-    except ImportError as exc:
-        pytest.fail(f"{COMPILED_NAME} is not built ({exc}); build it with `pip install -e .`")
-    path = Path(module.__file__ or "")
-    assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
-    source = path.with_name("_head.pyx")
-    if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
-        pytest.fail(f"{path.name} is older than {source.name}: rebuild with `pip install -e .`")
-    return module
+    """The compiled twin; fails (not skips) when it is missing or stale."""
+    return compiled_twin.load_compiled("head")
 
 
 @pytest.fixture(params=["pure", "compiled"])

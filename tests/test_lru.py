@@ -20,17 +20,15 @@ from __future__ import annotations
 
 import copy
 import gc
-import importlib
-import importlib.machinery
 import operator
 import pickle
 import random
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import compiled_twin
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -39,26 +37,11 @@ from reelcdn import extensions
 from reelcdn.edge import lru as pure_lru
 from reelcdn.edge.lru import MAX_SIZE
 
-COMPILED_NAME = "reelcdn.extensions._lru"
 
 
 def load_compiled() -> ModuleType:
-    """The compiled LRU module; fails the test if it is missing, not compiled, or stale."""
-    if extensions.NO_EXTENSIONS:
-        pytest.skip("REELCDN_NO_EXTENSIONS is set: only the pure twins are tested")
-    try:
-        module = importlib.import_module(COMPILED_NAME)
-    except ImportError as exc:
-        pytest.fail(
-            f"{COMPILED_NAME} is not built ({exc}); build it with `pip install -e .` (needs "
-            "Cython and a C compiler), or set REELCDN_NO_EXTENSIONS=1 to test the pure twins only"
-        )
-    path = Path(module.__file__ or "")
-    assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
-    source = path.with_name("_lru.pyx")
-    if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
-        pytest.fail(f"{path.name} is older than {source.name}: rebuild with `pip install -e .`")
-    return module
+    """The compiled twin; fails (not skips) when it is missing or stale."""
+    return compiled_twin.load_compiled("lru")
 
 
 @pytest.fixture(params=["pure", "compiled"])

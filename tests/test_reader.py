@@ -9,13 +9,11 @@ CI runs once with the compiled modules and once with REELCDN_NO_EXTENSIONS=1.
 
 from __future__ import annotations
 
-import importlib
-import importlib.machinery
 import itertools
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
+import compiled_twin
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -23,7 +21,6 @@ from hypothesis import strategies as st
 from reelcdn import extensions
 from reelcdn.edge import reader as pure_reader
 
-COMPILED_NAME = "reelcdn.extensions._reader"
 LIMITS = SimpleNamespace(
     max_target_bytes=256, max_head_bytes=1024, max_headers=12, max_body_bytes=64,
     header_timeout=10.0, idle_timeout=60.0,
@@ -32,19 +29,8 @@ SERVED = frozenset({"127.0.0.1", "localhost", "cdn.example"})
 
 
 def load_compiled() -> ModuleType:
-    """The compiled module; fails (not skips) when it is missing or older than its source."""
-    if extensions.NO_EXTENSIONS:
-        pytest.skip("REELCDN_NO_EXTENSIONS is set: only the pure twins are tested")
-    try:
-        module = importlib.import_module(COMPILED_NAME)
-    except ImportError as exc:
-        pytest.fail(f"{COMPILED_NAME} is not built ({exc}); build it with `pip install -e .`")
-    path = Path(module.__file__ or "")
-    assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
-    source = path.with_name("_reader.pyx")
-    if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
-        pytest.fail(f"{path.name} is older than {source.name}: rebuild with `pip install -e .`")
-    return module
+    """The compiled twin; fails (not skips) when it is missing or stale."""
+    return compiled_twin.load_compiled("reader")
 
 
 @pytest.fixture(params=["pure", "compiled"])
