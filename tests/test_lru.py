@@ -38,7 +38,6 @@ from reelcdn.edge import lru as pure_lru
 from reelcdn.edge.lru import MAX_SIZE
 
 
-
 def load_compiled() -> ModuleType:
     """The compiled twin; fails (not skips) when it is missing or stale."""
     return compiled_twin.load_compiled("lru")
