@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
 
 from .bodyfile import FileBody
+from .metrics import NodeStats
 
 if TYPE_CHECKING:
     from .freshness import Freshness
@@ -86,21 +87,6 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 def disk_charge(size: int) -> int:
     """Bytes of the disk budget a body of ``size`` bytes takes (whole blocks)."""
     return (size + BLOCK - 1) // BLOCK * BLOCK
-
-
-class DiskCounts:
-    """What a tier counts, when no ``NodeStats`` is given (tests, tools). ``NodeStats`` has the
-    same attributes and becomes ``reelcdn_disk_*`` in ``/metrics``."""
-
-    def __init__(self) -> None:
-        self.disk_hits = 0
-        self.disk_writes = 0
-        self.disk_evictions = 0
-        self.disk_dropped_writes = 0
-        self.disk_errors = 0
-        self.disk_bytes = 0
-        self.disk_objects = 0
-        self.disk_capacity = 0
 
 
 class _Record:
@@ -312,7 +298,8 @@ class DiskTier:
         ``OSError`` when it cannot); stale run directories are removed in the background."""
         self.directory = os.path.abspath(directory)
         self.min_bytes = max(1, min_bytes)
-        self.counts = counts if counts is not None else DiskCounts()
+        # The node's NodeStats; a tier of its own (tests, tools) counts into a private one.
+        self.counts = counts if counts is not None else NodeStats("disk-tier")
         self.queue_bytes = queue_bytes
         self.queue_entries = queue_entries
         self._index = (index_type or lru.LruIndex)(capacity)
