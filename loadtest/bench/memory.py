@@ -77,7 +77,7 @@ import threading
 import time
 import tracemalloc
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -968,6 +968,21 @@ DISK_SIZES: tuple[int, ...] = (2 * KIB, 64 * KIB, 512 * KIB, 2 * MIB)
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
 
 
+def _request_targets(sock: socket.socket) -> Iterator[str]:
+    """The request-target of each keep-alive GET a benchmark client sends on ``sock`` (heads
+    only: these servers' clients send no bodies), until it closes."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buf = b""
+    while True:
+        while b"\r\n\r\n" not in buf:
+            data = sock.recv(65536)
+            if not data:
+                return
+            buf += data
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        yield head.split(b" ", 2)[1].decode()
+
+
 class _DiskHandler(socketserver.BaseRequestHandler):
     """Keep-alive GETs of ``/{mem|memfd|file|cold}/{size}``; blocking, one thread per client,
     so each way of answering is the only thing measured (no event loop in the way)."""
@@ -976,16 +991,7 @@ class _DiskHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            target = head.split(b" ", 2)[1].decode()
+        for target in _request_targets(sock):
             self.server.answer(sock, target)
 
 
@@ -1424,16 +1430,7 @@ class _ObjectHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = b""
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = sock.recv(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            target = head.split(b" ", 2)[1].decode()
+        for target in _request_targets(sock):
             try:
                 index = int(target.removeprefix("/obj/"))
             except ValueError:
