@@ -254,7 +254,7 @@ class CacheNode:
         config = self.config
         path = req.path
         if not req.query and not config.host_in_key and "%" not in path:
-            primary = path  # what cache_key gives a plain path: the common segment request
+            primary = path  # what cache_key gives a plain path (pinned by test_cachekey)
         else:
             host = None
             if config.host_in_key:
