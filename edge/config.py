@@ -104,6 +104,10 @@ DEFAULT_IGNORE_QUERY_PARAMS: frozenset[str] = frozenset(
     {"cmcd", "token", "hdnts", "expires", "signature", "policy", "key-pair-id", "md5", "st", "e"}
 )
 
+#: Client fields a shared fill forwards by default (``fill_headers``): only the one whose value
+#: the node normalises. Fields a stored response Varies on are forwarded besides.
+DEFAULT_FILL_HEADERS: frozenset[str] = frozenset({"accept-encoding"})
+
 #: The roles a node can play in the tier topology.
 ROLES: tuple[str, ...] = ("edge", "regional", "shield")
 
@@ -226,6 +230,11 @@ class NodeConfig:
     ignore_query_params: frozenset[str] = DEFAULT_IGNORE_QUERY_PARAMS
     ignore_query_prefixes: tuple[str, ...] = ()
     host_in_key: bool = False
+    # Client request fields a shared fill forwards upstream (lowercase names). Everything else a
+    # client sends stays with that client: a fill serves every viewer, so an unkeyed field
+    # (X-Forwarded-Host, Cookie, ...) reflected by the origin would poison the shared copy.
+    # Fields a stored response Varies on are forwarded as well; Accept-Encoding normalised.
+    fill_headers: frozenset[str] = DEFAULT_FILL_HEADERS
     honor_client_no_cache: bool = False
     heuristic_fraction: float = 0.1
     heuristic_max: float = 86_400.0
@@ -574,6 +583,29 @@ def _parse_carried(value: Any, file: str, key: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+_FIELD_NAME_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Never forwarded as client fields whatever the operator lists: framing and hop-by-hop fields
+# are the connection's, Host and the forwarding fields the node sets itself.
+_UNFORWARDABLE_FIELDS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "content-length", "host", "via", "x-forwarded-for", "expect",
+})
+
+
+def _field_name_checker(file: str) -> Callable[[str, str], str]:
+    def check(item: str, item_key: str) -> str:
+        if not _FIELD_NAME_RE.fullmatch(item):
+            raise ConfigError(file, item_key, f"{_quote(item)} is not an HTTP field name")
+        if item.lower() in _UNFORWARDABLE_FIELDS:
+            raise ConfigError(
+                file, item_key, f"{_quote(item)} is set by the node or the connection and "
+                "cannot be forwarded from a client"
+            )
+        return item
+
+    return check
+
+
 def _server_name_checker(file: str) -> Callable[[str, str], str]:
     def check(item: str, item_key: str) -> str:
         host = item.strip().lower().rstrip(".")
@@ -729,6 +761,7 @@ _NODE_KEYS: tuple[str, ...] = (
     "admin_token",
     "admin_token_env",
     "host_in_key",
+    "fill_headers",
     "honor_client_no_cache",
     "heuristic_fraction",
     "heuristic_max",
@@ -1100,6 +1133,9 @@ def _parse_layer(
             put(key, frozenset(names), key)
         elif key == "ignore_query_prefixes":
             put(key, _parse_str_list(raw, file, dotted, _query_name_checker(file, "prefix")), key)
+        elif key == "fill_headers":
+            names = _parse_str_list(raw, file, dotted, _field_name_checker(file))
+            put(key, frozenset(name.lower() for name in names), key)
         elif key == "server_names":
             put(key, _parse_str_list(raw, file, dotted, _server_name_checker(file)), key)
         elif key in ("upstream_max_connections", "workers"):
