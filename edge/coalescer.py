@@ -174,12 +174,6 @@ class Fetch:
             self._waiters.append(waiter)
             await waiter
 
-    def body(self) -> bytes:
-        """The whole body; only valid once ``done`` without error."""
-        if len(self.chunks) != 1:
-            self.chunks = [b"".join(self.chunks)]
-        return self.chunks[0]
-
     def _write_from(self, sink: Sink, pos: int, end: int | None, chunked: bool) -> int:
         """Write what has arrived of [pos, end) to ``sink`` now; return the new position."""
         limit = self.size if end is None else min(self.size, end)
@@ -288,7 +282,6 @@ class Coalescer:
 
     def __init__(self) -> None:
         self._inflight: dict[str, Fetch] = {}
-        self.waiters_total = 0
 
     def __len__(self) -> int:
         return len(self._inflight)

@@ -26,11 +26,6 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-# Fields the node recomputes itself when it sends a stored or streamed response.
-RECOMPUTED: frozenset[bytes] = frozenset(
-    {b"content-length", b"age", b"cache-status", b"via", b"date-received"}
-)
-
 # Request fields a cache fill must not forward: the fill fetches the whole, unconditional
 # object on behalf of every client, and the client's own conditionals are answered here.
 CLIENT_ONLY: frozenset[bytes] = frozenset(
