@@ -1465,33 +1465,6 @@ def run_object_origin(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_node_shim(args: argparse.Namespace) -> int:
-    """Hidden subcommand: ``reelcdn node ...`` in this process, making sure the node builds its
-    disk tier from the config (``MemoryStore.configure_disk``) even where ``CacheNode`` does not
-    call it yet; says on stderr whether it had to."""
-    from reelcdn import cli
-    from reelcdn.edge import node as node_module
-
-    original_init = node_module.CacheNode.__init__
-    original_apply = node_module.CacheNode.apply_config
-
-    def init(self: Any, config: Any) -> None:
-        original_init(self, config)
-        if config.cache_disk > 0 and self.store.disk is None:
-            print("node-shim: CacheNode does not build the disk tier; the shim does",
-                  file=sys.stderr, flush=True)
-            self.store.configure_disk(config, self.stats)
-
-    async def apply_config(self: Any, config: Any) -> None:
-        await original_apply(self, config)
-        self.store.configure_disk(config, self.stats)
-
-    node_module.CacheNode.__init__ = init  # type: ignore[method-assign]
-    node_module.CacheNode.apply_config = apply_config  # type: ignore[method-assign]
-    rest = list(args.rest)
-    return cli.main(rest[1:] if rest[:1] == ["--"] else rest)
-
-
 class BodyClient(KeepAliveClient):
     """Sequential GETs on one connection, each body kept whole to be verified."""
 
@@ -1633,7 +1606,7 @@ def measure_disk_node(args: argparse.Namespace, workdir: Path, label: str,
     config = workdir / f"{label.replace(' ', '-')}.toml"
     config.write_text(f'[node.bench]\nlisten = "{LOOPBACK}:{port}"\n'
                       f'admin = "{LOOPBACK}:{admin}"\n' + table)
-    command = [sys.executable, "-m", "reelcdn.loadtest.bench.memory", "node-shim", "--",
+    command = [sys.executable, "-m", "reelcdn.cli",
                "node", "--config", str(config), "--name", "bench"]
     proc = ManagedProcess(label.replace(" ", "-"), command, workdir,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -1690,9 +1663,7 @@ def disk_node_report(runs: list[DiskNodeRun], args: argparse.Namespace, argv: Se
         f"Zipf s = {args.zipf} over the objects, one at a time on one keep-alive connection "
         f"(every body verified); the first {args.warmup:.0%} warm the cache and are not counted "
         "in the hit ratio (origin requests: the whole run, from `reelcdn_upstream_requests`). "
-        "The node runs as `reelcdn node` through this module's `node-shim`, which calls "
-        "`MemoryStore.configure_disk(config, stats)` if `CacheNode` has not built the disk tier "
-        "itself.")
+        "The node runs as `reelcdn node`.")
     out.append("")
     out.append("| node | requests | hit ratio (after warm-up) | origin requests | disk hits | "
                "disk writes | dropped writes | disk evictions | disk bytes at end | "
@@ -1831,8 +1802,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     origin_cmd = sub.add_parser("object-origin", help=argparse.SUPPRESS)
     origin_cmd.add_argument("--port", type=int, required=True)
     origin_cmd.add_argument("--object-size", type=int, required=True)
-    shim = sub.add_parser("node-shim", help=argparse.SUPPRESS)
-    shim.add_argument("rest", nargs=argparse.REMAINDER)
     server = sub.add_parser("disk-server", help=argparse.SUPPRESS)
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--dir", required=True)
@@ -1863,8 +1832,6 @@ def run(argv: Sequence[str]) -> int:
             return run_disk_node(args, argv)
         if args.command == "object-origin":
             return run_object_origin(args)
-        if args.command == "node-shim":
-            return run_node_shim(args)
         return run_disk_server(args)
     except BuildError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
