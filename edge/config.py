@@ -140,6 +140,9 @@ class Limits:
     max_connections: int = 10_000            # beyond: 503 + close
     max_pipelined: int = 64                  # queued requests per connection before reading pauses
     header_timeout: float = 10.0             # seconds to receive a complete request head
+    body_timeout: float = 30.0               # seconds to receive a whole body, from the head's end
+    body_min_rate_bytes: int = 1024          # body bytes/s averaged from the head's end: 408 below
+    body_rate_grace: float = 5.0             # ... once the body has taken longer than this
     idle_timeout: float = 60.0               # keep-alive idle seconds
     send_timeout: float = 60.0               # a response write making no progress this long: close
     shutdown_grace: float = 10.0             # seconds to finish in-flight responses on shutdown

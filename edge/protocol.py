@@ -17,11 +17,13 @@ DESIGN.md "Runtime choices". What a server framework would do for us is done her
 * ``Expect: 100-continue``, sent only when the request is next to be answered;
 * ``Upgrade`` is ignored (RFC 9110 §7.8): the request is answered over HTTP/1.1;
 * trailer fields of a chunked body are discarded, never merged into the header fields;
-* timeouts: a whole head within ``header_timeout`` (slowloris), ``idle_timeout`` between
-  keep-alive requests (from the end of the last response), a body or a send that makes no
-  progress; checked by one sweep per second over all connections (``server.py``), not a timer
-  per request. A negative ``deadline`` is a timeout that starts at the next sweep, so that the
-  coarse clock never makes a timeout fire early;
+* timeouts: a whole head within ``header_timeout`` (slowloris), a whole body within
+  ``body_timeout`` and, after ``body_rate_grace``, at no less than ``body_min_rate_bytes`` per
+  second on average (a body trickled byte by byte), ``idle_timeout`` between keep-alive
+  requests (from the end of the last response), a send that makes no progress; checked by
+  one sweep per second over all connections (``server.py``), not a timer per request. A
+  negative ``deadline`` is a timeout that starts at the next sweep, so that the coarse clock
+  never makes a timeout fire early;
 * back-pressure: when the transport's buffer is full, reading pauses, streaming responses
   wait on ``drain`` and further requests (even HITs) wait until the client reads;
 * a refused request is answered, then the connection is half-closed and what the client still
@@ -507,14 +509,20 @@ class HttpConnection(asyncio.Protocol):
             if reader.state != CLOSING:
                 limits = self.limits
                 reader.deadline = -(limits.idle_timeout if reader.state == IDLE
+                                    else limits.body_timeout if reader.state == BODY
                                     else limits.header_timeout)
             return
         deadline = reader.deadline
         if deadline < 0:
             reader.deadline = now - deadline  # started since the last sweep: time it from now
             return
+        reason = "request not received in time"
         if now < deadline:
-            return
+            if reader.state != BODY or not reader.body_too_slow(now):
+                return
+            reason = "request body arrives too slowly"
+        elif reader.state == BODY:
+            reason = "request body not received in time"
         transport = self.transport
         if reader.state == CLOSING:  # the lingering close is over
             if transport is not None:
@@ -524,7 +532,7 @@ class HttpConnection(asyncio.Protocol):
         if reader.state == HEAD or reader.state == BODY:
             reader.state = CLOSING
             if transport is not None:
-                transport.write(error_response(408, "request not received in time", close=True))
+                transport.write(error_response(408, reason, close=True))
                 transport.close()
         elif transport is not None:
             transport.close()

@@ -97,6 +97,9 @@ class RequestReader:
         "_max_body_bytes",
         "_header_timeout",
         "_idle_timeout",
+        "_body_timeout",
+        "_body_min_rate",
+        "_body_rate_grace",
         "_fields",
         "_raw_fields",
         "_url",
@@ -124,6 +127,9 @@ class RequestReader:
         self._max_body_bytes: int = limits.max_body_bytes
         self._header_timeout = float(limits.header_timeout)
         self._idle_timeout = float(limits.idle_timeout)
+        self._body_timeout = float(limits.body_timeout)
+        self._body_min_rate: int = limits.body_min_rate_bytes
+        self._body_rate_grace = float(limits.body_rate_grace)
         # Where on_header puts fields: the request's, or (for trailers) a throwaway.
         self._fields: dict[bytes, bytes] = {}
         self._raw_fields: list[tuple[bytes, bytes]] = []
@@ -277,6 +283,9 @@ class RequestReader:
             if request.version == b"1.1" and has_body(length, coding):
                 self.conn.expect_continue()
         self.state = BODY
+        # The whole body has one deadline from here, however it trickles in (a body that
+        # restarted its timeout with each byte would hold a connection forever).
+        self.deadline = -self._body_timeout
 
     def _set_target(self, request: Request, target: bytes) -> None:
         """Accept origin-form, and absolute-form only for a host this node serves: a cache
@@ -312,7 +321,15 @@ class RequestReader:
         if self._body_size > self._max_body_bytes:
             raise RequestRejected(413, "request body too large")
         self._body.append(body)
-        self.deadline = -self._header_timeout  # progress: the body timeout restarts
+
+    def body_too_slow(self, now: float) -> bool:
+        """Whether the body being read arrives below ``body_min_rate_bytes`` per second,
+        averaged since its timing started (the deadline less ``body_timeout``), once it has
+        taken longer than ``body_rate_grace``. Asked by the connection's timeout sweep."""
+        if self.state != BODY or self.deadline < 0 or self._body_min_rate <= 0:
+            return False
+        elapsed = now - (self.deadline - self._body_timeout)
+        return elapsed > self._body_rate_grace and self._body_size < self._body_min_rate * elapsed
 
     def on_message_complete(self) -> None:
         request = self.request

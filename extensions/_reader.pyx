@@ -68,6 +68,9 @@ cdef class RequestReader:
     cdef Py_ssize_t _max_body_size
     cdef double _header_timeout
     cdef double _idle_timeout
+    cdef double _body_timeout
+    cdef Py_ssize_t _body_min_rate
+    cdef double _body_rate_grace
     cdef dict _fields
     cdef list _raw_fields
     cdef list _url
@@ -92,6 +95,9 @@ cdef class RequestReader:
         self._max_body_size = limits.max_body_bytes
         self._header_timeout = float(limits.header_timeout)
         self._idle_timeout = float(limits.idle_timeout)
+        self._body_timeout = float(limits.body_timeout)
+        self._body_min_rate = limits.body_min_rate_bytes
+        self._body_rate_grace = float(limits.body_rate_grace)
         self._fields = {}
         self._raw_fields = []
         self._url = []
@@ -242,6 +248,7 @@ cdef class RequestReader:
             if version == b"1.1" and has_body(length, coding):
                 self.conn.expect_continue()
         self.state = BODY
+        self.deadline = -self._body_timeout
 
     cdef _set_target(self, request, bytes target, method):
         if PyBytes_GET_SIZE(target) == 0 or PyBytes_AS_STRING(target)[0] != b"/":
@@ -276,7 +283,12 @@ cdef class RequestReader:
         if self._body_size > self._max_body_size:
             raise RequestRejected(413, "request body too large")
         self._body.append(body)
-        self.deadline = -self._header_timeout
+
+    def body_too_slow(self, double now):
+        if self.state != BODY or self.deadline < 0 or self._body_min_rate <= 0:
+            return False
+        cdef double elapsed = now - (self.deadline - self._body_timeout)
+        return elapsed > self._body_rate_grace and self._body_size < self._body_min_rate * elapsed
 
     def on_message_complete(self):
         request = self.request

@@ -23,7 +23,8 @@ from reelcdn.edge import reader as pure_reader
 
 LIMITS = SimpleNamespace(
     max_target_bytes=256, max_head_bytes=1024, max_headers=12, max_body_bytes=64,
-    header_timeout=10.0, idle_timeout=60.0,
+    header_timeout=10.0, idle_timeout=60.0, body_timeout=30.0, body_min_rate_bytes=4,
+    body_rate_grace=5.0,
 )
 SERVED = frozenset({"127.0.0.1", "localhost", "cdn.example"})
 
@@ -197,9 +198,27 @@ def test_deadlines_follow_the_state(impl: ModuleType) -> None:
     recorder = Recorder(impl)
     assert recorder.reader.deadline == -10.0 and recorder.reader.state == pure_reader.IDLE
     recorder.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
-    assert recorder.reader.state == pure_reader.BODY and recorder.reader.deadline == -10.0
-    recorder.feed(b"cd")
+    # The body has its own deadline, from the end of the head; bytes do not restart it.
+    assert recorder.reader.state == pure_reader.BODY and recorder.reader.deadline == -30.0
+    recorder.feed(b"c")
+    assert recorder.reader.deadline == -30.0
+    recorder.feed(b"d")
     assert recorder.reader.state == pure_reader.IDLE and recorder.reader.deadline == -60.0
+
+
+def test_a_body_below_the_minimum_rate_is_too_slow_after_the_grace(impl: ModuleType) -> None:
+    recorder = Recorder(impl)
+    reader = recorder.reader
+    recorder.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 60\r\n\r\n" + b"x" * 21)
+    assert not reader.body_too_slow(1000.0)  # not timed yet: the sweep starts the deadline
+    reader.deadline = 100.0 + 30.0  # as the sweep does at 100.0
+    assert not reader.body_too_slow(104.9)  # within the grace
+    assert not reader.body_too_slow(105.2)  # 21 bytes in 5.2 s: above 4 bytes/s
+    assert reader.body_too_slow(105.5)  # 21 bytes in 5.5 s: below
+    recorder.feed(b"x" * 10)
+    assert not reader.body_too_slow(107.0)
+    recorder.feed(b"x" * 29)
+    assert reader.state == pure_reader.IDLE and not reader.body_too_slow(1000.0)
 
 
 def test_the_compiled_reader_is_the_one_in_use_unless_disabled() -> None:
@@ -248,3 +267,20 @@ def test_both_twins_read_random_input_identically(data: bytes, cuts: list[int]) 
     pure_events = read(pure_reader, *chunks)
     compiled_events = read(compiled, *chunks)
     assert compiled_events == pure_events
+    assert timing(compiled, chunks) == timing(pure_reader, chunks)
+
+
+def timing(module: ModuleType, chunks: list[bytes]) -> list[tuple[Any, ...]]:
+    """After each read: the state, the deadline, and whether a body is too slow at a few
+    instants once a sweep has started the deadline (at 100.0)."""
+    recorder = Recorder(module)
+    reader = recorder.reader
+    seen = []
+    for chunk in chunks:
+        reader.feed(chunk)
+        deadline = reader.deadline
+        if deadline < 0:
+            reader.deadline = 100.0 - deadline
+        slow = [reader.body_too_slow(100.0 + t) for t in (1.0, 5.0, 5.5, 8.0, 40.0)]
+        seen.append((reader.state, deadline, slow))
+    return seen
