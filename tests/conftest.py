@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from types import ModuleType
 from typing import Any
 
 import aiohttp
+import compiled_twin
 import pytest
 from aiohttp import web
 
@@ -116,6 +119,40 @@ async def origin() -> AsyncIterator[TestOrigin]:
     await server.start()
     yield server
     await server.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled and the pure twin of an ``extensions`` module
+# ---------------------------------------------------------------------------------------------
+
+
+def _twin_name(request: pytest.FixtureRequest) -> str:
+    name = getattr(request.module, "TWIN_MODULE", None)
+    if name is None:
+        pytest.fail(f"{request.module.__name__} uses a twin fixture: set TWIN_MODULE = \"lru\" "
+                    "(or ranges, head, reader) at the top of the module")
+    return name
+
+
+@pytest.fixture(scope="module", params=["pure", "compiled"])
+def twin(request: pytest.FixtureRequest) -> ModuleType:
+    """Each twin in turn of the module the test module names in ``TWIN_MODULE``: the pure one
+    (``reelcdn.edge.<name>``, the reference) and the compiled one (``reelcdn.extensions._<name>``).
+
+    The ``compiled`` parameter skips only when ``REELCDN_NO_EXTENSIONS`` is set; a compiled
+    module that is missing or older than its ``.pyx`` fails (``compiled_twin.load_compiled``).
+    """
+    name = _twin_name(request)
+    if request.param == "pure":
+        return importlib.import_module(f"reelcdn.edge.{name}")
+    return compiled_twin.load_compiled(name)
+
+
+@pytest.fixture(scope="module")
+def compiled(request: pytest.FixtureRequest) -> ModuleType:
+    """The compiled twin alone, for differential tests against the pure one (skips and fails
+    as ``twin`` does)."""
+    return compiled_twin.load_compiled(_twin_name(request))
 
 
 def make_config(upstream: str, name: str = "edge-t", **overrides: Any) -> NodeConfig:

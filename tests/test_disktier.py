@@ -23,18 +23,18 @@ from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
-import test_lru  # tests/ is on sys.path: the compiled twin's loader
 from conftest import url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reelcdn.edge import disktier as disk_module
-from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import store as store_module
 from reelcdn.edge.bodyfile import MEMFD_AVAILABLE, FileBody, file_body
 from reelcdn.edge.disktier import BLOCK, DiskTier, disk_charge, sweep_stale_runs
 from reelcdn.edge.freshness import Freshness
 from reelcdn.edge.store import CacheEntry, MemoryStore
+
+TWIN_MODULE = "lru"  # the twins of the LRU index (the ``twin`` fixture, conftest.py)
 
 KIB = 1024
 
@@ -63,15 +63,12 @@ def config(directory: Path, disk: int, min_bytes: int = 64 * KIB) -> SimpleNames
     return SimpleNamespace(cache_disk=disk, cache_dir=str(directory), sendfile_min_bytes=min_bytes)
 
 
-@pytest.fixture(autouse=True, params=["pure", "compiled"])
-def index_twin(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ModuleType]:
+@pytest.fixture(autouse=True)
+def index_twin(twin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """Stores and tiers made during the test use this twin of the LRU index."""
-    module = pure_lru if request.param == "pure" else test_lru.load_compiled()
-    monkeypatch.setattr(store_module, "lru", module)
-    monkeypatch.setattr(disk_module, "lru", module)
-    yield module
+    monkeypatch.setattr(store_module, "lru", twin)
+    monkeypatch.setattr(disk_module, "lru", twin)
+    yield twin
 
 
 def make_store(tmp_path: Path, memory_entries: int = 2, disk: int = 10 * 1024 * KIB,

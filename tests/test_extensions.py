@@ -3,9 +3,8 @@
 Why these tests look the way they do:
 
 * The pure twin (``reelcdn.edge.ranges``) is the reference and ``tests/test_ranges.py`` is its
-  specification. Rather than copying its cases, every test of that file is replayed here
-  against each twin (its tables and its Hypothesis properties), by pointing the names it calls
-  at the twin under test.
+  specification, which runs on each twin (the ``twin`` fixture of conftest.py). Its tables and
+  strategies (``ranges_cases.py``) are used here again.
 * Differential property tests then feed both twins the same random arguments, well-formed and
   junk, and require identical outcomes: equal results of identical types, the very same
   sentinel object, or the same exception type and message.
@@ -18,7 +17,6 @@ Why these tests look the way they do:
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -27,25 +25,27 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import compiled_twin
 import pytest
-import test_ranges  # tests/ is on sys.path: the pure twin's specification and strategies
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from ranges_cases import MAX_RANGES_CASES, PARSE_CASES, headers, specs
 
 from reelcdn import extensions
 from reelcdn.edge import ranges as pure_ranges
 
-ParameterSet = type(pytest.param(None))  # pytest's row type, not exported under a public name
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED_NAME = "reelcdn.extensions._ranges"
 PYX = ROOT / "extensions" / "_ranges.pyx"
 
-# What test_ranges.py calls; replaying its tests against a twin rebinds these names.
+TWIN_MODULE = "ranges"  # the ``twin`` and ``compiled`` fixtures (conftest.py) load its twins
+
+# What the ranges module offers callers: each twin has all of it.
 TWIN_NAMES = (
     "parse_range",
     "content_range",
@@ -61,110 +61,25 @@ TWIN_NAMES = (
 # ---------------------------------------------------------------------------------------------
 
 
-def load_compiled() -> ModuleType:
-    """The compiled ranges module; fails the test if it is missing, not compiled, or stale."""
-    if extensions.NO_EXTENSIONS:
-        pytest.skip("REELCDN_NO_EXTENSIONS is set: only the pure twins are tested")
-    try:
-        module = importlib.import_module(COMPILED_NAME)
-    except ImportError as exc:
-        pytest.fail(
-            f"{COMPILED_NAME} is not built ({exc}); build it with `pip install -e .` (needs "
-            "Cython and a C compiler), or set REELCDN_NO_EXTENSIONS=1 to test the pure twins only"
-        )
-    path = Path(module.__file__ or "")
-    assert path.name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)), path
-    source = path.with_name("_ranges.pyx")
-    if source.exists() and source.stat().st_mtime > path.stat().st_mtime:
-        pytest.fail(f"{path.name} is older than {source.name}: rebuild with `pip install -e .`")
-    return module
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def ranges_impl(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin of the ranges module in turn."""
-    return pure_ranges if request.param == "pure" else load_compiled()
-
-
-@pytest.fixture(scope="module")
-def compiled() -> ModuleType:
-    """The compiled twin, for differential tests against the pure one."""
-    return load_compiled()
-
-
-def test_twins_share_api_and_sentinel(ranges_impl: ModuleType) -> None:
+def test_twins_share_api_and_sentinel(twin: ModuleType) -> None:
     for name in (*TWIN_NAMES, "RangeResult", "Unsatisfiable", "MAX_DIGITS"):
-        assert hasattr(ranges_impl, name), name
-    assert ranges_impl.UNSATISFIABLE is pure_ranges.UNSATISFIABLE
-    assert ranges_impl.RangeResult is pure_ranges.RangeResult
-    assert ranges_impl.parse_range(b"bytes=-0", 10) is pure_ranges.UNSATISFIABLE
+        assert hasattr(twin, name), name
+    assert twin.UNSATISFIABLE is pure_ranges.UNSATISFIABLE
+    assert twin.RangeResult is pure_ranges.RangeResult
+    assert twin.parse_range(b"bytes=-0", 10) is pure_ranges.UNSATISFIABLE
 
 
 # ---------------------------------------------------------------------------------------------
-# (a) the whole of test_ranges.py, replayed against each twin
+# (a) the tables of ranges_cases.py, with exact result types, on each twin
 # ---------------------------------------------------------------------------------------------
 
 
-def replayed_tests() -> list[Any]:
-    """``(test, kwargs)`` for every test of test_ranges.py and every row of its tables."""
-    params: list[Any] = []
-    for name, test in vars(test_ranges).items():
-        if not name.startswith("test_") or not callable(test):
-            continue
-        tables = [mark for mark in getattr(test, "pytestmark", []) if mark.name == "parametrize"]
-        if not tables:
-            params.append(pytest.param(test, {}, id=name))
-            continue
-        assert len(tables) == 1, f"{name}: one parametrize table expected"
-        argnames, rows = tables[0].args[0], tables[0].args[1]
-        names = [n.strip() for n in argnames.split(",")] if isinstance(argnames, str) else argnames
-        for i, row in enumerate(rows):
-            values = row.values if isinstance(row, ParameterSet) else row
-            if len(names) == 1:
-                values = (values,)
-            params.append(
-                pytest.param(test, dict(zip(names, values, strict=True)), id=f"{name}-{i}")
-            )
-    return params
-
-
-REPLAYED = replayed_tests()
-
-
-def test_replay_covers_the_tables() -> None:
-    ids = {p.id for p in REPLAYED}
-    assert {f"test_parse_range_table-{i}" for i in range(len(test_ranges.PARSE_CASES))} <= ids
-    assert f"test_parse_range_max_ranges-{len(test_ranges.MAX_RANGES_CASES) - 1}" in ids
-    assert "test_parse_range_matches_reference" in ids  # Hypothesis properties too
-
-
-@contextlib.contextmanager
-def twin_in_test_ranges(impl: ModuleType) -> Iterator[None]:
-    """Point the names test_ranges.py calls at ``impl`` while a replayed test runs."""
-    saved = {name: getattr(test_ranges, name) for name in TWIN_NAMES}
-    try:
-        for name in TWIN_NAMES:
-            setattr(test_ranges, name, getattr(impl, name))
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(test_ranges, name, value)
-
-
-@pytest.mark.parametrize(("test", "kwargs"), REPLAYED)
-def test_ranges_spec_on_twin(
-    ranges_impl: ModuleType, test: Callable[..., None], kwargs: dict[str, Any]
-) -> None:
-    with twin_in_test_ranges(ranges_impl):
-        test(**kwargs)
-
-
-@pytest.mark.parametrize(("header", "size", "expected"), test_ranges.PARSE_CASES)
+@pytest.mark.parametrize(("header", "size", "expected"), PARSE_CASES)
 def test_parse_table_identical(
-    ranges_impl: ModuleType, header: bytes | str | None, size: int, expected: object
+    twin: ModuleType, header: bytes | str | None, size: int, expected: object
 ) -> None:
     """The table again, with exact result types (ints in tuples in a list) checked too."""
-    result = ranges_impl.parse_range(header, size)
+    result = twin.parse_range(header, size)
     assert_same(result, pure_ranges.parse_range(header, size))
     if expected is None or expected is pure_ranges.UNSATISFIABLE:
         assert result is expected
@@ -172,11 +87,11 @@ def test_parse_table_identical(
         assert result == expected
 
 
-@pytest.mark.parametrize(("header", "max_ranges", "expected"), test_ranges.MAX_RANGES_CASES)
+@pytest.mark.parametrize(("header", "max_ranges", "expected"), MAX_RANGES_CASES)
 def test_max_ranges_table_identical(
-    ranges_impl: ModuleType, header: bytes, max_ranges: int, expected: object
+    twin: ModuleType, header: bytes, max_ranges: int, expected: object
 ) -> None:
-    result = ranges_impl.parse_range(header, 100, max_ranges=max_ranges)
+    result = twin.parse_range(header, 100, max_ranges=max_ranges)
     assert_same(result, pure_ranges.parse_range(header, 100, max_ranges=max_ranges))
 
 
@@ -231,7 +146,7 @@ sizes = st.one_of(
     st.sampled_from([0, 1, 2**63 - 1, 2**63, 2**64, 10**19 - 1, 10**19, -1, -(2**70)]),
 )
 
-well_formed = st.lists(test_ranges.specs, min_size=1, max_size=20).flatmap(test_ranges.headers)
+well_formed = st.lists(specs, min_size=1, max_size=20).flatmap(headers)
 near_miss = st.text(
     alphabet="0123456789-, \t=+xbytesBYTES;\u0661\u00b2\x00\x0b\xa0", max_size=40
 ).map(lambda tail: "bytes=" + tail)
@@ -380,9 +295,9 @@ def test_multipart_plan_unusual_arguments(compiled: ModuleType) -> None:
     )
 
 
-def test_multipart_plan_keeps_the_callers_ints(ranges_impl: ModuleType) -> None:
+def test_multipart_plan_keeps_the_callers_ints(twin: ModuleType) -> None:
     ranges = [(10**12, 10**12 + 5), (2 * 10**12, 2 * 10**12 + 1)]
-    parts, _, _ = ranges_impl.multipart_plan(ranges, 3 * 10**12, None, b"b")
+    parts, _, _ = twin.multipart_plan(ranges, 3 * 10**12, None, b"b")
     for (_, start, end), (want_start, want_end) in zip(parts, ranges, strict=True):
         assert start is want_start and end is want_end
 
@@ -461,7 +376,7 @@ def test_selector_no_extensions_forces_pure(value: str, tmp_path: Path) -> None:
 def test_selector_prefers_compiled(value: str | None, tmp_path: Path) -> None:
     env = clean_env() if value is None else clean_env(REELCDN_NO_EXTENSIONS=value)
     if not compiled_is_importable():
-        load_compiled()  # skips under REELCDN_NO_EXTENSIONS, fails otherwise
+        compiled_twin.load_compiled("ranges")  # skips under REELCDN_NO_EXTENSIONS, fails otherwise
         pytest.fail(f"{COMPILED_NAME} is not importable")
     report = probe(env, tmp_path)
     assert report["impl"]["ranges"] == "compiled"
@@ -477,7 +392,7 @@ def test_selector_in_this_process() -> None:
         assert extensions.ranges is pure_ranges
         assert extensions.implementations()["ranges"] == "pure"
     else:
-        assert extensions.ranges is load_compiled()
+        assert extensions.ranges is compiled_twin.load_compiled("ranges")
         assert extensions.implementations()["ranges"] == "compiled"
     assert extensions.RANGES_COMPILED is (extensions.ranges is not pure_ranges)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-import compiled_twin
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,19 +15,7 @@ from reelcdn.edge import head as pure_head
 BLOCK = b"Content-Type: video/mp4\r\nETag: \"e1\"\r\n"
 
 
-def load_compiled() -> ModuleType:
-    """The compiled twin; fails (not skips) when it is missing or stale."""
-    return compiled_twin.load_compiled("head")
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def head_impl(request: pytest.FixtureRequest) -> ModuleType:
-    return pure_head if request.param == "pure" else load_compiled()
-
-
-@pytest.fixture(scope="module")
-def compiled() -> ModuleType:
-    return load_compiled()
+TWIN_MODULE = "head"  # the ``twin`` and ``compiled`` fixtures (conftest.py) load its twins
 
 
 def call(impl: ModuleType, **overrides: Any) -> bytes:
@@ -50,42 +37,42 @@ def call(impl: ModuleType, **overrides: Any) -> bytes:
     return impl.build_head(**args)
 
 
-def test_a_hit_head(head_impl: ModuleType) -> None:
-    assert call(head_impl) == (
+def test_a_hit_head(twin: ModuleType) -> None:
+    assert call(twin) == (
         b"HTTP/1.1 200 OK\r\n" + BLOCK + b"Age: 5\r\n"
         b"Cache-Status: reelcdn-edge-a; hit; ttl=55\r\nVia: 1.1 edge-a\r\n"
         b"Content-Length: 2048\r\n\r\n"
     )
 
 
-def test_tiers_above_come_first(head_impl: ModuleType) -> None:
-    out = call(head_impl, prior_status=b"reelcdn-shield-1; fwd=uri-miss",
+def test_tiers_above_come_first(twin: ModuleType) -> None:
+    out = call(twin, prior_status=b"reelcdn-shield-1; fwd=uri-miss",
                prior_via=b"1.1 shield-1", detail=b"fwd=uri-miss; stored", ttl=9)
     assert b"Cache-Status: reelcdn-shield-1; fwd=uri-miss, reelcdn-edge-a; " \
            b"fwd=uri-miss; stored\r\n" in out  # no ttl: not a hit
     assert b"Via: 1.1 shield-1, 1.1 edge-a\r\n" in out
 
 
-def test_optional_fields(head_impl: ModuleType) -> None:
-    out = call(head_impl, status=304, header_block=b"", age=None, ttl=None, length=None,
+def test_optional_fields(twin: ModuleType) -> None:
+    out = call(twin, status=304, header_block=b"", age=None, ttl=None, length=None,
                connection=b"Connection: close\r\n")
     assert out == (b"HTTP/1.1 304 Not Modified\r\nCache-Status: reelcdn-edge-a; hit\r\n"
                    b"Via: 1.1 edge-a\r\nConnection: close\r\n\r\n")
-    chunked = call(head_impl, length=None, chunked=True)
+    chunked = call(twin, length=None, chunked=True)
     assert chunked.endswith(b"Transfer-Encoding: chunked\r\n\r\n")
     assert b"Content-Length" not in chunked
-    both = call(head_impl, length=0, chunked=True)  # a length wins over chunked
+    both = call(twin, length=0, chunked=True)  # a length wins over chunked
     assert both.endswith(b"Content-Length: 0\r\n\r\n")
 
 
-def test_negative_numbers(head_impl: ModuleType) -> None:
-    out = call(head_impl, age=-3, ttl=-12, detail=b"hit; detail=stale-while-revalidate")
+def test_negative_numbers(twin: ModuleType) -> None:
+    out = call(twin, age=-3, ttl=-12, detail=b"hit; detail=stale-while-revalidate")
     assert b"Age: 0\r\n" in out
     assert b"; hit; detail=stale-while-revalidate; ttl=-12\r\n" in out
 
 
-def test_unknown_status_gets_a_generic_phrase(head_impl: ModuleType) -> None:
-    assert call(head_impl, status=599).startswith(b"HTTP/1.1 599 Unknown\r\n")
+def test_unknown_status_gets_a_generic_phrase(twin: ModuleType) -> None:
+    assert call(twin, status=599).startswith(b"HTTP/1.1 599 Unknown\r\n")
 
 
 UNUSUAL: list[dict[str, Any]] = [

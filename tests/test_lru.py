@@ -2,7 +2,7 @@
 
 Why these tests look the way they do:
 
-* Every case runs on each twin (the ``impl`` fixture): ``reelcdn.edge.lru`` (the reference) and
+* Every case runs on each twin (the ``twin`` fixture): ``reelcdn.edge.lru`` (the reference) and
   the compiled ``reelcdn.extensions._lru``. The compiled one is skipped only when
   ``REELCDN_NO_EXTENSIONS`` disables extensions; missing or older than its ``.pyx`` it fails, so a
   broken build cannot pass silently on the pure twin.
@@ -37,22 +37,7 @@ from reelcdn import extensions
 from reelcdn.edge import lru as pure_lru
 from reelcdn.edge.lru import MAX_SIZE
 
-
-def load_compiled() -> ModuleType:
-    """The compiled twin; fails (not skips) when it is missing or stale."""
-    return compiled_twin.load_compiled("lru")
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    """Each twin of the LRU module in turn."""
-    return pure_lru if request.param == "pure" else load_compiled()
-
-
-@pytest.fixture(scope="module")
-def compiled() -> ModuleType:
-    """The compiled twin, for differential tests against the pure one."""
-    return load_compiled()
+TWIN_MODULE = "lru"  # the ``twin`` and ``compiled`` fixtures (conftest.py) load its twins
 
 
 class Index:
@@ -89,19 +74,19 @@ def test_selector_exposes_lru() -> None:
         assert extensions.implementations()["lru"] == "pure"
         assert extensions.FALLBACK_REASONS["lru"] == "REELCDN_NO_EXTENSIONS"
     else:
-        assert chosen is load_compiled() and extensions.LRU_COMPILED is True
+        assert chosen is compiled_twin.load_compiled("lru") and extensions.LRU_COMPILED is True
         assert extensions.implementations()["lru"] == "compiled"
 
 
-def test_twins_share_api(impl: ModuleType) -> None:
-    assert impl.MAX_SIZE == MAX_SIZE == 2**63 - 1
+def test_twins_share_api(twin: ModuleType) -> None:
+    assert twin.MAX_SIZE == MAX_SIZE == 2**63 - 1
     for name in ("touch", "insert", "remove", "resize", "charge_of", "bytes", "capacity"):
-        assert hasattr(impl.LruIndex, name), name
-    assert impl.LruIndex.__name__ == "LruIndex"
+        assert hasattr(twin.LruIndex, name), name
+    assert twin.LruIndex.__name__ == "LruIndex"
 
 
-def test_empty(impl: ModuleType) -> None:
-    index = impl.LruIndex(100)
+def test_empty(twin: ModuleType) -> None:
+    index = twin.LruIndex(100)
     assert state(index) == ([], 0, 0, 100)
     assert list(index) == [] and "a" not in index
     assert repr(index) == "LruIndex(capacity=100, bytes=0, len=0)"
@@ -109,8 +94,8 @@ def test_empty(impl: ModuleType) -> None:
     assert index.resize(0) == [] and index.capacity == 0
 
 
-def test_insert_order_touch_and_eviction(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_insert_order_touch_and_eviction(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     assert index.insert("a", 3) == []
     assert index.insert("b", 3) == []
     assert index.insert("c", 3) == []
@@ -126,16 +111,16 @@ def test_insert_order_touch_and_eviction(impl: ModuleType) -> None:
     assert repr(index) == "LruIndex(capacity=10, bytes=8, len=1)"
 
 
-def test_touch_of_the_newest_and_of_a_missing_key_changes_nothing(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_touch_of_the_newest_and_of_a_missing_key_changes_nothing(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 1)
     index.insert("b", 2)
     assert index.touch("b") is True and list(index) == ["a", "b"]
     assert index.touch("zz") is False and state(index) == ([("a", 1), ("b", 2)], 3, 2, 10)
 
 
-def test_replace_updates_the_charge_and_makes_the_key_newest(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_replace_updates_the_charge_and_makes_the_key_newest(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     for key in "abc":
         index.insert(key, 2)
     assert index.insert("a", 5) == []
@@ -148,8 +133,8 @@ def test_replace_updates_the_charge_and_makes_the_key_newest(impl: ModuleType) -
     assert state(index) == ([("c", 10)], 10, 1, 10)
 
 
-def test_charge_above_capacity_is_refused_and_changes_nothing(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_charge_above_capacity_is_refused_and_changes_nothing(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 4)
     index.insert("b", 4)
     assert index.insert("big", 11) == []
@@ -157,8 +142,8 @@ def test_charge_above_capacity_is_refused_and_changes_nothing(impl: ModuleType) 
     assert state(index) == ([("a", 4), ("b", 4)], 8, 2, 10)
 
 
-def test_eviction_stops_as_soon_as_it_fits(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_eviction_stops_as_soon_as_it_fits(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 1)
     index.insert("b", 0)
     index.insert("c", 2)
@@ -170,8 +155,8 @@ def test_eviction_stops_as_soon_as_it_fits(impl: ModuleType) -> None:
     assert state(index) == ([("f", 10)], 10, 1, 10)
 
 
-def test_zero_charges_and_zero_capacity(impl: ModuleType) -> None:
-    index = impl.LruIndex(0)
+def test_zero_charges_and_zero_capacity(twin: ModuleType) -> None:
+    index = twin.LruIndex(0)
     assert index.insert("a", 1) == []
     assert index.insert("a", 0) == [] and index.insert("b", 0) == []
     assert state(index) == ([("a", 0), ("b", 0)], 0, 2, 0)
@@ -184,8 +169,8 @@ def test_zero_charges_and_zero_capacity(impl: ModuleType) -> None:
     assert index.resize(0) == [] and state(index) == ([("a", 0), ("b", 0), ("d", 0)], 0, 3, 0)
 
 
-def test_remove(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_remove(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     for key in "abc":
         index.insert(key, 3)
     assert index.remove("b") is True and index.remove("b") is False
@@ -196,8 +181,8 @@ def test_remove(impl: ModuleType) -> None:
     assert index.insert("b", 3) == [] and list(index) == ["b"]
 
 
-def test_resize(impl: ModuleType) -> None:
-    index = impl.LruIndex(100)
+def test_resize(twin: ModuleType) -> None:
+    index = twin.LruIndex(100)
     for key, charge in zip("abcd", (10, 20, 30, 40), strict=True):
         index.insert(key, charge)
     index.touch("a")
@@ -208,8 +193,8 @@ def test_resize(impl: ModuleType) -> None:
     assert index.resize(0) == ["a"] and state(index) == ([], 0, 0, 0)
 
 
-def test_charge_of(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_charge_of(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 7)
     assert index.charge_of("a") == 7 and type(index.charge_of("a")) is int
     with pytest.raises(KeyError) as raised:
@@ -217,8 +202,8 @@ def test_charge_of(impl: ModuleType) -> None:
     assert raised.value.args == ("b",)
 
 
-def test_iteration_is_a_snapshot(impl: ModuleType) -> None:
-    index = impl.LruIndex(100)
+def test_iteration_is_a_snapshot(twin: ModuleType) -> None:
+    index = twin.LruIndex(100)
     for key in "abcde":
         index.insert(key, 1)
     seen = []
@@ -230,8 +215,8 @@ def test_iteration_is_a_snapshot(impl: ModuleType) -> None:
     assert list(index) == ["aa", "bb", "cc", "dd", "ee"]
 
 
-def test_lookups_by_a_str_subclass_find_the_key(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_lookups_by_a_str_subclass_find_the_key(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 1)
     index.insert("b", 1)
     assert SubStr("a") in index and index.charge_of(SubStr("a")) == 1
@@ -253,9 +238,9 @@ class Meddling(str):
         return str.__eq__(self, other)
 
 
-def test_a_lookup_survives_an_eq_that_changes_the_index(impl: ModuleType) -> None:
+def test_a_lookup_survives_an_eq_that_changes_the_index(twin: ModuleType) -> None:
     """dict restarts a lookup whose comparison changed it; the compiled table does the same."""
-    index = impl.LruIndex(100)
+    index = twin.LruIndex(100)
     for key in "abcdefgh":
         index.insert(key, 1)
     meddling = Meddling("a")
@@ -298,8 +283,8 @@ class Replacing(str):
         return str.__eq__(self, other)
 
 
-def test_a_lookup_whose_eq_removes_the_key_finds_nothing(impl: ModuleType) -> None:
-    index = impl.LruIndex(100)
+def test_a_lookup_whose_eq_removes_the_key_finds_nothing(twin: ModuleType) -> None:
+    index = twin.LruIndex(100)
     for k in "abcd":
         index.insert(k, 1)
     replacing = Replacing("b")
@@ -309,8 +294,8 @@ def test_a_lookup_whose_eq_removes_the_key_finds_nothing(impl: ModuleType) -> No
 
 
 @pytest.mark.parametrize("key", list("abcdefgh"))
-def test_a_lookup_survives_an_eq_that_rehashes_the_index(impl: ModuleType, key: str) -> None:
-    index = impl.LruIndex(100)
+def test_a_lookup_survives_an_eq_that_rehashes_the_index(twin: ModuleType, key: str) -> None:
+    index = twin.LruIndex(100)
     for k in "abcdefgh":
         index.insert(k, 1)
     growing = Growing(key)
@@ -333,18 +318,18 @@ def test_a_lookup_survives_an_eq_that_rehashes_the_index(impl: ModuleType, key: 
         lambda index: index.remove("a", "b"),
     ],
 )
-def test_arguments_are_positional_only(impl: ModuleType, call: Callable[[Any], object]) -> None:
+def test_arguments_are_positional_only(twin: ModuleType, call: Callable[[Any], object]) -> None:
     """Both twins refuse the same calls (the messages are Python's and Cython's own)."""
-    index = impl.LruIndex(10)
+    index = twin.LruIndex(10)
     index.insert("a", 1)
     with pytest.raises(TypeError):
         call(index)
     assert state(index) == ([("a", 1)], 1, 1, 10)
-    assert impl.LruIndex(capacity=5).capacity == 5  # the constructor takes a keyword
+    assert twin.LruIndex(capacity=5).capacity == 5  # the constructor takes a keyword
 
 
-def test_replaced_and_evicted_keys_are_the_stored_objects(impl: ModuleType) -> None:
-    index = impl.LruIndex(2)
+def test_replaced_and_evicted_keys_are_the_stored_objects(twin: ModuleType) -> None:
+    index = twin.LruIndex(2)
     first = "".join(["k", "ey"])  # not interned: identity is observable
     second = "".join(["k", "ey"])
     assert first == second and first is not second
@@ -354,8 +339,8 @@ def test_replaced_and_evicted_keys_are_the_stored_objects(impl: ModuleType) -> N
     assert evicted is first
 
 
-def test_large_charges_do_not_overflow(impl: ModuleType) -> None:
-    index = impl.LruIndex(MAX_SIZE)
+def test_large_charges_do_not_overflow(twin: ModuleType) -> None:
+    index = twin.LruIndex(MAX_SIZE)
     assert index.insert("a", MAX_SIZE) == []
     assert index.insert("b", MAX_SIZE) == ["a"]  # bytes passes 2**63 on the way
     assert index.insert("c", MAX_SIZE - 1) == ["b"]
@@ -400,15 +385,15 @@ def full(module: ModuleType) -> Any:
     ],
 )  # fmt: skip
 def test_bad_arguments(
-    impl: ModuleType, call: Callable[[ModuleType], object], error: type, message: str
+    twin: ModuleType, call: Callable[[ModuleType], object], error: type, message: str
 ) -> None:
     with pytest.raises(error) as raised:
-        call(impl)
+        call(twin)
     assert type(raised.value) is error and str(raised.value) == message
 
 
-def test_failed_calls_change_nothing(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_failed_calls_change_nothing(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 4)
     for call in (
         lambda: index.insert("b", -1),
@@ -421,8 +406,8 @@ def test_failed_calls_change_nothing(impl: ModuleType) -> None:
         assert state(index) == ([("a", 4)], 4, 1, 10)
 
 
-def test_index_like_and_bool_sizes_are_ints(impl: ModuleType) -> None:
-    index = impl.LruIndex(Index(10))
+def test_index_like_and_bool_sizes_are_ints(twin: ModuleType) -> None:
+    index = twin.LruIndex(Index(10))
     assert index.capacity == 10 and type(index.capacity) is int
     index.insert("a", Index(3))
     index.insert("b", True)
@@ -431,18 +416,18 @@ def test_index_like_and_bool_sizes_are_ints(impl: ModuleType) -> None:
     assert index.resize(Index(1)) == ["a"]
 
 
-def test_init_again_resets(impl: ModuleType) -> None:
-    index = impl.LruIndex(10)
+def test_init_again_resets(twin: ModuleType) -> None:
+    index = twin.LruIndex(10)
     index.insert("a", 4)
     index.__init__(20)  # type: ignore[misc]
     assert state(index) == ([], 0, 0, 20)
     assert index.insert("b", 4) == [] and list(index) == ["b"]
 
 
-def test_many_keys_against_the_pure_twin(impl: ModuleType) -> None:
+def test_many_keys_against_the_pure_twin(twin: ModuleType) -> None:
     """Thousands of keys: growth of the slot array, free-list reuse, long eviction runs."""
     rng = random.Random(4)
-    index, reference = impl.LruIndex(50_000), pure_lru.LruIndex(50_000)
+    index, reference = twin.LruIndex(50_000), pure_lru.LruIndex(50_000)
     for step in range(30_000):
         key = f"/v/{rng.randrange(3000)}"
         roll = rng.random()

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-import test_lru  # tests/ is on sys.path: the compiled twin's loader
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,8 @@ from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import store as store_module
 from reelcdn.edge.freshness import Freshness
 from reelcdn.edge.store import CacheEntry, MemoryStore
+
+TWIN_MODULE = "lru"  # the twins of the LRU index (the ``twin`` fixture, conftest.py)
 
 FRESH = Freshness(storable=True, reason="max-age", lifetime=60, stale_while_revalidate=0,
                   stale_if_error=0, must_revalidate=False, no_cache=False, has_validator=False)
@@ -30,14 +31,11 @@ def entry(key: str, size: int = 100, vary: tuple[bytes, ...] = (), primary: str 
                       freshness=FRESH, response_time=1000.0, initial_age=0.0, vary=vary)
 
 
-@pytest.fixture(autouse=True, params=["pure", "compiled"])
-def index_twin(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[ModuleType]:
+@pytest.fixture(autouse=True)
+def index_twin(twin: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """Stores made during the test use this twin of the LRU index."""
-    module = pure_lru if request.param == "pure" else test_lru.load_compiled()
-    monkeypatch.setattr(store_module, "lru", module)
-    yield module
+    monkeypatch.setattr(store_module, "lru", twin)
+    yield twin
 
 
 def keys_of(store: MemoryStore) -> list[str]:
