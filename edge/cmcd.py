@@ -113,11 +113,36 @@ def parse_payload(payload: str) -> dict[str, str | int | bool]:
         value = value.strip()
         if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
             out[key] = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-        elif value.lstrip("-").isdigit():
-            out[key] = int(value)
         elif value:
-            out[key] = value
+            bare = _bare_value(value)
+            if bare is not None:
+                out[key] = bare
     return out
+
+
+def _bare_value(value: str) -> int | str | None:
+    """An unquoted value: an ``int`` for an Integer, the text of a Decimal or a token, None
+    when it is malformed (the item is then skipped).
+
+    Numbers follow RFC 8941 §3.3.1/§3.3.2, the syntax CTA-5004 uses: an optional ``-`` then
+    ASCII digits (at most 15), or a Decimal of at most 12 + 3 digits. ``str.isdigit`` alone
+    is not enough: it accepts ``²`` and other Unicode digits that ``int`` refuses, and
+    ``lstrip("-")`` let ``--1`` through. Anything else starting like a number, and anything
+    non-ASCII, is malformed. Other tokens are kept as text (leniently: unknown keys are kept).
+    """
+    if not value.isascii():
+        return None
+    first = value[0]
+    if first != "-" and not "0" <= first <= "9":
+        return value
+    digits = value[1:] if first == "-" else value
+    if digits.isdigit():
+        return int(value) if len(digits) <= 15 else None
+    whole, dot, fraction = digits.partition(".")
+    if (dot and whole.isdigit() and fraction.isdigit()
+            and len(whole) <= 12 and len(fraction) <= 3):
+        return value
+    return None
 
 
 def _query_payload(query: str) -> str | None:
@@ -130,7 +155,11 @@ def _query_payload(query: str) -> str | None:
 
 
 def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """A non-negative Integer (buffer length, throughput), else None: a negative one is as
+    malformed as a string and must not drag the node's buffer metrics down."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 def _str_or_none(value: object) -> str | None:

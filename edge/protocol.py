@@ -77,6 +77,25 @@ def _socket_of(transport: asyncio.BaseTransport) -> socket.socket | None:
         return None
 
 
+_FAILED_AT: set[tuple[type, str, int]] = set()  # where a request failed: tracebacks logged once
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {str(exc)[:200]}"
+
+
+def _first(exc: BaseException) -> BaseException | None:
+    """``exc`` the first time its innermost frame fails (for the log's traceback), else None."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    site = (type(exc), tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+    if site in _FAILED_AT or len(_FAILED_AT) >= 256:
+        return None
+    _FAILED_AT.add(site)
+    return exc
+
+
 class _FileSend:
     """A body being sent with sendfile(2) as the socket drains: bytes [start, end) of body,
     over ``fd``, a duplicate of the connection's socket descriptor."""
@@ -227,9 +246,13 @@ class HttpConnection(asyncio.Protocol):
             return
         # _dispatch and _after_response, inlined: this is every HIT's path.
         self._ttfb_start = request.start
-        pending = self.node.receive(request, self)
+        try:
+            pending = self.node.receive(request, self)
+        except Exception as exc:
+            self._failed(request, exc)
+            return
         if pending is not None:
-            self._start(pending)
+            self._start(pending, request=request)
         elif self._close_after or (self._eof and not self._queue):
             self._close()
 
@@ -245,25 +268,41 @@ class HttpConnection(asyncio.Protocol):
     def _dispatch(self, request: Request) -> None:
         """Answer one request; if the node needs to await, serialise the rest behind it."""
         self._ttfb_start = request.start
-        pending = self.node.receive(request, self)
+        try:
+            pending = self.node.receive(request, self)
+        except Exception as exc:
+            self._failed(request, exc)
+            return
         if pending is None:
             self._after_response()
             return
-        self._start(pending)
+        self._start(pending, request=request)
 
-    def _start(self, pending: Awaitable[None], *, answered: bool = True) -> None:
-        """Run ``pending`` (an answer, or a wait for the client to read) before the queue."""
+    def _start(
+        self, pending: Awaitable[None], *, answered: bool = True, request: Request | None = None
+    ) -> None:
+        """Run ``pending`` (an answer to ``request``, or a wait for the client to read) before
+        the queue."""
         self._busy = True
-        task = self.server.loop.create_task(self._run(pending, answered))
+        task = self.server.loop.create_task(self._run(pending, answered, request))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
 
-    async def _run(self, pending: Awaitable[None], answered: bool) -> None:
+    async def _run(
+        self, pending: Awaitable[None], answered: bool, request: Request | None
+    ) -> None:
         try:
             await pending
-        except Exception:
-            log.exception("request handling failed")
-            self.abort()
+        except Exception as exc:
+            self._busy = False
+            if request is None:
+                log.error("connection task failed: %s", _describe(exc), exc_info=_first(exc))
+                self.abort()
+                return
+            self._failed(request, exc)
+            if not self.closed:
+                self._answer_queued()
+            return
         self._busy = False
         if self.closed:
             return
@@ -287,6 +326,33 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if not self.paused and len(queue) < self.limits.max_pipelined:
             self._resume_reading()
+
+    def _failed(self, request: Request, exc: Exception) -> None:
+        """Answering ``request`` raised: a bug of the node, never the client's fault.
+
+        Logged as one short line with the request line (the traceback only the first time a
+        given place fails: a client that can trigger the bug must not be able to fill the log
+        at 1.5 KB a request). Then, if no byte of this response was written yet
+        (``_ttfb_start`` is reset by the first write), the client gets a synthetic 500, as
+        from Varnish or nginx, and the connection goes on. nginx closes after an internal
+        500 because its request body may be half read; here the request was read whole, so
+        the framing is intact and the pipelined requests behind it, which do not depend on
+        it, are answered in order. If part of the response is out, its framing is lost and
+        the only honest end is to cut the connection (as for a broken upstream body).
+        """
+        target = request.target[:200].decode("latin-1")
+        log.error("answering %s %s failed: %s", request.method, target, _describe(exc),
+                  exc_info=_first(exc))
+        if not self._ttfb_start or self.closed or self.transport is None:
+            self.abort()
+            return
+        self._ttfb_start = 0.0
+        if request.version != b"1.1" or not request.keep_alive:
+            self._close_after = True
+        close = self.connection_field(request) == b"Connection: close\r\n"
+        self.transport.write(error_response(500, "internal error", close=close,
+                                            head_only=request.method == "HEAD"))
+        self._after_response()
 
     def _after_response(self) -> None:
         if self._close_after or (self._eof and not self._queue):
