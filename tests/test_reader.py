@@ -13,7 +13,6 @@ import itertools
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
-import compiled_twin
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,14 +28,7 @@ LIMITS = SimpleNamespace(
 SERVED = frozenset({"127.0.0.1", "localhost", "cdn.example"})
 
 
-def load_compiled() -> ModuleType:
-    """The compiled twin; fails (not skips) when it is missing or stale."""
-    return compiled_twin.load_compiled("reader")
-
-
-@pytest.fixture(params=["pure", "compiled"])
-def impl(request: pytest.FixtureRequest) -> ModuleType:
-    return pure_reader if request.param == "pure" else load_compiled()
+TWIN_MODULE = "reader"  # the ``twin`` and ``compiled`` fixtures (conftest.py) load its twins
 
 
 class Recorder:
@@ -87,8 +79,8 @@ GET = b"GET /v/a/seg-1.m4s?x=1 HTTP/1.1\r\nHost: cdn.example\r\nRange: bytes=0-9
 # ---------------------------------------------------------------------------------------------
 
 
-def test_a_get_becomes_one_request(impl: ModuleType) -> None:
-    ((kind, request, state),) = read(impl, GET)
+def test_a_get_becomes_one_request(twin: ModuleType) -> None:
+    ((kind, request, state),) = read(twin, GET)
     assert kind == "request" and state == pure_reader.IDLE
     method, target, path, query, headers, raw, body, version, keep_alive, ip, error, start = request
     assert (method, target, path, query) == ("GET", b"/v/a/seg-1.m4s?x=1", "/v/a/seg-1.m4s", "x=1")
@@ -98,44 +90,44 @@ def test_a_get_becomes_one_request(impl: ModuleType) -> None:
                                                               None, 1.0)
 
 
-def test_pipelined_and_split_requests_come_out_in_order(impl: ModuleType) -> None:
+def test_pipelined_and_split_requests_come_out_in_order(twin: ModuleType) -> None:
     two = GET + b"HEAD /b HTTP/1.0\r\n\r\n"
-    whole = read(impl, two)
+    whole = read(twin, two)
     assert [event[1][0] for event in whole] == ["GET", "HEAD"]
     assert whole[1][1][7:9] == (b"1.0", False)  # HTTP/1.0 without keep-alive closes
-    byte_by_byte = read(impl, *(two[i:i + 1] for i in range(len(two))))
+    byte_by_byte = read(twin, *(two[i:i + 1] for i in range(len(two))))
     assert [e[1][:11] for e in byte_by_byte] == [e[1][:11] for e in whole]
 
 
-def test_repeated_fields_are_joined_and_kept_apart(impl: ModuleType) -> None:
-    ((_, request, _),) = read(impl, b"GET / HTTP/1.1\r\nHost: a\r\nAccept: x\r\naccept: y\r\n\r\n")
+def test_repeated_fields_are_joined_and_kept_apart(twin: ModuleType) -> None:
+    ((_, request, _),) = read(twin, b"GET / HTTP/1.1\r\nHost: a\r\nAccept: x\r\naccept: y\r\n\r\n")
     assert request[4][b"accept"] == b"x, y"
     assert request[5][1:] == [(b"Accept", b"x"), (b"accept", b"y")]
 
 
-def test_bodies_and_chunked_trailers(impl: ModuleType) -> None:
+def test_bodies_and_chunked_trailers(twin: ModuleType) -> None:
     ((_, request, _),) = read(
-        impl, b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        twin, b"POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
     assert request[6] == b"hello"
     chunked = (b"POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
                b"3\r\nabc\r\n0\r\nX-Trailer: sneaky\r\n\r\n")
-    ((_, request, _),) = read(impl, chunked)
+    ((_, request, _),) = read(twin, chunked)
     assert request[6] == b"abc" and b"x-trailer" not in request[4]
 
 
-def test_absolute_form_for_a_served_host_only(impl: ModuleType) -> None:
+def test_absolute_form_for_a_served_host_only(twin: ModuleType) -> None:
     ((_, request, _),) = read(
-        impl, b"GET http://cdn.example/p?q=1 HTTP/1.1\r\nHost: cdn.example\r\n\r\n")
+        twin, b"GET http://cdn.example/p?q=1 HTTP/1.1\r\nHost: cdn.example\r\n\r\n")
     assert request[1:4] == (b"/p?q=1", "/p", "q=1")
     ((kind, status, reason, *_),) = read(
-        impl, b"GET http://evil.example/p HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        twin, b"GET http://evil.example/p HTTP/1.1\r\nHost: evil.example\r\n\r\n")
     assert (kind, status) == ("reject", 400) and "foreign host 'evil.example'" in reason
-    ((_, request, _),) = read(impl, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    ((_, request, _),) = read(twin, b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
     assert request[1:3] == (b"*", "*")
 
 
-def test_expect_continue_is_asked_of_the_connection(impl: ModuleType) -> None:
-    events = read(impl, b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+def test_expect_continue_is_asked_of_the_connection(twin: ModuleType) -> None:
+    events = read(twin, b"PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
                         b"Content-Length: 2\r\n\r\n", b"ok")
     assert events[0] == ("100-continue",) and events[1][1][6] == b"ok"
 
@@ -166,13 +158,13 @@ def test_expect_continue_is_asked_of_the_connection(impl: ModuleType) -> None:
     (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "HTTP/2 is not supported here: use HTTP/1.1"),
     (b"G\x01T / HTTP/1.1\r\n\r\n", 400, "invalid request method"),
 ])
-def test_refusals(impl: ModuleType, data: bytes, status: int, reason: str) -> None:
-    events = read(impl, data)
+def test_refusals(twin: ModuleType, data: bytes, status: int, reason: str) -> None:
+    events = read(twin, data)
     assert events[-1][:3] == ("reject", status, reason)
 
 
-def test_a_head_that_never_ends_is_refused_across_reads(impl: ModuleType) -> None:
-    recorder = Recorder(impl)
+def test_a_head_that_never_ends_is_refused_across_reads(twin: ModuleType) -> None:
+    recorder = Recorder(twin)
     recorder.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: ")
     assert recorder.reader.state == pure_reader.HEAD
     for _ in range(20):
@@ -180,22 +172,22 @@ def test_a_head_that_never_ends_is_refused_across_reads(impl: ModuleType) -> Non
     assert recorder.events == [("reject", 431, "request header fields too large", "GET", b"")]
 
 
-def test_nothing_is_read_after_closing(impl: ModuleType) -> None:
-    recorder = Recorder(impl)
+def test_nothing_is_read_after_closing(twin: ModuleType) -> None:
+    recorder = Recorder(twin)
     recorder.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     recorder.reader.state = pure_reader.CLOSING  # e.g. that response said Connection: close
     recorder.feed(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
     assert len(recorder.events) == 1
 
 
-def test_an_upgrade_is_ignored_and_the_next_request_read(impl: ModuleType) -> None:
-    events = read(impl, b"GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
+def test_an_upgrade_is_ignored_and_the_next_request_read(twin: ModuleType) -> None:
+    events = read(twin, b"GET /a HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"
                         b"Connection: Upgrade\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
     assert [e[1][2] for e in events] == ["/a", "/b"]
 
 
-def test_deadlines_follow_the_state(impl: ModuleType) -> None:
-    recorder = Recorder(impl)
+def test_deadlines_follow_the_state(twin: ModuleType) -> None:
+    recorder = Recorder(twin)
     assert recorder.reader.deadline == -10.0 and recorder.reader.state == pure_reader.IDLE
     recorder.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
     # The body has its own deadline, from the end of the head; bytes do not restart it.
@@ -206,8 +198,8 @@ def test_deadlines_follow_the_state(impl: ModuleType) -> None:
     assert recorder.reader.state == pure_reader.IDLE and recorder.reader.deadline == -60.0
 
 
-def test_a_body_below_the_minimum_rate_is_too_slow_after_the_grace(impl: ModuleType) -> None:
-    recorder = Recorder(impl)
+def test_a_body_below_the_minimum_rate_is_too_slow_after_the_grace(twin: ModuleType) -> None:
+    recorder = Recorder(twin)
     reader = recorder.reader
     recorder.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 60\r\n\r\n" + b"x" * 21)
     assert not reader.body_too_slow(1000.0)  # not timed yet: the sweep starts the deadline
@@ -258,10 +250,9 @@ streams = st.lists(st.one_of(heads, st.binary(max_size=30)), min_size=1, max_siz
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=streams, cuts=st.lists(st.integers(0, 400), max_size=6))
-def test_both_twins_read_random_input_identically(data: bytes, cuts: list[int]) -> None:
-    if extensions.NO_EXTENSIONS:
-        pytest.skip("REELCDN_NO_EXTENSIONS is set: only the pure twins are tested")
-    compiled = load_compiled()
+def test_both_twins_read_random_input_identically(
+    compiled: ModuleType, data: bytes, cuts: list[int]
+) -> None:
     points = sorted({c for c in cuts if 0 < c < len(data)})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     pure_events = read(pure_reader, *chunks)
