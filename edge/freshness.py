@@ -181,6 +181,9 @@ _SF_ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _SF_DIGITS = frozenset("0123456789")
 _SF_TOKEN_CHARS = _TCHAR | {":", "/"}
 _SF_BASE64 = _SF_ALPHA | _SF_DIGITS | {"+", "/", "="}
+# Directives whose argument is delta-seconds: in a targeted field, a non-negative Integer.
+_SF_INTEGER_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate",
+                                    "stale-if-error"})
 
 
 def _parse_targeted(value: str) -> dict[str, str | None] | None:
@@ -190,28 +193,43 @@ def _parse_targeted(value: str) -> dict[str, str | None] | None:
     whole field; §2.1: only a valid, non-empty value replaces Cache-Control and Expires. Members
     map back to directives: Boolean true is a directive without argument, Integer, Decimal,
     String and Token give their text, parameters are ignored. Boolean false drops the member.
-    Per RFC 8941 a repeated key keeps its last value. Byte Sequences and Inner Lists mean
-    nothing to cache directives; they keep the directive with no argument, so a restrictive one
-    is still honoured and a numeric one reads as invalid (stale).
+    Per RFC 8941 a repeated key keeps its last value.
+
+    A member of the wrong type for its directive makes the whole field invalid, as a parse
+    failure does: a delta-seconds directive (max-age, s-maxage, stale-while-revalidate,
+    stale-if-error) must be a non-negative Integer, so ``max-age="10000"`` (a String),
+    ``max-age=1.5``, ``max-age=-1`` or a bare ``max-age`` fall back to Cache-Control. RFC 9213
+    §2.2 defines the argument types through the Structured Fields types, and a cache that
+    guessed a number out of a String would store what the origin may not have meant; falling
+    back is what §2.1 prescribes for an invalid field.
+    Restrictive directives (no-store, private, no-cache, ...) with an unexpected value are
+    kept without argument instead, like Cache-Control's parser keeps them: dropping the field
+    for them could lose a restriction. Byte Sequences and Inner Lists mean nothing to other
+    cache directives; they keep the directive with no argument.
     """
+    parser = _SFParser(value)
     try:
-        members = _SFParser(value).dictionary()
+        members = parser.dictionary()
     except _SFError:
         return None
+    kinds = parser.kinds
+    for name in _SF_INTEGER_DIRECTIVES.intersection(members):
+        if kinds.get(name) != "integer" or (members[name] or "").startswith("-"):
+            return None
     return members or None
 
 
 class _SFParser:
     """Just enough of RFC 8941 §4.2 to validate a Dictionary and read its member values."""
 
-    __slots__ = ("s", "i", "n")
+    __slots__ = ("s", "i", "n", "kind", "kinds")
 
     def __init__(self, value: str) -> None:
-        if not value.isascii():
-            raise _SFError("non-ASCII")
         self.s = value.strip(" \t")
         self.i = 0
         self.n = len(self.s)
+        self.kind = ""  # the type of the last bare item (or "inner-list")
+        self.kinds: dict[str, str] = {}  # member key → the type of its value
 
     def _peek(self) -> str:
         return self.s[self.i] if self.i < self.n else ""
@@ -221,14 +239,18 @@ class _SFParser:
             self.i += 1
 
     def dictionary(self) -> dict[str, str | None]:
+        if not self.s.isascii():
+            raise _SFError("non-ASCII")
         out: dict[str, str | None] = {}
         while self.i < self.n:
             key = self._key()
             if self._peek() == "=":
                 self.i += 1
                 value = self._item_or_inner_list()
+                self.kinds[key] = self.kind
             else:
                 value = True
+                self.kinds[key] = "boolean"
                 self._parameters()
             if value is False:
                 out.pop(key, None)
@@ -264,13 +286,16 @@ class _SFParser:
                 if self.s[self.i] == ")":
                     self.i += 1
                     self._parameters()
+                    self.kind = "inner-list"
                     return None
                 self._bare_item()
                 self._parameters()
                 if self._peek() not in (" ", ")"):
                     raise _SFError("bad inner list")
         value = self._bare_item()
-        self._parameters()
+        kind = self.kind
+        self._parameters()  # (parameters parse bare items too: keep the member's type)
+        self.kind = kind
         return value
 
     def _parameters(self) -> None:
@@ -285,10 +310,14 @@ class _SFParser:
     def _bare_item(self) -> str | bool | None:
         c = self._peek()
         if c == "-" or c in _SF_DIGITS:
-            return self._number()
+            number = self._number()
+            self.kind = "decimal" if "." in number else "integer"
+            return number
         if c == '"':
+            self.kind = "string"
             return self._string()
         if c == "*" or c in _SF_ALPHA:
+            self.kind = "token"
             start = self.i
             self.i += 1
             while self.i < self.n and self.s[self.i] in _SF_TOKEN_CHARS:
@@ -299,12 +328,14 @@ class _SFParser:
             if end < 0 or not _SF_BASE64.issuperset(self.s[self.i + 1 : end]):
                 raise _SFError("bad byte sequence")
             self.i = end + 1
+            self.kind = "byte-sequence"
             return None
         if c == "?":
             flag = self.s[self.i + 1 : self.i + 2]
             if flag not in ("0", "1"):
                 raise _SFError("bad boolean")
             self.i += 2
+            self.kind = "boolean"
             return flag == "1"
         raise _SFError("bad item")
 

@@ -561,8 +561,14 @@ DECIDE_CASES: list[tuple[str, dict[str, str], dict[str, object], dict[str, objec
         dict(no_cache=False),
     ),
     (
-        "cdn string arg",
-        {"cdn-cache-control": 'max-age="30", private="set-cookie"'},
+        "cdn string max-age makes the field invalid",
+        {"cdn-cache-control": 'max-age="30", private="set-cookie"', "cache-control": "private"},
+        {},
+        dict(storable=False, reason="private"),
+    ),
+    (
+        "cdn string arg of a restriction",
+        {"cdn-cache-control": 'max-age=30, private="set-cookie"'},
         {},
         dict(storable=False, reason="private"),
     ),
@@ -604,10 +610,10 @@ DECIDE_CASES: list[tuple[str, dict[str, str], dict[str, object], dict[str, objec
         dict(reason="expires", lifetime=9),
     ),
     (
-        "cdn decimal is stale",
+        "cdn decimal makes the field invalid",
         {"cdn-cache-control": "max-age=1.5", "cache-control": "max-age=6"},
         {},
-        dict(reason="cdn-cache-control", lifetime=0),
+        dict(reason="max-age", lifetime=6),
     ),
 ]
 
