@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -119,6 +120,17 @@ async def origin() -> AsyncIterator[TestOrigin]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+def no_internal_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever a client sends, the node logs no error of its own (a failed callback, a
+    failed request task): hostile input is answered, not crashed on. Protocol test modules
+    apply it to every test: ``pytestmark = pytest.mark.usefixtures("no_internal_errors")``."""
+    yield
+    errors = [r for r in caplog.records
+              if r.levelno >= logging.ERROR and r.name.startswith("reelcdn")]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 # ---------------------------------------------------------------------------------------------

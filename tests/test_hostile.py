@@ -1,7 +1,7 @@
 """Malformed and hostile requests: each gets a clear error (status and reason) and the
 connection closes, nothing smuggled behind it is answered, and a fresh client still gets a
 normal 200 from the same node — a bad request never takes the node down (DESIGN.md,
-"Reliability"). Raw bytes on real loopback sockets; ``RawConn`` lives in ``test_protocol``.
+"Reliability"). Raw bytes on real loopback sockets; ``RawConn`` lives in ``rawconn.py``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,14 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_protocol import (  # noqa: F401  (no_internal_errors is an autouse fixture)
-    CACHEABLE,
-    RawConn,
-    Response,
-    assert_serves,
-    get,
-    no_internal_errors,
-)
+from rawconn import CACHEABLE, RawConn, Response, assert_serves, get
 
 from reelcdn.edge.server import NodeServer
 
 if TYPE_CHECKING:
     from conftest import TestOrigin
+
+pytestmark = pytest.mark.usefixtures("no_internal_errors")
 
 
 async def rejected_then_fine(
