@@ -16,14 +16,15 @@ import hmac
 import os
 import re
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .cachekey import cache_key, split_target
+from .cachekey import split_target
 from .metrics import node_registry, stats_snapshot, upstream_up_values
+from .target import BadPath, canonical_path
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -33,6 +34,8 @@ VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 PREWARM_MAX_PATHS = 1000
 PREWARM_CONCURRENCY = 8
 PURGE_KINDS = ("path", "prefix", "video")
+# A purge's "host": a DNS name or an IP address, as it appears in the keys of a host_in_key node.
+HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -63,14 +66,36 @@ def bearer_middleware(token: Callable[[], str | None]) -> Any:
     return require_token
 
 
-async def read_purge_spec(request: web.Request) -> tuple[str, str] | web.Response:
-    """Body: {"path": "/v/x/seg_00001.m4s"} | {"prefix": "/v/x/"} | {"video": "x"}; the
-    (kind, value) it names, or the 400 to answer."""
+class PurgeSpec(NamedTuple):
+    """What a purge names: ``kind`` (path | prefix | video), its ``value``, and the site
+    (``host``) when the node keys by host; without one every site's copy goes."""
+
+    kind: str
+    value: str
+    host: str | None = None
+
+    def body(self) -> dict[str, str]:
+        """The JSON body that names this purge again (a master forwards it to workers)."""
+        out = {self.kind: self.value}
+        if self.host is not None:
+            out["host"] = self.host
+        return out
+
+
+async def read_purge_spec(request: web.Request) -> PurgeSpec | web.Response:
+    """Body: {"path": "/v/x/seg_00001.m4s"} | {"prefix": "/v/x/"} | {"video": "x"}, with an
+    optional "host" (nodes with ``host_in_key``); the spec, or the 400 to answer."""
     try:
         spec = await request.json()
     except ValueError:
         return json_error("body must be JSON")
-    if not isinstance(spec, dict) or len(spec) != 1:
+    if not isinstance(spec, dict):
+        return json_error('give exactly one of "path", "prefix" or "video"')
+    spec = dict(spec)
+    host = spec.pop("host", None)
+    if host is not None and (not isinstance(host, str) or not HOST_NAME.fullmatch(host)):
+        return json_error('"host" must be a host name such as "cdn.example.com"')
+    if len(spec) != 1:
         return json_error('give exactly one of "path", "prefix" or "video"')
     (kind, value), = spec.items()
     if kind not in PURGE_KINDS:
@@ -79,22 +104,21 @@ async def read_purge_spec(request: web.Request) -> tuple[str, str] | web.Respons
         return json_error(f'"{kind}" must be a non-empty string')
     if kind in ("path", "prefix") and not value.startswith("/"):
         return json_error(f'"{kind}" must start with "/"')
+    if kind in ("path", "prefix"):
+        try:
+            canonical_path(split_target(value)[0])
+        except BadPath as exc:
+            return json_error(f'"{kind}": {exc}')
     if kind == "video" and not VIDEO_ID.match(value):
         return json_error("invalid video id")
-    return kind, value
+    return PurgeSpec(kind, value, host)
 
 
-def purge_local(node: CacheNode, kind: str, value: str) -> int:
-    """Remove what a checked purge spec names from this process's store; entries removed."""
-    config = node.config
-    if kind == "path":
-        path, query = split_target(value)
-        return node.store.remove_primary(
-            cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes)
-        )
-    if kind == "prefix":
-        return node.store.remove_prefix(value)
-    return node.store.remove_prefix(f"/v/{value}/")
+def purge_local(node: CacheNode, spec: PurgeSpec) -> int:
+    """Remove what a checked purge spec names from this process's store (memory and disk,
+    every Vary variant); entries removed. The keys are the node's own (``KeyPolicy``)."""
+    match = node.keys.purge_matcher(spec.kind, spec.value, spec.host)
+    return node.store.remove_matching(match)
 
 
 async def read_prewarm_paths(request: web.Request) -> list[str] | web.Response:
@@ -226,8 +250,7 @@ def build_admin_app(server: NodeServer, internal: bool = False) -> web.Applicati
         spec = await read_purge_spec(request)
         if isinstance(spec, web.Response):
             return spec
-        kind, value = spec
-        return web.json_response({"purged": purge_local(node, kind, value), kind: value})
+        return web.json_response({"purged": purge_local(node, spec), **spec.body()})
 
     async def prewarm(request: web.Request) -> web.Response:
         """Each path is fetched through this node's own data plane, so this node and every

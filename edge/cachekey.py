@@ -6,12 +6,22 @@ every viewer would get a private copy. So the key is the path plus the query wit
 parameters removed and the rest sorted, with percent-encoding made canonical (RFC 3986 §6.2.2:
 unreserved characters decoded, hex digits upper-cased). Host joins the key only when an
 operator hosts several sites on one node (``host_in_key``).
+
+:class:`KeyPolicy` is the one place that turns a request, a purge or a prefetch target into a
+key, and a key back into what a fill asks upstream: every caller (receive, pass invalidation,
+purge, prefetch, rendered playlists) goes through it, so no two of them can disagree.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .target import canonical_path
+
+if TYPE_CHECKING:
+    from .http import Request
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -83,3 +93,93 @@ def carried_query(query: str, carried: frozenset[str]) -> str:
     if not query or not carried:
         return ""
     return "&".join(p for p in query.split("&") if p and _param_name(p) in carried)
+
+
+def host_of(value: bytes | str) -> str:
+    """The host of a Host field value, lower-cased, without its port (``[::1]:80`` → ``[::1]``)."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if text.startswith("["):
+        end = text.find("]")
+        return text[: end + 1].lower() if end > 0 else text.lower()
+    return text.split(":", 1)[0].lower()
+
+
+class KeyPolicy:
+    """How this node names stored objects: the ignored query parameters and whether the host
+    is part of the key. Built from a node's config; immutable."""
+
+    __slots__ = ("ignored", "ignored_prefixes", "host_in_key")
+
+    def __init__(
+        self,
+        ignored: frozenset[str] = frozenset(),
+        ignored_prefixes: Iterable[str] = (),
+        host_in_key: bool = False,
+    ) -> None:
+        self.ignored = ignored
+        self.ignored_prefixes = tuple(ignored_prefixes)
+        self.host_in_key = host_in_key
+
+    @classmethod
+    def from_config(cls, config: Any) -> KeyPolicy:
+        return cls(config.ignore_query_params, config.ignore_query_prefixes, config.host_in_key)
+
+    def host(self, headers: dict[bytes, bytes]) -> str | None:
+        """The host that joins a request's key, or None without ``host_in_key``."""
+        if not self.host_in_key:
+            return None
+        return host_of(headers.get(b"host", b""))
+
+    def for_request(self, req: Request) -> str:
+        """The primary key of a parsed request (its path is already canonical: the reader
+        made it so)."""
+        path = req.path
+        if not req.query and not self.host_in_key and "%" not in path:
+            return path  # what cache_key gives a plain path (pinned by test_cachekey)
+        return cache_key(path, req.query, self.ignored, self.ignored_prefixes,
+                         self.host(req.headers))
+
+    def for_target(self, target: str, host: str | None = None) -> str:
+        """The primary key of an origin-form target from elsewhere (a purge, a prefetch, a
+        rendered playlist's meta.json): the path made canonical first (``BadPath`` for one
+        that cannot be), ``host`` used only under ``host_in_key``."""
+        path, query = split_target(target)
+        return cache_key(canonical_path(path), query, self.ignored, self.ignored_prefixes,
+                         host.lower() if self.host_in_key and host is not None else None)
+
+    @staticmethod
+    def key_host(key: str) -> str:
+        """The host part of a key ("" when the host is not in the key). A host never holds
+        a "/" (the reader refuses such a Host field), so the path starts at the first one."""
+        return key[: key.find("/")]
+
+    @staticmethod
+    def upstream_target(key: str) -> str:
+        """What a fill asks its parent for: the key's path and kept query, without the host."""
+        slash = key.find("/")
+        return key if slash == 0 else key[slash:]
+
+    @staticmethod
+    def rule_path(key: str) -> str:
+        """The path TTL rules match: the key's path without host and query."""
+        slash = key.find("/")
+        path = key if slash <= 0 else key[slash:]
+        return path.split("?", 1)[0]
+
+    def purge_matcher(self, kind: str, value: str, host: str | None = None) -> Any:
+        """A predicate over primary keys for a purge: ``path`` (one URI), ``prefix`` or
+        ``video``; with ``host_in_key`` and no ``host``, every site's copy matches."""
+        if kind == "video":
+            kind, value = "prefix", f"/v/{value}/"
+        if kind == "path":
+            wanted = self.for_target(value, host)
+            if not self.host_in_key or host is not None:
+                return wanted.__eq__
+            return lambda key: self.upstream_target(key) == wanted
+        prefix = canonical_path(value)
+        if self.host_in_key:
+            if host is not None:
+                full = host.lower() + prefix
+                return lambda key: key.startswith(full)
+            return lambda key: self.upstream_target(key).startswith(prefix)
+        return lambda key: key.startswith(prefix)

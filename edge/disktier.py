@@ -557,9 +557,9 @@ class DiskTier:
         self._levels()
         return removed
 
-    def remove_prefix(self, prefix: str) -> int:
-        """Remove every object whose primary key starts with ``prefix``."""
-        keys = [k for k, r in self._records.items() if r.primary.startswith(prefix)]
+    def remove_matching(self, match: Callable[[str], bool]) -> int:
+        """Remove every object whose primary key ``match`` accepts."""
+        keys = [k for k, r in self._records.items() if match(r.primary)]
         for key in keys:
             self.remove(key)
         return len(keys)

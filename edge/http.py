@@ -26,21 +26,36 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
     }
 )
 
-# Request fields a cache fill must not forward: the fill fetches the whole, unconditional
-# object on behalf of every client, and the client's own conditionals are answered here.
-CLIENT_ONLY: frozenset[bytes] = frozenset(
-    {
-        b"range",
-        b"if-range",
-        b"if-match",
-        b"if-none-match",
-        b"if-modified-since",
-        b"if-unmodified-since",
-        b"expect",
-        b"content-length",
-        b"host",
-    }
-)
+# Content codings a fill may ask for on behalf of its clients (normalise_accept_encoding).
+KNOWN_CODINGS: tuple[bytes, ...] = (b"br", b"deflate", b"gzip", b"zstd")
+
+
+def normalise_accept_encoding(value: bytes) -> bytes:
+    """One spelling per set of accepted codings: those of ``KNOWN_CODINGS`` the client accepts
+    (q > 0, ``*`` counting for all not named), sorted; ``identity`` when none.
+
+    Why: a shared fill and a ``Vary: Accept-Encoding`` variant are keyed by this value, so
+    ``gzip, deflate, br`` and ``br;q=1.0, gzip, deflate`` share one copy, and a client's odd
+    value never reaches the origin."""
+    named: dict[bytes, bool] = {}
+    star: bool | None = None
+    for item in value.lower().split(b","):
+        coding, _, params = item.partition(b";")
+        coding = coding.strip()
+        accepted = True
+        for param in params.split(b";"):
+            key, _, q = param.strip().partition(b"=")
+            if key.strip() == b"q":
+                try:
+                    accepted = float(q.strip() or b"1") > 0
+                except ValueError:
+                    accepted = False
+        if coding == b"*":
+            star = accepted
+        elif coding:
+            named[coding] = accepted
+    kept = [c for c in KNOWN_CODINGS if named.get(c, bool(star))]
+    return b", ".join(kept) if kept else b"identity"
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:

@@ -34,19 +34,18 @@ from ..extensions import head as heads  # compiled twins when built, else edge/h
 from ..extensions import ranges  # and edge/ranges.py
 from . import cmsd, conditional
 from .bodyfile import BodyFiles, FileBody
-from .cachekey import cache_key, split_target
-from .cmcd import CMCD_HEADERS
+from .cachekey import KeyPolicy
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig
 from .features import CONTINUE, EdgeFeatures
 from .freshness import Freshness, current_age, decide
 from .http import (
-    CLIENT_ONLY,
     HOP_BY_HOP,
     NO_PRIOR,
     Request,
     error_response,
     forwardable,
+    normalise_accept_encoding,
     render_fields,
 )
 from .httpdate import format_http_date, http_date_now_bytes
@@ -66,17 +65,32 @@ SMALL_BODY = 64 * 1024
 PASS_MARK_SECONDS = 30.0
 NO_BODY_STATUSES = frozenset({204, 304})
 CONNECTION_CLOSE = b"Connection: close\r\n"
-TIER_FIELDS = frozenset({b"cache-status", b"via"})
-# Request fields not copied upstream: recomputed here (Via, X-Forwarded-For, framing) or,
-# for fills, answered here (conditionals, Range).
+# Request fields not copied upstream on a pass: recomputed here (Via, X-Forwarded-For,
+# framing). A fill forwards only its allow-list (``fill_headers``, see ``fill_order``).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
-# CMCD headers too: a fill serves every waiting client, not the one whose telemetry it is.
-FILL_DROPS = CLIENT_ONLY | PASS_DROPS | CMCD_HEADERS
-# Fields a 304 answered from cache carries (RFC 9110 §15.4.5).
-NOT_MODIFIED_FIELDS = frozenset(
-    {b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
-     b"last-modified", b"cdn-cache-control"}
+# Stored fields a 304 answered from cache leaves out: those describing the body it does not
+# carry. Everything else goes, so a lower tier revalidating through this one takes the
+# refreshed fields (RFC 9111 §4.3.4) as it would from the origin's 304.
+NOT_MODIFIED_DROPS = frozenset(
+    {b"content-type", b"content-encoding", b"content-range", b"content-length",
+     b"accept-ranges", b"transfer-encoding"}
 )
+
+
+class FillOrder:
+    """What a shared fill asks upstream: the origin-form ``target``, the request ``fields``
+    (the node's own and the allow-listed client ones), and ``selecting``, the client fields it
+    forwarded by lower-cased name: what the origin saw, so what a ``Vary`` of its answer
+    selects on. A fill is made from a key and this, never from a client's whole request."""
+
+    __slots__ = ("target", "fields", "selecting")
+
+    def __init__(
+        self, target: str, fields: list[tuple[bytes, bytes]], selecting: dict[bytes, bytes]
+    ) -> None:
+        self.target = target
+        self.fields = fields
+        self.selecting = selecting
 
 
 def _sf_token(name: str) -> str:
@@ -175,6 +189,8 @@ class CacheNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.name = config.name
+        self.keys = KeyPolicy.from_config(config)
+        self._fill_allowed = frozenset(n.encode() for n in config.fill_headers)
         self.store = MemoryStore(config.cache_memory)
         self.coalescer = Coalescer()
         self.upstream: Upstream = build_upstream(config)
@@ -197,6 +213,8 @@ class CacheNode:
         closed once they are done."""
         old = self.config
         self.config = config
+        self.keys = KeyPolicy.from_config(config)
+        self._fill_allowed = frozenset(n.encode() for n in config.fill_headers)
         self.stats.evictions += self.store.resize(config.cache_memory)
         self.body_files.min_bytes = config.sendfile_min_bytes
         self.store.configure_disk(config, self.stats)
@@ -252,17 +270,7 @@ class CacheNode:
                 return self._options_asterisk(req, conn)
             return self.pass_(req, conn, "method")
         config = self.config
-        path = req.path
-        if not req.query and not config.host_in_key and "%" not in path:
-            primary = path  # what cache_key gives a plain path (pinned by test_cachekey)
-        else:
-            host = None
-            if config.host_in_key:
-                raw_host = req.headers.get(b"host", b"")
-                host = raw_host.decode("latin-1").split(":", 1)[0]
-            primary = cache_key(
-                path, req.query, config.ignore_query_params, config.ignore_query_prefixes, host
-            )
+        primary = self.keys.for_request(req)
         if hooks and self.features is not None:  # playlists, CMCD, prefetch (features.py)
             answer = self.features.receive(req, conn, primary)
             if answer is not CONTINUE:
@@ -427,8 +435,7 @@ class CacheNode:
         """304 Not Modified or 412 Precondition Failed answered from a representation."""
         if status == 304:
             block, prior = render_fields(
-                [(n, v) for n, v in headers
-                 if (low := n.lower()) in NOT_MODIFIED_FIELDS or low in TIER_FIELDS]
+                [(n, v) for n, v in headers if n.lower() not in NOT_MODIFIED_DROPS]
             )
             head = self._head(304, block, age, member, None, None, close, prior=prior)
         else:
@@ -524,7 +531,7 @@ class CacheNode:
                 self.stats.count(req.method, "hit", entry.status)
                 return
         if fetch is None:
-            fetch = self.start_fill(key, primary, req, stale)
+            fetch = self.start_fill(key, primary, self.fill_order(req, primary), stale)
         else:
             self.stats.coalesced_waiters += 1
         if fwd is None:
@@ -597,13 +604,13 @@ class CacheNode:
         self.stats.count(req.method, "error", failure.status)
 
     def start_fill(
-        self, key: str, primary: str, req: Request, stale: CacheEntry | None
+        self, key: str, primary: str, order: FillOrder, stale: CacheEntry | None
     ) -> Fetch:
         """Start the one upstream fetch for ``key``, as a task no client owns."""
-        fetch = Fetch(key, primary, req.headers)
+        fetch = Fetch(key, primary, order.selecting)
         self.coalescer.add(fetch)
         fetch.task = asyncio.get_running_loop().create_task(
-            self._run_fill(fetch, primary, req, stale)
+            self._run_fill(fetch, primary, order, stale)
         )
         self._background.add(fetch.task)
         fetch.task.add_done_callback(self._background.discard)
@@ -612,41 +619,76 @@ class CacheNode:
     def revalidate_in_background(self, req: Request, primary: str, stale: CacheEntry) -> None:
         """stale-while-revalidate: refresh the entry without making the client wait."""
         if self.coalescer.get(stale.key) is None:
-            self.start_fill(stale.key, primary, req, stale)
+            self.start_fill(stale.key, primary, self.fill_order(req, primary), stale)
 
-    def _fill_headers(self, req: Request, stale: CacheEntry | None) -> list[tuple[bytes, bytes]]:
-        """Client fields minus hop-by-hop and client-only ones, plus Via, X-Forwarded-For and
-        our own validators when revalidating."""
-        fields = forwardable(req.raw_headers, FILL_DROPS)
-        fields.extend(self._forwarding_fields(req))
-        if stale is not None:
-            if stale.etag is not None:
-                fields.append((b"If-None-Match", stale.etag.encode("latin-1")))
-            if stale.last_modified is not None:
-                fields.append((b"If-Modified-Since", stale.last_modified.encode("latin-1")))
+    def fill_order(self, req: Request, primary: str) -> FillOrder:
+        """The fill a client's request asks for: only the client fields the operator allows
+        (``fill_headers``) and those a stored response for this URI Varies on; nothing else
+        the client sent reaches the shared fetch (a reflected X-Forwarded-Host or Cookie
+        would otherwise be served to every viewer). Accept-Encoding is normalised, so clients
+        that accept the same codings share one fill and one variant."""
+        allowed = self._fill_allowed
+        vary = self.store.vary_of(primary)
+        if vary:
+            allowed = allowed | frozenset(vary)
+        fields: list[tuple[bytes, bytes]] = []
+        selecting: dict[bytes, bytes] = {}
+        headers = req.headers
+        for name in allowed:
+            value = headers.get(name)
+            if value is None:
+                continue
+            if name == b"accept-encoding":
+                value = normalise_accept_encoding(value)
+            selecting[name] = value
+            fields.append((name, value))
+        fields.extend(self._forwarding_fields(req.headers, req.client_ip))
+        return FillOrder(self.keys.upstream_target(primary), fields, selecting)
+
+    def fill_order_for(
+        self, key: str, client_ip: str, extra: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> FillOrder:
+        """A fill no client request carries (a prefetch, a playlist's meta.json): the key's
+        target, the node's own fields and ``extra`` (e.g. ``Sec-Purpose: prefetch``)."""
+        fields = list(extra)
+        fields.extend(self._forwarding_fields({}, client_ip))
+        return FillOrder(self.keys.upstream_target(key), fields, {})
+
+    @staticmethod
+    def _validators(stale: CacheEntry | None) -> list[tuple[bytes, bytes]]:
+        """Our own validators when revalidating ``stale`` (never the client's)."""
+        if stale is None:
+            return []
+        fields = []
+        if stale.etag is not None:
+            fields.append((b"If-None-Match", stale.etag.encode("latin-1")))
+        if stale.last_modified is not None:
+            fields.append((b"If-Modified-Since", stale.last_modified.encode("latin-1")))
         return fields
 
-    def _forwarding_fields(self, req: Request) -> list[tuple[bytes, bytes]]:
-        via = req.headers.get(b"via")
-        own_via = b"1.1 " + self.name.encode()
-        xff = req.headers.get(b"x-forwarded-for")
-        client = req.client_ip.encode()
+    def _forwarding_fields(
+        self, headers: dict[bytes, bytes], client_ip: str
+    ) -> list[tuple[bytes, bytes]]:
+        """Via and X-Forwarded-For with this hop appended."""
+        via = headers.get(b"via")
+        own_via = self._via_hop
+        xff = headers.get(b"x-forwarded-for")
+        client = client_ip.encode()
         return [
             (b"Via", via + b", " + own_via if via else own_via),
             (b"X-Forwarded-For", xff + b", " + client if xff else client),
         ]
 
     async def _run_fill(
-        self, fetch: Fetch, primary: str, req: Request, stale: CacheEntry | None
+        self, fetch: Fetch, primary: str, order: FillOrder, stale: CacheEntry | None
     ) -> None:
         """Fetch the whole object once; hand the head and the body to the readers as they
         arrive; store it if policy allows. Never raises: failures go to the readers."""
-        path_and_query = primary if not self.config.host_in_key else "/" + primary.split("/", 1)[1]
         request_time = time.time()
         response = None
         try:
             response = await self.upstream.request(
-                "GET", path_and_query, self._fill_headers(req, stale)
+                "GET", order.target, order.fields + self._validators(stale)
             )
             response_time = time.time()
             headers = _storable_headers(response.headers)
@@ -712,16 +754,11 @@ class CacheNode:
         """Freshness of a response for the object keyed ``path`` (a cache key: with
         ``host_in_key`` the host comes first, and TTL rules match the path after it)."""
         config = self.config
-        path = path.split("?", 1)[0]
-        if config.host_in_key:
-            slash = path.find("/")
-            if slash > 0:
-                path = path[slash:]
         return decide(
             "GET",
             status,
             hmap,
-            path,
+            self.keys.rule_path(path),
             request_has_authorization=False,
             ttl_rules=config.ttl_rules,
             now=time.time(),
@@ -910,8 +947,8 @@ class CacheNode:
         Unsafe methods invalidate what the node stored for the URI (RFC 9111 §4.4)."""
         member = b"fwd=" + reason.encode()
         fields = forwardable(req.raw_headers, PASS_DROPS)
-        fields.extend(self._forwarding_fields(req))
-        target = req.target.decode("latin-1")
+        fields.extend(self._forwarding_fields(req.headers, req.client_ip))
+        target = req.target.decode("latin-1")  # canonical path (the reader's) + raw query
         try:
             response = await self.upstream.request(req.method, target, fields, req.body)
         except FetchFailed as failure:
@@ -920,12 +957,7 @@ class CacheNode:
             return
         try:
             if req.method not in ("GET", "HEAD") and response.status < 400:
-                path, query = split_target(target)
-                config = self.config
-                self.store.remove_primary(
-                    cache_key(path, query, config.ignore_query_params,
-                              config.ignore_query_prefixes)
-                )
+                self.store.remove_primary(self.keys.for_request(req))
             headers = _storable_headers(response.headers)
             block, prior = render_fields(headers)
             hmap = _header_map(response.headers)

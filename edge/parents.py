@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .coalescer import FetchFailed
 from .config import UpstreamTimeouts
-from .upstream import HttpUpstream, Upstream, UpstreamResponse
+from .upstream import HttpUpstream, TargetRefused, Upstream, UpstreamResponse
 
 if TYPE_CHECKING:
     from .config import ParentRef
@@ -113,6 +113,8 @@ class ParentSet(Upstream):
             state.requests += 1
             try:
                 response = await state.upstream.request(method, target, fields, body)
+            except TargetRefused:
+                raise
             except FetchFailed as failure:
                 self._failed(state)
                 last = failure

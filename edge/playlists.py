@@ -58,7 +58,7 @@ from reelcdn.manifests import (
 from reelcdn.origin.meta import VideoMeta
 
 from . import cmsd, conditional
-from .cachekey import cache_key
+from .cachekey import host_of
 from .coalescer import FetchFailed
 from .http import Request
 from .store import CacheEntry
@@ -147,7 +147,8 @@ class PlaylistRenderer:
         except OptionError as exc:
             self._write_error(req, conn, 400, str(exc), b"detail=bad-option")
             return None
-        meta_key = cache_key(f"/v/{video}/meta.json", "", config.ignore_query_params)
+        meta_key = node.keys.for_target(f"/v/{video}/meta.json",
+                                         host_of(req.headers.get(b"host", b"")))
         entry = node.store.lookup(meta_key, {})
         if entry is not None and entry.is_fresh(time.time()):
             meta = self._meta_of(meta_key, entry)
@@ -177,11 +178,8 @@ class PlaylistRenderer:
                 if meta is not None:
                     self._answer(req, conn, where, options, meta, b"hit", entry.prior[0])
                     return
-            meta_req = Request()
-            meta_req.path = meta_key
-            meta_req.target = meta_key.encode("latin-1")
-            meta_req.client_ip = req.client_ip
-            fetch = node.start_fill(meta_key, meta_key, meta_req, stale)
+            order = node.fill_order_for(meta_key, req.client_ip)
+            fetch = node.start_fill(meta_key, meta_key, order, stale)
         meta: VideoMeta | None = None
         prior = b""
         status = 502

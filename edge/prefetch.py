@@ -31,10 +31,14 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-from .cachekey import cache_key
+from .cachekey import host_of
 from .coalescer import Fetch
 from .http import Request
 from .store import CacheEntry, MemoryStore
+from .target import BadPath
+
+# Fetch-standard marker on a prefetch's fill, so a parent's logs can tell it from a player's.
+PREFETCH_FIELDS = ((b"Sec-Purpose", b"prefetch"),)
 
 if TYPE_CHECKING:
     from .node import CacheNode
@@ -65,7 +69,7 @@ class Prefetcher:
 
     def __init__(self, node: CacheNode) -> None:
         self.node = node
-        self._queue: deque[tuple[str, str, str, str]] = deque()  # (key, path, query, client)
+        self._queue: deque[tuple[str, str]] = deque()  # (key, client address)
         self._queued: set[str] = set()
         self._running: dict[str, Fetch] = {}
         # key -> the entry a prefetch stored, until a client uses it or it leaves the cache.
@@ -95,9 +99,10 @@ class Prefetcher:
         if self.closed:
             return False
         config = self.node.config
-        path, _, query = target.partition("?")
-        key = cache_key(path, query, config.ignore_query_params, config.ignore_query_prefixes,
-                        host if config.host_in_key else None)
+        try:
+            key = self.node.keys.for_target(target, host)
+        except BadPath:
+            return False
         if key in self._queued or key in self._running or self.node.coalescer.get(key):
             return False
         entry = self.node.store.lookup(key, {})
@@ -106,7 +111,7 @@ class Prefetcher:
         if len(self._queue) >= config.prefetch_queue:
             self.node.stats.prefetch_dropped += 1
             return False
-        self._queue.append((key, path, query, client_ip))
+        self._queue.append((key, client_ip))
         self._queued.add(key)
         if not self._pump_scheduled:
             self._pump_scheduled = True
@@ -122,21 +127,15 @@ class Prefetcher:
         node = self.node
         limit = node.config.prefetch_concurrency
         while self._queue and len(self._running) < limit:
-            key, path, query, client_ip = self._queue.popleft()
+            key, client_ip = self._queue.popleft()
             self._queued.discard(key)
             if node.coalescer.get(key) is not None:
                 continue  # a client started it meanwhile
             entry = node.store.lookup(key, {})
             if entry is not None and entry.is_fresh(time.time()):
                 continue
-            request = Request()
-            request.path, request.query = path, query
-            request.target = (path + ("?" + query if query else "")).encode("latin-1")
-            request.client_ip = client_ip
-            # Fetch-standard marker, so a parent's logs can tell prefetches from players.
-            request.raw_headers = [(b"Sec-Purpose", b"prefetch")]
-            request.headers = {b"sec-purpose": b"prefetch"}
-            fetch = node.start_fill(key, key, request, None)
+            order = node.fill_order_for(key, client_ip, PREFETCH_FIELDS)
+            fetch = node.start_fill(key, key, order, None)
             self._running[key] = fetch
             node.stats.prefetch_issued += 1
             assert fetch.task is not None
@@ -189,8 +188,9 @@ class Prefetcher:
 
 
 def request_host(req: Request) -> str:
-    """The host part of a request's Host field, as ``CacheNode.receive`` puts it in the key."""
-    return req.headers.get(b"host", b"").decode("latin-1").split(":", 1)[0]
+    """The host part of a request's Host field, as the node's ``KeyPolicy`` puts it in the
+    key."""
+    return host_of(req.headers.get(b"host", b""))
 
 
 def _still_stored(store: MemoryStore, key: str, entry: CacheEntry) -> bool:

@@ -32,6 +32,7 @@ from typing import Any
 import httptools
 
 from .http import Request
+from .target import BadPath, canonical_path, valid_host
 
 __all__ = [
     "BODY",
@@ -257,6 +258,9 @@ class RequestReader:
         headers = request.headers
         if request.version == b"1.1" and b"host" not in headers:
             raise RequestRejected(400, "HTTP/1.1 request without Host")
+        host_field = headers.get(b"host")
+        if host_field is not None and not valid_host(host_field):
+            raise RequestRejected(400, "invalid Host field")
         length = headers.get(b"content-length")
         if length is not None:
             length = length.strip()
@@ -302,6 +306,8 @@ class RequestReader:
             if url.schema is None or url.schema.lower() not in (b"http", b"https") or not url.host:
                 raise RequestRejected(400, "request target must be a path")
             host = url.host.decode("latin-1").lower()
+            if url.port is not None:
+                host = f"{host}:{url.port}"
             if host not in self._served_hosts:
                 raise RequestRejected(400, f"absolute-form target for a foreign host {host!r}")
             target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
@@ -311,8 +317,14 @@ class RequestReader:
             raise RequestRejected(400, "request target is not ASCII") from exc
         if "#" in text:  # (on str: ``in`` on bytes costs several times more)
             raise RequestRejected(400, "request target with a fragment")
-        request.target = target
         path, _, query = text.partition("?")
+        if "%" in path or "/." in path or "//" in path:  # target.is_canonical, inlined
+            try:
+                path = canonical_path(path)
+            except BadPath as exc:
+                raise RequestRejected(400, str(exc)) from None
+            target = (path + "?" + query if query else path).encode("ascii")
+        request.target = target
         request.path = path
         request.query = query
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from .admin import build_admin_app
-from .bodyfile import raise_open_files_limit
+from .bodyfile import descriptor_budget
 from .config import NodeConfig, describe_upstream
 from .node import CacheNode
 from .protocol import HttpConnection
@@ -31,6 +31,10 @@ from .protocol import HttpConnection
 log = logging.getLogger("reelcdn.server")
 
 SWEEP_SECONDS = 1.0
+# Connections checked per loop pass in a sweep. Thousands of slow clients opened together time
+# out together; answering them all 408 in one callback would stall every other client for a
+# few hundred milliseconds, so the loop serves I/O between batches.
+SWEEP_BATCH = 256
 
 
 class NodeServer:
@@ -66,11 +70,17 @@ class NodeServer:
         self.private_port: int | None = None
 
     @staticmethod
-    def _served_hosts(config: NodeConfig) -> frozenset[str]:
-        return frozenset(
-            {config.listen_host.lower(), "localhost", "127.0.0.1"}
-            | {h.lower() for h in config.server_names}
-        )
+    def _served_hosts(config: NodeConfig, port: int | None = None) -> frozenset[str]:
+        """The authorities an absolute-form target may name for this node: ``host:port``
+        of this listener (its address, localhost, 127.0.0.1; the bare name only on port 80,
+        the scheme's default) and the operator's ``server_names`` bare or with the port."""
+        port = config.listen_port if port is None else port
+        local = {config.listen_host.lower(), "localhost", "127.0.0.1"}
+        names = {h.lower() for h in config.server_names}
+        served = {f"{h}:{port}" for h in local | names} | names
+        if port == 80:
+            served |= local
+        return frozenset(served)
 
     @property
     def self_url(self) -> str:
@@ -86,8 +96,9 @@ class NodeServer:
 
     async def start(self) -> None:
         config = self.node.config
-        if config.sendfile_min_bytes > 0:
-            raise_open_files_limit()  # each large cached body holds a memory-file descriptor
+        # Raise RLIMIT_NOFILE; what client connections, upstream pools and the disk tier may
+        # need is kept, and cached bodies' memory files get the rest (one descriptor each).
+        descriptor_budget(config)
         await self.node.start()
         self._server = await self.loop.create_server(
             lambda: HttpConnection(self),
@@ -100,6 +111,7 @@ class NodeServer:
         sock = self._server.sockets[0]
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = sock.getsockname()[1]
+        self.served_hosts = self._served_hosts(config, self.port)
         if self.reuse_port:
             self._private = await self.loop.create_server(
                 lambda: HttpConnection(self), host=_loopback_for(config.listen_host), port=0,
@@ -136,9 +148,15 @@ class NodeServer:
 
     def _sweep(self) -> None:
         self.clock = now = self.loop.time()
-        for conn in list(self.connections):
-            conn.check_timeouts(now)
+        self._sweep_batch(list(self.connections), 0, now)
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def _sweep_batch(self, conns: list[HttpConnection], start: int, now: float) -> None:
+        end = start + SWEEP_BATCH
+        for conn in conns[start:end]:
+            conn.check_timeouts(now)  # (a connection closed meanwhile returns at once)
+        if end < len(conns):
+            self.loop.call_soon(self._sweep_batch, conns, end, now)
 
     async def reload(self, config: NodeConfig) -> None:
         """Apply a new config to the running node (listen addresses stay as they are)."""
@@ -147,7 +165,7 @@ class NodeServer:
             log.warning("listen address changes need a restart; keeping %s:%d",
                         old.listen_host, old.listen_port)
         await self.node.apply_config(config)
-        self.served_hosts = self._served_hosts(config)
+        self.served_hosts = self._served_hosts(config, self.port)
         log.info("node %s reloaded its configuration", config.name)
 
     async def stop(self, grace: float | None = None) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
 
-from .bodyfile import FileBody
+from .bodyfile import DESCRIPTORS, FileBody
 from .disktier import DiskTier
 from .freshness import Freshness
 from .http import render_fields, validators
@@ -45,7 +45,7 @@ ENTRY_OVERHEAD = 3584
 DISK_MIN_BYTES = 64 * 1024
 
 # A memory-file body (``bodyfile.FileBody``) occupies whole pages, plus the kernel's file and
-# mapping objects and two descriptors (``mmap`` duplicates the one it maps): ~1 KiB.
+# mapping objects and its descriptor: ~1 KiB.
 PAGE = 4096
 FILE_BODY_OVERHEAD = 1024
 
@@ -55,6 +55,14 @@ def body_charge(body: bytes | FileBody) -> int:
     if type(body) is FileBody:
         return (len(body) + PAGE - 1) // PAGE * PAGE + FILE_BODY_OVERHEAD
     return len(body)
+
+
+def _body_to_bytes(entry: CacheEntry) -> None:
+    """Keep an entry's memory-file body as ``bytes`` instead (one copy), charged as such; the
+    file's descriptor goes when nothing else uses the file body (``bodyfile``)."""
+    old = entry.body
+    entry.body = bytes(old)
+    entry.charge += body_charge(entry.body) - body_charge(old)
 
 
 def _fresh_until(freshness: Freshness, response_time: float, initial_age: float) -> float:
@@ -309,6 +317,8 @@ class MemoryStore:
 
     def insert(self, entry: CacheEntry) -> int:
         """Store (or replace) an entry; evict least recently used ones. Returns evictions."""
+        if type(entry.body) is FileBody and DESCRIPTORS.over():
+            _body_to_bytes(entry)  # mapped from the disk tier with the descriptor budget used
         if entry.charge > self._index.capacity:
             return 0  # refused before anything changes: an older version stays servable
         key = entry.key
@@ -399,14 +409,19 @@ class MemoryStore:
         self._variant_keys.pop(primary, None)
         return removed
 
-    def remove_prefix(self, prefix: str) -> int:
-        """Remove every entry whose primary key starts with ``prefix`` (purge by prefix)."""
-        keys = [k for k, e in self._entries.items() if e.primary.startswith(prefix)]
+    def remove_matching(self, match: Callable[[str], bool]) -> int:
+        """Remove every entry whose primary key ``match`` accepts (purge: ``KeyPolicy.
+        purge_matcher``), from memory and the disk tier. Returns how many went."""
+        keys = [k for k, e in self._entries.items() if match(e.primary)]
         for key in keys:
             self._remove_key(key)
         if self._disk is not None:
-            return len(keys) + self._disk.remove_prefix(prefix)
+            return len(keys) + self._disk.remove_matching(match)
         return len(keys)
+
+    def remove_prefix(self, prefix: str) -> int:
+        """Remove every entry whose primary key starts with ``prefix``."""
+        return self.remove_matching(lambda primary: primary.startswith(prefix))
 
     def resize(self, capacity: int) -> int:
         """Change the byte budget (reload); evicts down to it. Returns evictions."""

@@ -22,6 +22,12 @@ from yarl import URL
 
 from .coalescer import FetchFailed
 from .config import UpstreamTimeouts
+from .target import is_canonical_target
+
+
+class TargetRefused(FetchFailed):
+    """A target this node will not send upstream (400): the client's fault, so it never
+    counts against the upstream's health nor is retried on another parent."""
 
 
 class UpstreamResponse:
@@ -161,6 +167,8 @@ class HttpUpstream(Upstream):
         """Send a request and return once the response head has arrived."""
         if self._session is None:
             raise RuntimeError("Upstream.start() was not called")
+        if not is_canonical_target(target):
+            raise TargetRefused(400, "request path is not canonical (dot segments, '//', %2F)")
         fields: CIMultiDict[str] = CIMultiDict()
         for name, value in headers:
             fields.add(

@@ -409,13 +409,12 @@ class Master:
             spec = await read_purge_spec(request)
             if isinstance(spec, web.Response):
                 return spec
-            kind, value = spec
 
             async def one(worker: Worker) -> dict[str, Any]:
                 if not worker.running:
                     return {"worker": worker.index, "purged": 0, "running": False}
                 try:
-                    status, body = await self.call(worker, "POST", "/purge", {kind: value})
+                    status, body = await self.call(worker, "POST", "/purge", spec.body())
                 except WorkerUnreachable as exc:
                     return {"worker": worker.index, "error": str(exc)}
                 if status != 200:
@@ -425,7 +424,7 @@ class Master:
             results = await asyncio.gather(*(one(w) for w in self.workers))
             failed = [r for r in results if "error" in r]
             return web.json_response(
-                {"purged": sum(r.get("purged", 0) for r in results), kind: value,
+                {"purged": sum(r.get("purged", 0) for r in results), **spec.body(),
                  "workers": list(results)},
                 status=502 if failed else 200,
             )

@@ -17,6 +17,7 @@ import logging
 import httptools
 
 from reelcdn.edge.http import Request
+from reelcdn.edge.target import BadPath, canonical_path, valid_host
 from reelcdn.edge.reader import (
     BODY as _BODY,
     CLOSING as _CLOSING,
@@ -226,6 +227,9 @@ cdef class RequestReader:
         cdef dict headers = request.headers
         if version == b"1.1" and b"host" not in headers:
             raise RequestRejected(400, "HTTP/1.1 request without Host")
+        host_field = headers.get(b"host")
+        if host_field is not None and not valid_host(host_field):
+            raise RequestRejected(400, "invalid Host field")
         length = headers.get(b"content-length")
         if length is not None:
             length = length.strip()
@@ -263,6 +267,8 @@ cdef class RequestReader:
             if url.schema is None or url.schema.lower() not in (b"http", b"https") or not url.host:
                 raise RequestRejected(400, "request target must be a path")
             host = url.host.decode("latin-1").lower()
+            if url.port is not None:
+                host = f"{host}:{url.port}"
             if host not in self._served_hosts:
                 raise RequestRejected(400, f"absolute-form target for a foreign host {host!r}")
             target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
@@ -273,8 +279,14 @@ cdef class RequestReader:
             raise RequestRejected(400, "request target is not ASCII") from exc
         if "#" in text:
             raise RequestRejected(400, "request target with a fragment")
-        request.target = target
         path, _, query = text.partition("?")
+        if "%" in path or "/." in path or "//" in path:  # target.is_canonical, inlined
+            try:
+                path = canonical_path(path)
+            except BadPath as exc:
+                raise RequestRejected(400, str(exc)) from None
+            target = (path + "?" + query if query else path).encode("ascii")
+        request.target = target
         request.path = path
         request.query = query
 

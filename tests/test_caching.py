@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 from rawhttp import get
 
 from reelcdn.edge.httpdate import format_http_date
@@ -29,12 +30,22 @@ async def test_hit_after_miss_with_age_cache_status_and_via(origin, node):
 
 
 async def test_forwarding_fields_and_hop_by_hop(origin, node):
+    """A fill carries the node's own fields and no client field outside its allow-list; a
+    pass carries the client's end-to-end fields but not the hop-by-hop ones."""
     origin.set("/fwd", b"x", headers=MAX_AGE)
     await get(node.port, "/fwd", {"Connection": "X-Secret", "X-Secret": "1", "X-Keep": "2",
                                   "X-Forwarded-For": "10.1.2.3"})
     seen = {k.lower(): v for k, v in origin.seen_headers[-1].items()}
     assert seen["via"] == "1.1 edge-t"
     assert seen["x-forwarded-for"] == "10.1.2.3, 127.0.0.1"
+    assert "x-secret" not in seen and "x-keep" not in seen
+    origin.set("/post", b"ok")
+    fields = {"Connection": "X-Secret", "X-Secret": "1", "X-Keep": "2"}
+    async with aiohttp.ClientSession() as session, session.post(
+        f"http://127.0.0.1:{node.port}/post", data=b"b", headers=fields
+    ) as response:
+        assert response.status == 200
+    seen = {k.lower(): v for k, v in origin.seen_headers[-1].items()}
     assert "x-secret" not in seen and seen["x-keep"] == "2"
 
 

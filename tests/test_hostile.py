@@ -189,13 +189,41 @@ async def test_absolute_form_for_this_node_works(node: NodeServer, origin: TestO
     conn = await RawConn.open(node)
     for target in (
         f"http://127.0.0.1:{node.port}/abs?q=1",
-        "http://localhost/abs?q=1",
-        "HTTP://127.0.0.1/abs?q=1",
+        f"http://localhost:{node.port}/abs?q=1",
+        f"HTTP://127.0.0.1:{node.port}/abs?q=1",
     ):
         conn.send(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         resp = await conn.response()
         assert resp.status == 200 and resp.body == b"absolute", (target, resp)
     assert origin.counts["/abs?q=1"] == 1
+    conn.close()
+
+
+async def test_absolute_form_naming_another_port_is_refused(
+    node: NodeServer, origin: TestOrigin
+) -> None:
+    """localhost:other-port (or no port: 80) is another server, not this node."""
+    origin.set("/abs", b"absolute", headers=CACHEABLE)
+    for target in ("http://localhost/abs", f"http://127.0.0.1:{node.port + 1}/abs",
+                   "http://localhost:1/abs"):
+        conn = await RawConn.open(node)
+        conn.send(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        resp = await conn.response()
+        assert resp.status == 400 and b"foreign host" in resp.body, (target, resp)
+        conn.close()
+    assert origin.counts["/abs"] == 0
+
+
+@pytest.mark.parametrize("host", [b"", b" ", b"evil.example/v/x", b"a b", b"a@b", b"a?b",
+                                  b"[::1", b"a.example#x"])
+async def test_invalid_host_field_is_refused(
+    node: NodeServer, origin: TestOrigin, host: bytes
+) -> None:
+    """RFC 9112 §3.2: a request with an invalid Host gets 400 (the host may join a key)."""
+    conn = await RawConn.open(node)
+    conn.send(b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    resp = await conn.response()
+    assert resp.status == 400 and b"Host" in resp.body, (host, resp)
     conn.close()
 
 
