@@ -8,8 +8,15 @@ Policy choices beyond the RFCs (a cache is always allowed to store less):
 
 * only GET responses are stored (the node turns HEAD misses into GET fills);
 * 206 is never stored (the node fetches whole objects), nor 1xx/304 (not full responses);
-* 5xx and other codes the cache does not understand are stored only through a TTL rule
-  (negative caching is an operator decision);
+* other 2xx, 3xx and 4xx codes (299, 303, 400, 403, 429, ...) are stored as RFC 9111 §3
+  allows, on explicit freshness (or ``public``) alone, never on a validator or a heuristic of
+  their own; ``must-understand`` refuses them;
+* 5xx codes other than 501 are stored only through a TTL rule, even with explicit freshness:
+  negative caching of server errors is an operator decision. A server error is transient by
+  nature, a blanket ``Cache-Control`` on an origin would otherwise pin an outage for its
+  max-age, and the node has stale-if-error to ride one out. (nginx stores any code with
+  explicit freshness; Varnish, Fastly and Traffic Server store only a list of codes. This
+  follows RFC 9111 §3 like nginx for 2xx–4xx and keeps server errors out like the others.);
 * Set-Cookie makes a response unstorable: a shared cache must not replay one user's cookie;
 * ``private`` and ``no-cache`` with field names are treated like their unqualified forms
   (RFC 9111 §5.2.2.4 notes this is common practice; it is always safe);
@@ -36,9 +43,9 @@ DELTA_SECONDS_MAX = 2**31
 # Heuristically cacheable by default (RFC 9110 §15.1); 206 is one too but is never stored here.
 HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
 # Codes whose caching rules this cache implements ("understands", RFC 9111 §3 / must-understand).
-# 302 and 307 are not heuristically cacheable: stored only with explicit freshness.
-UNDERSTOOD_STATUSES = (HEURISTIC_STATUSES - {206}) | {302, 307}
-_EXPLICIT_ONLY_STATUSES = frozenset({302, 307})
+# 302, 303 and 307 are not heuristically cacheable: stored only with explicit freshness.
+UNDERSTOOD_STATUSES = (HEURISTIC_STATUSES - {206}) | {302, 303, 307}
+_EXPLICIT_ONLY_STATUSES = frozenset({302, 303, 307})
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
@@ -408,15 +415,16 @@ def decide(
 
     1. "method" (not GET), "status" (1xx, 206, 304 — never), "vary-star" (``Vary: *`` can
        never be matched again, RFC 9111 §4.1) — no TTL rule overrides these.
-    2. "status": a code the cache does not understand (or ``must-understand`` with one),
-       unless a TTL rule covers it.
+    2. "status": a 5xx the cache does not understand (all but 501), or ``must-understand``
+       with any code it does not understand, unless a TTL rule covers it. Other codes it
+       does not understand (2xx–4xx) go on, but need explicit freshness (RFC 9111 §3).
     3. "no-store", "private", then "authorization" (RFC 9111 §3.5: a request with
        Authorization needs public, s-maxage or must-revalidate), then "set-cookie". A forcing
        TTL rule overrides no-store, private and Set-Cookie, never Authorization.
     4. Freshness: a matching TTL rule sets it ("ttl-rule"); else s-maxage, max-age, Expires
        − Date, heuristic; else, with a validator, lifetime 0 ("validator"); else not stored
-       ("no-freshness-no-validator"). 302/307 need explicit freshness (or ``public`` with a
-       heuristic), else "status".
+       ("no-freshness-no-validator"). 302/303/307 and codes the cache does not understand need
+       explicit freshness (or ``public`` with a heuristic, RFC 9111 §4.2.2), else "status".
 
     A valid, non-empty CDN-Cache-Control replaces Cache-Control and Expires (RFC 9213 §2.1).
     """
@@ -460,7 +468,9 @@ def decide(
     force = rule is not None and rule.force
     understood = status in UNDERSTOOD_STATUSES
     must_understand = "must-understand" in cc
-    if not understood and (rule is None or (must_understand and not force)):
+    if not understood and (
+        (must_understand and not force) or (rule is None and status >= 500)
+    ):
         return result(False, "status")
     # must-understand with an understood status: ignore no-store (RFC 9111 §5.2.2.3).
     if "no-store" in cc and not force and not (must_understand and understood):
@@ -492,7 +502,7 @@ def decide(
         elapsed = (now if date is None else date) - last_modified
         lifetime = min(heuristic_max, heuristic_fraction * elapsed)
         return result(True, "heuristic", max(0.0, lifetime))
-    if status in _EXPLICIT_ONLY_STATUSES:
+    if status in _EXPLICIT_ONLY_STATUSES or not understood:
         return result(False, "status")
     if has_validator:
         return result(True, "validator")

@@ -299,6 +299,18 @@ DECIDE_CASES: list[tuple[str, dict[str, str], dict[str, object], dict[str, objec
         "303",
         {"cache-control": "max-age=60"},
         {"status": 303},
+        dict(storable=True, lifetime=60),
+    ),
+    (
+        "299 max-age",
+        {"cache-control": "max-age=60"},
+        {"status": 299},
+        dict(storable=True, lifetime=60),
+    ),
+    (
+        "400 validator only",
+        {"etag": '"e"', "last-modified": LM},
+        {"status": 400},
         dict(storable=False, reason="status"),
     ),
     ("410", {"cache-control": "max-age=60"}, {"status": 410}, dict(storable=True, lifetime=60)),
