@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import aiohttp
 import pytest
+from nodeproc import free_port, wait_health
 from rawhttp import get
 
 NODE_TOML = """
@@ -21,12 +20,6 @@ admin = "127.0.0.1:{admin}"
 upstream = "{upstream}"
 cache_memory = "{memory}"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def reelcdn(*args: str) -> subprocess.CompletedProcess[str]:
@@ -50,20 +43,6 @@ def test_validate_reports_the_key(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('[node.e]\nlisten = "127.0.0.1:1"\nupstream = "http://127.0.0.1:2"\n')
     assert reelcdn("validate", str(good)).returncode == 0
-
-
-async def wait_health(admin: int, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < end:
-            try:
-                async with session.get(f"http://127.0.0.1:{admin}/health") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise AssertionError("node did not become healthy")
 
 
 @pytest.fixture

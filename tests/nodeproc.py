@@ -1,0 +1,31 @@
+"""Helpers for tests that start ``reelcdn`` processes: a free loopback port for a node to
+listen on, and waiting until a node's admin ``/health`` answers 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import aiohttp
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_health(admin: int, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < end:
+            try:
+                async with session.get(f"http://127.0.0.1:{admin}/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError("node did not become healthy")
