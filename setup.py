@@ -4,9 +4,9 @@ The design keeps each part of the system in a top-level folder, while the instal
 distribution is one namespace (``reelcdn.edge``, ``reelcdn.shield``, ...), so nothing
 generic like ``edge`` lands at the top of site-packages.
 
-It also builds the Cython hot-path modules of ``extensions/`` (DESIGN.md §2 "Extensions"), as an
-*optional* build in the manner of aio-libs' multidict/yarl: every compiled module has a
-pure-Python twin, so when Cython is missing or the C compiler fails, the install goes on
+It also builds the Cython hot-path modules of ``extensions/`` (docs/contributing.md, "Compiled
+twins"), as an *optional* build in the manner of aio-libs' multidict/yarl: every compiled module
+has a pure-Python twin, so when Cython is missing or the C compiler fails, the install goes on
 without the compiled modules after a warning, and ``reelcdn.extensions`` selects the twins at
 import. ``pip install -e .`` builds the modules in place (next to their ``.pyx``), which is
 where the editable install imports them from.

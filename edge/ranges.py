@@ -5,9 +5,9 @@ Why this module looks the way it does:
 
 * It is pure: no I/O, no clock, no logging. The request handler decides what to send; this module
   only answers "which bytes?" and "which framing bytes?". That keeps it trivially testable and lets
-  a range miss be served from the coalesced whole-object fetch (DESIGN.md §3) without this code
+  a range miss be served from the coalesced whole-object fetch (docs/overview.md) without this code
   knowing anything about caches or sockets.
-* It runs on the hot path of every request that carries ``Range`` and will get a Cython twin, so
+* It runs on the hot path of every request that carries ``Range`` and has a Cython twin, so
   it is plain functions over ``str``/``bytes``/``int`` with simple string operations (no regex, no
   dataclasses, no per-range objects). The only class is the ``UNSATISFIABLE`` sentinel.
 * Numbers are limited to 19 decimal digits, so every position fits in an unsigned 64-bit integer

@@ -1,6 +1,6 @@
 """Hot-path modules compiled with Cython, each with a pure-Python twin, chosen once at import.
 
-The pattern is aio-libs' multidict/yarl one (DESIGN.md §2 "Extensions"):
+The pattern is aio-libs' multidict/yarl one (docs/architecture.md, "Extensions"):
 
 * Every compiled module ``extensions/_<name>.pyx`` has a pure-Python twin that is the
   reference (``reelcdn.edge.ranges`` for ``_ranges``). Both have the same API and behaviour,
@@ -15,10 +15,10 @@ The pattern is aio-libs' multidict/yarl one (DESIGN.md §2 "Extensions"):
 * :func:`implementations` tells which one runs, for logs and ``/health``; a missing compiled
   module is not an error (the twin is correct, only slower), so it is reported, not raised.
 
-To add a module (the LRU index, head building): write the twin first with its tests, then
-``_<name>.pyx`` importing the twin's constants/sentinels, a line in ``setup.py``'s
-``CYTHON_MODULES``, a ``_select`` call below with its ``<NAME>_COMPILED`` flag, and the
-fixture in ``tests/test_extensions.py``.
+To add a module (docs/contributing.md, "Compiled twins"): write the twin first with its tests,
+then ``_<name>.pyx`` importing the twin's constants/sentinels, a line in ``setup.py``'s
+``CYTHON_MODULES``, a ``_select`` call below with its ``<NAME>_COMPILED`` flag, and tests that
+run on both twins.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ class RenderOptions:
     def cache_key(self) -> str:
         """A stable string identifying the rendering, **without** ``carried_query``.
 
-        Tokens never enter a cache key (DESIGN.md §2): cache the *template*
+        Tokens never enter a cache key (docs/overview.md): cache the *template*
         (:func:`reelcdn.manifests.master_template`) under ``(meta.version, kind, cache_key())``
         and fill it per request with ``template.fill(options.carried_query)``. JSON of the
         normalised fields, so distinct options cannot collide and equal ones always match.

@@ -3,7 +3,7 @@
 Each demo video is generated from lavfi test sources (distinct pictures and a sine tone of a
 distinct pitch, with the video id and a running timecode burnt in when the ffmpeg build can draw
 text) and encoded in one ffmpeg run into a CMAF/fMP4 HLS ladder laid out exactly as the origin
-serves it (DESIGN.md §2)::
+serves it (docs/overview.md, "URL scheme")::
 
     {root}/v/{video_id}/master.m3u8            written here from meta.json
     {root}/v/{video_id}/meta.json              reelcdn.origin.meta.VideoMeta

@@ -1,6 +1,6 @@
 """The filesystem origin: objects are files under a root directory.
 
-This is the default origin store (DESIGN.md §4) and the one a shield reads on every miss, so it
+This is the default origin store (docs/overview.md) and the one a shield reads on every miss, so it
 is written for two things: never serving anything outside the root, and never blocking the
 event loop that also serves the shield's cache hits.
 

@@ -16,7 +16,7 @@ import hashlib
 #: URL prefix of cold objects on the benchmark origin: ``/cold/<id>``.
 COLD_PREFIX = "/cold/"
 DEFAULT_SIZE = 256 * 1024
-DEFAULT_DELAY = 0.2  # seconds before the origin answers (DESIGN.md §6: "200 ms origin")
+DEFAULT_DELAY = 0.2  # seconds before the origin answers (docs/overview.md: "200 ms origin")
 
 
 def cold_body(path: str, size: int) -> bytes:

@@ -1,11 +1,11 @@
 """Cold-object crowd: N concurrent requests for one object no cache has yet, node vs nginx.
 
-What it measures (DESIGN.md §3 "Request coalescing that streams", §6): 500 clients ask for the
-same cold object at the same instant, and the origin takes 200 ms to answer. A coalescing cache
-fetches it once and every client gets it about when the origin answers. nginx's
-``proxy_cache_lock`` also fetches once, but its waiters poll the cache every 500 ms and wait for
-the whole object; the reelcdn node attaches every waiter to the one fetch and streams the
-bytes as they arrive. Target: 1 origin fetch, p99 ≤ 220 ms at one node.
+What it measures (docs/overview.md, "Request coalescing that streams" and "Targets"): 500
+clients ask for the same cold object at the same instant, and the origin takes 200 ms to answer.
+A coalescing cache fetches it once and every client gets it about when the origin answers.
+nginx's ``proxy_cache_lock`` also fetches once, but its waiters poll the cache every 500 ms and
+wait for the whole object; the reelcdn node attaches every waiter to the one fetch and streams
+the bytes as they arrive. Target: 1 origin fetch, p99 ≤ 220 ms at one node.
 
 Why this shape: as in the HIT benchmark, a claim is a ratio from *one* run with servers
 alternating round by round, and medians over rounds. The crowd runs in a separate process
@@ -20,7 +20,7 @@ so "1 origin fetch" is checked, not assumed: any other count is flagged.
 Usage::
 
     python -m reelcdn.loadtest.bench.crowd [--rounds 5] [--crowd 500] [--size 256KiB]
-        [--origin-delay 200ms] [--only nginx|node] [--markdown docs/benchmarks.md]
+        [--origin-delay 200ms] [--only nginx|node] [--markdown docs/benchmarks/YYYY-MM-DD.md]
 
 Exit status: 0 measured, 1 a server failed to start / stay up or a server got no round
 measured, 2 missing prerequisites or bad arguments.
@@ -77,7 +77,8 @@ from .servers import (
 )
 
 PROG = "python -m reelcdn.loadtest.bench.crowd"
-#: DESIGN.md §6: the node's p99 for the crowd (nginx 1.22 measured 584 ms, Varnish 7.1 432 ms).
+#: Target (docs/overview.md): the node's p99 for the crowd (nginx 1.22 measured 584 ms,
+#: Varnish 7.1 432 ms).
 TARGET_P99 = 0.220
 #: Descriptors per crowd connection across client and server (client socket, server socket,
 #: a little slack); checked against RLIMIT_NOFILE, which the servers inherit.
@@ -517,7 +518,7 @@ def _verdict(results: Sequence[ServerResult]) -> str:
     one_fetch = all(r.origin_fetches == 1 for r in node.rounds) and not node.failures
     met = one_fetch and p99 is not None and p99 <= TARGET_P99
     return (
-        f"Target (DESIGN.md §6: 1 origin fetch, p99 ≤ {TARGET_P99 * 1000:.0f} ms at one node): "
+        f"Target (docs/overview.md: 1 origin fetch, p99 ≤ {TARGET_P99 * 1000:.0f} ms at one node): "
         f"**{'met' if met else 'not met'}** — node p99 {_ms(p99)} (its HIT floor p99 "
         f"{_ms(node.floor(0.99))}), origin fetches per round "
         f"{'all 1' if one_fetch else 'not all 1'}."

@@ -1,17 +1,17 @@
 """Cache HIT throughput: the reelcdn node side by side with nginx ``proxy_cache``.
 
-Why this shape (DESIGN.md §6): absolute numbers on a shared 2-core machine drift from hour to
-hour, so the only meaningful result is a ratio measured in *one* run, with *the same* wrk
-settings, one process (node) / one worker (nginx) each — or ``--workers N`` of each — servers
-alternating so drift hits both, and medians of N runs. Both servers proxy the same local
-origin; after warming, the origin's request counter must not move during a run, which proves
-the numbers are HITs.
+Why this shape (docs/benchmarks/methodology.md): absolute numbers on a shared 2-core machine
+drift from hour to hour, so the only meaningful result is a ratio measured in *one* run, with
+*the same* wrk settings, one process (node) / one worker (nginx) each — or ``--workers N`` of
+each — servers alternating so drift hits both, and medians of N runs. Both servers proxy the
+same local origin; after warming, the origin's request counter must not move during a run, which
+proves the numbers are HITs.
 
 Usage::
 
     python -m reelcdn.loadtest.bench.hit [--repeat 3] [--threads 1 --connections 64 --duration 10s]
                                          [--only nginx|node] [--workers 1]
-                                         [--markdown docs/benchmarks.md]
+                                         [--markdown docs/benchmarks/YYYY-MM-DD.md]
 
 Exit status: 0 measured, 1 a server failed to start / warm / stay up (its log tail is printed),
 2 missing prerequisites or bad arguments.

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from .wrk import WrkResult
 
-#: Objects at or below this size are judged on req/s, larger ones on bytes/s (DESIGN.md §6).
+#: Objects at or below this size are judged on req/s, larger ones on bytes/s (the targets in
+#: docs/overview.md).
 REQS_METRIC_MAX_SIZE = 64 * 1024
 
 

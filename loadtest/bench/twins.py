@@ -4,7 +4,7 @@
 calls the cache node makes per request (Range parsing of typical headers, ``Content-Range``,
 ``multipart/byteranges`` planning; the LRU index's touch, insert, remove, a mixed request
 sequence and ``MemoryStore.lookup``) and prints a Markdown table of ns/op and speed-ups, for
-``docs/benchmarks.md`` (DESIGN.md §6 targets: range parsing ≥ 5×, LRU operations ≥ 2× faster
+``docs/benchmarks.md`` (targets, docs/overview.md: range parsing ≥ 5×, LRU operations ≥ 2× faster
 compiled).
 
 Why it is built this way:
