@@ -263,7 +263,9 @@ def build_admin_app(server: NodeServer, internal: bool = False) -> web.Applicati
         return web.json_response({"requested": len(paths), "failed": failed,
                                   "results": results})
 
-    async def internal(request: web.Request) -> web.Response:
+    async def snapshot(request: web.Request) -> web.Response:
+        # (Not named ``internal``: that would shadow the flag, always true as a function,
+        # and give every single-process node the workers' private route.)
         return web.json_response(internal_stats(server))
 
     app = web.Application(middlewares=[bearer_middleware(lambda: node.config.admin_token)])
@@ -273,5 +275,5 @@ def build_admin_app(server: NodeServer, internal: bool = False) -> web.Applicati
     app.router.add_get("/cache/stats", stats)
     app.router.add_post("/purge", purge)
     if internal:
-        app.router.add_get("/internal/stats", internal)
+        app.router.add_get("/internal/stats", snapshot)
     return app
