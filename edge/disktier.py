@@ -1,9 +1,9 @@
 """The disk tier: the memory LRU's victims kept in files, an exclusive second LRU level.
 
-Why (docs/benchmarks.md, "Disk tier"): a HIT from a file in the page cache costs what a memory
-HIT costs, even a cold-disk read is about twice as cheap as a miss to a parent on the same host,
-and a catalogue far larger than ``cache_memory`` gets several times the hit ratio from a few GiB
-of disk.
+Why (docs/benchmarks/2026-11-22.md, "Disk tier run" and the decision after it): a HIT from a
+file in the page cache costs what a memory HIT costs, even a cold-disk read is about twice as
+cheap as a miss to a parent on the same host, and a catalogue far larger than ``cache_memory``
+gets several times the hit ratio from a few GiB of disk.
 
 How it works with :class:`~reelcdn.edge.store.MemoryStore` (which owns one ``DiskTier`` when
 ``cache_disk > 0``):
@@ -41,7 +41,8 @@ every tier operation).
 
 Known limit: a disk HIT whose file is no longer in the page cache is read by ``sendfile`` on
 the event loop (``posix_fadvise(WILLNEED)`` is issued at promotion, which starts the read-ahead
-but does not wait for it); see docs/benchmarks.md for what a cold read costs.
+but does not wait for it); see docs/benchmarks/2026-12-01.md, "Disk tier as built", for what a
+cold read costs.
 """
 
 from __future__ import annotations

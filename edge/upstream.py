@@ -8,7 +8,7 @@ head is known, and turns every failure into ``FetchFailed`` with the status a cl
 see: 502 for a refused or broken connection, 504 for a timeout.
 
 aiohttp is the HTTP client (pooled keep-alive connections, streaming) while the data plane
-stays a bare protocol: see DESIGN.md "Runtime choices".
+stays a bare protocol: see docs/overview.md, "Tiers".
 """
 
 from __future__ import annotations
