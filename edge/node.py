@@ -558,7 +558,9 @@ class CacheNode:
                 self._deliver_failure(req, conn, stale, fetch.error, fwd)
                 return
             member = fwd + b"; fwd-status=%d" % head.status
-            if head.storable:
+            if head.storable and fetch.done and fetch.error is None:
+                # Only when known (RFC 9211 "stored": the cache stored it): a body still
+                # arriving may yet break or outgrow max_object_size and not be stored.
                 member += b"; stored"
             if collapsed:
                 member += b"; collapsed"

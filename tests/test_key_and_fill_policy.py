@@ -350,3 +350,22 @@ async def test_304_updates_reach_the_lower_tier(origin, start_node) -> None:
     assert second.header("x-version") == "2"
     entry = edge.node.store.peek("/r")
     assert entry is not None and (b"X-Version", b"2") in entry.headers
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache-Status says "stored" only of what was stored
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_a_truncated_response_is_not_called_stored(origin, node) -> None:
+    body = b"x" * 200_000
+    origin.set("/broken", body, headers=CACHEABLE, chunk_size=16_384, chunk_delay=0.01,
+               break_after=100_000)
+    status, received, head = await raw(node.port, "/broken")
+    assert status == 200 and len(received) < len(body)
+    member = [line for line in head.split("\r\n") if line.lower().startswith("cache-status")]
+    assert member and "stored" not in member[0]
+    assert len(node.node.store) == 0
+    origin.set("/whole", b"small", headers=CACHEABLE)
+    await raw(node.port, "/whole")
+    assert node.node.store.peek("/whole") is not None
