@@ -22,6 +22,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .bodyfile import DESCRIPTORS
+
 # Seconds; video TTFB spans sub-millisecond HITs to multi-second cold origin fetches.
 TTFB_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -66,6 +68,16 @@ class NodeStats:
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
 
+    @property
+    def body_file_descriptors(self) -> int:
+        """Descriptors memory-file bodies hold now (this process's, like the descriptors)."""
+        return DESCRIPTORS.held
+
+    @property
+    def body_file_descriptors_budget(self) -> int:
+        """How many they may hold (set at node start from RLIMIT_NOFILE; 0: none)."""
+        return DESCRIPTORS.budget or 0
+
     def count(self, method: str, cache_status: str, code: int) -> None:
         key = (method, cache_status, code)
         requests = self.requests
@@ -96,7 +108,8 @@ SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("body_files", "reelcdn_body_files",
      "Stored bodies kept in memory files, served with sendfile"),
     ("body_file_fallbacks", "reelcdn_body_file_fallbacks",
-     "Large bodies stored as bytes because no memory file could be made (e.g. EMFILE)"),
+     "Large bodies stored as bytes: the descriptor budget was used, or no memory file "
+     "could be made (e.g. EMFILE)"),
     ("playlists_rendered", "reelcdn_playlists_rendered",
      "Playlists rendered here from meta.json (200 answers)"),
     ("prefetch_issued", "reelcdn_prefetch_issued",
@@ -131,6 +144,11 @@ STATS_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("disk_bytes", "reelcdn_disk_bytes", "Bytes of files in the disk tier (whole 4 KiB blocks)"),
     ("disk_objects", "reelcdn_disk_objects", "Objects in the disk tier"),
     ("disk_capacity", "reelcdn_disk_capacity_bytes", "The disk tier's configured budget"),
+    ("body_file_descriptors", "reelcdn_body_file_descriptors",
+     "Descriptors held by cached bodies kept in memory files (one each)"),
+    ("body_file_descriptors_budget", "reelcdn_body_file_descriptors_budget",
+     "Descriptors memory-file bodies may hold: RLIMIT_NOFILE minus the client, upstream "
+     "and disk reserve"),
 )
 
 
