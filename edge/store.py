@@ -65,14 +65,6 @@ def _body_to_bytes(entry: CacheEntry) -> None:
     entry.charge += body_charge(entry.body) - body_charge(old)
 
 
-def _body_to_bytes(entry: CacheEntry) -> None:
-    """Keep an entry's memory-file body as ``bytes`` instead (one copy), charged as such; the
-    file's descriptor goes when nothing else uses the file body (``bodyfile``)."""
-    old = entry.body
-    entry.body = bytes(old)
-    entry.charge += body_charge(entry.body) - body_charge(old)
-
-
 def _fresh_until(freshness: Freshness, response_time: float, initial_age: float) -> float:
     """The time until which an entry is fresh: its age (initial age + resident time) stays
     below its freshness lifetime before then (RFC 9111 §4.2); never for ``no-cache``."""
