@@ -1,0 +1,265 @@
+"""The topology configuration's model: the validated, typed form of a reelcdn topology file.
+
+Frozen dataclasses and their defaults, without any I/O or parsing: the contract the rest of the
+node (store, node, protocol, shield) codes against. ``reelcdn.edge.config`` loads a TOML file into
+these (and re-exports them, so ``from reelcdn.edge.config import NodeConfig`` keeps working); the
+table of keys that fills them and documents them is in ``reelcdn.edge.configkeys``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_FILL_HEADERS",
+    "DEFAULT_IGNORE_QUERY_PARAMS",
+    "DEFAULT_TTL_STATUSES",
+    "ORIGIN_TYPES",
+    "ROLES",
+    "Limits",
+    "NodeConfig",
+    "OriginConfig",
+    "ParentRef",
+    "SteeringConfig",
+    "Topology",
+    "TtlRule",
+    "UpstreamTimeouts",
+    "describe_upstream",
+]
+
+
+#: Response codes a TTL rule applies to when it does not list ``statuses``.
+DEFAULT_TTL_STATUSES: frozenset[int] = frozenset({200, 206})
+
+#: Query parameters left out of the cache key by default: player telemetry (CMCD) and the
+#: signed-URL parameters of the token formats we accept, so that every viewer shares one copy.
+DEFAULT_IGNORE_QUERY_PARAMS: frozenset[str] = frozenset(
+    {"cmcd", "token", "hdnts", "expires", "signature", "policy", "key-pair-id", "md5", "st", "e"}
+)
+
+#: Client fields a shared fill forwards by default (``fill_headers``): only the one whose value
+#: the node normalises. Fields a stored response Varies on are forwarded besides.
+DEFAULT_FILL_HEADERS: frozenset[str] = frozenset({"accept-encoding"})
+
+#: The roles a node can play in the tier topology.
+ROLES: tuple[str, ...] = ("edge", "regional", "shield")
+
+#: The kinds of origin store a shield can fetch from.
+ORIGIN_TYPES: tuple[str, ...] = ("fs", "s3", "http")
+
+
+@dataclass(frozen=True, slots=True)
+class TtlRule:
+    """An operator rule overriding origin freshness for matching responses.
+
+    ``match`` is a glob on the request path (``fnmatch`` syntax, e.g. ``/v/*/seg_*.m4s`` or
+    ``*.m3u8``). ``statuses`` limits the rule to those response codes (default
+    :data:`DEFAULT_TTL_STATUSES`, i.e. 200 and 206; list 404 etc. explicitly for negative
+    caching). ``force`` also stores responses marked no-store/private/Set-Cookie.
+    """
+
+    match: str
+    ttl: float
+    statuses: frozenset[int] = DEFAULT_TTL_STATUSES
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_head_bytes: int = 32 * 1024          # request line + headers -> 431 beyond
+    max_target_bytes: int = 8 * 1024         # request-target -> 414 beyond
+    max_body_bytes: int = 64 * 1024 * 1024   # request body -> 413 beyond
+    max_headers: int = 100                   # header count -> 431 beyond
+    max_connections: int = 10_000            # beyond: 503 + close
+    max_pipelined: int = 64                  # queued requests per connection before reading pauses
+    header_timeout: float = 10.0             # seconds to receive a complete request head
+    body_timeout: float = 30.0               # seconds to receive a whole body, from the head's end
+    body_min_rate_bytes: int = 1024          # body bytes/s averaged from the head's end: 408 below
+    body_rate_grace: float = 5.0             # ... once the body has taken longer than this
+    idle_timeout: float = 60.0               # keep-alive idle seconds
+    send_timeout: float = 60.0               # a response write making no progress this long: close
+    shutdown_grace: float = 10.0             # seconds to finish in-flight responses on shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    connect: float = 3.0
+    first_byte: float = 10.0
+    idle: float = 10.0       # between body chunks
+
+
+@dataclass(frozen=True, slots=True)
+class OriginConfig:
+    """One ``[origin.NAME]``: where a shield finds the objects.
+
+    Only the fields of the origin's ``type`` are set: ``root`` (fs, an absolute path), ``url``
+    (http: ``scheme://host[:port][/prefix]`` without a trailing slash; request paths are
+    appended), ``bucket``/``prefix``/``endpoint_url``/``region``/``profile`` (s3; ``prefix`` is
+    empty or ends with "/"). S3 credentials are deliberately absent: boto3 finds them in the
+    environment or its files, so no secret ever sits in a topology file.
+    """
+
+    name: str
+    type: str                          # fs | s3 | http
+    root: str | None = None
+    url: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class ParentRef:
+    """A parent node as a child reaches it: its name (the HRW identity, so every child hashes
+    objects to the same parent) and its base URL, built from the parent's listen address."""
+
+    name: str
+    url: str                           # e.g. "http://127.0.0.1:8200"
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringConfig:
+    """Content steering of the master playlists an edge renders (``[node.NAME.steering]`` or
+    ``[defaults.steering]``, docs/manifests.md "Content steering").
+
+    ``pathways`` are ``(PATHWAY-ID, base)`` in file order, the first being the default; ``base``
+    is ``""`` (URIs relative to the master: the host that served it) or where that pathway's
+    copies live (``https://cdn-b.example.com``, an absolute path), to which ``/v/{id}/...`` is
+    appended. ``server_uri`` is where players fetch the steering manifest (``{video_id}`` is
+    replaced); without it nothing is steered: the master carries no ``EXT-X-CONTENT-STEERING``
+    and lists each variant once, as without pathways. ``initial`` is the PATHWAY-ID players
+    start on (None: the first).
+    """
+
+    pathways: tuple[tuple[str, str], ...]
+    server_uri: str | None = None
+    initial: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One node. It fetches from exactly one of: ``upstream`` (a URL, e.g. a parent outside the
+    file), ``parents`` (nodes of the file, chosen by HRW) or ``origins`` (a shield, in failover
+    order); ``upstream`` is ``None`` for the other two."""
+
+    name: str
+    listen_host: str
+    listen_port: int
+    admin_host: str | None
+    admin_port: int | None
+    upstream: str | None               # base URL, e.g. "http://127.0.0.1:8000"; None: see above
+    role: str = "edge"                 # edge | regional | shield
+    cache_memory: int = 256 * 1024 * 1024
+    max_object_bytes: int = 64 * 1024 * 1024
+    # Stored bodies at least this large live in memory files and leave with sendfile(2)
+    # (edge/bodyfile.py); 0 keeps every body as bytes.
+    sendfile_min_bytes: int = 64 * 1024
+    # Disk tier (edge/disktier.py): memory's victims (bodies >= sendfile_min_bytes) kept in
+    # files under cache_dir, at most cache_disk bytes of them; 0: no disk tier. Nothing
+    # persists across restarts. cache_dir is absolute (resolved against the file's directory).
+    cache_disk: int = 0
+    cache_dir: str | None = None
+    ttl_rules: tuple[TtlRule, ...] = ()
+    ignore_query_params: frozenset[str] = DEFAULT_IGNORE_QUERY_PARAMS
+    ignore_query_prefixes: tuple[str, ...] = ()
+    host_in_key: bool = False
+    # Client request fields a shared fill forwards upstream (lowercase names). Everything else a
+    # client sends stays with that client: a fill serves every viewer, so an unkeyed field
+    # (X-Forwarded-Host, Cookie, ...) reflected by the origin would poison the shared copy.
+    # Fields a stored response Varies on are forwarded as well; Accept-Encoding normalised.
+    fill_headers: frozenset[str] = DEFAULT_FILL_HEADERS
+    honor_client_no_cache: bool = False
+    heuristic_fraction: float = 0.1
+    heuristic_max: float = 86_400.0
+    # hosts accepted in absolute-form targets (besides the listen host)
+    server_names: tuple[str, ...] = ()
+    admin_token: str | None = None
+    limits: Limits = field(default_factory=Limits)
+    upstream_timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
+    upstream_max_connections: int = 256
+    source_file: str = "<embedded>"
+    parents: tuple[ParentRef, ...] = ()
+    origins: tuple[OriginConfig, ...] = ()
+    parent_retry_after: float = 10.0   # seconds a failed parent (or origin) is skipped
+    parent_failures: int = 3           # consecutive errors/5xx that mark a parent down
+    workers: int = 1                   # processes sharing the listener (SO_REUSEPORT)
+    # Edge features (edge/features.py). Query parameters copied to every URI of a rendered
+    # playlist (tokens); they never enter a cache key (the loader adds them to the ignored).
+    carried_query_params: tuple[str, ...] = ()
+    render_playlists: bool | None = None   # None: only role = "edge" renders (from meta.json)
+    playlist_cache_entries: int = 1024     # rendered templates kept per node (LRU)
+    prefetch_segments: int = 2             # init + this many segments after a media playlist
+    prefetch_cmcd: bool = True             # prefetch CMCD ``nor``/``nrr`` objects
+    prefetch_queue: int = 256              # queued prefetches beyond this are dropped
+    prefetch_concurrency: int = 16         # prefetch fills in flight at once
+    cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
+    steering: SteeringConfig | None = None  # content steering of rendered master playlists
+
+
+#: Start order of the roles: the tiers closest to the origin first.
+_ROLE_RANK: dict[str, int] = {"shield": 0, "regional": 1, "edge": 2}
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole validated file: its origins and nodes, both in file order."""
+
+    file: str
+    origins: dict[str, OriginConfig]
+    nodes: dict[str, NodeConfig]
+
+    def roles(self) -> dict[str, str]:
+        """Node name → role, in file order."""
+        return {name: node.role for name, node in self.nodes.items()}
+
+    def edges(self) -> list[str]:
+        """Names of the edge nodes (the ones players connect to), in file order."""
+        return [name for name, node in self.nodes.items() if node.role == "edge"]
+
+    def order_for_start(self) -> list[str]:
+        """Node names so that every parent comes before its children.
+
+        Children probe their parents as soon as they start, so a supervisor starting nodes in
+        this order never reports a parent as down that is merely late. Among nodes free to
+        start, shields go first, then regionals, then edges, each in file order, so the order
+        is stable and reads like the tiers.
+        """
+        index = {name: i for i, name in enumerate(self.nodes)}
+        waiting = {
+            name: {p.name for p in node.parents if p.name in self.nodes}
+            for name, node in self.nodes.items()
+        }
+        children: dict[str, list[str]] = {name: [] for name in self.nodes}
+        for name, parents in waiting.items():
+            for parent in parents:
+                children[parent].append(name)
+
+        def rank(name: str) -> tuple[int, int, str]:
+            return (_ROLE_RANK.get(self.nodes[name].role, len(_ROLE_RANK)), index[name], name)
+
+        ready = [rank(name) for name, parents in waiting.items() if not parents]
+        heapq.heapify(ready)
+        order: list[str] = []
+        while ready:
+            name = heapq.heappop(ready)[2]
+            order.append(name)
+            for child in children[name]:
+                waiting[child].discard(name)
+                if not waiting[child]:
+                    heapq.heappush(ready, rank(child))
+        # The loader refuses cycles; should a hand-built Topology have one, keep its nodes anyway.
+        order.extend(sorted(set(self.nodes) - set(order), key=rank))
+        return order
+
+
+def describe_upstream(node: NodeConfig) -> str:
+    """Where a node fetches from, for logs and ``reelcdn validate``."""
+    if node.origins:
+        return "origins " + ", ".join(f"{o.name} ({o.type})" for o in node.origins)
+    if node.parents:
+        return "parents " + ", ".join(p.name for p in node.parents)
+    return f"upstream {node.upstream}"
