@@ -207,9 +207,9 @@ class MemoryStore:
         they had.
         """
         first, self._disk_configured = not self._disk_configured, True
-        capacity = getattr(config, "cache_disk", 0) or 0
-        directory = getattr(config, "cache_dir", None)
-        min_bytes = getattr(config, "sendfile_min_bytes", 0) or DISK_MIN_BYTES
+        capacity = config.cache_disk
+        directory = config.cache_dir
+        min_bytes = config.sendfile_min_bytes or DISK_MIN_BYTES
         if counts is not None:
             self._counts = counts
         disk = self._disk
