@@ -16,13 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .catalog import CatalogError, load_catalog
 from .network import parse_distribution, parse_rate, parse_seconds
-from .player import PlayerOptions
+from .options import (  # noqa: F401  (re-exported: the exit codes are the command's API)
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_SLO,
+    EXIT_USAGE,
+    UsageError,
+    build_options,
+)
 from .summary import parse_slos
-from .workload import SCENARIOS, Workload
-
-EXIT_OK, EXIT_SLO, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+from .workload import SCENARIOS
 
 
 def _type(parse: Any, what: str) -> Any:
@@ -164,75 +168,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "nginx as equivalent 3-tier topologies in front of it, run the same "
                         "workload against each, report both and their ratios (--report DIR)")
     parser.add_argument("--nginx", metavar="PATH", help="nginx binary for --compare-nginx")
-
-
-class UsageError(ValueError):
-    """Options that parse one by one but do not go together."""
-
-
-def build_options(args: argparse.Namespace) -> Any:
-    """Options → RunOptions, checking what argparse cannot; UsageError names the option."""
-    from .runner import RunOptions
-    from .scrape import (
-        Endpoint,
-        edge_urls_from_topology,
-        endpoints_from_topology,
-        tier_roles_from_topology,
-    )
-
-    try:
-        catalog = tuple(load_catalog(args.catalog))
-    except CatalogError as exc:
-        raise UsageError(str(exc)) from None
-    targets = [t.rstrip("/") for t in args.target]
-    for target in targets:
-        if not target.startswith(("http://", "https://")):
-            raise UsageError(f"--target {target!r}: give a base URL like http://127.0.0.1:8080")
-    endpoints = [Endpoint(url.rstrip("/"), args.admin_token) for url in args.admin]
-    tier_roles = None
-    if args.topology:
-        from reelcdn.edge.config import ConfigError
-
-        try:
-            endpoints += endpoints_from_topology(args.topology)
-            if not targets:
-                targets = edge_urls_from_topology(args.topology)
-            tier_roles = tier_roles_from_topology(args.topology)
-        except (ConfigError, OSError) as exc:
-            raise UsageError(f"--topology {args.topology}: {exc}") from None
-    if not targets and any(v.url is None for v in catalog):
-        raise UsageError("--target: needed (or --topology) when the catalog has video ids "
-                         "or paths rather than full URLs")
-    flash_index = len(catalog) - 1
-    if args.flash_video is not None:
-        names = [v.video for v in catalog]
-        if args.flash_video not in names:
-            raise UsageError(f"--flash-video {args.flash_video!r}: not in the catalog")
-        flash_index = names.index(args.flash_video)
-    if args.rate is not None and args.scenario == "flash-crowd":
-        raise UsageError("--rate: a flash crowd starts --players players at once; drop --rate")
-    if args.retries < 0:
-        raise UsageError("--retries: must be >= 0")
-    ramp = args.ramp if args.ramp is not None else min(5.0, args.duration / 4)
-    player = PlayerOptions(
-        start_estimate_bps=args.start_estimate, patience=args.patience,
-        decode_allowance=args.decode_allowance, time_scale=args.time_scale,
-        watch=args.watch, max_buffer=args.max_buffer, request_timeout=args.request_timeout,
-        retries=args.retries, send_cmcd=not args.no_cmcd,
-    )
-    workload = Workload(
-        targets=tuple(targets), catalog=catalog, players=args.players,
-        duration=args.duration, rate=args.rate, zipf=args.zipf, scenario=args.scenario,
-        flash_window=args.flash_window, flash_video=flash_index, ramp=ramp, player=player,
-        bandwidth=args.bandwidth, rtt=args.rtt, seed=args.seed,
-        max_sessions=args.max_sessions,
-    )
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    return RunOptions(
-        workload=workload, endpoints=endpoints, cache=args.cache, processes=args.processes,
-        scrape_interval=args.scrape_interval, slos=args.slo or [], progress=progress,
-        tier_roles=tier_roles, label=args.label,
-    )
 
 
 def text_summary(summary: dict[str, Any]) -> str:

@@ -222,7 +222,7 @@ def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
 
 
 def main_compare(args: argparse.Namespace) -> int:
-    from .cli import EXIT_FAILED, EXIT_OK, EXIT_SLO, EXIT_USAGE, UsageError, build_options
+    from .options import EXIT_FAILED, EXIT_OK, EXIT_SLO, EXIT_USAGE, UsageError, build_options
     from .runner import run, warm_caches, write_outputs
 
     origin_dir = Path(args.compare_nginx)
