@@ -27,7 +27,7 @@ from reelcdn.extensions import lru  # the compiled LRU index when built, else ed
 from .bodyfile import DESCRIPTORS, FileBody
 from .disktier import DiskTier
 from .freshness import Freshness
-from .http import render_fields, validators
+from .http import normalise_accept_encoding, render_fields, validators
 from .lru import LruIndex  # the contract of both twins, for type hints
 
 log = logging.getLogger("reelcdn.store")
@@ -263,10 +263,11 @@ class MemoryStore:
 
     @staticmethod
     def variant_key(primary: str, vary: tuple[bytes, ...], headers: dict[bytes, bytes]) -> str:
-        """The storage key of the variant a request selects (RFC 9111 §4.1)."""
+        """The storage key of the variant a request selects (RFC 9111 §4.1): the values of
+        the selecting fields, each normalised by :func:`selecting_value`."""
         if not vary:
             return primary
-        values = [b" ".join(headers.get(name, b"").split()) for name in vary]
+        values = [selecting_value(name, headers.get(name, b"")) for name in vary]
         return primary + "\0" + "\0".join(v.decode("latin-1") for v in values)
 
     def vary_of(self, primary: str) -> tuple[bytes, ...]:
@@ -429,3 +430,81 @@ class MemoryStore:
         if evicted:
             self._drop(evicted)
         return len(evicted)
+
+
+# Fields whose values are case-insensitive tokens with parameters: language tags and charsets
+# (RFC 9110 §12.5.2, §12.5.4) and their q-values.
+_CASELESS_LISTS = frozenset({b"accept-language", b"accept-charset"})
+
+
+def selecting_value(name: bytes, value: bytes) -> bytes:
+    """A request's value of the selecting field ``name`` (lowercase), normalised so that
+    requests meaning the same select the same variant (RFC 9111 §4.1 allows exactly this).
+
+    For every field: members are split on commas outside quoted strings, whitespace around
+    them is dropped and runs inside them become one space, empty members go (RFC 9110
+    §5.6.1), and the members are joined with a bare comma. So ``a, b``, ``a,b`` and two field
+    lines ``a`` and ``b`` (which the reader joins as ``a, b``) are one variant. Only a list
+    field may be sent as several lines and carry OWS around its commas, so this changes
+    nothing for other fields but the whitespace, which the key never kept either.
+
+    Accept-Encoding takes the node's one spelling per set of accepted codings
+    (``http.normalise_accept_encoding``, the value a fill forwards and files its variant
+    under). For Accept-Language and Accept-Charset, whose tokens are
+    case-insensitive, the value is also lowercased and whitespace around a parameter's ``;``
+    dropped; for Accept, the media type and parameter names are lowercased
+    (parameter values may be case-sensitive). Members are never reordered: order carries
+    preference between equal q-values. Fields the node knows nothing about keep their case:
+    treating ``Foo`` and ``foo`` alike for them could serve one variant for another, while
+    missing an equivalence only costs a fill. Serious caches lean the same way: Varnish
+    normalises Accept-Encoding and leaves other fields to VCL, Traffic Server normalises
+    Accept-Encoding only, nginx compares the values as sent.
+    """
+    if not value:
+        return b""
+    if name == b"accept-encoding":
+        # The fill files its variant under this spelling (node.fill_order): lookups must too.
+        return normalise_accept_encoding(value)
+    members = value.split(b",") if b'"' not in value else _split_outside_quotes(value)
+    members = [b" ".join(member.split()) for member in members]
+    if name in _CASELESS_LISTS:
+        members = [_tight_parameters(member).lower() for member in members]
+    elif name == b"accept":
+        members = [_accept_member(member) for member in members]
+    return b",".join(member for member in members if member)
+
+
+def _split_outside_quotes(value: bytes) -> list[bytes]:
+    """Split on commas that are not inside a quoted string (backslash escapes one byte)."""
+    members: list[bytes] = []
+    start = 0
+    quoted = escaped = False
+    for i, byte in enumerate(value):
+        if escaped:
+            escaped = False
+        elif byte == 0x5C and quoted:  # backslash
+            escaped = True
+        elif byte == 0x22:  # double quote
+            quoted = not quoted
+        elif byte == 0x2C and not quoted:  # comma
+            members.append(value[start:i])
+            start = i + 1
+    members.append(value[start:])
+    return members
+
+
+def _tight_parameters(member: bytes) -> bytes:
+    """``gzip ; q=0.5`` → ``gzip;q=0.5`` (OWS is allowed around ``;``, RFC 9110 §5.6.6)."""
+    if b";" not in member:
+        return member
+    return b";".join(part.strip() for part in member.split(b";"))
+
+
+def _accept_member(member: bytes) -> bytes:
+    """A media range with its type/subtype and parameter names lowercased."""
+    parts = _tight_parameters(member).split(b";")
+    out = [parts[0].lower()]
+    for parameter in parts[1:]:
+        key, eq, val = parameter.partition(b"=")
+        out.append(key.lower() + eq + val)
+    return b";".join(out)
