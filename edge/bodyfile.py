@@ -264,11 +264,10 @@ DISK_RESERVE = 16  # the disk tier's writer and the files being opened for promo
 def descriptor_reserve(config: Any, limit: int) -> dict[str, int]:
     """The descriptors a node with ``config`` keeps from memory-file bodies under an
     open-files ``limit``: ``{"clients", "upstream", "disk", "other"}``."""
-    limits = getattr(config, "limits", None)
-    clients = getattr(limits, "max_connections", 0) or 0
-    pool = getattr(config, "upstream_max_connections", 0) or 0
-    origins = getattr(config, "origins", ()) or ()
-    parents = getattr(config, "parents", ()) or ()
+    clients = config.limits.max_connections
+    pool = config.upstream_max_connections
+    origins = config.origins
+    parents = config.parents
     if origins:
         upstream = sum(
             getattr(o, "max_connections", None) or ORIGIN_RESERVE.get(getattr(o, "type", ""), 64)
@@ -276,7 +275,7 @@ def descriptor_reserve(config: Any, limit: int) -> dict[str, int]:
         )
     else:  # one pool per parent (parents.ParentSet), or the one upstream's
         upstream = pool * max(1, len(parents))
-    disk = DISK_RESERVE if (getattr(config, "cache_disk", 0) or 0) > 0 else 0
+    disk = DISK_RESERVE if config.cache_disk > 0 else 0
     return {"clients": clients, "upstream": upstream, "disk": disk,
             "other": BASE_RESERVE + limit // HEADROOM_SHARE}
 
@@ -288,7 +287,7 @@ def descriptor_budget(config: Any) -> int:
     ``worker_rlimit_nofile``), then gives memory-file bodies what the node's reserve
     (:func:`descriptor_reserve`) leaves; logs one line, a warning when the cache could hold
     more large bodies than that. Returns the budget (0: every body is stored as bytes)."""
-    min_bytes = getattr(config, "sendfile_min_bytes", 0) or 0
+    min_bytes = config.sendfile_min_bytes
     if min_bytes <= 0 or not MEMFD_AVAILABLE:
         DESCRIPTORS.budget = 0
         return 0
@@ -296,7 +295,7 @@ def descriptor_budget(config: Any) -> int:
     reserve = descriptor_reserve(config, soft)
     budget = max(0, soft - sum(reserve.values()))
     DESCRIPTORS.budget = budget
-    could_hold = (getattr(config, "cache_memory", 0) or 0) // min_bytes
+    could_hold = config.cache_memory // min_bytes
     hard_text = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
     line = (
         "open-files limit %d (hard %s): %d descriptors for memory-file bodies after %d for "
