@@ -149,6 +149,42 @@ def evaluate(
     return None
 
 
+PRECONDITION_FIELDS = (b"if-none-match", b"if-modified-since", b"if-match",
+                       b"if-unmodified-since")
+
+
+def request_verdict(
+    method: str,
+    headers: dict[bytes, bytes],
+    status: int,
+    etag: str | None,
+    last_modified: str | None,
+) -> int | None:
+    """The client's preconditions (request ``headers``, lower-cased names) against a response
+    this node holds or renders: 304, 412, or None to answer in full. The one entry point for
+    stored entries, responses still arriving and rendered playlists; a request with no
+    precondition costs four dict look-ups."""
+    if not (
+        b"if-none-match" in headers or b"if-modified-since" in headers
+        or b"if-match" in headers or b"if-unmodified-since" in headers
+    ):
+        return None
+
+    def text(name: bytes) -> str | None:
+        value = headers.get(name)
+        return None if value is None else value.decode("latin-1")
+
+    return evaluate(
+        method, status,
+        if_match=text(b"if-match"),
+        if_none_match=text(b"if-none-match"),
+        if_modified_since=text(b"if-modified-since"),
+        if_unmodified_since=text(b"if-unmodified-since"),
+        etag=etag,
+        last_modified=last_modified,
+    )
+
+
 def if_range_allows(if_range: str | None, etag: str | None, last_modified: str | None) -> bool:
     """Whether a Range request may be honoured given its If-Range (RFC 9110 §13.1.5).
 

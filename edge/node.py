@@ -53,6 +53,7 @@ from .metrics import NodeStats
 from .parents import ParentSet
 from .store import CacheEntry, MemoryStore
 from .upstream import HttpUpstream, Upstream
+from .verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
 
 if TYPE_CHECKING:
     from .protocol import HttpConnection
@@ -279,7 +280,7 @@ class CacheNode:
             return self.pass_(req, conn, "request")
         entry = self.store.lookup(primary, req.headers)
         now = time.time()
-        if entry is not None and config.honor_client_no_cache and self._client_wants_fresh(req):
+        if entry is not None and config.honor_client_no_cache and client_wants_fresh(req.headers):
             return self.miss(req, conn, primary, entry, b"fwd=request")
         if entry is not None:
             if now < entry.fresh_until:  # entry.is_fresh(now), without the call
@@ -290,9 +291,7 @@ class CacheNode:
                 key = (method, "hit", entry.status)
                 counts[key] = counts.get(key, 0) + 1
                 return None
-            fresh = entry.freshness
-            swr = fresh.stale_while_revalidate
-            if swr > 0 and not fresh.no_cache and entry.ttl(now) > -swr:
+            if stale_while_revalidate(entry, now):
                 self.revalidate_in_background(req, primary, entry)
                 self.deliver_entry(req, conn, entry, now, b"hit; detail=stale-while-revalidate")
                 self.stats.count(method, "stale", entry.status)
@@ -309,17 +308,6 @@ class CacheNode:
         self.stats.count(req.method, "pass", 200)
         return None
 
-    @staticmethod
-    def _client_wants_fresh(req: Request) -> bool:
-        """Request ``Cache-Control: no-cache`` or ``max-age=0`` (only honoured when the
-        operator sets ``honor_client_no_cache``: by default one client must not be able to
-        send every viewer's requests to the origin)."""
-        value = req.headers.get(b"cache-control")
-        if value is None:
-            return req.headers.get(b"pragma", b"").lower() == b"no-cache"
-        directives = {d.strip().lower() for d in value.split(b",")}
-        return b"no-cache" in directives or b"max-age=0" in directives
-
     # ------------------------------------------------------------------------------------
     # HIT: deliver a stored entry
     # ------------------------------------------------------------------------------------
@@ -334,25 +322,11 @@ class CacheNode:
         """Write a stored response: 304/412, a Range answer, or the whole body."""
         headers = req.headers
         close = conn.connection_field(req)
-        if (
-            b"if-none-match" in headers
-            or b"if-modified-since" in headers
-            or b"if-match" in headers
-            or b"if-unmodified-since" in headers
-        ):
-            verdict = conditional.evaluate(
-                req.method,
-                entry.status,
-                if_match=req.header(b"if-match"),
-                if_none_match=req.header(b"if-none-match"),
-                if_modified_since=req.header(b"if-modified-since"),
-                if_unmodified_since=req.header(b"if-unmodified-since"),
-                etag=entry.etag,
-                last_modified=entry.last_modified,
-            )
-            if verdict is not None:
-                self._write_bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
-                return
+        verdict = conditional.request_verdict(req.method, headers, entry.status, entry.etag,
+                                              entry.last_modified)
+        if verdict is not None:
+            self._write_bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
+            return
         body = entry.body
         if entry.status == 200 and b"range" in headers and (
             b"if-range" not in headers
@@ -587,13 +561,11 @@ class CacheNode:
     ) -> None:
         """Serve stale within stale-if-error (RFC 5861) or answer 502/504 with the reason."""
         now = time.time()
-        if stale is not None and not stale.freshness.must_revalidate:
-            allowance = stale.freshness.stale_if_error
-            if allowance > 0 and stale.ttl(now) > -allowance:
-                member = fwd + b"; fwd-status=%d; detail=stale-if-error" % failure.status
-                self.deliver_entry(req, conn, stale, now, member)
-                self.stats.count(req.method, "stale", stale.status)
-                return
+        if stale is not None and stale_on_error(stale, now):
+            member = fwd + b"; fwd-status=%d; detail=stale-if-error" % failure.status
+            self.deliver_entry(req, conn, stale, now, member)
+            self.stats.count(req.method, "stale", stale.status)
+            return
         body = f"{failure.status} upstream failure: {failure.reason}\n".encode()
         block = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
         close = conn.connection_field(req)
@@ -707,13 +679,7 @@ class CacheNode:
                 fetch.finish()
                 return
             hmap = _header_map(response.headers)
-            if (
-                response.status >= 500
-                and stale is not None
-                and not stale.freshness.must_revalidate
-                and stale.freshness.stale_if_error > 0
-                and stale.ttl(response_time) > -stale.freshness.stale_if_error
-            ):
+            if response.status >= 500 and stale_on_error(stale, response_time):
                 fetch.fail(FetchFailed(response.status, f"upstream answered {response.status}"))
                 return
             fetch.set_head(self._fetch_head(response.status, headers, hmap, primary,
@@ -839,18 +805,9 @@ class CacheNode:
         block = head.block
         age = head.initial_age + (time.time() - head.response_time)
         headers = req.headers
-        if head.status == 200 and (
-            b"if-none-match" in headers or b"if-modified-since" in headers
-            or b"if-match" in headers or b"if-unmodified-since" in headers
-        ):
-            verdict = conditional.evaluate(
-                req.method, head.status,
-                if_match=req.header(b"if-match"),
-                if_none_match=req.header(b"if-none-match"),
-                if_modified_since=req.header(b"if-modified-since"),
-                if_unmodified_since=req.header(b"if-unmodified-since"),
-                etag=head.etag, last_modified=head.last_modified,
-            )
+        if head.status == 200:
+            verdict = conditional.request_verdict(req.method, headers, head.status, head.etag,
+                                                  head.last_modified)
             if verdict is not None:
                 self._write_bodyless(conn, verdict, head.headers, age, member, close)
                 return

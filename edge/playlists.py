@@ -276,21 +276,14 @@ class PlaylistRenderer:
             block += cmsd.static_playlist_block(node.name, live=not meta.ready)
         member += b"; detail=rendered"
         close = conn.connection_field(req)
-        headers = req.headers
-        if b"if-none-match" in headers or b"if-match" in headers:
-            verdict = conditional.evaluate(
-                req.method, 200,
-                if_match=req.header(b"if-match"),
-                if_none_match=req.header(b"if-none-match"),
-                etag=etag,
-            )
-            if verdict is not None:
-                length = None if verdict == 304 else 0
-                head = self._head(conn, verdict, block if verdict == 304 else b"", member,
-                                  length, close, prior)
-                conn.write(head)
-                node.stats.count(req.method, "rendered", verdict)
-                return
+        verdict = conditional.request_verdict(req.method, req.headers, 200, etag, None)
+        if verdict is not None:
+            length = None if verdict == 304 else 0
+            head = self._head(conn, verdict, block if verdict == 304 else b"", member,
+                              length, close, prior)
+            conn.write(head)
+            node.stats.count(req.method, "rendered", verdict)
+            return
         head = self._head(conn, 200, block, member, len(body), close, prior)
         conn.write(head if req.method == "HEAD" else head + body)
         node.stats.bytes_sent += len(head) + (0 if req.method == "HEAD" else len(body))

@@ -1,0 +1,50 @@
+"""The node's pure verdicts, without sockets: stale-if-error, stale-while-revalidate, client
+no-cache, and the one precondition entry point."""
+
+from __future__ import annotations
+
+from reelcdn.edge.conditional import request_verdict
+from reelcdn.edge.freshness import decide
+from reelcdn.edge.store import CacheEntry
+from reelcdn.edge.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+
+
+def entry(cache_control: str, now: float = 1000.0) -> CacheEntry:
+    fields = {"cache-control": cache_control}
+    freshness = decide("GET", 200, fields, "/x", request_has_authorization=False, ttl_rules=(),
+                       now=now, heuristic_fraction=0.1, heuristic_max=86400.0)
+    return CacheEntry(key="/x", primary="/x", status=200,
+                      headers=[(b"Cache-Control", cache_control.encode())], body=b"x",
+                      freshness=freshness, response_time=now, initial_age=0.0, vary=())
+
+
+def test_stale_on_error_within_the_allowance_only() -> None:
+    e = entry("max-age=10, stale-if-error=20")
+    assert stale_on_error(e, 1000 + 25)
+    assert not stale_on_error(e, 1000 + 31)
+    assert not stale_on_error(entry("max-age=10, stale-if-error=20, must-revalidate"), 1015)
+    assert not stale_on_error(entry("max-age=10"), 1011)
+    assert not stale_on_error(None, 1000)
+
+
+def test_stale_while_revalidate_window() -> None:
+    e = entry("max-age=10, stale-while-revalidate=5")
+    assert stale_while_revalidate(e, 1014)
+    assert not stale_while_revalidate(e, 1016)
+    assert not stale_while_revalidate(entry("max-age=10, stale-while-revalidate=5, no-cache"),
+                                      1011)
+
+
+def test_client_wants_fresh() -> None:
+    assert client_wants_fresh({b"cache-control": b"No-Cache"})
+    assert client_wants_fresh({b"cache-control": b"max-age=0, x"})
+    assert client_wants_fresh({b"pragma": b"no-cache"})
+    assert not client_wants_fresh({b"cache-control": b"max-age=5", b"pragma": b"no-cache"})
+    assert not client_wants_fresh({})
+
+
+def test_request_verdict() -> None:
+    assert request_verdict("GET", {}, 200, '"a"', None) is None
+    assert request_verdict("GET", {b"if-none-match": b'"a"'}, 200, '"a"', None) == 304
+    assert request_verdict("GET", {b"if-match": b'"b"'}, 200, '"a"', None) == 412
+    assert request_verdict("GET", {b"if-none-match": b'"b"'}, 200, '"a"', None) is None
