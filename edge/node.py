@@ -147,23 +147,23 @@ def _merge_304(
 def build_upstream(config: NodeConfig) -> Upstream:
     """The node's upstream from its config: an upstream URL, HRW parents, or origins
     (a shield)."""
-    parents = getattr(config, "parents", ())
-    origins = getattr(config, "origins", ())
+    parents = config.parents
+    origins = config.origins
     if origins:
         from reelcdn.shield import build_origin_chain
 
         return build_origin_chain(
             origins,
-            retry_after=getattr(config, "parent_retry_after", 10.0),
-            failures=getattr(config, "parent_failures", 3),
+            retry_after=config.parent_retry_after,
+            failures=config.parent_failures,
         )
     if parents:
         return ParentSet(
             parents,
             timeouts=config.upstream_timeouts,
             max_connections=config.upstream_max_connections,
-            failures_to_down=getattr(config, "parent_failures", 3),
-            retry_after=getattr(config, "parent_retry_after", 10.0),
+            failures_to_down=config.parent_failures,
+            retry_after=config.parent_retry_after,
         )
     if not config.upstream:
         raise ValueError(f"node {config.name} has no upstream, parents or origins")
@@ -177,8 +177,8 @@ def build_upstream(config: NodeConfig) -> Upstream:
 def _upstream_spec(config: NodeConfig) -> tuple[object, ...]:
     return (
         config.upstream,
-        getattr(config, "parents", ()),
-        getattr(config, "origins", ()),
+        config.parents,
+        config.origins,
         config.upstream_timeouts,
         config.upstream_max_connections,
     )
