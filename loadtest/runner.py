@@ -346,7 +346,7 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
         tally.merge(share.tally)
         players.extend(share.players)
     players.sort(key=lambda r: r.started_at)
-    delta = difference(before, after) if before and after else None
+    delta = difference(before, after, scraper.scrapes) if before and after else None
     summary = summarise(players, tally, delta, wall, options.tier_roles,
                         workload.player.time_scale)
     machine = None

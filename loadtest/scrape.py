@@ -47,19 +47,38 @@ class NodeCounters:
         return self.by_cache_status.get("hit", 0) + self.by_cache_status.get("stale", 0)
 
     def minus(self, before: NodeCounters | None) -> NodeCounters:
+        """The increase of every counter since ``before``, each series on its own; a series
+        that went down was reset (see :func:`increase`), so the result is never negative."""
         if before is None:
             return self
-        statuses = {k: v - before.by_cache_status.get(k, 0)
+        statuses = {k: increase(v, before.by_cache_status.get(k, 0))
                     for k, v in self.by_cache_status.items()}
-        upstream = {k: v - before.upstream.get(k, 0) for k, v in self.upstream.items()}
+        upstream = {k: increase(v, before.upstream.get(k, 0)) for k, v in self.upstream.items()}
         return NodeCounters(
             node=self.node, role=self.role,
-            requests=self.requests - before.requests,
+            # the sum of its series' increases: a sum can hide one series' reset
+            requests=(sum(statuses.values()) if statuses
+                      else increase(self.requests, before.requests)),
             by_cache_status={k: v for k, v in statuses.items() if v},
             upstream={k: v for k, v in upstream.items() if v},
-            coalesced_waiters=self.coalesced_waiters - before.coalesced_waiters,
-            bytes_sent=self.bytes_sent - before.bytes_sent,
-            upstream_failures=self.upstream_failures - before.upstream_failures,
+            coalesced_waiters=increase(self.coalesced_waiters, before.coalesced_waiters),
+            bytes_sent=increase(self.bytes_sent, before.bytes_sent),
+            upstream_failures=increase(self.upstream_failures, before.upstream_failures),
+        )
+
+    def plus(self, other: NodeCounters) -> NodeCounters:
+        """Two consecutive increases added up."""
+        def add(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {k: a.get(k, 0) + b.get(k, 0) for k in a.keys() | b.keys()}
+
+        return NodeCounters(
+            node=self.node, role=self.role or other.role,
+            requests=self.requests + other.requests,
+            by_cache_status=add(self.by_cache_status, other.by_cache_status),
+            upstream=add(self.upstream, other.upstream),
+            coalesced_waiters=self.coalesced_waiters + other.coalesced_waiters,
+            bytes_sent=self.bytes_sent + other.bytes_sent,
+            upstream_failures=self.upstream_failures + other.upstream_failures,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -213,8 +232,40 @@ def origin_requests(delta: dict[str, NodeCounters]) -> int:
                if upstream not in names)
 
 
-def difference(before: Scrape | None, after: Scrape | None) -> dict[str, NodeCounters]:
+def increase(now: int, then: int) -> int:
+    """How much a counter grew from ``then`` to ``now``. A counter never goes down unless
+    its process restarted and counted from zero again; then, as Prometheus' ``rate()`` and
+    ``increase()`` do, the new value is taken as the increase since the restart (what the
+    old process counted after ``then`` is lost, so this is a lower bound)."""
+    return now - then if now >= then else now
+
+
+def difference(
+    before: Scrape | None, after: Scrape | None, scrapes: list[Scrape] | None = None
+) -> dict[str, NodeCounters]:
+    """Each node's counter increases from ``before`` to ``after``. With ``scrapes`` (every
+    scrape of the run, holding both), the increases are summed scrape to scrape like
+    ``rate()`` does over its samples, so a restart between two scrapes costs only what the
+    node counted between its last scrape and its death. A node missing from ``before`` (it
+    started during the run) counts from zero."""
     if after is None:
         return {}
-    return {name: node.minus(before.nodes.get(name) if before else None)
-            for name, node in after.nodes.items()}
+    if before is None:
+        return dict(after.nodes)
+    series = [before, after]
+    if scrapes:
+        at = [i for i, s in enumerate(scrapes) if s is before or s is after]
+        if len(at) == 2:
+            series = scrapes[at[0]: at[1] + 1]
+    out: dict[str, NodeCounters] = {}
+    for name, node in after.nodes.items():
+        previous = before.nodes.get(name) or NodeCounters(node=name, role=node.role)
+        total = NodeCounters(node=name, role=node.role)
+        for scrape in series[1:]:
+            current = scrape.nodes.get(name)
+            if current is None:  # not answering then (restarting?): bridge over it
+                continue
+            total = total.plus(current.minus(previous))
+            previous = current
+        out[name] = total
+    return out
