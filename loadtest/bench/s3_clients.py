@@ -34,8 +34,7 @@ from typing import Any
 import boto3
 
 from reelcdn.edge.config import UpstreamTimeouts
-
-from .s3 import S3Origin
+from reelcdn.shield.s3 import S3Origin
 
 BUCKET = "bench"
 SIZES = {"300KB": 300_000, "2KB": 2_000}
