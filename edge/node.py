@@ -30,18 +30,17 @@ import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from ..extensions import head as heads  # compiled twins when built, else edge/head.py
-from ..extensions import ranges  # and edge/ranges.py
-from . import cmsd, conditional
+from ..extensions import ranges  # compiled twin when built, else edge/ranges.py
+from . import conditional
 from .bodyfile import BodyFiles, FileBody
 from .cachekey import KeyPolicy
 from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
 from .config import NodeConfig
+from .delivery import Delivery
 from .features import CONTINUE, EdgeFeatures
 from .freshness import Freshness, current_age, decide
 from .http import (
     HOP_BY_HOP,
-    NO_PRIOR,
     Request,
     error_response,
     forwardable,
@@ -69,15 +68,6 @@ CONNECTION_CLOSE = b"Connection: close\r\n"
 # Request fields not copied upstream on a pass: recomputed here (Via, X-Forwarded-For,
 # framing). A fill forwards only its allow-list (``fill_headers``, see ``fill_order``).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
-# Stored fields a 304 answered from cache leaves out: those describing the body it does not
-# carry. Everything else goes, so a lower tier revalidating through this one takes the
-# refreshed fields (RFC 9111 §4.3.4) as it would from the origin's 304.
-NOT_MODIFIED_DROPS = frozenset(
-    {b"content-type", b"content-encoding", b"content-range", b"content-length",
-     b"accept-ranges", b"transfer-encoding"}
-)
-
-
 class FillOrder:
     """What a shared fill asks upstream: the origin-form ``target``, the request ``fields``
     (the node's own and the allow-listed client ones), and ``selecting``, the client fields it
@@ -92,13 +82,6 @@ class FillOrder:
         self.target = target
         self.fields = fields
         self.selecting = selecting
-
-
-def _sf_token(name: str) -> str:
-    """A Cache-Status member name: a bare sf-token where the name allows, else a string."""
-    if name and (name[0].isalpha() or name[0] == "*"):
-        return name
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _storable_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -199,9 +182,7 @@ class CacheNode:
         self.body_files = BodyFiles(config.sendfile_min_bytes, self.stats)
         self.store.configure_disk(config, self.stats)  # cache_disk > 0: memory's victims go there
         self.upstream.observe = self.stats.upstream
-        self._member = _sf_token(config.name).encode()
-        self._via_hop = b"1.1 " + config.name.encode()
-        self._cmsd = cmsd.node_block(config.name) if config.cmsd else b""
+        self.delivery = Delivery(config.name, self.stats, config.cmsd)
         self.features: EdgeFeatures | None = EdgeFeatures(self)
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -219,7 +200,7 @@ class CacheNode:
         self.stats.evictions += self.store.resize(config.cache_memory)
         self.body_files.min_bytes = config.sendfile_min_bytes
         self.store.configure_disk(config, self.stats)
-        self._cmsd = cmsd.node_block(config.name) if config.cmsd else b""
+        self.delivery.configure(config.name, config.cmsd)
         if _upstream_spec(config) != _upstream_spec(old):
             fresh = build_upstream(config)
             fresh.observe = self.stats.upstream
@@ -300,7 +281,7 @@ class CacheNode:
 
     def _options_asterisk(self, req: Request, conn: HttpConnection) -> None:
         """``OPTIONS *`` asks about this server, not a resource: answered here."""
-        head = self._head(
+        head = self.delivery.head(
             200, b"Allow: GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE\r\n", None,
             b"detail=options", None, 0, conn.connection_field(req),
         )
@@ -325,7 +306,7 @@ class CacheNode:
         verdict = conditional.request_verdict(req.method, headers, entry.status, entry.etag,
                                               entry.last_modified)
         if verdict is not None:
-            self._write_bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
+            self.delivery.bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
             return
         body = entry.body
         if entry.status == 200 and b"range" in headers and (
@@ -335,9 +316,9 @@ class CacheNode:
         ):
             parsed = ranges.parse_range(headers[b"range"], len(body))
             if parsed is not None:
-                self._write_ranges(
-                    req, conn, parsed, body, len(body), entry.header_block,
-                    entry.content_type, entry.age(now), member, close, entry.prior,
+                self.delivery.ranges_of_body(
+                    req, conn, parsed, body, entry.header_block, entry.content_type,
+                    entry.age(now), member, close, entry.prior,
                 )
                 return
         if member == b"hit" and not close:
@@ -348,7 +329,7 @@ class CacheNode:
             else:
                 head = self._rebuild_hit_head(entry, now)
         else:
-            head = self._head(
+            head = self.delivery.head(
                 entry.status, entry.header_block, entry.age(now), member, entry.ttl(now),
                 len(body), close, prior=entry.prior,
             )
@@ -365,112 +346,12 @@ class CacheNode:
 
     def _rebuild_hit_head(self, entry: CacheEntry, now: float) -> bytes:
         """Build a plain HIT's head for this second of Age and keep it on the entry."""
-        head = self._head(
+        head = self.delivery.head(
             entry.status, entry.header_block, entry.age(now), b"hit", entry.ttl(now),
             len(entry.body), b"", prior=entry.prior,
         )
         entry.head_cache = (int(now), head)
         return head
-
-    def _head(
-        self,
-        status: int,
-        header_block: bytes,
-        age: float | None,
-        member: bytes,
-        ttl: float | None,
-        length: int | None,
-        close: bytes,
-        *,
-        chunked: bool = False,
-        prior: tuple[bytes, bytes] = NO_PRIOR,
-        cmsd_block: bytes | None = None,
-    ) -> bytes:
-        """Status line, stored fields, then what this node adds: Age, Cache-Status, Via,
-        framing (Content-Length or chunked) and Connection (``head.build_head``, compiled
-        when built). ``cmsd_block`` replaces this node's shared ``CMSD-Dynamic`` line (a
-        rendered playlist's carries its connection's measures)."""
-        cmsd_line = self._cmsd if cmsd_block is None else cmsd_block
-        return heads.build_head(
-            status, header_block + cmsd_line, None if age is None else int(age), prior[0],
-            self._member, member, None if ttl is None else int(ttl), prior[1], self._via_hop,
-            length, chunked, close,
-        )
-
-    def _write_bodyless(
-        self,
-        conn: HttpConnection,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        age: float | None,
-        member: bytes,
-        close: bytes,
-    ) -> None:
-        """304 Not Modified or 412 Precondition Failed answered from a representation."""
-        if status == 304:
-            block, prior = render_fields(
-                [(n, v) for n, v in headers if n.lower() not in NOT_MODIFIED_DROPS]
-            )
-            head = self._head(304, block, age, member, None, None, close, prior=prior)
-        else:
-            head = self._head(status, b"", None, member, None, 0, close)
-        conn.write(head)
-        self.stats.bytes_sent += len(head)
-
-    def _write_ranges(
-        self,
-        req: Request,
-        conn: HttpConnection,
-        parsed: list[tuple[int, int]] | object,
-        body: bytes | memoryview,
-        size: int,
-        header_block: bytes,
-        content_type: bytes | None,
-        age: float | None,
-        member: bytes,
-        close: bytes,
-        prior: tuple[bytes, bytes] = NO_PRIOR,
-    ) -> None:
-        """206 with one range, 206 multipart/byteranges, or 416 — from a complete body."""
-        if parsed is ranges.UNSATISFIABLE:
-            block = b"Content-Range: " + ranges.unsatisfied_range(size) + b"\r\n"
-            head = self._head(416, block, None, member, None, 0, close)
-            conn.write(head)
-            self.stats.bytes_sent += len(head)
-            return
-        assert isinstance(parsed, list)
-        head_only = req.method == "HEAD"
-        if len(parsed) == 1:
-            start, end = parsed[0]
-            block = header_block + b"Content-Range: " + ranges.content_range(start, end, size)
-            head = self._head(206, block + b"\r\n", age, member, None, end - start, close,
-                              prior=prior)
-            if head_only:
-                conn.write(head)
-            elif type(body) is FileBody:
-                conn.write_file(head, body, start, end)
-            else:
-                conn.write(head)
-                conn.write(memoryview(body)[start:end])
-            self.stats.bytes_sent += len(head) + (0 if head_only else end - start)
-            return
-        boundary = ranges.new_boundary()
-        parts, closing, total = ranges.multipart_plan(parsed, size, content_type, boundary)
-        block = b"".join(
-            line + b"\r\n"
-            for line in header_block.split(b"\r\n")
-            if line and not line.lower().startswith(b"content-type:")
-        )
-        block += b"Content-Type: multipart/byteranges; boundary=" + boundary + b"\r\n"
-        head = self._head(206, block, age, member, None, total, close, prior=prior)
-        conn.write(head)
-        if not head_only:
-            view = memoryview(body)
-            for part_head, start, end in parts:
-                conn.write(part_head)
-                conn.write(view[start:end])
-            conn.write(closing)
-        self.stats.bytes_sent += len(head) + (0 if head_only else total)
 
     # ------------------------------------------------------------------------------------
     # MISS: coalesced fetch, streamed
@@ -566,16 +447,7 @@ class CacheNode:
             self.deliver_entry(req, conn, stale, now, member)
             self.stats.count(req.method, "stale", stale.status)
             return
-        body = f"{failure.status} upstream failure: {failure.reason}\n".encode()
-        block = b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
-        close = conn.connection_field(req)
-        head = self._head(
-            failure.status, block, None, fwd + b"; detail=upstream-failure", None, len(body),
-            close,
-        )
-        conn.write(head if req.method == "HEAD" else head + body)
-        self.stats.bytes_sent += len(head) + len(body)
-        self.stats.count(req.method, "error", failure.status)
+        self.delivery.failure(req, conn, failure, fwd)
 
     def start_fill(
         self, key: str, primary: str, order: FillOrder, stale: CacheEntry | None
@@ -645,7 +517,7 @@ class CacheNode:
     ) -> list[tuple[bytes, bytes]]:
         """Via and X-Forwarded-For with this hop appended."""
         via = headers.get(b"via")
-        own_via = self._via_hop
+        own_via = self.delivery.via_hop
         xff = headers.get(b"x-forwarded-for")
         client = client_ip.encode()
         return [
@@ -809,10 +681,10 @@ class CacheNode:
             verdict = conditional.request_verdict(req.method, headers, head.status, head.etag,
                                                   head.last_modified)
             if verdict is not None:
-                self._write_bodyless(conn, verdict, head.headers, age, member, close)
+                self.delivery.bodyless(conn, verdict, head.headers, age, member, close)
                 return
         if head.status in NO_BODY_STATUSES:
-            conn.write(self._head(head.status, block, age, member, None, None, close,
+            conn.write(self.delivery.head(head.status, block, age, member, None, None, close,
                                   prior=head.prior))
             return
         if (
@@ -827,76 +699,20 @@ class CacheNode:
                 size = fetch.size
             parsed = ranges.parse_range(headers[b"range"], size)
             if parsed is not None:
-                await self._stream_ranges(req, conn, fetch, head, parsed, size, block, age,
-                                          member, close)
+                await self.delivery.ranges_of_fetch(req, conn, fetch, parsed, size, block,
+                                                    head.content_type, age, member, close,
+                                                    head.prior)
                 return
         length = head.content_length
         chunked = length is None and req.version == b"1.1"
         if length is None and not chunked:
             close = CONNECTION_CLOSE
             conn.close_after_response()
-        conn.write(self._head(head.status, block, age, member, None, length, close,
+        conn.write(self.delivery.head(head.status, block, age, member, None, length, close,
                               chunked=chunked, prior=head.prior))
         if req.method == "HEAD":
             return
-        await self._stream(conn, fetch, 0, None, chunked)
-
-    async def _stream_ranges(
-        self,
-        req: Request,
-        conn: HttpConnection,
-        fetch: Fetch,
-        head: FetchHead,
-        parsed: list[tuple[int, int]] | object,
-        size: int,
-        block: bytes,
-        age: float,
-        member: bytes,
-        close: bytes,
-    ) -> None:
-        if parsed is ranges.UNSATISFIABLE:
-            self._write_ranges(req, conn, parsed, b"", size, block, head.content_type, None,
-                               member, close)
-            return
-        assert isinstance(parsed, list)
-        if len(parsed) == 1:
-            start, end = parsed[0]
-            extra = b"Content-Range: " + ranges.content_range(start, end, size) + b"\r\n"
-            conn.write(self._head(206, block + extra, age, member, None, end - start, close,
-                                  prior=head.prior))
-            if req.method != "HEAD":
-                await self._stream(conn, fetch, start, end, False)
-            return
-        boundary = ranges.new_boundary()
-        parts, closing, total = ranges.multipart_plan(parsed, size, head.content_type, boundary)
-        kept, _ = render_fields([(n, v) for n, v in head.headers
-                                 if n.lower() != b"content-type"])
-        kept += b"Content-Type: multipart/byteranges; boundary=" + boundary + b"\r\n"
-        conn.write(self._head(206, kept, age, member, None, total, close, prior=head.prior))
-        if req.method == "HEAD":
-            return
-        for part_head, start, end in parts:
-            conn.write(part_head)
-            await self._stream(conn, fetch, start, end, False)
-            if conn.closed:
-                return
-        conn.write(closing)
-
-    async def _stream(
-        self, conn: HttpConnection, fetch: Fetch, start: int, end: int | None, chunked: bool
-    ) -> None:
-        """Copy [start, end) of a fetch to the client as it arrives, honouring back-pressure.
-        A broken fetch cuts the connection: the client must see a truncated response, never
-        a complete-looking wrong one."""
-        sent = 0
-        try:
-            sent = await fetch.stream_to(conn, start, end, chunked)
-            if chunked and not conn.closed:
-                conn.write(b"0\r\n\r\n")
-        except FetchFailed:
-            conn.abort()
-        finally:
-            self.stats.bytes_sent += sent
+        await self.delivery.stream(conn, fetch, 0, None, chunked)
 
     # ------------------------------------------------------------------------------------
     # PASS: forward, never store
@@ -934,7 +750,7 @@ class CacheNode:
                 if length is None and not chunked:
                     close = CONNECTION_CLOSE
                     conn.close_after_response()
-            conn.write(self._head(response.status, block, None, member + b"; fwd-status=%d"
+            conn.write(self.delivery.head(response.status, block, None, member + b"; fwd-status=%d"
                                   % response.status, None, framing, close, chunked=chunked,
                                   prior=prior))
             self.stats.count(req.method, "pass", response.status)

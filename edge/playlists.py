@@ -302,7 +302,7 @@ class PlaylistRenderer:
         close: bytes,
         prior: bytes,
     ) -> bytes:
-        """The head of a rendered answer: what ``CacheNode._head`` writes, except that this
+        """The head of a rendered answer: what ``Delivery.head`` writes, except that this
         node's ``CMSD-Dynamic`` member carries the client connection's measured ``etp``/``rtt``
         (this head is built for this one response, unlike a stored object's shared one)."""
         node = self.node
@@ -310,7 +310,7 @@ class PlaylistRenderer:
         if node.config.cmsd:
             etp, rtt = cmsd.tcp_measures(_socket_of(conn))
             line = cmsd.dynamic_block(node.name, etp, rtt)
-        return node._head(status, block, None, member, None, length, close,
+        return node.delivery.head(status, block, None, member, None, length, close,
                           prior=(prior, b""), cmsd_block=line)
 
     def _write_error(
