@@ -306,7 +306,7 @@ def descriptor_budget(config: Any) -> int:
     if budget < could_hold:
         log.warning(line + "; the cache could hold %d bodies of %d bytes or more, the rest "
                     "are stored as bytes and sent by copying: raise the limit (ulimit -n, "
-                    "systemd LimitNOFILE=) to send them all with sendfile",
+                    "systemd LimitNOFILE=) or lower max_connections to send them with sendfile",
                     *args, could_hold, min_bytes)
     else:
         log.info(line, *args)

@@ -9,16 +9,32 @@ and hard) is set before it starts, so the test sees what a real node under that 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 from nodeproc import free_port, wait_health
 from rawhttp import read_response
 
-from reelcdn.edge.bodyfile import MEMFD_AVAILABLE
+from reelcdn.edge import bodyfile
+from reelcdn.edge.bodyfile import (
+    DESCRIPTORS,
+    MEMFD_AVAILABLE,
+    BodyFiles,
+    FileBody,
+    descriptor_budget,
+    descriptor_reserve,
+    file_body,
+)
+from reelcdn.edge.config import Limits
+from reelcdn.edge.freshness import Freshness
+from reelcdn.edge.metrics import NodeStats
+from reelcdn.edge.store import ENTRY_OVERHEAD, CacheEntry, MemoryStore, body_charge
 
 pytestmark = pytest.mark.skipif(
     not MEMFD_AVAILABLE or not os.path.isdir("/proc/self/fd"),
@@ -49,6 +65,116 @@ LAUNCH = (
     "resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))\n"
     "os.execv(sys.executable, [sys.executable, '-m', 'reelcdn.cli', *sys.argv[1:]])\n"
 )
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+# --- one descriptor per body, and the budget, in this process ----------------------------------
+
+
+def test_a_file_body_holds_one_descriptor_until_collected() -> None:
+    before, held = open_fds(), DESCRIPTORS.held
+    bodies = [file_body([bytes([i]) * 70_000], 70_000) for i in range(200)]
+    assert open_fds() - before == 200 and DESCRIPTORS.held - held == 200
+    assert all(bytes(b[:2]) == bytes([i]) * 2 for i, b in enumerate(bodies))
+    assert all(os.fstat(b.fd).st_size == 70_000 for b in bodies)  # what sendfile reads
+    view = memoryview(bodies[7])[:4]
+    del bodies
+    gc.collect()
+    assert bytes(view) == b"\x07" * 4  # a view in flight keeps its body (and descriptor)
+    assert open_fds() - before == 1 and DESCRIPTORS.held - held == 1
+    del view
+    gc.collect()
+    assert open_fds() == before and DESCRIPTORS.held == held
+
+
+def test_when_the_duplicate_cannot_be_identified_the_body_counts_two(monkeypatch) -> None:
+    """Another thread opening or closing a descriptor between the probe and the map: the body
+    keeps both descriptors, counts both, and closes both."""
+    monkeypatch.setattr(bodyfile, "_shares_file", lambda *args: False)
+    before, held = open_fds(), DESCRIPTORS.held
+    body = file_body([b"r" * 70_000], 70_000)
+    assert open_fds() - before == 2 and DESCRIPTORS.held - held == 2
+    assert os.pread(body.fd, 3, 0) == b"rrr" and bytes(body[-3:]) == b"rrr"
+    del body
+    gc.collect()
+    assert open_fds() == before and DESCRIPTORS.held == held
+
+
+def test_with_the_budget_used_new_bodies_are_bytes(monkeypatch) -> None:
+    stats = NodeStats("t")
+    files = BodyFiles(64 * 1024, stats)
+    monkeypatch.setattr(DESCRIPTORS, "budget", DESCRIPTORS.held + 2)
+    made = [files.make([bytes([i]) * 65536], 65536) for i in range(3)]
+    assert [type(b) for b in made] == [FileBody, FileBody, bytes]
+    assert made[2] == b"\x02" * 65536
+    assert (stats.body_files, stats.body_file_fallbacks) == (2, 1)
+    assert stats.body_file_descriptors == DESCRIPTORS.held
+    assert stats.body_file_descriptors_budget == DESCRIPTORS.budget
+    del made[0]
+    gc.collect()
+    assert type(files.make([b"y" * 65536], 65536)) is FileBody  # room again
+
+
+def _entry(key: str, data: bytes) -> CacheEntry:
+    fresh = Freshness(storable=True, reason="max-age", lifetime=600, stale_while_revalidate=0,
+                      stale_if_error=0, must_revalidate=False, no_cache=False,
+                      has_validator=False)
+    return CacheEntry(key=key, primary=key, status=200,
+                      headers=[(b"Cache-Control", b"max-age=600")], body=data, freshness=fresh,
+                      response_time=time.time(), initial_age=0.0)
+
+
+def test_a_body_mapped_from_disk_over_the_budget_comes_back_as_bytes(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    datas = {key: os.urandom(100_000) for key in ("/a", "/b", "/c")}
+    store = MemoryStore(_entry("/p", datas["/a"]).charge * 2 + 4096)
+    store.configure_disk(SimpleNamespace(cache_disk=10 << 20, cache_dir=str(tmp_path),
+                                         sendfile_min_bytes=64 * 1024))
+    try:
+        for key, data in datas.items():
+            store.insert(_entry(key, data))  # /a goes to the disk tier
+        assert store.disk is not None and store.disk.flush()
+        monkeypatch.setattr(DESCRIPTORS, "budget", DESCRIPTORS.held)
+        held = DESCRIPTORS.held
+        back = store.lookup("/a", {})
+        assert back is not None and type(back.body) is bytes and back.body == datas["/a"]
+        assert back.charge == body_charge(back.body) + len(back.header_block) + len(
+            back.key) + ENTRY_OVERHEAD
+        assert store.bytes == sum(e.charge for e in store)
+        gc.collect()
+        assert DESCRIPTORS.held == held  # the file's descriptor went with the mapped body
+        monkeypatch.setattr(DESCRIPTORS, "budget", None)
+        assert store.disk.flush()  # /b, which /a's return pushed out, is written
+        again = store.lookup("/b", {})  # with room, a disk hit is mapped as before
+        assert again is not None and type(again.body) is FileBody
+    finally:
+        store.close()
+
+
+def test_the_reserve_keeps_clients_upstreams_and_the_disk_tier(monkeypatch) -> None:
+    monkeypatch.setattr(DESCRIPTORS, "budget", None)
+    monkeypatch.setattr(bodyfile, "raise_open_files_limit", lambda: (4096, 4096))
+    edge = SimpleNamespace(limits=Limits(max_connections=1000), upstream_max_connections=100,
+                           parents=("p1", "p2"), origins=(), cache_disk=1 << 30,
+                           sendfile_min_bytes=64 * 1024, cache_memory=256 << 20)
+    reserve = descriptor_reserve(edge, 4096)
+    assert reserve == {"clients": 1000, "upstream": 200, "disk": bodyfile.DISK_RESERVE,
+                       "other": bodyfile.BASE_RESERVE + 4096 // bodyfile.HEADROOM_SHARE}
+    assert descriptor_budget(edge) == 4096 - sum(reserve.values()) == DESCRIPTORS.budget
+    origins = (SimpleNamespace(type="s3", max_connections=None),
+               SimpleNamespace(type="http", max_connections=40))
+    shield = SimpleNamespace(**{**vars(edge), "parents": (), "origins": origins})
+    assert descriptor_reserve(shield, 4096)["upstream"] == 32 + 40
+    crowded = SimpleNamespace(**{**vars(edge), "limits": Limits(max_connections=10_000)})
+    assert descriptor_budget(crowded) == 0  # clients first: every body is stored as bytes
+    off = SimpleNamespace(**{**vars(edge), "sendfile_min_bytes": 0})
+    assert descriptor_budget(off) == 0
+
+
+# --- a node process under a low limit ------------------------------------------------------------
 
 
 def body_of(i: int) -> bytes:
