@@ -145,11 +145,16 @@ class RequestReader:
         """Parse what the client sent; refusals go to ``conn.reject``."""
         if self.state == CLOSING:
             return  # after an error or Connection: close, further bytes are not requests
+        upgraded = -1
         try:
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade as upgrade:
-                self._after_upgrade(data, int(upgrade.args[0]))
+                upgraded = int(upgrade.args[0])
+            if upgraded >= 0:
+                # Outside the except block: an exception raised while one is handled gets
+                # that one as its __context__, hiding the refusal httptools chained there.
+                self._after_upgrade(data, upgraded)
         except RequestRejected as rejected:
             self.conn.reject(rejected.status, rejected.reason)
         except httptools.HttpParserCallbackError as exc:

@@ -111,11 +111,16 @@ cdef class RequestReader:
     def feed(self, data):
         if self.state == CLOSING:
             return
+        upgraded = -1
         try:
             try:
                 self.parser.feed_data(data)
             except HttpParserUpgrade as upgrade:
-                self._after_upgrade(data, int(upgrade.args[0]))
+                upgraded = int(upgrade.args[0])
+            if upgraded >= 0:
+                # Outside the except block: an exception raised while one is handled gets
+                # that one as its __context__, hiding the refusal httptools chained there.
+                self._after_upgrade(data, upgraded)
         except RequestRejected as rejected:
             self.conn.reject(rejected.status, rejected.reason)
         except HttpParserCallbackError as exc:

@@ -324,6 +324,28 @@ async def test_upgrade_is_ignored_for_a_bodyless_request(
     assert "upgrade" not in {k.lower() for k in origin.seen_headers[0]}
 
 
+@pytest.mark.parametrize("refused", [
+    (b"GET /up HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    (b"GET /up HTTP/1.1\r\n\r\n", 400),
+    (b"GET /up HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+])
+async def test_a_refusal_after_an_upgrade_request_is_a_4xx(
+    node: NodeServer, origin: TestOrigin, refused: tuple[bytes, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request refused while the reader goes on after an ``Upgrade`` one is answered with
+    its reason, not as an internal error."""
+    origin.set("/up", b"up", headers=CACHEABLE)
+    conn = await RawConn.open(node)
+    conn.send(b"GET /up HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"\r\n" + refused[0])
+    assert (await conn.response()).status == 200
+    resp = await conn.response()
+    assert resp.status == refused[1] and b"internal error" not in resp.body
+    assert "parser callback failed" not in caplog.text
+    conn.close()
+
+
 async def test_many_bad_connections_at_once(node: NodeServer, origin: TestOrigin) -> None:
     async def one(data: bytes) -> int:
         conn = await RawConn.open(node)
