@@ -199,7 +199,7 @@ class BodyFiles:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if not DESCRIPTORS.room():
             self.counts.body_file_fallbacks += 1
-            if not self._budget_logged:
+            if not self._budget_logged and DESCRIPTORS.budget:  # 0: said at start
                 self._budget_logged = True
                 log.info("memory-file bodies hold their whole descriptor budget (%s): further "
                          "large bodies are stored as bytes until some are evicted",
