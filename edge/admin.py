@@ -225,55 +225,136 @@ def internal_stats(server: NodeServer) -> dict[str, Any]:
     }
 
 
-def build_admin_app(server: NodeServer, internal: bool = False) -> web.Application:
-    """The admin app of one process; ``internal`` adds ``/internal/stats`` (workers)."""
-    node = server.node
-    registry = node_registry(
-        node.stats, lambda: node_gauges(server), lambda: upstream_health(node)
-    )
+class AdminBackend:
+    """What the admin API answers with. One process's node (:class:`LocalAdmin`) and a
+    workers' master (``workers.WorkersAdmin``, which asks its workers and sums) are the two
+    backends of the one application :func:`build_admin_app` builds."""
 
-    async def health(request: web.Request) -> web.Response:
+    def admin_token(self) -> str | None:
+        raise NotImplementedError
+
+    async def health(self) -> tuple[dict[str, Any], int]:
+        """The health document and its HTTP status (200 ok, 503 draining/starting/down)."""
+        raise NotImplementedError
+
+    async def metrics(self) -> bytes:
+        """The Prometheus text exposition."""
+        raise NotImplementedError
+
+    async def cache_stats(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def purge(self, spec: PurgeSpec) -> tuple[dict[str, Any], int]:
+        raise NotImplementedError
+
+    async def prewarm(self, paths: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def snapshot(self) -> dict[str, Any]:
+        """The JSON snapshot a workers' master sums (``/internal/stats``, workers only)."""
+        raise NotImplementedError
+
+
+class LocalAdmin(AdminBackend):
+    """The admin backend of one process: its own node and store."""
+
+    def __init__(self, server: NodeServer) -> None:
+        self.server = server
+        node = server.node
+        self.registry = node_registry(
+            node.stats, lambda: node_gauges(server), lambda: upstream_health(node)
+        )
+
+    def admin_token(self) -> str | None:
+        return self.server.node.config.admin_token
+
+    async def health(self) -> tuple[dict[str, Any], int]:
+        server = self.server
+        node = server.node
         status = "draining" if server.draining else "ok"
         body: dict[str, Any] = {"status": status, "node": node.name, "role": node.config.role}
         if server.worker_index is not None:
             body.update(worker=server.worker_index, pid=os.getpid())
-        return web.json_response(body, status=503 if server.draining else 200)
+        return body, 503 if server.draining else 200
+
+    async def metrics(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return cache_stats(self.server)
+
+    async def purge(self, spec: PurgeSpec) -> tuple[dict[str, Any], int]:
+        return {"purged": purge_local(self.server.node, spec), **spec.body()}, 200
+
+    async def prewarm(self, paths: list[str]) -> dict[str, Any]:
+        """Each path is fetched through this node's own data plane, so this node and every
+        tier above it store the object."""
+        results = await prewarm_paths(self.server, paths)
+        failed = sum(1 for r in results.values() if r["status"] >= 400)  # type: ignore[operator]
+        return {"requested": len(paths), "failed": failed, "results": results}
+
+    async def snapshot(self) -> dict[str, Any]:
+        return internal_stats(self.server)
+
+
+def build_admin_app(backend: AdminBackend, internal: bool = False) -> web.Application:
+    """The admin application (health, metrics, cache stats, purge, prewarm) over a backend,
+    behind the bearer token; ``internal`` adds ``/internal/stats`` (a worker's, for its
+    master)."""
+
+    async def health(request: web.Request) -> web.Response:
+        body, status = await backend.health()
+        return web.json_response(body, status=status)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = generate_latest(registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=await backend.metrics(),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(cache_stats(server))
+        return web.json_response(await backend.cache_stats())
 
     async def purge(request: web.Request) -> web.Response:
         spec = await read_purge_spec(request)
         if isinstance(spec, web.Response):
             return spec
-        return web.json_response({"purged": purge_local(node, spec), **spec.body()})
+        body, status = await backend.purge(spec)
+        return web.json_response(body, status=status)
 
     async def prewarm(request: web.Request) -> web.Response:
-        """Each path is fetched through this node's own data plane, so this node and every
-        tier above it store the object."""
         paths = await read_prewarm_paths(request)
         if isinstance(paths, web.Response):
             return paths
-        results = await prewarm_paths(server, paths)
-        failed = sum(1 for r in results.values() if r["status"] >= 400)  # type: ignore[operator]
-        return web.json_response({"requested": len(paths), "failed": failed,
-                                  "results": results})
+        return web.json_response(await backend.prewarm(paths))
 
     async def snapshot(request: web.Request) -> web.Response:
-        # (Not named ``internal``: that would shadow the flag, always true as a function,
-        # and give every single-process node the workers' private route.)
-        return web.json_response(internal_stats(server))
+        return web.json_response(await backend.snapshot())
 
-    app = web.Application(middlewares=[bearer_middleware(lambda: node.config.admin_token)])
-    app.router.add_post("/prewarm", prewarm)
+    app = web.Application(middlewares=[bearer_middleware(backend.admin_token)])
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/cache/stats", stats)
     app.router.add_post("/purge", purge)
+    app.router.add_post("/prewarm", prewarm)
     if internal:
         app.router.add_get("/internal/stats", snapshot)
     return app
+
+
+async def start_admin(
+    app: web.Application, *, host: str | None = None, port: int | None = None,
+    unix_path: str | None = None,
+) -> tuple[web.AppRunner, int | None]:
+    """Serve ``app`` on ``host:port`` (0: any free port) or a unix socket; the runner (to
+    clean up) and the bound TCP port, read through aiohttp's public ``addresses``."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        if unix_path is not None:
+            await web.UnixSite(runner, unix_path).start()
+            return runner, None
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = next((a for a in runner.addresses if isinstance(a, tuple)), None)
+    return runner, None if bound is None else bound[1]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .admin import build_admin_app
+from .admin import LocalAdmin, build_admin_app, start_admin
 from .bodyfile import descriptor_budget
 from .config import NodeConfig, describe_upstream
 from .node import CacheNode
@@ -119,24 +119,18 @@ class NodeServer:
             self.private_port = self._private.sockets[0].getsockname()[1]
         admin_where = "off"
         if self.admin_socket is not None:
-            app = build_admin_app(self, internal=True)
-            self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await self._admin_runner.setup()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.admin_socket)  # left by a previous worker that was killed
-            await web.UnixSite(self._admin_runner, self.admin_socket).start()
+            self._admin_runner, _ = await start_admin(
+                build_admin_app(LocalAdmin(self), internal=True), unix_path=self.admin_socket
+            )
             admin_where = f"unix:{self.admin_socket}"
         elif config.admin_host is not None and config.admin_port is not None:
-            app = build_admin_app(self)
-            self._admin_runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await self._admin_runner.setup()
-            site = web.TCPSite(self._admin_runner, config.admin_host, config.admin_port,
-                               reuse_address=True)
-            await site.start()
-            server = site._server
-            if server is not None and server.sockets:
-                self.admin_port = server.sockets[0].getsockname()[1]
-                admin_where = f"{config.admin_host}:{self.admin_port}"
+            self._admin_runner, self.admin_port = await start_admin(
+                build_admin_app(LocalAdmin(self)), host=config.admin_host,
+                port=config.admin_port,
+            )
+            admin_where = f"{config.admin_host}:{self.admin_port}"
         self._sweeper = self.loop.call_later(SWEEP_SECONDS, self._sweep)
         log.info(
             "node %s (%s)%s listening on %s:%d%s, admin %s, %s",

@@ -46,9 +46,9 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
-from .admin import bearer_middleware, read_prewarm_paths, read_purge_spec
+from .admin import AdminBackend, PurgeSpec, build_admin_app, start_admin
 from .config import NodeConfig
 from .metrics import snapshot_registry, sum_snapshots
 
@@ -117,6 +117,125 @@ def _merge_upstreams(views: list[dict[str, dict[str, Any]]]) -> dict[str, dict[s
                 else:
                     into.setdefault(key, value)
     return merged
+
+
+class WorkersAdmin(AdminBackend):
+    """The admin backend of a workers' master: it asks every worker (over their unix
+    sockets) and sums what they say, so the node's admin API reads as one process's."""
+
+    def __init__(self, master: Master) -> None:
+        self.master = master
+
+    def admin_token(self) -> str | None:
+        return self.master.config.admin_token
+
+    async def health(self) -> tuple[dict[str, Any], int]:
+        master = self.master
+
+        async def one(worker: Worker) -> dict[str, Any]:
+            state = {"worker": worker.index, "pid": worker.pid, "restarts": worker.restarts}
+            try:
+                status, body = await master.call(worker, "GET", "/health")
+            except WorkerUnreachable:
+                return {**state, "status": "down"}
+            return {**state, "status": body.get("status", str(status))
+                    if isinstance(body, dict) else str(status)}
+
+        workers = await asyncio.gather(*(one(w) for w in master.workers))
+        if master.stopping:
+            status = "draining"
+        elif not master.started:
+            status = "starting"
+        else:
+            status = "ok" if all(w["status"] == "ok" for w in workers) else "degraded"
+        return ({"status": status, "node": master.config.name, "role": master.config.role,
+                 "workers": list(workers)}, 200 if status == "ok" else 503)
+
+    async def metrics(self) -> bytes:
+        master = self.master
+        master._view = master.metrics_view(await master.internal_stats())
+        return generate_latest(master.registry)
+
+    async def cache_stats(self) -> dict[str, Any]:
+        master = self.master
+        fresh = await master.internal_stats()
+        per_worker: list[dict[str, Any]] = []
+        total: dict[str, Any] = dict.fromkeys(CACHE_SUMS, 0)
+        upstreams = []
+        for worker, body in zip(master.workers, fresh, strict=True):
+            if body is None:
+                per_worker.append({"worker": worker.index, "pid": worker.pid,
+                                   "status": "down"})
+                continue
+            cache = body["cache"]
+            for key in CACHE_SUMS:
+                total[key] += cache.get(key, 0)
+            upstreams.append(cache.get("upstreams", {}))
+            per_worker.append({"worker": worker.index, "pid": body["pid"],
+                               "status": "draining" if body.get("draining") else "ok",
+                               **{k: v for k, v in cache.items() if k != "upstreams"}})
+        requests, hits = total["requests"], total["hits"]
+        return {
+            "node": master.config.name, **total,
+            "hit_ratio": hits / requests if requests else 0.0,
+            "upstreams": _merge_upstreams(upstreams),
+            "workers": per_worker,
+        }
+
+    async def purge(self, spec: PurgeSpec) -> tuple[dict[str, Any], int]:
+        """Every worker has its own cache: purge them all. A worker that is not running
+        has an empty cache (it starts cold), so it counts as purged; one that is running
+        but does not answer makes the purge fail (502) so the operator retries."""
+        master = self.master
+
+        async def one(worker: Worker) -> dict[str, Any]:
+            if not worker.running:
+                return {"worker": worker.index, "purged": 0, "running": False}
+            try:
+                status, body = await master.call(worker, "POST", "/purge", spec.body())
+            except WorkerUnreachable as exc:
+                return {"worker": worker.index, "error": str(exc)}
+            if status != 200:
+                return {"worker": worker.index, "error": f"status {status}: {body}"}
+            return {"worker": worker.index, "purged": body["purged"]}
+
+        results = await asyncio.gather(*(one(w) for w in master.workers))
+        failed = [r for r in results if "error" in r]
+        return ({"purged": sum(r.get("purged", 0) for r in results), **spec.body(),
+                 "workers": list(results)}, 502 if failed else 200)
+
+    async def prewarm(self, paths: list[str]) -> dict[str, Any]:
+        """Every worker has its own memory cache, so every worker fetches every path
+        (through its own private listener). ``results`` per path gives the worst status
+        over the workers, and each worker's own result."""
+        master = self.master
+
+        async def one(worker: Worker) -> dict[str, Any]:
+            try:
+                status, body = await master.call(worker, "POST", "/prewarm", {"paths": paths},
+                                                 timeout=PREWARM_TIMEOUT)
+            except WorkerUnreachable as exc:
+                return {"worker": worker.index, "error": str(exc)}
+            if status != 200 or not isinstance(body, dict):
+                return {"worker": worker.index, "error": f"status {status}: {body}"}
+            return {"worker": worker.index, **body}
+
+        reports = await asyncio.gather(*(one(w) for w in master.workers))
+        results: dict[str, dict[str, Any]] = {}
+        for path in dict.fromkeys(paths):
+            per = []
+            for report in reports:
+                got = report.get("results", {}).get(path) if "error" not in report else None
+                per.append({"worker": report["worker"],
+                            **(got or {"status": 599, "error": report.get("error", "")})})
+            results[path] = {"status": max(int(p["status"]) for p in per), "workers": per}
+        failed = sum(1 for r in results.values() if r["status"] >= 400)
+        return {
+            "requested": len(paths), "failed": failed, "results": results,
+            "workers": [{"worker": r["worker"], "failed": r.get("failed"),
+                         **({"error": r["error"]} if "error" in r else {})}
+                        for r in reports],
+        }
 
 
 class Master:
@@ -347,144 +466,13 @@ class Master:
 
     # ---- the admin API -----------------------------------------------------------------------
 
-    def build_admin_app(self) -> web.Application:
-
-        async def health(request: web.Request) -> web.Response:
-            async def one(worker: Worker) -> dict[str, Any]:
-                state = {"worker": worker.index, "pid": worker.pid, "restarts": worker.restarts}
-                try:
-                    status, body = await self.call(worker, "GET", "/health")
-                except WorkerUnreachable:
-                    return {**state, "status": "down"}
-                return {**state, "status": body.get("status", str(status))
-                        if isinstance(body, dict) else str(status)}
-
-            workers = await asyncio.gather(*(one(w) for w in self.workers))
-            if self.stopping:
-                status = "draining"
-            elif not self.started:
-                status = "starting"
-            else:
-                status = "ok" if all(w["status"] == "ok" for w in workers) else "degraded"
-            return web.json_response(
-                {"status": status, "node": self.config.name, "role": self.config.role,
-                 "workers": list(workers)},
-                status=200 if status == "ok" else 503,
-            )
-
-        async def metrics(request: web.Request) -> web.Response:
-            self._view = self.metrics_view(await self.internal_stats())
-            body = generate_latest(self.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def cache_stats(request: web.Request) -> web.Response:
-            fresh = await self.internal_stats()
-            per_worker: list[dict[str, Any]] = []
-            total: dict[str, Any] = dict.fromkeys(CACHE_SUMS, 0)
-            upstreams = []
-            for worker, body in zip(self.workers, fresh, strict=True):
-                if body is None:
-                    per_worker.append({"worker": worker.index, "pid": worker.pid,
-                                       "status": "down"})
-                    continue
-                cache = body["cache"]
-                for key in CACHE_SUMS:
-                    total[key] += cache.get(key, 0)
-                upstreams.append(cache.get("upstreams", {}))
-                per_worker.append({"worker": worker.index, "pid": body["pid"],
-                                   "status": "draining" if body.get("draining") else "ok",
-                                   **{k: v for k, v in cache.items() if k != "upstreams"}})
-            requests, hits = total["requests"], total["hits"]
-            return web.json_response({
-                "node": self.config.name, **total,
-                "hit_ratio": hits / requests if requests else 0.0,
-                "upstreams": _merge_upstreams(upstreams),
-                "workers": per_worker,
-            })
-
-        async def purge(request: web.Request) -> web.Response:
-            """Every worker has its own cache: purge them all. A worker that is not running
-            has an empty cache (it starts cold), so it counts as purged; one that is running
-            but does not answer makes the purge fail (502) so the operator retries."""
-            spec = await read_purge_spec(request)
-            if isinstance(spec, web.Response):
-                return spec
-
-            async def one(worker: Worker) -> dict[str, Any]:
-                if not worker.running:
-                    return {"worker": worker.index, "purged": 0, "running": False}
-                try:
-                    status, body = await self.call(worker, "POST", "/purge", spec.body())
-                except WorkerUnreachable as exc:
-                    return {"worker": worker.index, "error": str(exc)}
-                if status != 200:
-                    return {"worker": worker.index, "error": f"status {status}: {body}"}
-                return {"worker": worker.index, "purged": body["purged"]}
-
-            results = await asyncio.gather(*(one(w) for w in self.workers))
-            failed = [r for r in results if "error" in r]
-            return web.json_response(
-                {"purged": sum(r.get("purged", 0) for r in results), **spec.body(),
-                 "workers": list(results)},
-                status=502 if failed else 200,
-            )
-
-        async def prewarm(request: web.Request) -> web.Response:
-            """Every worker has its own memory cache, so every worker fetches every path
-            (through its own private listener). ``results`` per path gives the worst status
-            over the workers, and each worker's own result."""
-            paths = await read_prewarm_paths(request)
-            if isinstance(paths, web.Response):
-                return paths
-
-            async def one(worker: Worker) -> dict[str, Any]:
-                try:
-                    status, body = await self.call(worker, "POST", "/prewarm", {"paths": paths},
-                                                   timeout=PREWARM_TIMEOUT)
-                except WorkerUnreachable as exc:
-                    return {"worker": worker.index, "error": str(exc)}
-                if status != 200 or not isinstance(body, dict):
-                    return {"worker": worker.index, "error": f"status {status}: {body}"}
-                return {"worker": worker.index, **body}
-
-            reports = await asyncio.gather(*(one(w) for w in self.workers))
-            results: dict[str, dict[str, Any]] = {}
-            for path in dict.fromkeys(paths):
-                per = []
-                for report in reports:
-                    got = report.get("results", {}).get(path) if "error" not in report else None
-                    per.append({"worker": report["worker"],
-                                **(got or {"status": 599, "error": report.get("error", "")})})
-                results[path] = {"status": max(int(p["status"]) for p in per), "workers": per}
-            failed = sum(1 for r in results.values() if r["status"] >= 400)
-            return web.json_response({
-                "requested": len(paths), "failed": failed, "results": results,
-                "workers": [{"worker": r["worker"], "failed": r.get("failed"),
-                             **({"error": r["error"]} if "error" in r else {})}
-                            for r in reports],
-            })
-
-        app = web.Application(middlewares=[bearer_middleware(lambda: self.config.admin_token)])
-        app.router.add_get("/health", health)
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/cache/stats", cache_stats)
-        app.router.add_post("/purge", purge)
-        app.router.add_post("/prewarm", prewarm)
-        return app
-
     async def start_admin(self) -> None:
         config = self.config
         if config.admin_host is None or config.admin_port is None:
             return
-        self._admin_runner = web.AppRunner(self.build_admin_app(), access_log=None,
-                                           handle_signals=False)
-        await self._admin_runner.setup()
-        site = web.TCPSite(self._admin_runner, config.admin_host, config.admin_port,
-                           reuse_address=True)
-        await site.start()
-        server = site._server
-        if server is not None and server.sockets:
-            self.admin_port = server.sockets[0].getsockname()[1]
+        self._admin_runner, self.admin_port = await start_admin(
+            build_admin_app(WorkersAdmin(self)), host=config.admin_host, port=config.admin_port
+        )
 
     # ---- the whole life --------------------------------------------------------------------
 
