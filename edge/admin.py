@@ -22,6 +22,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .bodyfile import DESCRIPTORS
 from .cachekey import split_target
 from .metrics import node_registry, stats_snapshot, upstream_up_values
 from .target import BadPath, canonical_path
@@ -183,6 +184,9 @@ def node_gauges(server: NodeServer) -> dict[str, float]:
         # One per process; the master of a multi-worker node sums its workers' gauges, so
         # there it counts the workers whose metrics are in the scrape.
         "reelcdn_workers": 1,
+        # Descriptors are the process's (bodyfile.DESCRIPTORS), like the connections.
+        "reelcdn_body_file_descriptors": DESCRIPTORS.held,
+        "reelcdn_body_file_descriptors_budget": DESCRIPTORS.budget or 0,
     }
 
 

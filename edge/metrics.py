@@ -22,8 +22,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .bodyfile import DESCRIPTORS
-
 # Seconds; video TTFB spans sub-millisecond HITs to multi-second cold origin fetches.
 TTFB_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -67,16 +65,6 @@ class NodeStats:
         self.cmcd_buffer_reports = 0
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
-
-    @property
-    def body_file_descriptors(self) -> int:
-        """Descriptors memory-file bodies hold now (this process's, like the descriptors)."""
-        return DESCRIPTORS.held
-
-    @property
-    def body_file_descriptors_budget(self) -> int:
-        """How many they may hold (set at node start from RLIMIT_NOFILE; 0: none)."""
-        return DESCRIPTORS.budget or 0
 
     def count(self, method: str, cache_status: str, code: int) -> None:
         key = (method, cache_status, code)
@@ -144,11 +132,6 @@ STATS_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("disk_bytes", "reelcdn_disk_bytes", "Bytes of files in the disk tier (whole 4 KiB blocks)"),
     ("disk_objects", "reelcdn_disk_objects", "Objects in the disk tier"),
     ("disk_capacity", "reelcdn_disk_capacity_bytes", "The disk tier's configured budget"),
-    ("body_file_descriptors", "reelcdn_body_file_descriptors",
-     "Descriptors held by cached bodies kept in memory files (one each)"),
-    ("body_file_descriptors_budget", "reelcdn_body_file_descriptors_budget",
-     "Descriptors memory-file bodies may hold: RLIMIT_NOFILE minus the client, upstream "
-     "and disk reserve"),
 )
 
 
@@ -316,6 +299,11 @@ GAUGE_HELP = {
     "reelcdn_inflight_fetches": "Upstream fetches in progress (each may feed many clients)",
     "reelcdn_open_connections": "Client connections open now",
     "reelcdn_workers": "Worker processes of the node (each with its own memory cache)",
+    "reelcdn_body_file_descriptors":
+        "Descriptors held by cached bodies kept in memory files (one each)",
+    "reelcdn_body_file_descriptors_budget":
+        "Descriptors memory-file bodies may hold: RLIMIT_NOFILE minus the client, upstream "
+        "and disk reserve",
 }
 
 
