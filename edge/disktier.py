@@ -65,12 +65,12 @@ from typing import TYPE_CHECKING, Any
 from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
 
 from .bodyfile import FileBody
+from .entry import CacheEntry
 from .metrics import NodeStats
 
 if TYPE_CHECKING:
     from .freshness import Freshness
     from .lru import LruIndex
-    from .store import CacheEntry
 
 log = logging.getLogger("reelcdn.disktier")
 
@@ -466,8 +466,6 @@ class DiskTier:
         return entry
 
     def _open(self, record: _Record) -> CacheEntry | None:
-        from .store import CacheEntry
-
         path = record.path
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -26,36 +26,16 @@ from reelcdn.extensions import lru  # the compiled LRU index when built, else ed
 
 from .bodyfile import DESCRIPTORS, FileBody
 from .disktier import DiskTier
-from .freshness import Freshness
-from .http import normalise_accept_encoding, render_fields, validators
+from .entry import CacheEntry, body_charge
+from .http import normalise_accept_encoding
 from .lru import LruIndex  # the contract of both twins, for type hints
 
 log = logging.getLogger("reelcdn.store")
-
-# Bytes charged per entry beyond body, header block and key.
-ENTRY_OVERHEAD = 3584
-# Measured (``python -m reelcdn.loadtest.bench.memory overhead``, tracemalloc): an entry costs
-# about 2.6 KB beyond its body when stored (the header list of tuples ~1.5 KB, the entry, the
-# header block, dict and index slots) and 3.3 KB once the first HIT cached its head. Charging
-# less let a cache of small objects (playlists, inits) grow to twice ``cache_memory``.
 
 # Bodies smaller than this never go to the disk tier when the node keeps every body as bytes
 # (``sendfile_min_size = 0``); otherwise the threshold is ``sendfile_min_size``: a body worth a
 # memory file is worth a disk file, and below it a file descriptor costs more than it saves.
 DISK_MIN_BYTES = 64 * 1024
-
-# A memory-file body (``bodyfile.FileBody``) occupies whole pages, plus the kernel's file and
-# mapping objects and its descriptor: ~1 KiB.
-PAGE = 4096
-FILE_BODY_OVERHEAD = 1024
-
-
-def body_charge(body: bytes | FileBody) -> int:
-    """Bytes of memory a stored body occupies."""
-    if type(body) is FileBody:
-        return (len(body) + PAGE - 1) // PAGE * PAGE + FILE_BODY_OVERHEAD
-    return len(body)
-
 
 def _body_to_bytes(entry: CacheEntry) -> None:
     """Keep an entry's memory-file body as ``bytes`` instead (one copy), charged as such; the
@@ -63,104 +43,6 @@ def _body_to_bytes(entry: CacheEntry) -> None:
     old = entry.body
     entry.body = bytes(old)
     entry.charge += body_charge(entry.body) - body_charge(old)
-
-
-def _fresh_until(freshness: Freshness, response_time: float, initial_age: float) -> float:
-    """The time until which an entry is fresh: its age (initial age + resident time) stays
-    below its freshness lifetime before then (RFC 9111 §4.2); never for ``no-cache``."""
-    if freshness.no_cache:
-        return float("-inf")
-    return response_time + freshness.lifetime - initial_age
-
-
-class CacheEntry:
-    """A stored response. Immutable once inserted, except ``refresh`` after a 304."""
-
-    __slots__ = (
-        "key",
-        "primary",
-        "status",
-        "header_block",
-        "headers",
-        "body",
-        "etag",
-        "last_modified",
-        "content_type",
-        "freshness",
-        "response_time",
-        "initial_age",
-        "fresh_until",
-        "vary",
-        "head_cache",
-        "prior",
-        "hits",
-        "charge",
-        "disk_path",
-    )
-
-    def __init__(
-        self,
-        *,
-        key: str,
-        primary: str,
-        status: int,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        freshness: Freshness,
-        response_time: float,
-        initial_age: float,
-        vary: tuple[bytes, ...] = (),
-    ) -> None:
-        self.key = key
-        self.primary = primary
-        self.status = status
-        self.body = body
-        self.freshness = freshness
-        self.response_time = response_time
-        self.initial_age = initial_age
-        self.fresh_until = _fresh_until(freshness, response_time, initial_age)
-        self.vary = vary
-        self.hits = 0
-        # The disk tier's file holding this body, when it was promoted from there (disktier).
-        self.disk_path: str | None = None
-        self.head_cache: tuple[int, bytes] | None = None
-        self._set_headers(headers)
-
-    def _set_headers(self, headers: list[tuple[bytes, bytes]]) -> None:
-        self.headers = headers
-        self.header_block, self.prior = render_fields(headers)
-        self.etag, self.last_modified, self.content_type = validators(headers)
-        self.head_cache = None
-        self.charge = (
-            body_charge(self.body) + len(self.header_block) + len(self.key) + ENTRY_OVERHEAD
-        )
-
-    def age(self, now: float) -> float:
-        """Current age (RFC 9111 §4.2.3): corrected initial age plus resident time."""
-        return self.initial_age + (now - self.response_time)
-
-    def ttl(self, now: float) -> float:
-        """Seconds of freshness left (negative once stale)."""
-        return self.freshness.lifetime - self.age(now)
-
-    def is_fresh(self, now: float) -> bool:
-        """Whether the entry may be served without revalidation at ``now`` (the HIT path
-        compares ``now < entry.fresh_until`` itself, the same test without a call)."""
-        return now < self.fresh_until
-
-    def refresh(
-        self,
-        headers: list[tuple[bytes, bytes]],
-        freshness: Freshness,
-        response_time: float,
-        initial_age: float,
-    ) -> None:
-        """Apply a 304 (RFC 9111 §4.3.4): the new header fields replace the stored ones."""
-        self.freshness = freshness
-        self.response_time = response_time
-        self.initial_age = initial_age
-        self.fresh_until = _fresh_until(freshness, response_time, initial_age)
-        self._set_headers(headers)
 
 
 class MemoryStore:

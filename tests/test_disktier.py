@@ -31,8 +31,9 @@ from reelcdn.edge import disktier as disk_module
 from reelcdn.edge import store as store_module
 from reelcdn.edge.bodyfile import MEMFD_AVAILABLE, FileBody, file_body
 from reelcdn.edge.disktier import BLOCK, DiskTier, disk_charge, sweep_stale_runs
+from reelcdn.edge.entry import ENTRY_OVERHEAD, CacheEntry, body_charge
 from reelcdn.edge.freshness import Freshness
-from reelcdn.edge.store import CacheEntry, MemoryStore
+from reelcdn.edge.store import MemoryStore
 
 TWIN_MODULE = "lru"  # the twins of the LRU index (the ``twin`` fixture, conftest.py)
 
@@ -130,8 +131,8 @@ def test_victim_comes_back_from_disk_byte_for_byte(tmp_path: Path, memfd: bool) 
     assert back.headers == headers and back.etag == '"/a"'
     assert back.response_time == response_time and 5.0 <= back.age(time.time()) < 6.0
     assert back.is_fresh(time.time())
-    assert back.charge == store_module.body_charge(back.body) + len(back.header_block) + len(
-        back.key) + store_module.ENTRY_OVERHEAD
+    assert back.charge == body_charge(back.body) + len(back.header_block) + len(
+        back.key) + ENTRY_OVERHEAD
     # Exclusive: now in memory only (as the most recent), and /b went to disk in its place.
     assert store.peek("/a") is back and "/a" not in store.disk and "/b" in store.disk
     assert store.disk.counts.disk_hits == 1

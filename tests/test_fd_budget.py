@@ -32,9 +32,10 @@ from reelcdn.edge.bodyfile import (
     file_body,
 )
 from reelcdn.edge.config import Limits
+from reelcdn.edge.entry import ENTRY_OVERHEAD, CacheEntry, body_charge
 from reelcdn.edge.freshness import Freshness
 from reelcdn.edge.metrics import NodeStats
-from reelcdn.edge.store import ENTRY_OVERHEAD, CacheEntry, MemoryStore, body_charge
+from reelcdn.edge.store import MemoryStore
 
 pytestmark = pytest.mark.skipif(
     not MEMFD_AVAILABLE or not os.path.isdir("/proc/self/fd"),

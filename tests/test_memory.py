@@ -9,7 +9,7 @@ served once (a HIT keeps its rendered head in the entry), the Python heap growth
 tracemalloc (exact and repeatable), plus the whole pages a memory-file body occupies.
 
 The comparison uses whatever the store charges at run time (``charge − len(body)``), so it
-follows any change of ``ENTRY_OVERHEAD`` or of the charge formula in ``edge/store.py``; the
+follows any change of ``ENTRY_OVERHEAD`` or of the charge formula in ``edge/entry.py``; the
 controls below show it fails for an ``ENTRY_OVERHEAD`` of 0 and passes for a generous one.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from reelcdn.edge import store
+from reelcdn.edge import entry
 from reelcdn.edge.bodyfile import MEMFD_AVAILABLE
 from reelcdn.loadtest.bench.memory import KIB, HeapResult, Profile, measure_heap
 
@@ -39,7 +39,7 @@ def explain(result: HeapResult) -> str:
         f"{result.profile}: an entry costs {result.measured:,.0f} B beyond its body "
         f"({result.heap_overhead:,.0f} B of Python heap once stored and served, "
         f"{result.page_rounding / result.entries:,.0f} B of page rounding), but the store "
-        f"charges {result.charged:,.0f} B (ENTRY_OVERHEAD = {store.ENTRY_OVERHEAD}): "
+        f"charges {result.charged:,.0f} B (ENTRY_OVERHEAD = {entry.ENTRY_OVERHEAD}): "
         f"{shortfall:,.0f} B short per entry"
     )
 
@@ -60,9 +60,9 @@ def test_measurement_sees_an_entry_beyond_its_body() -> None:
 def test_the_check_fails_without_entry_overhead(monkeypatch: pytest.MonkeyPatch) -> None:
     """Control: with nothing charged beyond the header block and key, the check fails; with a
     charge far above any entry's cost it passes. So the comparison discriminates."""
-    monkeypatch.setattr(store, "ENTRY_OVERHEAD", 0)
+    monkeypatch.setattr(entry, "ENTRY_OVERHEAD", 0)
     stingy = measure_heap(PLAYLIST)
     assert stingy.measured > stingy.charged
-    monkeypatch.setattr(store, "ENTRY_OVERHEAD", 64 * KIB)
+    monkeypatch.setattr(entry, "ENTRY_OVERHEAD", 64 * KIB)
     generous = measure_heap(PLAYLIST)
     assert generous.measured <= generous.charged

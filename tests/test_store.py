@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import store as store_module
+from reelcdn.edge.entry import CacheEntry
 from reelcdn.edge.freshness import Freshness
-from reelcdn.edge.store import CacheEntry, MemoryStore
+from reelcdn.edge.store import MemoryStore
 
 TWIN_MODULE = "lru"  # the twins of the LRU index (the ``twin`` fixture, conftest.py)
 

@@ -4,8 +4,8 @@ no-cache, and the one precondition entry point."""
 from __future__ import annotations
 
 from reelcdn.edge.conditional import request_verdict
+from reelcdn.edge.entry import CacheEntry
 from reelcdn.edge.freshness import decide
-from reelcdn.edge.store import CacheEntry
 from reelcdn.edge.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
 
 

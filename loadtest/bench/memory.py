@@ -510,7 +510,7 @@ def kernel_per_memfd(trials: int = 3, count: int = 1000) -> list[float]:
 
 def overhead_report(heap: list[HeapResult], rss: list[dict[str, int]],
                     slab: list[float]) -> str:
-    from reelcdn.edge import store
+    from reelcdn.edge import entry as store
 
     lines = [
         "| profile | entries | body kept as | charged beyond body | Python heap beyond body "

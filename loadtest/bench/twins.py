@@ -43,8 +43,9 @@ from reelcdn.edge import head as pure_head
 from reelcdn.edge import lru as pure_lru
 from reelcdn.edge import ranges as pure_ranges
 from reelcdn.edge import reader as pure_reader
+from reelcdn.edge.entry import CacheEntry
 from reelcdn.edge.freshness import Freshness
-from reelcdn.edge.store import CacheEntry, MemoryStore
+from reelcdn.edge.store import MemoryStore
 
 from .common import BenchFailure, log, positive_int
 
