@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ..extensions import ranges  # compiled twin when built, else edge/ranges.py
@@ -49,9 +49,8 @@ from .http import (
 )
 from .httpdate import format_http_date, http_date_now_bytes
 from .metrics import NodeStats
-from .parents import ParentSet
 from .store import CacheEntry, MemoryStore
-from .upstream import HttpUpstream, Upstream
+from .upstream import Upstream
 from .verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
 
 if TYPE_CHECKING:
@@ -127,36 +126,6 @@ def _merge_304(
     return kept + [(n, v) for n, v in fresh if n.lower() in replaced]
 
 
-def build_upstream(config: NodeConfig) -> Upstream:
-    """The node's upstream from its config: an upstream URL, HRW parents, or origins
-    (a shield)."""
-    parents = config.parents
-    origins = config.origins
-    if origins:
-        from reelcdn.shield import build_origin_chain
-
-        return build_origin_chain(
-            origins,
-            retry_after=config.parent_retry_after,
-            failures=config.parent_failures,
-        )
-    if parents:
-        return ParentSet(
-            parents,
-            timeouts=config.upstream_timeouts,
-            max_connections=config.upstream_max_connections,
-            failures_to_down=config.parent_failures,
-            retry_after=config.parent_retry_after,
-        )
-    if not config.upstream:
-        raise ValueError(f"node {config.name} has no upstream, parents or origins")
-    return HttpUpstream(
-        config.upstream,
-        timeouts=config.upstream_timeouts,
-        max_connections=config.upstream_max_connections,
-    )
-
-
 def _upstream_spec(config: NodeConfig) -> tuple[object, ...]:
     return (
         config.upstream,
@@ -170,9 +139,16 @@ def _upstream_spec(config: NodeConfig) -> tuple[object, ...]:
 class CacheNode:
     """One cache node (edge, regional or shield): store, coalescer, upstream, policy."""
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(
+        self, config: NodeConfig, build_upstream: Callable[[NodeConfig], Upstream]
+    ) -> None:
+        """``build_upstream`` makes the node's upstream from a config (and again on a reload
+        that changes it): the parents, an origin chain or a URL. It comes from the place that
+        composes a node (``connectors.build_upstream``), so the request steps never import
+        the origin connectors."""
         self.config = config
         self.name = config.name
+        self._build_upstream = build_upstream
         self.keys = KeyPolicy.from_config(config)
         self._fill_allowed = frozenset(n.encode() for n in config.fill_headers)
         self.store = MemoryStore(config.cache_memory)
@@ -202,7 +178,7 @@ class CacheNode:
         self.store.configure_disk(config, self.stats)
         self.delivery.configure(config.name, config.cmsd)
         if _upstream_spec(config) != _upstream_spec(old):
-            fresh = build_upstream(config)
+            fresh = self._build_upstream(config)
             fresh.observe = self.stats.upstream
             await fresh.start()
             retired, self.upstream = self.upstream, fresh

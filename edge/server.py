@@ -25,6 +25,7 @@ from aiohttp import web
 from .admin import LocalAdmin, build_admin_app, start_admin
 from .bodyfile import descriptor_budget
 from .config import NodeConfig, describe_upstream
+from .connectors import build_upstream
 from .node import CacheNode
 from .protocol import HttpConnection
 
@@ -51,7 +52,7 @@ class NodeServer:
         """``reuse_port``: bind the data listener with SO_REUSEPORT (a worker; with it, a
         private loopback listener too). ``admin_socket``: serve admin (with
         ``/internal/stats``) on this unix socket instead of the configured TCP address."""
-        self.node = CacheNode(config)
+        self.node = CacheNode(config, build_upstream)
         self.reuse_port = reuse_port
         self.admin_socket = admin_socket
         self.worker_index = worker_index

@@ -234,7 +234,10 @@ class EntryBuilder:
         }
         if sendfile_min is not None:
             table["sendfile_min_size"] = sendfile_min
-        self.node = node_module.CacheNode(node_config_from_dict("memory-bench", table))
+        from reelcdn.edge.connectors import build_upstream
+
+        self.node = node_module.CacheNode(node_config_from_dict("memory-bench", table),
+                                          build_upstream)
         missing = [n for n in self.NEEDED if not hasattr(self.node, n)]
         for name in ("_storable_headers", "_header_map"):
             if not hasattr(node_module, name):

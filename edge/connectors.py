@@ -1,0 +1,44 @@
+"""Which upstream a node's config names, built: the one place that knows every connector.
+
+A node fetches from exactly one of: an upstream URL (``HttpUpstream``), parents chosen by
+rendezvous hashing (``ParentSet``), or origins in failover order (a shield's
+``reelcdn.shield`` chain: fs, s3, http). The server composes a node with this function, so the
+request steps (``node.py``) depend on the ``Upstream`` contract only, and the shield's
+connectors are imported where nodes are put together, not below them.
+"""
+
+from __future__ import annotations
+
+from reelcdn.shield import build_origin_chain
+
+from .config import NodeConfig
+from .parents import ParentSet
+from .upstream import HttpUpstream, Upstream
+
+
+def build_upstream(config: NodeConfig) -> Upstream:
+    """The node's upstream from its config: an upstream URL, HRW parents, or origins
+    (a shield)."""
+    parents = config.parents
+    origins = config.origins
+    if origins:
+        return build_origin_chain(
+            origins,
+            retry_after=config.parent_retry_after,
+            failures=config.parent_failures,
+        )
+    if parents:
+        return ParentSet(
+            parents,
+            timeouts=config.upstream_timeouts,
+            max_connections=config.upstream_max_connections,
+            failures_to_down=config.parent_failures,
+            retry_after=config.parent_retry_after,
+        )
+    if not config.upstream:
+        raise ValueError(f"node {config.name} has no upstream, parents or origins")
+    return HttpUpstream(
+        config.upstream,
+        timeouts=config.upstream_timeouts,
+        max_connections=config.upstream_max_connections,
+    )
