@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
+from .contract import FetchFailed
 from .freshness import Freshness
 from .http import render_fields, validators
 
@@ -62,18 +63,6 @@ class FetchHead:
         self.etag, self.last_modified, self.content_type = validators(headers)
         # The stored fields rendered once, shared by every reader's response head.
         self.block, self.prior = render_fields(headers)
-
-
-class FetchFailed(Exception):
-    """The upstream fetch failed; ``status`` is what a client should get (502 or 504).
-    ``retryable``: the request surely never reached the upstream (connection refused), so
-    even a non-idempotent request may be sent elsewhere."""
-
-    def __init__(self, status: int, reason: str, *, retryable: bool = False) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.retryable = retryable
 
 
 class Fetch:

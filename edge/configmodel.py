@@ -11,6 +11,8 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
+from .contract import UpstreamTimeouts  # noqa: F401  (part of the model: NodeConfig fields)
+
 __all__ = [
     "DEFAULT_FILL_HEADERS",
     "DEFAULT_IGNORE_QUERY_PARAMS",
@@ -80,13 +82,6 @@ class Limits:
     idle_timeout: float = 60.0               # keep-alive idle seconds
     send_timeout: float = 60.0               # a response write making no progress this long: close
     shutdown_grace: float = 10.0             # seconds to finish in-flight responses on shutdown
-
-
-@dataclass(frozen=True, slots=True)
-class UpstreamTimeouts:
-    connect: float = 3.0
-    first_byte: float = 10.0
-    idle: float = 10.0       # between body chunks
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from reelcdn.shield import build_origin_chain
 
 from .config import NodeConfig
+from .contract import Upstream
 from .parents import ParentSet
-from .upstream import HttpUpstream, Upstream
+from .upstream import HttpUpstream
 
 
 def build_upstream(config: NodeConfig) -> Upstream:

@@ -16,7 +16,8 @@ from ..extensions import head as heads  # compiled twins when built, else edge/h
 from ..extensions import ranges  # and edge/ranges.py
 from . import cmsd
 from .bodyfile import FileBody
-from .coalescer import Fetch, FetchFailed
+from .coalescer import Fetch
+from .contract import FetchFailed
 from .http import NO_PRIOR, Request, render_fields
 from .metrics import NodeStats
 

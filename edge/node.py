@@ -34,8 +34,9 @@ from ..extensions import ranges  # compiled twin when built, else edge/ranges.py
 from . import conditional
 from .bodyfile import BodyFiles, FileBody
 from .cachekey import KeyPolicy
-from .coalescer import Coalescer, Fetch, FetchFailed, FetchHead
+from .coalescer import Coalescer, Fetch, FetchHead
 from .config import NodeConfig
+from .contract import FetchFailed, Upstream
 from .delivery import Delivery
 from .features import CONTINUE, EdgeFeatures
 from .freshness import Freshness, current_age, decide
@@ -50,7 +51,6 @@ from .http import (
 from .httpdate import format_http_date, http_date_now_bytes
 from .metrics import NodeStats
 from .store import CacheEntry, MemoryStore
-from .upstream import Upstream
 from .verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
 
 if TYPE_CHECKING:

@@ -16,9 +16,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .coalescer import FetchFailed
-from .config import UpstreamTimeouts
-from .upstream import HttpUpstream, TargetRefused, Upstream, UpstreamResponse
+from .contract import FetchFailed, TargetRefused, Upstream, UpstreamResponse, UpstreamTimeouts
+from .upstream import HttpUpstream
 
 if TYPE_CHECKING:
     from .config import ParentRef

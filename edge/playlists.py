@@ -59,7 +59,7 @@ from reelcdn.origin.meta import VideoMeta
 
 from . import cmsd, conditional
 from .cachekey import host_of
-from .coalescer import FetchFailed
+from .contract import FetchFailed
 from .http import Request
 from .store import CacheEntry
 

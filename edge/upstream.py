@@ -14,70 +14,14 @@ stays a bare protocol: see docs/overview.md, "Tiers".
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .coalescer import FetchFailed
-from .config import UpstreamTimeouts
+from .contract import FetchFailed, TargetRefused, Upstream, UpstreamResponse, UpstreamTimeouts
 from .target import is_canonical_target
-
-
-class TargetRefused(FetchFailed):
-    """A target this node will not send upstream (400): the client's fault, so it never
-    counts against the upstream's health nor is retried on another parent."""
-
-
-class UpstreamResponse:
-    """Status, raw header pairs, and a body stream that must be released when done."""
-
-    status: int
-    headers: list[tuple[bytes, bytes]]
-
-    def chunks(self, idle_timeout: float) -> AsyncIterator[bytes]:
-        """The body as it arrives; ``FetchFailed(504)`` if it stalls, 502 if it breaks."""
-        raise NotImplementedError
-
-    def release(self) -> None:
-        """Done with a fully read body: resources may be reused."""
-
-    def close(self) -> None:
-        """Abandon the body (it will not be read to the end)."""
-
-
-class Upstream:
-    """What a node fetches from: a parent tier, a set of parents, or origins.
-
-    ``observe(source, status)`` is called for every answer or failure (status 502/504 for
-    failures) with the name of the parent or origin involved: the node's metrics hook.
-    """
-
-    name: str = "upstream"
-
-    def __init__(self) -> None:
-        self.observe: Callable[[str, int], None] = _ignore
-
-    async def start(self) -> None:
-        """Open pools and clients; called once the event loop runs."""
-
-    async def close(self) -> None:
-        """Release pools and clients."""
-
-    async def request(
-        self,
-        method: str,
-        target: str,
-        headers: Iterable[tuple[bytes | str, bytes | str]],
-        body: bytes | None = None,
-    ) -> UpstreamResponse:
-        """Send a request; return once the response head has arrived."""
-        raise NotImplementedError
-
-
-def _ignore(source: str, status: int) -> None:
-    return None
 
 
 class HttpResponse(UpstreamResponse):

@@ -27,8 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from reelcdn.edge.coalescer import FetchFailed
-from reelcdn.edge.upstream import Upstream, UpstreamResponse
+from reelcdn.edge.contract import FetchFailed, Upstream, UpstreamResponse
 
 from .paths import OriginRefused
 

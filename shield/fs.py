@@ -43,10 +43,9 @@ import sys
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from reelcdn.edge.coalescer import FetchFailed
 from reelcdn.edge.conditional import evaluate
+from reelcdn.edge.contract import FetchFailed, Upstream, UpstreamResponse
 from reelcdn.edge.httpdate import format_http_date
-from reelcdn.edge.upstream import Upstream, UpstreamResponse
 
 from .content_types import content_type_bytes
 from .paths import OriginRefused, resolve_key

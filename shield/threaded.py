@@ -13,8 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from reelcdn.edge.coalescer import FetchFailed
-from reelcdn.edge.upstream import UpstreamResponse
+from reelcdn.edge.contract import FetchFailed, UpstreamResponse
 
 
 class ThreadedBodyResponse(UpstreamResponse):

@@ -243,7 +243,7 @@ async def test_upstream_refuses_a_non_canonical_target(prefixed_shield) -> None:
     """Defence in depth: the connector itself never appends a dot path to its prefix."""
     server, origin = prefixed_shield
     upstream = server.node.upstream
-    from reelcdn.edge.coalescer import FetchFailed
+    from reelcdn.edge.contract import FetchFailed
 
     with pytest.raises(FetchFailed) as caught:
         await upstream.request("GET", "/../private/secret.txt", [])

@@ -24,10 +24,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from s3server import free_port, s3_endpoint  # noqa: F401  (s3_endpoint is a fixture)
 
-from reelcdn.edge.coalescer import FetchFailed
 from reelcdn.edge.config import UpstreamTimeouts
+from reelcdn.edge.contract import FetchFailed, UpstreamResponse
 from reelcdn.edge.httpdate import format_http_date
-from reelcdn.edge.upstream import HttpUpstream, UpstreamResponse
+from reelcdn.edge.upstream import HttpUpstream
 from reelcdn.shield import build_origin, build_origin_chain
 from reelcdn.shield.content_types import content_type_for
 from reelcdn.shield.failover import OriginChain

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from reelcdn.edge.coalescer import FetchFailed
 from reelcdn.edge.config import UpstreamTimeouts
+from reelcdn.edge.contract import FetchFailed
 from reelcdn.edge.parents import ParentSet, hrw_order
 
 
