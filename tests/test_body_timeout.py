@@ -22,7 +22,8 @@ from reelcdn.edge.server import NodeServer
 if TYPE_CHECKING:
     from conftest import TestOrigin
 
-pytestmark = pytest.mark.usefixtures("no_internal_errors")
+# Each test waits out body timeouts of one to two seconds.
+pytestmark = [pytest.mark.usefixtures("no_internal_errors"), pytest.mark.slow]
 
 # A minimum rate checked after one second; the total deadline far away.
 RATE = {"body_timeout": "30s", "body_min_rate_bytes": "1KiB", "body_rate_grace": "1s"}

@@ -207,6 +207,7 @@ async def test_connection_close_waits_for_the_whole_body(origin, node) -> None:
     writer.close()
 
 
+@pytest.mark.slow
 async def test_a_stalled_reader_is_cut_after_the_send_timeout(origin, start_node) -> None:
     server = await start_node(origin.url, limits={"send_timeout": "1s"})
     big = os.urandom(4 * 1024 * 1024)

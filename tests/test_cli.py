@@ -13,6 +13,8 @@ import pytest
 from nodeproc import free_port, wait_health
 from rawhttp import get
 
+pytestmark = pytest.mark.slow  # reelcdn commands and node processes, each a new Python process
+
 NODE_TOML = """
 [node.edge-a]
 listen = "127.0.0.1:{port}"

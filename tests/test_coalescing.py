@@ -9,12 +9,14 @@ import os
 import sys
 import time
 
+import pytest
 from rawhttp import get, read_response
 
 SEGMENT = os.urandom(32_000)
 CACHEABLE = {"Cache-Control": "max-age=3600", "Content-Type": "video/iso.segment"}
 
 
+@pytest.mark.slow
 async def test_500_concurrent_cold_requests_make_one_fetch(origin, node):
     """The issue's target: 500 players ask for one cold segment behind a 200 ms origin → one
     origin fetch, identical bodies, the slowest answer within origin latency + 50 ms.
@@ -105,6 +107,7 @@ async def test_failed_fetch_gives_waiters_502_not_a_hang(origin, start_node):
     assert all(b"upstream" in r.body for r in results)
 
 
+@pytest.mark.slow
 async def test_timeout_gives_504(origin, start_node):
     node = await start_node(origin.url, upstream_timeouts={"first_byte": "0.3s"})
     origin.set("/late", b"x", headers=CACHEABLE, delay=2)

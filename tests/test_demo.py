@@ -32,6 +32,8 @@ from reelcdn.origin.meta import (
     peak_bandwidth,
 )
 
+pytestmark = pytest.mark.slow  # ffmpeg synthesises demo videos
+
 LADDER = (
     LadderRung("180p", 320, 180, 250_000, 64_000, "main"),
     LadderRung("360p", 640, 360, 600_000, 96_000),

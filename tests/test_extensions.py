@@ -265,6 +265,7 @@ def plans(draw: st.DrawFn) -> tuple[object, int]:
     return ranges, size
 
 
+@pytest.mark.slow
 @DIFF_SETTINGS
 @given(plan=plans(), content_type=content_types, boundary=boundaries)
 @example(plan=([(0, 2**63 - 1)] * 3, 2**63 - 1), content_type=None, boundary=b"b")  # > 2**64
@@ -361,6 +362,7 @@ def probe(env: dict[str, str], cwd: Path, tree: Path | None = None) -> dict[str,
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", ["1", "yes", "true", " "])
 def test_selector_no_extensions_forces_pure(value: str, tmp_path: Path) -> None:
     report = probe(clean_env(REELCDN_NO_EXTENSIONS=value), tmp_path)
@@ -372,6 +374,7 @@ def test_selector_no_extensions_forces_pure(value: str, tmp_path: Path) -> None:
     assert report["reasons"] == dict.fromkeys(report["impl"], "REELCDN_NO_EXTENSIONS")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [None, "", "0"])
 def test_selector_prefers_compiled(value: str | None, tmp_path: Path) -> None:
     env = clean_env() if value is None else clean_env(REELCDN_NO_EXTENSIONS=value)
@@ -448,6 +451,7 @@ def cython_available() -> bool:
     return importlib.util.find_spec("Cython") is not None
 
 
+@pytest.mark.slow
 def test_build_without_c_compiler_falls_back(tmp_path: Path) -> None:
     """``CC=false``: the build warns, succeeds, ships no binary, and the pure twin is selected.
 
@@ -492,6 +496,7 @@ def test_build_without_c_compiler_falls_back(tmp_path: Path) -> None:
         assert reason.startswith("ModuleNotFoundError"), report
 
 
+@pytest.mark.slow
 def test_failed_in_place_build_removes_stale_binary(tmp_path: Path) -> None:
     """An editable install builds in place; if that fails, an older binary must not stay."""
     if not cython_available():
@@ -507,6 +512,7 @@ def test_failed_in_place_build_removes_stale_binary(tmp_path: Path) -> None:
     assert not stale.exists()
 
 
+@pytest.mark.slow
 def test_build_without_cython_falls_back(tmp_path: Path) -> None:
     """No Cython at all: no extension is even attempted, the build succeeds with a warning."""
     src = copy_project(tmp_path / "src")

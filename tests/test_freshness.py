@@ -870,6 +870,7 @@ DATE_TEXT = st.one_of(
 HEADER_VALUES = st.one_of(DIRECTIVE_TEXT, DATE_TEXT, st.text())
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(
     headers=st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=8),

@@ -326,6 +326,7 @@ async def test_fill_forwards_the_fields_a_stored_response_varies_on(origin, node
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_304_updates_reach_the_lower_tier(origin, start_node) -> None:
     """RFC 9111 §4.3.4: the edge revalidates through the shield; the origin's 304 brings new
     field values, and the edge's copy (and the client) must get them too."""

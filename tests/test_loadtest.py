@@ -24,6 +24,9 @@ from reelcdn.loadtest.catalog import Zipf
 from reelcdn.loadtest.network import parse_distribution
 from reelcdn.loadtest.summary import parse_slos
 
+# The loadtest harness: node processes, load processes, nginx side by side.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory):

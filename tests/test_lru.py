@@ -615,6 +615,7 @@ def run_differential(
         assert repr(got) == repr(want)
 
 
+@pytest.mark.slow
 @DIFF_SETTINGS
 @given(capacity=capacities, ops=operations)
 @example(capacity=0, ops=[("insert", "a", 0), ("insert", "b", 1), ("resize", 1), ("touch", [])])

@@ -892,6 +892,7 @@ def options_for(draw: st.DrawFn, meta: VideoMeta) -> RenderOptions:
         steering=steering)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(meta=metas(), data=st.data())
 def test_random_metadata_renders_playlists_that_follow_the_rules(meta: VideoMeta,
@@ -946,6 +947,7 @@ def decode(path: Path) -> list[tuple[int, int, float]]:
         return [(f.width, f.height, f.time) for f in container.decode(video=0)]
 
 
+@pytest.mark.slow
 def test_demo_master_and_media_render_parse_and_play(demo_dir: Path) -> None:
     meta = VideoMeta.read(demo_dir / "meta.json")
     check_everything(meta, RenderOptions())
@@ -963,6 +965,7 @@ def test_demo_master_and_media_render_parse_and_play(demo_dir: Path) -> None:
         assert len(frames) >= 110 and frames[-1][2] >= 3.5, (len(frames), frames[-1])
 
 
+@pytest.mark.slow
 def test_demo_filtered_master_plays_only_the_allowed_rendition(demo_dir: Path) -> None:
     meta = VideoMeta.read(demo_dir / "meta.json")
     options = options_from_query("max_height=200")
@@ -973,6 +976,7 @@ def test_demo_filtered_master_plays_only_the_allowed_rendition(demo_dir: Path) -
         assert [s.codec_context.width for s in container.streams.video] == [320]
 
 
+@pytest.mark.slow
 def test_demo_as_a_single_file_rendition_with_byte_ranges_plays(demo_dir: Path) -> None:
     """The 360p rendition concatenated into one file: EXT-X-MAP/EXT-X-BYTERANGE must work."""
     meta = VideoMeta.read(demo_dir / "meta.json")

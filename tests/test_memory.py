@@ -21,6 +21,8 @@ from reelcdn.edge import entry
 from reelcdn.edge.bodyfile import MEMFD_AVAILABLE
 from reelcdn.loadtest.bench.memory import KIB, HeapResult, Profile, measure_heap
 
+pytestmark = pytest.mark.slow  # the memory benchmark's heap measurements
+
 PLAYLIST = Profile("playlist 2 KiB", "playlist", 2 * KIB, 1500, 0)
 SMALL_SEGMENT = Profile("segment 40 KiB (bytes)", "segment", 40 * KIB, 600, 0)
 FILE_SEGMENT = Profile("segment 256 KiB (memory file)", "segment", 256 * KIB, 120, 0)

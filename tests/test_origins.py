@@ -540,6 +540,7 @@ async def s3(s3_endpoint: str, bucket: str) -> AsyncIterator[S3Origin]:  # noqa:
     await origin.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "content_type"),
     [
@@ -556,6 +557,7 @@ async def test_s3_content_types(s3: S3Origin, name: str, content_type: str) -> N
     await read_body(response)
 
 
+@pytest.mark.slow
 async def test_s3_headers_under_the_prefix(
     s3: S3Origin, s3_endpoint: str, bucket: str  # noqa: F811
 ) -> None:
@@ -573,6 +575,7 @@ async def test_s3_headers_under_the_prefix(
     await read_body(meta)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["/v/abc/missing.m4s", "/secret.txt", "/media/secret.txt"])
 async def test_s3_missing_key_is_404(s3: S3Origin, target: str) -> None:
     for method in ("GET", "HEAD"):
@@ -581,6 +584,7 @@ async def test_s3_missing_key_is_404(s3: S3Origin, target: str) -> None:
         assert b"SECRET" not in await read_body(response)
 
 
+@pytest.mark.slow
 async def test_s3_traversal_is_refused(s3: S3Origin) -> None:
     for target in ("/../secret.txt", "/%2e%2e/secret.txt", "/v/..%2f..%2fsecret.txt"):
         response = await s3.request("GET", target, [])
@@ -588,6 +592,7 @@ async def test_s3_traversal_is_refused(s3: S3Origin) -> None:
         assert b"SECRET" not in await read_body(response)
 
 
+@pytest.mark.slow
 async def test_s3_if_none_match_304(s3: S3Origin) -> None:
     etag = fields(await s3.request("HEAD", "/v/abc/seg_00001.m4s", []))["etag"]
     for method in ("GET", "HEAD"):
@@ -600,6 +605,7 @@ async def test_s3_if_none_match_304(s3: S3Origin) -> None:
     await read_body(response)
 
 
+@pytest.mark.slow
 async def test_s3_if_modified_since_304(s3: S3Origin) -> None:
     modified = fields(await s3.request("HEAD", "/v/abc/seg_00001.m4s", []))["last-modified"]
     response = await s3.request("GET", "/v/abc/seg_00001.m4s", [("If-Modified-Since", modified)])
@@ -610,6 +616,7 @@ async def test_s3_if_modified_since_304(s3: S3Origin) -> None:
     await read_body(response)
 
 
+@pytest.mark.slow
 async def test_s3_head(s3: S3Origin) -> None:
     response = await s3.request("HEAD", "/v/abc/big.mp4", [])
     assert response.status == 200
@@ -619,12 +626,14 @@ async def test_s3_head(s3: S3Origin) -> None:
     assert await read_body(response) == b""
 
 
+@pytest.mark.slow
 async def test_s3_other_methods_get_405(s3: S3Origin) -> None:
     response = await s3.request("PUT", "/v/abc/x.m4s", [], b"data")
     assert response.status == 405
     assert fields(response)["allow"] == "GET, HEAD"
 
 
+@pytest.mark.slow
 async def test_s3_streams_a_large_object_intact(s3: S3Origin) -> None:
     response = await s3.request("GET", "/v/abc/big.mp4", [])
     assert fields(response)["content-length"] == str(len(BIG))
@@ -638,6 +647,7 @@ async def test_s3_streams_a_large_object_intact(s3: S3Origin) -> None:
     assert count >= len(BIG) // CHUNK_SIZE
 
 
+@pytest.mark.slow
 async def test_s3_abandoned_stream_can_be_closed(s3: S3Origin) -> None:
     response = await s3.request("GET", "/v/abc/big.mp4", [])
     body = cast(AsyncGenerator[bytes, None], response.chunks(5.0))
@@ -648,6 +658,7 @@ async def test_s3_abandoned_stream_can_be_closed(s3: S3Origin) -> None:
     assert await read_body(again) == b"#EXTM3U\n"
 
 
+@pytest.mark.slow
 async def test_s3_overlong_key_is_404_not_an_origin_failure(
     chains: list[OriginChain], s3_endpoint: str, bucket: str  # noqa: F811
 ) -> None:
@@ -664,6 +675,7 @@ async def test_s3_overlong_key_is_404_not_an_origin_failure(
     assert chain.counters()["s3"]["failures"] == 0 and chain.counters()["s3"]["up"]
 
 
+@pytest.mark.slow
 async def test_s3_missing_bucket_is_a_failure(s3_endpoint: str) -> None:  # noqa: F811
     origin = S3Origin("no-such-bucket-here", endpoint_url=s3_endpoint, timeouts=TIMEOUTS)
     await origin.start()
@@ -675,6 +687,7 @@ async def test_s3_missing_bucket_is_a_failure(s3_endpoint: str) -> None:  # noqa
         await origin.close()
 
 
+@pytest.mark.slow
 async def test_s3_unreachable_endpoint_is_502(s3_endpoint: str) -> None:  # noqa: F811
     origin = S3Origin("bucket", endpoint_url=f"http://127.0.0.1:{free_port()}",
                       timeouts=TIMEOUTS, attempts=1)
@@ -703,6 +716,7 @@ def closed_http(name: str = "dead") -> HttpUpstream:
     return HttpUpstream(f"http://127.0.0.1:{free_port()}", timeouts=TIMEOUTS, name=name)
 
 
+@pytest.mark.slow
 async def test_build_origin_kinds(root: Path, s3_endpoint: str, bucket: str) -> None:  # noqa: F811
     fs = build_origin(origin_config(name="disk", type="fs", root=str(root)))
     s3 = build_origin(origin_config(name="bucket", type="s3", bucket=bucket, prefix="media",
@@ -878,6 +892,7 @@ async def test_chain_rejects_duplicate_names(root: Path) -> None:
         OriginChain([])
 
 
+@pytest.mark.slow
 async def test_chain_over_s3_and_fs(
     chains: list[OriginChain], root: Path, s3_endpoint: str, bucket: str  # noqa: F811
 ) -> None:

@@ -22,6 +22,9 @@ import pytest
 from player.demo_tiers import VIDEO, DemoTiers, synthesise
 from rawhttp import get
 
+# Chromium (hls.js) and PyAV play rendered playlists through real tiers.
+pytestmark = pytest.mark.slow
+
 PLAYER_DIR = Path(__file__).parent / "player"
 HLS_JS = PLAYER_DIR / "node_modules" / "hls.js" / "dist" / "hls.min.js"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -20,6 +20,8 @@ from reelcdn.edge.config import SteeringConfig
 from reelcdn.manifests import options_from_query, render_master, render_media
 from reelcdn.origin.meta import VideoMeta
 
+pytestmark = pytest.mark.slow  # ffmpeg demo videos served through a real 3-tier topology
+
 
 @pytest.fixture(scope="module")
 def origin_root(tmp_path_factory) -> Path:

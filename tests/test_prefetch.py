@@ -88,6 +88,7 @@ async def tiers(origin_root):
     await tiers.stop()
 
 
+@pytest.mark.slow
 async def test_cold_edge_nor_makes_the_next_segment_a_hit(tiers):
     base = f"/v/{VIDEO}/360p/"
     for n in range(2):
@@ -109,6 +110,7 @@ async def test_cold_edge_nor_makes_the_next_segment_a_hit(tiers):
     assert sum(regional.values()) == 3
 
 
+@pytest.mark.slow
 async def test_nor_in_cmcd_headers_and_the_chain_of_cmsd_members(tiers):
     base = f"/v/{VIDEO}/720p/"
     response = await get(tiers.port, base + "seg_00000.m4s",
@@ -120,6 +122,7 @@ async def test_nor_in_cmcd_headers_and_the_chain_of_cmsd_members(tiers):
     assert edge_member(await get(tiers.port, base + "seg_00001.m4s")).startswith("edge-a; hit")
 
 
+@pytest.mark.slow
 async def test_client_request_joins_a_running_prefetch(tiers):
     node = tiers.edge.node
     base = f"/v/{VIDEO}/720p/"
@@ -133,6 +136,7 @@ async def test_client_request_joins_a_running_prefetch(tiers):
     assert regional_requests == 2  # seg_00000 and seg_00002, each once
 
 
+@pytest.mark.slow
 async def test_with_host_in_key_prefetches_are_stored_under_the_client_s_key(origin_root):
     """host_in_key puts the Host into every key: a prefetch must be filed under the key of the
     site that asked, or the next request of that site misses it."""

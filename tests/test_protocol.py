@@ -528,6 +528,7 @@ async def impatient(origin: TestOrigin, start_node: Callable[..., Any]) -> NodeS
     return await start_node(origin.url, limits=TIMEOUTS)
 
 
+@pytest.mark.slow
 async def test_slowloris_is_cut_off(impatient: NodeServer, origin: TestOrigin) -> None:
     await between_sweeps(impatient)
     conn = await RawConn.open(impatient)
@@ -550,6 +551,7 @@ async def test_slowloris_is_cut_off(impatient: NodeServer, origin: TestOrigin) -
     await assert_serves(impatient, origin)
 
 
+@pytest.mark.slow
 async def test_idle_keep_alive_connection_is_closed(
     impatient: NodeServer, origin: TestOrigin
 ) -> None:
@@ -565,6 +567,7 @@ async def test_idle_keep_alive_connection_is_closed(
     assert conn.buffer == b""  # closed silently: there was no request to answer
 
 
+@pytest.mark.slow
 async def test_idle_time_counts_from_the_end_of_the_response(
     impatient: NodeServer, origin: TestOrigin
 ) -> None:
@@ -579,6 +582,7 @@ async def test_idle_time_counts_from_the_end_of_the_response(
     assert time.monotonic() - answered >= 0.95, "closed before the idle timeout"
 
 
+@pytest.mark.slow
 async def test_a_connection_that_never_sends_is_closed(
     impatient: NodeServer, origin: TestOrigin
 ) -> None:

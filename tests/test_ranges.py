@@ -247,6 +247,7 @@ def cases(draw: st.DrawFn) -> tuple[int, list[Spec], str]:
     return size, spec_list, draw(headers(spec_list))
 
 
+@pytest.mark.slow
 @settings(max_examples=400)
 @given(case=cases())
 @example(case=(0, [("suffix", 0, None)], "bytes=-0"))

@@ -210,6 +210,7 @@ ttl = "1d"
 """
 
 
+@pytest.mark.slow
 async def test_s3_origin_through_a_shield_and_failover_to_fs(tmp_path, s3_endpoint):  # noqa: F811
     import boto3
 

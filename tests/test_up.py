@@ -16,6 +16,8 @@ import av
 import m3u8
 import pytest
 
+pytestmark = pytest.mark.slow  # reelcdn up: ffmpeg demo synthesis and a process per node
+
 DEFAULT_PORTS = (8080, 8081, 8100, 8200, 9080, 9081, 9100, 9200)
 
 

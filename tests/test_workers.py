@@ -23,6 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import RawResponse, get
 
+pytestmark = pytest.mark.slow  # multi-process nodes: a master and its worker processes
+
 TOKEN = "w0rkers"
 MiB = 1024 * 1024
 
