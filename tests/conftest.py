@@ -4,6 +4,12 @@ The origin is a real aiohttp server on 127.0.0.1 that counts the requests it get
 records their headers, and serves what a test programs (status, headers, body, latency,
 slow or broken bodies). Nodes run in the test's own event loop (uvloop by default; set
 ``REELCDN_TEST_LOOP=asyncio`` for the plain loop) and listen on ephemeral ports.
+
+Also here: ``no_internal_errors`` (the node logs no error of its own during a test), and
+``twin`` / ``compiled`` for modules with a compiled twin (set ``TWIN_MODULE`` in the test
+module). Helpers that are not fixtures live in plain modules beside the tests (``rawconn.py``,
+``rawhttp.py``, ``nodeproc.py``, ``ranges_cases.py``, ...); test modules never import each other.
+Tests that take seconds or start programs are marked ``slow`` (``-m "not slow"`` skips them).
 """
 
 from __future__ import annotations
