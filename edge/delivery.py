@@ -12,17 +12,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..extensions import head as heads  # compiled twins when built, else edge/head.py
-from ..extensions import ranges  # and edge/ranges.py
-from . import cmsd
-from .bodyfile import FileBody
-from .coalescer import Fetch
-from .contract import FetchFailed
-from .http import NO_PRIOR, Request, render_fields
-from .metrics import NodeStats
+from reelcdn.edge.cache.bodyfile import FileBody
+from reelcdn.edge.fetch.coalescer import Fetch
+from reelcdn.edge.fetch.contract import FetchFailed
+from reelcdn.edge.http.message import NO_PRIOR, Request, render_fields
+from reelcdn.edge.metrics import NodeStats
+from reelcdn.edge.video import cmsd
+from reelcdn.extensions import (
+    head as heads,  # compiled twins when built, else extensions/_head_py.py
+)
+from reelcdn.extensions import ranges  # and extensions/_ranges_py.py
 
 if TYPE_CHECKING:
-    from .protocol import HttpConnection
+    from reelcdn.edge.http.connection import HttpConnection
 
 # Stored fields a 304 answered from cache leaves out: those describing the body it does not
 # carry. Everything else goes, so a lower tier revalidating through this one takes the

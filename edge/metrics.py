@@ -44,7 +44,7 @@ class NodeStats:
         self.timeouts = 0
         self.body_files = 0
         self.body_file_fallbacks = 0
-        # Disk tier (edge/disktier.py): counters, then levels (rendered as gauges).
+        # Disk tier (edge/cache/disktier.py): counters, then levels (rendered as gauges).
         self.disk_hits = 0
         self.disk_writes = 0
         self.disk_evictions = 0
@@ -53,7 +53,7 @@ class NodeStats:
         self.disk_bytes = 0
         self.disk_objects = 0
         self.disk_capacity = 0
-        # Edge features (edge/features.py, playlists.py, prefetch.py, cmcd.py).
+        # Edge features (edge/video/features.py, playlists.py, prefetch.py, cmcd.py).
         self.playlists_rendered = 0
         self.prefetch_issued = 0
         self.prefetch_used = 0

@@ -30,17 +30,18 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ..extensions import ranges  # compiled twin when built, else edge/ranges.py
-from . import conditional
-from .bodyfile import BodyFiles, FileBody
-from .cachekey import KeyPolicy
-from .coalescer import Coalescer, Fetch, FetchHead
-from .config import NodeConfig
-from .contract import FetchFailed, Upstream
-from .delivery import Delivery
-from .features import CONTINUE, EdgeFeatures
-from .freshness import Freshness, current_age, decide
-from .http import (
+from reelcdn.edge.cache.bodyfile import BodyFiles, FileBody
+from reelcdn.edge.cache.freshness import Freshness, current_age, decide
+from reelcdn.edge.cache.keys import KeyPolicy
+from reelcdn.edge.cache.store import CacheEntry, MemoryStore
+from reelcdn.edge.cache.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+from reelcdn.edge.config import NodeConfig
+from reelcdn.edge.delivery import Delivery
+from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
+from reelcdn.edge.fetch.contract import FetchFailed, Upstream
+from reelcdn.edge.http import conditional
+from reelcdn.edge.http.dates import format_http_date, http_date_now_bytes
+from reelcdn.edge.http.message import (
     HOP_BY_HOP,
     Request,
     error_response,
@@ -48,13 +49,12 @@ from .http import (
     normalise_accept_encoding,
     render_fields,
 )
-from .httpdate import format_http_date, http_date_now_bytes
-from .metrics import NodeStats
-from .store import CacheEntry, MemoryStore
-from .verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+from reelcdn.edge.metrics import NodeStats
+from reelcdn.edge.video.features import CONTINUE, EdgeFeatures
+from reelcdn.extensions import ranges  # compiled twin when built, else extensions/_ranges_py.py
 
 if TYPE_CHECKING:
-    from .protocol import HttpConnection
+    from reelcdn.edge.http.connection import HttpConnection
 
 log = logging.getLogger("reelcdn.node")
 

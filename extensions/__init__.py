@@ -3,7 +3,8 @@
 The pattern is aio-libs' multidict/yarl one (docs/architecture.md, "Extensions"):
 
 * Every compiled module ``extensions/_<name>.pyx`` has a pure-Python twin that is the
-  reference (``reelcdn.edge.ranges`` for ``_ranges``). Both have the same API and behaviour,
+  reference (``reelcdn.extensions._ranges_py`` for ``_ranges``, side by side in this folder,
+  as yarl keeps ``_quoting_py.py`` beside ``_quoting_c.pyx``). Both have the same API and behaviour,
   down to the sentinel objects (the compiled one imports them from the twin) and the exceptions;
   ``tests/test_extensions.py`` runs the same cases and differential property tests on both.
 * The choice is made here, once, at import: ``REELCDN_NO_EXTENSIONS`` set to anything but ``""``
@@ -29,10 +30,10 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from reelcdn.edge import head as _pure_head
-from reelcdn.edge import lru as _pure_lru
-from reelcdn.edge import ranges as _pure_ranges
-from reelcdn.edge import reader as _pure_reader
+from reelcdn.extensions import _head_py as _pure_head
+from reelcdn.extensions import _lru_py as _pure_lru
+from reelcdn.extensions import _ranges_py as _pure_ranges
+from reelcdn.extensions import _reader_py as _pure_reader
 
 __all__ = [
     "HEAD_COMPILED",
@@ -73,7 +74,7 @@ def _select(name: str, pure: ModuleType) -> ModuleType:
 
 if TYPE_CHECKING:
     # Type checkers see the twin's precise signatures: it is the contract of both.
-    from reelcdn.edge import ranges as ranges
+    from reelcdn.extensions import _ranges_py as ranges
 else:
     ranges = _select("ranges", _pure_ranges)
 
@@ -81,7 +82,7 @@ RANGES_COMPILED: bool = ranges is not _pure_ranges
 """True when :data:`ranges` is the Cython module."""
 
 if TYPE_CHECKING:
-    from reelcdn.edge import lru as lru
+    from reelcdn.extensions import _lru_py as lru
 else:
     lru = _select("lru", _pure_lru)
 
@@ -89,7 +90,7 @@ LRU_COMPILED: bool = lru is not _pure_lru
 """True when :data:`lru` (the store's LRU index) is the Cython module."""
 
 if TYPE_CHECKING:
-    from reelcdn.edge import head as head
+    from reelcdn.extensions import _head_py as head
 else:
     head = _select("head", _pure_head)
 
@@ -97,7 +98,7 @@ HEAD_COMPILED: bool = head is not _pure_head
 """True when :data:`head` (response head building) is the Cython module."""
 
 if TYPE_CHECKING:
-    from reelcdn.edge import reader as reader
+    from reelcdn.extensions import _reader_py as reader
 else:
     reader = _select("reader", _pure_reader)
 

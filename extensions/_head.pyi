@@ -1,4 +1,4 @@
-"""Types of the compiled twin of :mod:`reelcdn.edge.head` (same contract, same names)."""
+"""Types of the compiled twin of :mod:`reelcdn.extensions._head_py` (same contract, same names)."""
 
 def build_head(
     status: int,

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Compiled twin of :mod:`reelcdn.edge.head` (same function, same results).
+"""Compiled twin of :mod:`reelcdn.extensions._head_py` (same function, same results).
 
 The pure version joins a list of small ``bytes`` (a concatenation per field, ``%d`` formatting
 per number); this one measures every piece first, allocates the result once and copies each
@@ -12,8 +12,8 @@ every input, and only the node's own calls take the fast path.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.string cimport memcpy
 
-from reelcdn.edge.head import build_head as _pure_build_head
-from reelcdn.edge.http import status_line as _status_line
+from reelcdn.extensions._head_py import build_head as _pure_build_head
+from reelcdn.edge.http.message import status_line as _status_line
 
 cdef dict _STATUS_LINES = {}
 

@@ -1,8 +1,8 @@
-"""Types of the compiled twin of :mod:`reelcdn.edge.lru` (same contract, same names)."""
+"""Types of the compiled twin of :mod:`reelcdn.extensions._lru_py` (same contract, same names)."""
 
 from collections.abc import Iterator
 
-from reelcdn.edge.lru import MAX_SIZE as MAX_SIZE
+from reelcdn.extensions._lru_py import MAX_SIZE as MAX_SIZE
 
 class LruIndex:
     def __init__(self, capacity: int) -> None: ...

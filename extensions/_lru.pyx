@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, annotation_typing=False, embedsignature=True
-"""Compiled twin of :mod:`reelcdn.edge.lru` (the LRU index with byte accounting).
+"""Compiled twin of :mod:`reelcdn.extensions._lru_py` (the LRU index with byte accounting).
 
 Why this module looks the way it does:
 
@@ -37,8 +37,8 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport INT32_MAX, int32_t, uint64_t
 from libc.string cimport memset
 
-from reelcdn.edge import lru as _pure
-from reelcdn.edge.lru import MAX_SIZE
+from reelcdn.extensions import _lru_py as _pure
+from reelcdn.extensions._lru_py import MAX_SIZE
 
 __all__ = ["MAX_SIZE", "LruIndex"]
 

@@ -1,9 +1,9 @@
-"""Types of the compiled twin of :mod:`reelcdn.edge.ranges` (same contract, same names)."""
+"""Types of the compiled twin of :mod:`reelcdn.extensions._ranges_py` (same contract)."""
 
-from reelcdn.edge.ranges import MAX_DIGITS as MAX_DIGITS
-from reelcdn.edge.ranges import UNSATISFIABLE as UNSATISFIABLE
-from reelcdn.edge.ranges import RangeResult as RangeResult
-from reelcdn.edge.ranges import Unsatisfiable as Unsatisfiable
+from reelcdn.extensions._ranges_py import MAX_DIGITS as MAX_DIGITS
+from reelcdn.extensions._ranges_py import UNSATISFIABLE as UNSATISFIABLE
+from reelcdn.extensions._ranges_py import RangeResult as RangeResult
+from reelcdn.extensions._ranges_py import Unsatisfiable as Unsatisfiable
 
 def parse_range(header: bytes | str | None, size: int, max_ranges: int = 16) -> RangeResult: ...
 def content_range(start: int, end: int, size: int) -> bytes: ...

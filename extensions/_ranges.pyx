@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, annotation_typing=False, embedsignature=True
-"""Compiled twin of :mod:`reelcdn.edge.ranges` (HTTP Range parsing and multipart framing).
+"""Compiled twin of :mod:`reelcdn.extensions._ranges_py` (HTTP Range parsing and multipart framing).
 
 Why this module looks the way it does:
 
@@ -36,8 +36,8 @@ from libc.string cimport memchr, memcpy
 
 import os
 
-from reelcdn.edge import ranges as _pure
-from reelcdn.edge.ranges import MAX_DIGITS, UNSATISFIABLE, RangeResult, Unsatisfiable
+from reelcdn.extensions import _ranges_py as _pure
+from reelcdn.extensions._ranges_py import MAX_DIGITS, UNSATISFIABLE, RangeResult, Unsatisfiable
 
 
 cdef extern from "Python.h":
@@ -330,7 +330,7 @@ cdef span* _grow(span* spans, span* stack_spans, Py_ssize_t* capacity, Py_ssize_
 def parse_range(header, size, max_ranges=16):
     """Ranges as ``(start, end_exclusive)`` within an object of ``size`` bytes.
 
-    Same contract as :func:`reelcdn.edge.ranges.parse_range` (read its docstring): ``None`` to
+    Same contract as :func:`reelcdn.extensions._ranges_py.parse_range` (read its docstring): ``None`` to
     ignore the header, :data:`UNSATISFIABLE` for a 416, or a fresh non-empty list.
     """
     cdef long long csize, cmax
@@ -403,7 +403,7 @@ cdef Py_ssize_t _put_range(char* out, uint64_t start, uint64_t end, uint64_t siz
 def content_range(start, end, size):
     """``Content-Range`` value for ``[start, end)`` of ``size`` bytes: ``b"bytes 0-499/1234"``.
 
-    Same contract as :func:`reelcdn.edge.ranges.content_range`.
+    Same contract as :func:`reelcdn.extensions._ranges_py.content_range`.
     """
     cdef uint64_t s = 0, e = 0, z = 0   # initialised for gcc's -Wmaybe-uninitialized
     cdef char buf[80]
@@ -418,7 +418,7 @@ def content_range(start, end, size):
 def unsatisfied_range(size):
     """``Content-Range`` value for a 416 response: ``b"bytes */1234"``.
 
-    Same contract as :func:`reelcdn.edge.ranges.unsatisfied_range`.
+    Same contract as :func:`reelcdn.extensions._ranges_py.unsatisfied_range`.
     """
     cdef uint64_t z = 0
     cdef char buf[32]
@@ -542,7 +542,7 @@ cdef object _plan(list ranges, uint64_t size, object content_type, bytes boundar
 def multipart_plan(ranges, size, content_type, boundary):
     """Plan a ``multipart/byteranges`` body (RFC 9110 §14.6).
 
-    Same contract as :func:`reelcdn.edge.ranges.multipart_plan`: returns
+    Same contract as :func:`reelcdn.extensions._ranges_py.multipart_plan`: returns
     ``([(part_head, start, end_exclusive), ...], closing, total_length)``.
     """
     cdef uint64_t z = 0
@@ -562,7 +562,7 @@ def multipart_plan(ranges, size, content_type, boundary):
 def new_boundary():
     """A fresh random boundary: 20 hex digits (80 bits from ``os.urandom``).
 
-    Same contract as :func:`reelcdn.edge.ranges.new_boundary`; ``os.urandom`` is looked up at
+    Same contract as :func:`reelcdn.extensions._ranges_py.new_boundary`; ``os.urandom`` is looked up at
     call time, as in the pure twin.
     """
     cdef object raw = os.urandom(10)

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
-"""Compiled twin of :mod:`reelcdn.edge.reader` (same class, same behaviour).
+"""Compiled twin of :mod:`reelcdn.extensions._reader_py` (same class, same behaviour).
 
 The pure reader spends most of a small request's parsing time in Python frames: six to eight
 llhttp callbacks per request, each reading several attributes and limits. Here the reader is an
@@ -16,9 +16,9 @@ import logging
 
 import httptools
 
-from reelcdn.edge.http import Request
-from reelcdn.edge.target import BadPath, canonical_path, valid_host
-from reelcdn.edge.reader import (
+from reelcdn.edge.http.message import Request
+from reelcdn.edge.http.target import BadPath, canonical_path, valid_host
+from reelcdn.extensions._reader_py import (
     BODY as _BODY,
     CLOSING as _CLOSING,
     HEAD as _HEAD,
@@ -52,7 +52,7 @@ __all__ = ["BODY", "CLOSING", "HEAD", "IDLE", "RequestReader", "RequestRejected"
 
 
 cdef class RequestReader:
-    """See :class:`reelcdn.edge.reader.RequestReader`: the same API and behaviour."""
+    """See :class:`reelcdn.extensions._reader_py.RequestReader`: the same API and behaviour."""
 
     cdef public object conn
     cdef public object parser

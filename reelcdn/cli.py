@@ -1,7 +1,7 @@
 """The ``reelcdn`` command: run a node, validate a config file, run a topology.
 
 ``reelcdn node`` runs one node in this process, or, when the node's ``workers`` is above 1, a
-master process that starts that many workers of the node (``edge/workers.py``) with hidden
+master process that starts that many workers of the node (``edge/ops/workers.py``) with hidden
 ``--worker-*`` options.
 
 Sub-commands stay thin: each parses its options and calls the part of the system that does
@@ -44,7 +44,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from reelcdn.edge.config import ConfigError, load_node_config
 
     _die_with_supervisor()
-    from reelcdn.edge.server import install_uvloop, serve
+    from reelcdn.edge.ops.server import install_uvloop, serve
 
     worker = args.worker_index is not None
     if worker and (args.worker_admin_socket is None or args.worker_count is None
@@ -69,7 +69,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     logging.getLogger("reelcdn").info("event loop: %s", loop_name)
 
     if not worker and config.workers > 1:
-        from reelcdn.edge.workers import Master
+        from reelcdn.edge.ops.workers import Master
 
         master = Master(
             str(args.config), config, lambda: load_node_config(args.config, args.name),
@@ -77,7 +77,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         )
         return asyncio.run(master.run())
 
-    from reelcdn.edge.workers import worker_config
+    from reelcdn.edge.ops.workers import worker_config
 
     def reload() -> object:
         fresh = load_node_config(args.config, args.name)
@@ -118,7 +118,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     from reelcdn.edge.config import ConfigError
-    from reelcdn.edge.server import install_uvloop
+    from reelcdn.edge.ops.server import install_uvloop
     from reelcdn.up import run_up
 
     install_uvloop()
@@ -133,7 +133,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_loadtest(args: argparse.Namespace) -> int:
-    from reelcdn.edge.server import install_uvloop
+    from reelcdn.edge.ops.server import install_uvloop
     from reelcdn.loadtest.cli import main_args
 
     install_uvloop()
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--name", required=True, help="which [node.NAME] table to run")
     node.add_argument("--no-uvloop", action="store_true",
                       help="use the plain asyncio loop (for debugging)")
-    # Internal: how the master of a node with workers > 1 starts each worker (edge/workers.py).
+    # Internal: how the master of a node with workers > 1 starts each worker (edge/ops/workers.py).
     node.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     node.add_argument("--worker-count", type=int, help=argparse.SUPPRESS)
     node.add_argument("--worker-admin-socket", help=argparse.SUPPRESS)

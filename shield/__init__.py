@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from reelcdn.edge.contract import Upstream, UpstreamTimeouts
-from reelcdn.edge.upstream import HttpUpstream
+from reelcdn.edge.fetch.contract import Upstream, UpstreamTimeouts
+from reelcdn.edge.fetch.upstream import HttpUpstream
 
 from .failover import OriginChain
 from .fs import FsOrigin

@@ -14,7 +14,7 @@ Non-idempotent requests (POST, PATCH) are only sent again when the failure says 
 never reached the origin (``retryable``: connection refused), and a 5xx answer to them is
 returned, not retried: the origin may have acted on it.
 
-Passive health, as for parents (``reelcdn.edge.parents``): an origin that failed ``failures``
+Passive health, as for parents (``reelcdn.edge.fetch.parents``): an origin that failed ``failures``
 times in a row is skipped for ``retry_after`` seconds, so requests stop paying its timeout.
 Skipped origins are still tried after the healthy ones have failed, in configured order —
 which covers "all down: try them all anyway", since a guess beats a certain failure. After
@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 
-from reelcdn.edge.contract import FetchFailed, Upstream, UpstreamResponse
+from reelcdn.edge.fetch.contract import FetchFailed, Upstream, UpstreamResponse
 
 from .paths import OriginRefused
 

@@ -27,7 +27,7 @@ the default executor (used by asyncio for DNS) is left alone. A file of at most 
 as the open and its descriptor closed at once.
 
 Conditional requests (If-None-Match weak comparison, If-Modified-Since, and the If-Match /
-If-Unmodified-Since preconditions) are evaluated by :func:`reelcdn.edge.conditional.evaluate`,
+If-Unmodified-Since preconditions) are evaluated by :func:`reelcdn.edge.http.conditional.evaluate`,
 the same code the cache node uses toward its clients. Range requests are not answered here:
 the node fills whole objects and slices ranges itself.
 """
@@ -43,9 +43,9 @@ import sys
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from reelcdn.edge.conditional import evaluate
-from reelcdn.edge.contract import FetchFailed, Upstream, UpstreamResponse
-from reelcdn.edge.httpdate import format_http_date
+from reelcdn.edge.fetch.contract import FetchFailed, Upstream, UpstreamResponse
+from reelcdn.edge.http.conditional import evaluate
+from reelcdn.edge.http.dates import format_http_date
 
 from .content_types import content_type_bytes
 from .paths import OriginRefused, resolve_key

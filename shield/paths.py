@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-from reelcdn.edge.contract import FetchFailed
+from reelcdn.edge.fetch.contract import FetchFailed
 
 __all__ = ["OriginRefused", "join_key", "resolve_key"]
 

@@ -49,8 +49,8 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from reelcdn.edge.contract import FetchFailed, Upstream, UpstreamResponse, UpstreamTimeouts
-from reelcdn.edge.httpdate import format_http_date, parse_http_date
+from reelcdn.edge.fetch.contract import FetchFailed, Upstream, UpstreamResponse, UpstreamTimeouts
+from reelcdn.edge.http.dates import format_http_date, parse_http_date
 
 from .content_types import DEFAULT_CONTENT_TYPE, content_type_bytes
 from .fs import CHUNK_SIZE, simple_response

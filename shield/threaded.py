@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from reelcdn.edge.contract import FetchFailed, UpstreamResponse
+from reelcdn.edge.fetch.contract import FetchFailed, UpstreamResponse
 
 
 class ThreadedBodyResponse(UpstreamResponse):

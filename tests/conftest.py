@@ -30,7 +30,7 @@ import pytest
 from aiohttp import web
 
 from reelcdn.edge.config import NodeConfig, node_config_from_dict
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
@@ -162,7 +162,7 @@ def twin(request: pytest.FixtureRequest) -> ModuleType:
     """
     name = _twin_name(request)
     if request.param == "pure":
-        return importlib.import_module(f"reelcdn.edge.{name}")
+        return importlib.import_module(f"reelcdn.extensions._{name}_py")
     return compiled_twin.load_compiled(name)
 
 

@@ -10,7 +10,7 @@ import re
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from reelcdn.edge.ranges import UNSATISFIABLE
+from reelcdn.extensions._ranges_py import UNSATISFIABLE
 
 U = UNSATISFIABLE
 

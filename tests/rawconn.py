@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 if TYPE_CHECKING:
     from conftest import TestOrigin

@@ -1,6 +1,6 @@
 """A real S3 API server for tests: moto's server in a subprocess, one per test session.
 
-DESIGN.md §5: every real component is tested for real, and for S3 that is moto's server
+Every real component is tested for real (docs/contributing.md), and for S3 that is moto's server
 (``moto[server]``) over a socket, not ``mock_aws`` patching botocore in-process — the origin's
 threads, connection pool, streaming reads and error mapping all run as they would against AWS
 or MinIO.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import aiohttp
 
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 
 async def test_a_single_node_answers_404(node, client) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from rawconn import CACHEABLE, RawConn, assert_serves, between_sweeps, get, recording_handler
 
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 if TYPE_CHECKING:
     from conftest import TestOrigin

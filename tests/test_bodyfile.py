@@ -1,4 +1,4 @@
-"""Large cached bodies in memory files, served with sendfile(2) (edge/bodyfile.py).
+"""Large cached bodies in memory files, served with sendfile(2) (edge/cache/bodyfile.py).
 
 What must hold: the bytes a client gets are exactly the origin's, whichever path wrote them
 (sendfile, a partial sendfile finished by the transport, a busy transport, HEAD, multipart);
@@ -16,7 +16,7 @@ import resource
 import pytest
 from rawhttp import get, read_response
 
-from reelcdn.edge.bodyfile import MEMFD_AVAILABLE, BodyFiles, FileBody, file_body
+from reelcdn.edge.cache.bodyfile import MEMFD_AVAILABLE, BodyFiles, FileBody, file_body
 from reelcdn.edge.config import ConfigError
 from reelcdn.edge.metrics import NodeStats
 

@@ -12,7 +12,7 @@ from rawhttp import get
 if TYPE_CHECKING:
     from conftest import TestOrigin
 
-    from reelcdn.edge.server import NodeServer
+    from reelcdn.edge.ops.server import NodeServer
 
 EXPLICIT = {
     "max-age": {"Cache-Control": "max-age=300"},

@@ -7,7 +7,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reelcdn.edge.cachekey import cache_key, normalise_component, split_target
+from reelcdn.edge.cache.keys import cache_key, normalise_component, split_target
 from reelcdn.edge.config import DEFAULT_IGNORE_QUERY_PARAMS
 
 IGNORED = frozenset(DEFAULT_IGNORE_QUERY_PARAMS)

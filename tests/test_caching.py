@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 from rawhttp import get
 
-from reelcdn.edge.httpdate import format_http_date
+from reelcdn.edge.http.dates import format_http_date
 
 MAX_AGE = {"Cache-Control": "max-age=60", "ETag": '"v1"'}
 

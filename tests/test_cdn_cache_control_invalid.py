@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from reelcdn.edge.freshness import decide
+from reelcdn.edge.cache.freshness import decide
 
 NOW = 1_700_000_000.0
 FALLBACK = {"cache-control": "max-age=6"}

@@ -18,12 +18,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rawhttp import read_response
 
-from reelcdn.edge import cmcd
+from reelcdn.edge.video import cmcd
 
 if TYPE_CHECKING:
     from conftest import TestOrigin
 
-    from reelcdn.edge.server import NodeServer
+    from reelcdn.edge.ops.server import NodeServer
 
 HOSTILE = [
     ("/x", {"CMCD-Request": "bl=--1"}),

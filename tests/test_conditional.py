@@ -1,4 +1,4 @@
-"""Tests for reelcdn.edge.conditional: RFC 9110 §13 preconditions answered from the cache."""
+"""Tests for reelcdn.edge.http.conditional: RFC 9110 §13 preconditions answered from the cache."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reelcdn.edge.conditional import (
+from reelcdn.edge.http.conditional import (
     evaluate,
     if_range_allows,
     parse_etags,

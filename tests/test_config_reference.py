@@ -1,4 +1,4 @@
-"""The key tables of edge/configkeys.py: what is derived from them, and the reference they
+"""The key tables of edge/config/keys.py: what is derived from them, and the reference they
 generate, which docs/configuration.md must keep up with (a new key cannot go undocumented)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from reelcdn.edge import configkeys
 from reelcdn.edge.config import Limits, NodeConfig, node_config_from_dict, reference_markdown
+from reelcdn.edge.config import keys as configkeys
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -31,7 +31,7 @@ def test_the_doc_lists_every_key_of_every_table(title: str) -> None:
     missing = [key for key in SECTIONS[title] if f"| `{key}` |" not in sections[title]]
     assert not missing, (
         f"docs/configuration.md, section {title}, does not document {', '.join(missing)}: "
-        "regenerate its tables with python -m reelcdn.edge.configkeys"
+        "regenerate its tables with python -m reelcdn.edge.config.keys"
     )
 
 

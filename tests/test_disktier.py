@@ -1,4 +1,4 @@
-"""The disk tier (edge/disktier.py) behind the memory store, with real files in tmp_path.
+"""The disk tier (edge/cache/disktier.py) behind the memory store, with real files in tmp_path.
 
 What must hold: a memory victim worth a file comes back byte for byte, with its headers, Age
 and staleness; the tiers are exclusive (a key is in memory or on disk, never both) and the disk
@@ -27,13 +27,13 @@ from conftest import url
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelcdn.edge import disktier as disk_module
-from reelcdn.edge import store as store_module
-from reelcdn.edge.bodyfile import MEMFD_AVAILABLE, FileBody, file_body
-from reelcdn.edge.disktier import BLOCK, DiskTier, disk_charge, sweep_stale_runs
-from reelcdn.edge.entry import ENTRY_OVERHEAD, CacheEntry, body_charge
-from reelcdn.edge.freshness import Freshness
-from reelcdn.edge.store import MemoryStore
+from reelcdn.edge.cache import disktier as disk_module
+from reelcdn.edge.cache import store as store_module
+from reelcdn.edge.cache.bodyfile import MEMFD_AVAILABLE, FileBody, file_body
+from reelcdn.edge.cache.disktier import BLOCK, DiskTier, disk_charge, sweep_stale_runs
+from reelcdn.edge.cache.entry import ENTRY_OVERHEAD, CacheEntry, body_charge
+from reelcdn.edge.cache.freshness import Freshness
+from reelcdn.edge.cache.store import MemoryStore
 
 TWIN_MODULE = "lru"  # the twins of the LRU index (the ``twin`` fixture, conftest.py)
 
@@ -502,11 +502,7 @@ async def disk_node(start_node: Any, origin: Any, tmp_path: Path, **overrides: A
     table = {"cache_memory": "350KiB", "cache_disk": "8MiB",
              "cache_dir": str(tmp_path / "cache"), **overrides}
     server = await start_node(origin.url, **table)
-    node = server.node
-    if node.store.disk is None:
-        # CacheNode.__init__ / apply_config call store.configure_disk(config, stats) (see
-        # docs/benchmarks.md, "Disk tier"); until then the test wires it the same way.
-        node.store.configure_disk(node.config, node.stats)
+    assert server.node.store.disk is not None  # the node configures its disk tier at start
     return server
 
 
@@ -636,8 +632,6 @@ async def test_reload_resizes_the_disk_tier(origin, start_node, client, tmp_path
     assert len(tier) >= 5
     smaller = dataclasses_replace(server.node.config, cache_disk=2 * disk_charge(OBJECT))
     await server.reload(smaller)
-    if store.disk is tier and tier.capacity != smaller.cache_disk:
-        store.configure_disk(smaller)  # until apply_config calls it (see disk_node)
     assert store.disk is tier and len(tier) == 2 and tier.bytes <= smaller.cache_disk
     off = dataclasses_replace(smaller, cache_disk=0)
     await server.reload(off)

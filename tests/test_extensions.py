@@ -2,9 +2,9 @@
 
 Why these tests look the way they do:
 
-* The pure twin (``reelcdn.edge.ranges``) is the reference and ``tests/test_ranges.py`` is its
-  specification, which runs on each twin (the ``twin`` fixture of conftest.py). Its tables and
-  strategies (``ranges_cases.py``) are used here again.
+* The pure twin (``reelcdn.extensions._ranges_py``) is the reference and
+  ``tests/test_ranges.py`` is its specification, which runs on each twin (the ``twin``
+  fixture of conftest.py). Its tables and strategies (``ranges_cases.py``) are used here again.
 * Differential property tests then feed both twins the same random arguments, well-formed and
   junk, and require identical outcomes: equal results of identical types, the very same
   sentinel object, or the same exception type and message.
@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 from ranges_cases import MAX_RANGES_CASES, PARSE_CASES, headers, specs
 
 from reelcdn import extensions
-from reelcdn.edge import ranges as pure_ranges
+from reelcdn.extensions import _ranges_py as pure_ranges
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPILED_NAME = "reelcdn.extensions._ranges"
@@ -369,7 +369,7 @@ def test_selector_no_extensions_forces_pure(value: str, tmp_path: Path) -> None:
     assert report["impl"]["ranges"] == "pure"
     assert set(report["impl"].values()) == {"pure"}  # every module, not only ranges
     assert report["compiled"] is False
-    assert report["module"] == "reelcdn.edge.ranges"
+    assert report["module"] == "reelcdn.extensions._ranges_py"
     assert report["node_uses_it"] is True
     assert report["reasons"] == dict.fromkeys(report["impl"], "REELCDN_NO_EXTENSIONS")
 

@@ -21,8 +21,8 @@ import pytest
 from nodeproc import free_port, wait_health
 from rawhttp import read_response
 
-from reelcdn.edge import bodyfile
-from reelcdn.edge.bodyfile import (
+from reelcdn.edge.cache import bodyfile
+from reelcdn.edge.cache.bodyfile import (
     DESCRIPTORS,
     MEMFD_AVAILABLE,
     BodyFiles,
@@ -31,11 +31,11 @@ from reelcdn.edge.bodyfile import (
     descriptor_reserve,
     file_body,
 )
+from reelcdn.edge.cache.entry import ENTRY_OVERHEAD, CacheEntry, body_charge
+from reelcdn.edge.cache.freshness import Freshness
+from reelcdn.edge.cache.store import MemoryStore
 from reelcdn.edge.config import Limits
-from reelcdn.edge.entry import ENTRY_OVERHEAD, CacheEntry, body_charge
-from reelcdn.edge.freshness import Freshness
 from reelcdn.edge.metrics import NodeStats
-from reelcdn.edge.store import MemoryStore
 
 pytestmark = pytest.mark.skipif(
     not MEMFD_AVAILABLE or not os.path.isdir("/proc/self/fd"),

@@ -1,4 +1,4 @@
-"""Tests for reelcdn.edge.freshness (RFC 9111 / 9213 / 5861 policy) and reelcdn.edge.httpdate."""
+"""Tests for reelcdn.edge.cache.freshness (RFC 9111 / 9213 / 5861) and reelcdn.edge.http.dates."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reelcdn.edge import httpdate
-from reelcdn.edge.config import TtlRule
-from reelcdn.edge.freshness import (
+from reelcdn.edge.cache.freshness import (
     DELTA_SECONDS_MAX,
     Freshness,
     current_age,
     decide,
     parse_cache_control,
 )
-from reelcdn.edge.httpdate import format_http_date, http_date_now_bytes, parse_http_date
+from reelcdn.edge.config import TtlRule
+from reelcdn.edge.http import dates as httpdate
+from reelcdn.edge.http.dates import format_http_date, http_date_now_bytes, parse_http_date
 
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 GMT
 PATH = "/v/abc/720p/seg_00001.m4s"

@@ -1,4 +1,4 @@
-"""Response head building: the pure twin (edge/head.py) and the compiled one
+"""Response head building: the pure twin (extensions/_head_py.py) and the compiled one
 (extensions/_head.pyx) give the same bytes, and the bytes are right."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelcdn.edge import head as pure_head
+from reelcdn.extensions import _head_py as pure_head
 
 BLOCK = b"Content-Type: video/mp4\r\nETag: \"e1\"\r\n"
 

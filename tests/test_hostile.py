@@ -1,7 +1,7 @@
 """Malformed and hostile requests: each gets a clear error (status and reason) and the
 connection closes, nothing smuggled behind it is answered, and a fresh client still gets a
-normal 200 from the same node — a bad request never takes the node down (DESIGN.md,
-"Reliability"). Raw bytes on real loopback sockets; ``RawConn`` lives in ``rawconn.py``.
+normal 200 from the same node — a bad request never takes the node down (docs/overview.md,
+"Robustness"). Raw bytes on real loopback sockets; ``RawConn`` lives in ``rawconn.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from rawconn import CACHEABLE, RawConn, Response, assert_serves, get
 
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 if TYPE_CHECKING:
     from conftest import TestOrigin

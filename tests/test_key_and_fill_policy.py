@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 from rawhttp import get
 
-from reelcdn.edge.cachekey import KeyPolicy
+from reelcdn.edge.cache.keys import KeyPolicy
 from reelcdn.edge.config import topology_from_text
-from reelcdn.edge.http import normalise_accept_encoding
-from reelcdn.edge.server import NodeServer
-from reelcdn.edge.target import BadPath, canonical_path, is_canonical_target
+from reelcdn.edge.http.message import normalise_accept_encoding
+from reelcdn.edge.http.target import BadPath, canonical_path, is_canonical_target
+from reelcdn.edge.ops.server import NodeServer
 
 CACHEABLE = {"Cache-Control": "max-age=300"}
 
@@ -243,7 +243,7 @@ async def test_upstream_refuses_a_non_canonical_target(prefixed_shield) -> None:
     """Defence in depth: the connector itself never appends a dot path to its prefix."""
     server, origin = prefixed_shield
     upstream = server.node.upstream
-    from reelcdn.edge.contract import FetchFailed
+    from reelcdn.edge.fetch.contract import FetchFailed
 
     with pytest.raises(FetchFailed) as caught:
         await upstream.request("GET", "/../private/secret.txt", [])

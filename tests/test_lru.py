@@ -2,8 +2,8 @@
 
 Why these tests look the way they do:
 
-* Every case runs on each twin (the ``twin`` fixture): ``reelcdn.edge.lru`` (the reference) and
-  the compiled ``reelcdn.extensions._lru``. The compiled one is skipped only when
+* Every case runs on each twin (the ``twin`` fixture): ``reelcdn.extensions._lru_py`` (the
+  reference) and the compiled ``reelcdn.extensions._lru``. The compiled one is skipped only when
   ``REELCDN_NO_EXTENSIONS`` disables extensions; missing or older than its ``.pyx`` it fails, so a
   broken build cannot pass silently on the pure twin.
 * The differential property test replays random operation sequences (insert, touch, remove,
@@ -34,8 +34,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reelcdn import extensions
-from reelcdn.edge import lru as pure_lru
-from reelcdn.edge.lru import MAX_SIZE
+from reelcdn.extensions import _lru_py as pure_lru
+from reelcdn.extensions._lru_py import MAX_SIZE
 
 TWIN_MODULE = "lru"  # the ``twin`` and ``compiled`` fixtures (conftest.py) load its twins
 

@@ -634,7 +634,7 @@ def test_the_documented_examples_match_the_renderer() -> None:
 
 
 def test_the_library_is_pure() -> None:
-    """No I/O, clock, network or process modules imported by manifests/ (DESIGN.md §2)."""
+    """No I/O, clock, network or process modules imported by manifests/ (docs/contributing.md)."""
     import ast
 
     allowed = {"__future__", "collections", "dataclasses", "decimal", "json", "math", "re",

@@ -1,15 +1,15 @@
 """The cache's byte budget is honest: what the store charges per entry covers what it costs.
 
-Why: ``cache_memory`` bounds the *sum of charges* (``CacheEntry.charge``), not memory. If an
-entry costs more than it is charged, a cache full of small objects (playlists, inits) holds
-several times its budget, and the node's RSS target (DESIGN.md §6: cache × 1.1 + 80 MB) cannot
-hold. The measurement is the benchmark's (``loadtest/bench/memory.py overhead``): entries made
-with the node's own fill code from realistic upstream headers, stored in the node's store and
-served once (a HIT keeps its rendered head in the entry), the Python heap growth counted with
-tracemalloc (exact and repeatable), plus the whole pages a memory-file body occupies.
+Why: ``cache_memory`` bounds the *sum of charges* (``CacheEntry.charge``), not memory. If an entry
+costs more than it is charged, a cache full of small objects (playlists, inits) holds several times
+its budget, and the node's RSS target (docs/overview.md, "Targets": cache × 1.1 + 80 MB) cannot
+hold. The measurement is the benchmark's (``loadtest/bench/memory.py overhead``): entries made with
+the node's own fill code from realistic upstream headers, stored in the node's store and served
+once (a HIT keeps its rendered head in the entry), the Python heap growth counted with tracemalloc
+(exact and repeatable), plus the whole pages a memory-file body occupies.
 
 The comparison uses whatever the store charges at run time (``charge − len(body)``), so it
-follows any change of ``ENTRY_OVERHEAD`` or of the charge formula in ``edge/entry.py``; the
+follows any change of ``ENTRY_OVERHEAD`` or of the charge formula in ``edge/cache/entry.py``; the
 controls below show it fails for an ``ENTRY_OVERHEAD`` of 0 and passes for a generous one.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import pytest
 
-from reelcdn.edge import entry
-from reelcdn.edge.bodyfile import MEMFD_AVAILABLE
+from reelcdn.edge.cache import entry
+from reelcdn.edge.cache.bodyfile import MEMFD_AVAILABLE
 from reelcdn.loadtest.bench.memory import KIB, HeapResult, Profile, measure_heap
 
 pytestmark = pytest.mark.slow  # the memory benchmark's heap measurements

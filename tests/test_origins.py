@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from s3server import free_port, s3_endpoint  # noqa: F401  (s3_endpoint is a fixture)
 
 from reelcdn.edge.config import UpstreamTimeouts
-from reelcdn.edge.contract import FetchFailed, UpstreamResponse
-from reelcdn.edge.httpdate import format_http_date
-from reelcdn.edge.upstream import HttpUpstream
+from reelcdn.edge.fetch.contract import FetchFailed, UpstreamResponse
+from reelcdn.edge.fetch.upstream import HttpUpstream
+from reelcdn.edge.http.dates import format_http_date
 from reelcdn.shield import build_origin, build_origin_chain
 from reelcdn.shield.content_types import content_type_for
 from reelcdn.shield.failover import OriginChain

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from reelcdn.edge.config import UpstreamTimeouts
-from reelcdn.edge.contract import FetchFailed
-from reelcdn.edge.parents import ParentSet, hrw_order
+from reelcdn.edge.fetch.contract import FetchFailed
+from reelcdn.edge.fetch.parents import ParentSet, hrw_order
 
 
 def test_hrw_spreads_keys_evenly_and_moves_only_a_removed_parents_keys():

@@ -17,9 +17,9 @@ from player.demo_tiers import VIDEO, DemoTiers, synthesise
 from prometheus_client import generate_latest
 from rawhttp import get
 
-from reelcdn.edge import cmcd, cmsd
 from reelcdn.edge.metrics import node_registry
-from reelcdn.edge.prefetch import resolve
+from reelcdn.edge.video import cmcd, cmsd
+from reelcdn.edge.video.prefetch import resolve
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The node's HTTP/1.1 server protocol (``edge/protocol.py``) on real loopback sockets.
+"""The node's HTTP/1.1 server protocol (``edge/http/connection.py``) on real loopback sockets.
 
 Keep-alive, pipelining, HEAD, ``Expect: 100-continue``, request bodies, limits, timeouts, the
 connection cap, graceful shutdown and clients that vanish mid-response. Anything pipelined or
@@ -30,7 +30,7 @@ from rawconn import (
     recording_handler,
 )
 
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 if TYPE_CHECKING:
     from conftest import TestOrigin

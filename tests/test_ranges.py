@@ -1,8 +1,9 @@
-"""Tests for reelcdn.edge.ranges: RFC 9110 §14 Range parsing and multipart/byteranges framing.
+"""Tests for reelcdn.extensions._ranges_py: RFC 9110 §14 Range parsing, multipart/byteranges.
 
-Every test runs on each twin (the ``twin`` fixture, conftest.py): the pure ``reelcdn.edge.ranges``,
-the reference, and the compiled ``reelcdn.extensions._ranges``. The tables and the strategies
-that draw Range headers are in ``ranges_cases.py``; ``test_extensions.py`` compares the twins.
+Every test runs on each twin (the ``twin`` fixture, conftest.py): the pure
+``reelcdn.extensions._ranges_py``, the reference, and the compiled
+``reelcdn.extensions._ranges``. The tables and the strategies that draw Range headers are
+in ``ranges_cases.py``; ``test_extensions.py`` compares the twins.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from ranges_cases import MAX_RANGES_CASES, PARSE_CASES, Spec, U, headers, render_spec, specs
 
-from reelcdn.edge import ranges as pure_ranges
-from reelcdn.edge.ranges import UNSATISFIABLE
+from reelcdn.extensions import _ranges_py as pure_ranges
+from reelcdn.extensions._ranges_py import UNSATISFIABLE
 
 TWIN_MODULE = "ranges"  # the ``twin`` fixture (conftest.py) loads its twins
 

@@ -1,6 +1,6 @@
-"""The request reader: the pure twin (edge/reader.py) and the compiled one (extensions/_reader.pyx)
-read the same requests from the same bytes, refuse the same input with the same status and
-reason, and call their connection the same way.
+"""The request reader: the pure twin (extensions/_reader_py.py) and the compiled one
+(extensions/_reader.pyx) read the same requests from the same bytes, refuse the same input
+with the same status and reason, and call their connection the same way.
 
 The connection here is a recorder (the reader's whole interface to it is three calls); the
 real connection over real sockets is exercised by test_protocol.py and test_hostile.py, which
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reelcdn import extensions
-from reelcdn.edge import reader as pure_reader
+from reelcdn.extensions import _reader_py as pure_reader
 
 LIMITS = SimpleNamespace(
     max_target_bytes=256, max_head_bytes=1024, max_headers=12, max_body_bytes=64,

@@ -1,8 +1,8 @@
 """The memory store: byte accounting, LRU order, Vary variants, purge.
 
 Every test runs on both twins of the LRU index behind the store (the ``index_twin`` fixture points
-``reelcdn.edge.store.lru`` at each in turn), and a differential test drives two stores, one per
-twin, through the same random operations and requires identical answers and order.
+``reelcdn.edge.cache.store.lru`` at each in turn), and a differential test drives two stores,
+one per twin, through the same random operations and requires identical answers and order.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reelcdn.edge import lru as pure_lru
-from reelcdn.edge import store as store_module
-from reelcdn.edge.entry import CacheEntry
-from reelcdn.edge.freshness import Freshness
-from reelcdn.edge.store import MemoryStore
+from reelcdn.edge.cache import store as store_module
+from reelcdn.edge.cache.entry import CacheEntry
+from reelcdn.edge.cache.freshness import Freshness
+from reelcdn.edge.cache.store import MemoryStore
+from reelcdn.extensions import _lru_py as pure_lru
 
 TWIN_MODULE = "lru"  # the twins of the LRU index (the ``twin`` fixture, conftest.py)
 

@@ -15,7 +15,7 @@ from s3server import s3_endpoint  # noqa: F401  (a fixture)
 
 from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.metrics import node_registry
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 
 TOPOLOGY = """
 [defaults]

@@ -26,7 +26,7 @@ from reelcdn.edge.config import (
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
-# The shape operators write (DESIGN.md §3 "Operations").
+# The shape operators write (docs/overview.md).
 THREE_TIER = """
 [origin.main]
 type = "fs"

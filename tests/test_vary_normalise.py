@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import pytest
 from rawhttp import RawResponse, read_response
 
-from reelcdn.edge.store import MemoryStore, selecting_value
+from reelcdn.edge.cache.store import MemoryStore, selecting_value
 
 if TYPE_CHECKING:
     from conftest import TestOrigin
 
-    from reelcdn.edge.server import NodeServer
+    from reelcdn.edge.ops.server import NodeServer
 
 
 @pytest.mark.parametrize(("name", "a", "b"), [

@@ -3,10 +3,10 @@ no-cache, and the one precondition entry point."""
 
 from __future__ import annotations
 
-from reelcdn.edge.conditional import request_verdict
-from reelcdn.edge.entry import CacheEntry
-from reelcdn.edge.freshness import decide
-from reelcdn.edge.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+from reelcdn.edge.cache.entry import CacheEntry
+from reelcdn.edge.cache.freshness import decide
+from reelcdn.edge.cache.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+from reelcdn.edge.http.conditional import request_verdict
 
 
 def entry(cache_control: str, now: float = 1000.0) -> CacheEntry:

@@ -405,7 +405,7 @@ def test_summed_snapshots_render_like_one_node():
         stats_snapshot,
         sum_snapshots,
     )
-    from reelcdn.edge.workers import _merge_upstreams
+    from reelcdn.edge.ops.workers import _merge_upstreams
 
     one, a, b = NodeStats("n"), NodeStats("n"), NodeStats("n")
     for stats, hits, ttfb in ((a, 3, 0.0004), (b, 5, 0.3)):
@@ -431,7 +431,7 @@ def test_summed_snapshots_render_like_one_node():
 def test_each_worker_gets_its_share_of_the_memory_and_disk_budgets(tmp_path):
     from conftest import make_config
 
-    from reelcdn.edge.workers import worker_config
+    from reelcdn.edge.ops.workers import worker_config
 
     config = make_config("http://127.0.0.1:9", cache_memory=64 << 20, cache_disk=1 << 30,
                          cache_dir=str(tmp_path))

@@ -43,7 +43,7 @@ Subcommands::
     second LRU) on a Zipf trace over a catalogue far larger than memory, simulated: cheap and
     deterministic.
 ``disk-node``
-    The disk tier as built (``edge/disktier.py``) in a real node process: an origin process
+    The disk tier as built (``edge/cache/disktier.py``) in a real node process: an origin process
     with ``--objects`` objects, a node with ``cache_memory`` below the working set, once without
     and once with ``cache_disk`` (memory + disk hold it all), a Zipf trace of sequential GETs on
     one keep-alive connection (every body verified): hit ratio and origin requests of each; then
@@ -224,8 +224,8 @@ class EntryBuilder:
 
     def __init__(self, capacity: int = 1 << 40, sendfile_min: int | None = None) -> None:
         from reelcdn.edge import node as node_module
-        from reelcdn.edge.coalescer import Fetch
         from reelcdn.edge.config import node_config_from_dict
+        from reelcdn.edge.fetch.coalescer import Fetch
 
         table: dict[str, Any] = {
             "listen": "127.0.0.1:0",
@@ -234,7 +234,7 @@ class EntryBuilder:
         }
         if sendfile_min is not None:
             table["sendfile_min_size"] = sendfile_min
-        from reelcdn.edge.connectors import build_upstream
+        from reelcdn.edge.ops.connectors import build_upstream
 
         self.node = node_module.CacheNode(node_config_from_dict("memory-bench", table),
                                           build_upstream)
@@ -495,7 +495,7 @@ def measure_rss_child(index: int) -> dict[str, int]:
 def kernel_per_memfd(trials: int = 3, count: int = 1000) -> list[float]:
     """Slab bytes per memory-file body (inode, dentry, two open files, a mapping), from
     /proc/meminfo deltas: system-wide, so only approximate on a shared machine."""
-    from reelcdn.edge.bodyfile import MEMFD_AVAILABLE, file_body
+    from reelcdn.edge.cache.bodyfile import MEMFD_AVAILABLE, file_body
 
     if not MEMFD_AVAILABLE:
         return []
@@ -513,7 +513,7 @@ def kernel_per_memfd(trials: int = 3, count: int = 1000) -> list[float]:
 
 def overhead_report(heap: list[HeapResult], rss: list[dict[str, int]],
                     slab: list[float]) -> str:
-    from reelcdn.edge import entry as store
+    from reelcdn.edge.cache import entry as store
 
     lines = [
         "| profile | entries | body kept as | charged beyond body | Python heap beyond body "
@@ -1005,7 +1005,7 @@ class _DiskServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, port: int, directory: Path) -> None:
         super().__init__((LOOPBACK, port), _DiskHandler)
-        from reelcdn.edge.bodyfile import file_body
+        from reelcdn.edge.cache.bodyfile import file_body
 
         self.bodies = {size: _SOURCE[:size] for size in DISK_SIZES}
         self.memfds = {size: file_body([body], size) for size, body in self.bodies.items()}

@@ -9,7 +9,7 @@ compiled).
 
 Why it is built this way:
 
-* Both twins are imported directly (``reelcdn.edge.ranges`` and
+* Both twins are imported directly (``reelcdn.extensions._ranges_py`` and
   ``reelcdn.extensions._ranges``), not through the selector, so ``REELCDN_NO_EXTENSIONS`` does
   not change what is compared; a missing compiled module is an error, not a silent
   pure-vs-pure run.
@@ -39,13 +39,13 @@ from itertools import accumulate
 from types import ModuleType
 from typing import Any
 
-from reelcdn.edge import head as pure_head
-from reelcdn.edge import lru as pure_lru
-from reelcdn.edge import ranges as pure_ranges
-from reelcdn.edge import reader as pure_reader
-from reelcdn.edge.entry import CacheEntry
-from reelcdn.edge.freshness import Freshness
-from reelcdn.edge.store import MemoryStore
+from reelcdn.edge.cache.entry import CacheEntry
+from reelcdn.edge.cache.freshness import Freshness
+from reelcdn.edge.cache.store import MemoryStore
+from reelcdn.extensions import _head_py as pure_head
+from reelcdn.extensions import _lru_py as pure_lru
+from reelcdn.extensions import _ranges_py as pure_ranges
+from reelcdn.extensions import _reader_py as pure_reader
 
 from .common import BenchFailure, log, positive_int
 
@@ -117,7 +117,7 @@ def same_result(case: Case, pure: ModuleType, compiled: ModuleType) -> None:
         raise BenchFailure(f"{case.label}: compiled {got!r} != pure {want!r}")
 
 
-# --- the LRU index: reelcdn.edge.lru vs reelcdn.extensions._lru ------------------------------
+# --- the LRU index: reelcdn.extensions._lru_py vs reelcdn.extensions._lru ---------------------
 #
 # The index is stateful, so its cases are not timeit statements: each repeat builds fresh state
 # (untimed), then times one replay of a fixed operation sequence, with GC off as timeit does. The
@@ -419,7 +419,7 @@ HEAD_CASES: list[Case] = [
 
 
 def run_head(repeat: int, min_time: float) -> list[Timing]:
-    """Response head building (``edge/head.py`` vs ``extensions/_head.pyx``)."""
+    """Response head building (``extensions/_head_py.py`` vs ``extensions/_head.pyx``)."""
     try:
         compiled = importlib.import_module("reelcdn.extensions._head")
     except ImportError as exc:
@@ -434,7 +434,7 @@ def run_head(repeat: int, min_time: float) -> list[Timing]:
     return timings
 
 
-# --- the request reader: reelcdn.edge.reader vs reelcdn.extensions._reader -----------------------
+# --- the request reader: reelcdn.extensions._reader_py vs reelcdn.extensions._reader ----------
 
 READER_CASES: list[tuple[str, bytes]] = [
     ("RequestReader.feed, wrk's GET (Host only)",

@@ -15,7 +15,7 @@ segment requests carry CMCD ``nor`` naming the next segment. Modes, by edge conf
 - ``cmcd``: prefetch on CMCD ``nor`` only
 - ``both``: the defaults
 
-Output: a Markdown table (docs/benchmarks.md records one run).
+Output: a Markdown table (docs/benchmarks/2026-11-22.md records two runs).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from demo_tiers import VIDEO, free_ports, synthesise  # noqa: E402
 
 from reelcdn.edge.config import topology_from_text  # noqa: E402
-from reelcdn.edge.server import NodeServer  # noqa: E402
+from reelcdn.edge.ops.server import NodeServer  # noqa: E402
 
 MODES = {
     "off": {"prefetch_segments": 0, "prefetch_cmcd": False},

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reelcdn.edge.config import topology_from_text
-from reelcdn.edge.server import NodeServer
+from reelcdn.edge.ops.server import NodeServer
 from reelcdn.origin.demo import DEFAULT_LADDER, synthesise_demo_videos
 
 VIDEO = "demo-1"

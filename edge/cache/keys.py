@@ -18,10 +18,10 @@ import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .target import canonical_path
+from reelcdn.edge.http.target import canonical_path
 
 if TYPE_CHECKING:
-    from .http import Request
+    from reelcdn.edge.http.message import Request
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from reelcdn.edge.httpdate import parse_http_date
+from reelcdn.edge.http.dates import parse_http_date
 
 __all__ = ["evaluate", "if_range_allows", "parse_etags", "strong_match", "weak_match"]
 

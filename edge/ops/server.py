@@ -22,12 +22,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .admin import LocalAdmin, build_admin_app, start_admin
-from .bodyfile import descriptor_budget
-from .config import NodeConfig, describe_upstream
-from .connectors import build_upstream
-from .node import CacheNode
-from .protocol import HttpConnection
+from reelcdn.edge.cache.bodyfile import descriptor_budget
+from reelcdn.edge.config import NodeConfig, describe_upstream
+from reelcdn.edge.http.connection import HttpConnection
+from reelcdn.edge.node import CacheNode
+from reelcdn.edge.ops.admin import LocalAdmin, build_admin_app, start_admin
+from reelcdn.edge.ops.connectors import build_upstream
 
 log = logging.getLogger("reelcdn.server")
 

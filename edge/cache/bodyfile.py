@@ -1,6 +1,6 @@
 """Large cached bodies kept in memory files, so that a HIT leaves with ``sendfile(2)``.
 
-Why: profiling 64 KiB Range HITs of a 1 MiB object (docs/benchmarks.md) showed the node's
+Why: profiling 64 KiB Range HITs of a 1 MiB object (docs/benchmarks/2026-11-22.md) showed the node's
 biggest single cost was the kernel copying each slice from the Python ``bytes`` into socket
 buffers (``_copy_from_iter``, ~19 % of the node's CPU). nginx does not pay it: its cache is a
 file and ``sendfile`` hands page references to the socket. A body held in an anonymous memory

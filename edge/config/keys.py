@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .configmodel import (
+from reelcdn.edge.config.model import (
     ORIGIN_TYPES,
     ROLES,
     Limits,
@@ -36,7 +36,7 @@ from .configmodel import (
     TtlRule,
     UpstreamTimeouts,
 )
-from .configvalues import (
+from reelcdn.edge.config.values import (
     ConfigError,
     check_keys,
     check_token,
@@ -1014,5 +1014,5 @@ def reference_markdown() -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":  # python -m reelcdn.edge.configkeys: the tables of the reference
+if __name__ == "__main__":  # python -m reelcdn.edge.config.keys: the tables of the reference
     print(reference_markdown(), end="")

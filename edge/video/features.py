@@ -6,9 +6,9 @@ cache key is computed and returns ``CONTINUE`` to let the node go on as usual, o
 answer (None, written synchronously, or an awaitable) when it took the request.
 
 - ``/v/{id}/master.m3u8`` and ``/v/{id}/{rendition}/(index|iframes).m3u8`` go to the
-  playlist renderer (edge/playlists.py) when ``render_playlists`` is on (default: edges).
-- CMCD (edge/cmcd.py) is read from the ``CMCD`` query argument and headers; ``nor`` asks the
-  prefetcher (edge/prefetch.py) for the next object; ``su``/``bs``/``bl``/``mtp``/``sid`` go
+  playlist renderer (edge/video/playlists.py) when ``render_playlists`` is on (default: edges).
+- CMCD (edge/video/cmcd.py) is read from the ``CMCD`` query argument and headers; ``nor`` asks the
+  prefetcher (edge/video/prefetch.py) for the next object; ``su``/``bs``/``bl``/``mtp``/``sid`` go
   to the metrics and the debug log.
 - A request for an object a prefetch brought (or is bringing) counts that prefetch as used.
 """
@@ -19,15 +19,14 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
+from reelcdn.edge.http.message import Request
+from reelcdn.edge.video import cmcd, playlists
+from reelcdn.edge.video.prefetch import Prefetcher, request_host, resolve
 from reelcdn.origin.meta import VideoMeta
 
-from . import cmcd, playlists
-from .http import Request
-from .prefetch import Prefetcher, request_host, resolve
-
 if TYPE_CHECKING:
-    from .node import CacheNode
-    from .protocol import HttpConnection
+    from reelcdn.edge.http.connection import HttpConnection
+    from reelcdn.edge.node import CacheNode
 
 log = logging.getLogger("reelcdn.cmcd")
 

@@ -20,8 +20,14 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
-from .contract import FetchFailed, TargetRefused, Upstream, UpstreamResponse, UpstreamTimeouts
-from .target import is_canonical_target
+from reelcdn.edge.fetch.contract import (
+    FetchFailed,
+    TargetRefused,
+    Upstream,
+    UpstreamResponse,
+    UpstreamTimeouts,
+)
+from reelcdn.edge.http.target import is_canonical_target
 
 
 class HttpResponse(UpstreamResponse):

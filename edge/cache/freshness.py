@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from reelcdn.edge.config import TtlRule
-from reelcdn.edge.httpdate import parse_http_date
+from reelcdn.edge.http.dates import parse_http_date
 
 __all__ = ["Freshness", "current_age", "decide", "parse_cache_control"]
 

@@ -1,4 +1,4 @@
-"""HLS playlists rendered at the edge from the video's ``meta.json`` (DESIGN.md §2).
+"""HLS playlists rendered at the edge from the video's ``meta.json`` (docs/manifests.md).
 
 ``/v/{id}/master.m3u8``, ``/v/{id}/{rendition}/index.m3u8`` and ``.../iframes.m3u8`` are not
 fetched: the node fetches ``/v/{id}/meta.json`` through its parents like any object (cached
@@ -40,6 +40,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
+from reelcdn.edge.cache.keys import host_of
+from reelcdn.edge.cache.store import CacheEntry
+from reelcdn.edge.fetch.contract import FetchFailed
+from reelcdn.edge.http import conditional
+from reelcdn.edge.http.message import Request
+from reelcdn.edge.video import cmsd
 from reelcdn.manifests import (
     ManifestError,
     NotReady,
@@ -57,16 +63,10 @@ from reelcdn.manifests import (
 )
 from reelcdn.origin.meta import VideoMeta
 
-from . import cmsd, conditional
-from .cachekey import host_of
-from .contract import FetchFailed
-from .http import Request
-from .store import CacheEntry
-
 if TYPE_CHECKING:
-    from .config import NodeConfig, SteeringConfig
-    from .node import CacheNode
-    from .protocol import HttpConnection
+    from reelcdn.edge.config import NodeConfig, SteeringConfig
+    from reelcdn.edge.http.connection import HttpConnection
+    from reelcdn.edge.node import CacheNode
 
 log = logging.getLogger("reelcdn.playlists")
 

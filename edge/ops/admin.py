@@ -22,14 +22,14 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .bodyfile import DESCRIPTORS
-from .cachekey import split_target
-from .metrics import node_registry, stats_snapshot, upstream_up_values
-from .target import BadPath, canonical_path
+from reelcdn.edge.cache.bodyfile import DESCRIPTORS
+from reelcdn.edge.cache.keys import split_target
+from reelcdn.edge.http.target import BadPath, canonical_path
+from reelcdn.edge.metrics import node_registry, stats_snapshot, upstream_up_values
 
 if TYPE_CHECKING:
-    from .node import CacheNode
-    from .server import NodeServer
+    from reelcdn.edge.node import CacheNode
+    from reelcdn.edge.ops.server import NodeServer
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 PREWARM_MAX_PATHS = 1000

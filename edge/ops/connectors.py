@@ -9,12 +9,11 @@ connectors are imported where nodes are put together, not below them.
 
 from __future__ import annotations
 
+from reelcdn.edge.config import NodeConfig
+from reelcdn.edge.fetch.contract import Upstream
+from reelcdn.edge.fetch.parents import ParentSet
+from reelcdn.edge.fetch.upstream import HttpUpstream
 from reelcdn.shield import build_origin_chain
-
-from .config import NodeConfig
-from .contract import Upstream
-from .parents import ParentSet
-from .upstream import HttpUpstream
 
 
 def build_upstream(config: NodeConfig) -> Upstream:

@@ -16,11 +16,17 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .contract import FetchFailed, TargetRefused, Upstream, UpstreamResponse, UpstreamTimeouts
-from .upstream import HttpUpstream
+from reelcdn.edge.fetch.contract import (
+    FetchFailed,
+    TargetRefused,
+    Upstream,
+    UpstreamResponse,
+    UpstreamTimeouts,
+)
+from reelcdn.edge.fetch.upstream import HttpUpstream
 
 if TYPE_CHECKING:
-    from .config import ParentRef
+    from reelcdn.edge.config import ParentRef
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 

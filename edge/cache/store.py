@@ -22,13 +22,12 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
-
-from .bodyfile import DESCRIPTORS, FileBody
-from .disktier import DiskTier
-from .entry import CacheEntry, body_charge
-from .http import normalise_accept_encoding
-from .lru import LruIndex  # the contract of both twins, for type hints
+from reelcdn.edge.cache.bodyfile import DESCRIPTORS, FileBody
+from reelcdn.edge.cache.disktier import DiskTier
+from reelcdn.edge.cache.entry import CacheEntry, body_charge
+from reelcdn.edge.http.message import normalise_accept_encoding
+from reelcdn.extensions import lru  # the compiled LRU index when built, else extensions/_lru_py.py
+from reelcdn.extensions._lru_py import LruIndex  # the contract of both twins, for type hints
 
 log = logging.getLogger("reelcdn.store")
 
@@ -49,12 +48,12 @@ class MemoryStore:
     """LRU over ``CacheEntry`` objects, bounded by the sum of their charges in bytes.
 
     The entries live in a plain dict (key → entry) and their order and byte accounting in an
-    :class:`~reelcdn.edge.lru.LruIndex` of key → charge, chosen by ``reelcdn.extensions`` (the
-    Cython twin when built). Why two structures: a HIT must stay one dict get plus one touch, and
-    the part that moves on every request (the recency list, evictions, the byte sum) is the part
+    :class:`~reelcdn.extensions._lru_py.LruIndex` of key → charge, chosen by ``reelcdn.extensions``
+    (the Cython twin when built). Why two structures: a HIT must stay one dict get plus one touch,
+    and the part that moves on every request (the recency list, evictions, the byte sum) is the part
     worth compiling, which a C data structure can only do over plain keys and integers, not over
-    entry objects. The index records each entry's charge when it is inserted, so ``bytes`` is
-    always the exact sum of what was charged, even if an entry is refreshed in place by a 304
+    entry objects. The index records each entry's charge when it is inserted, so ``bytes`` is always
+    the exact sum of what was charged, even if an entry is refreshed in place by a 304
     (:meth:`CacheEntry.refresh`) and its own ``charge`` changes: it is accounted again on its next
     insert. Every key of ``_entries`` is in the index and the reverse, after every public call.
     """

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from .contract import FetchFailed
-from .freshness import Freshness
-from .http import render_fields, validators
+from reelcdn.edge.cache.freshness import Freshness
+from reelcdn.edge.fetch.contract import FetchFailed
+from reelcdn.edge.http.message import render_fields, validators
 
 
 class FetchHead:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .store import CacheEntry
+    from reelcdn.edge.cache.store import CacheEntry
 
 
 def stale_on_error(entry: CacheEntry | None, now: float) -> bool:

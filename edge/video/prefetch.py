@@ -2,7 +2,7 @@
 
 Two signals say what comes next: serving a media playlist (the player fetches the init segment
 and the first segments right after it) and CMCD ``nor`` (the player names its next object,
-edge/cmcd.py). Either way the node starts an ordinary cache fill (``CacheNode.start_fill``)
+edge/video/cmcd.py). Either way the node starts an ordinary cache fill (``CacheNode.start_fill``)
 through its parents, so a prefetched object is fetched, stored and counted exactly like a client
 miss, and a client asking for it while the prefetch is under way joins that fetch through the
 coalescer instead of starting a second one.
@@ -31,17 +31,17 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-from .cachekey import host_of
-from .coalescer import Fetch
-from .http import Request
-from .store import CacheEntry, MemoryStore
-from .target import BadPath
+from reelcdn.edge.cache.keys import host_of
+from reelcdn.edge.cache.store import CacheEntry, MemoryStore
+from reelcdn.edge.fetch.coalescer import Fetch
+from reelcdn.edge.http.message import Request
+from reelcdn.edge.http.target import BadPath
 
 # Fetch-standard marker on a prefetch's fill, so a parent's logs can tell it from a player's.
 PREFETCH_FIELDS = ((b"Sec-Purpose", b"prefetch"),)
 
 if TYPE_CHECKING:
-    from .node import CacheNode
+    from reelcdn.edge.node import CacheNode
 
 log = logging.getLogger("reelcdn.prefetch")
 

@@ -6,9 +6,9 @@ type without importing each other.
 
 from __future__ import annotations
 
-from .bodyfile import FileBody
-from .freshness import Freshness
-from .http import render_fields, validators
+from reelcdn.edge.cache.bodyfile import FileBody
+from reelcdn.edge.cache.freshness import Freshness
+from reelcdn.edge.http.message import render_fields, validators
 
 # Bytes charged per entry beyond body, header block and key.
 ENTRY_OVERHEAD = 3584

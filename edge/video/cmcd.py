@@ -3,8 +3,8 @@
 Players tell the CDN what they are doing: which object they will ask for next (``nor``, with
 ``nrr`` its byte range), whether they are starving (``su`` start-up/urgent, ``bs`` buffer
 starvation), their buffer length (``bl``, ms), measured throughput (``mtp``, kbit/s) and the
-session they belong to (``sid``). The node uses ``nor`` to prefetch (edge/prefetch.py) and keeps
-the rest for logs and metrics.
+session they belong to (``sid``). The node uses ``nor`` to prefetch (edge/video/prefetch.py)
+and keeps the rest for logs and metrics.
 
 Transport (CTA-5004 §2): either one ``CMCD=`` query argument (URL-encoded payload) or up to four
 request headers, ``CMCD-Request``, ``CMCD-Object``, ``CMCD-Status`` and ``CMCD-Session``, whose

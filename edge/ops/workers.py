@@ -48,9 +48,9 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from .admin import AdminBackend, PurgeSpec, build_admin_app, start_admin
-from .config import NodeConfig
-from .metrics import snapshot_registry, sum_snapshots
+from reelcdn.edge.config import NodeConfig
+from reelcdn.edge.metrics import snapshot_registry, sum_snapshots
+from reelcdn.edge.ops.admin import AdminBackend, PurgeSpec, build_admin_app, start_admin
 
 log = logging.getLogger("reelcdn.workers")
 

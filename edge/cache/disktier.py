@@ -5,7 +5,7 @@ file in the page cache costs what a memory HIT costs, even a cold-disk read is a
 cheap as a miss to a parent on the same host, and a catalogue far larger than ``cache_memory``
 gets several times the hit ratio from a few GiB of disk.
 
-How it works with :class:`~reelcdn.edge.store.MemoryStore` (which owns one ``DiskTier`` when
+How it works with :class:`~reelcdn.edge.cache.store.MemoryStore` (which owns one ``DiskTier`` when
 ``cache_disk > 0``):
 
 * **Demotion.** When the memory LRU evicts an entry whose body is at least ``min_bytes``, the
@@ -16,11 +16,12 @@ How it works with :class:`~reelcdn.edge.store.MemoryStore` (which owns one ``Dis
   it only queues the job. The queue is bounded (``queue_bytes``, ``queue_entries``); a victim
   that does not fit is dropped and counted (``disk_dropped_writes``). Until its file is written
   a record keeps the entry itself, so it can be served (and promoted) from memory meanwhile.
-* **The disk LRU** (an :class:`~reelcdn.edge.lru.LruIndex`, compiled when built) is bounded by
+* **The disk LRU** (an :class:`~reelcdn.extensions._lru_py.LruIndex`, compiled when built) is
+  bounded by
   ``capacity`` bytes of files, each charged in whole 4 KiB blocks; evicting unlinks the file
   (in the background thread: unlinking a large file is not free either).
 * **Promotion.** A memory miss asks :meth:`take`: a written record's file is opened and mapped
-  read-only as a :class:`~reelcdn.edge.bodyfile.FileBody` (bytes-like, and ``fd`` for
+  read-only as a :class:`~reelcdn.edge.cache.bodyfile.FileBody` (bytes-like, and ``fd`` for
   ``sendfile``), the ``CacheEntry`` is rebuilt around it, leaves the disk index (exclusive
   tiers) and is inserted into memory by the store. Its file is kept while the entry is in
   memory (``entry.disk_path``): when memory evicts it again it is re-indexed without writing a
@@ -62,15 +63,14 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from reelcdn.extensions import lru  # the compiled LRU index when built, else edge/lru.py
-
-from .bodyfile import FileBody
-from .entry import CacheEntry
-from .metrics import NodeStats
+from reelcdn.edge.cache.bodyfile import FileBody
+from reelcdn.edge.cache.entry import CacheEntry
+from reelcdn.edge.metrics import NodeStats
+from reelcdn.extensions import lru  # the compiled LRU index when built, else extensions/_lru_py.py
 
 if TYPE_CHECKING:
-    from .freshness import Freshness
-    from .lru import LruIndex
+    from reelcdn.edge.cache.freshness import Freshness
+    from reelcdn.extensions._lru_py import LruIndex
 
 log = logging.getLogger("reelcdn.disktier")
 

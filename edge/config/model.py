@@ -3,7 +3,7 @@
 Frozen dataclasses and their defaults, without any I/O or parsing: the contract the rest of the
 node (store, node, protocol, shield) codes against. ``reelcdn.edge.config`` loads a TOML file into
 these (and re-exports them, so ``from reelcdn.edge.config import NodeConfig`` keeps working); the
-table of keys that fills them and documents them is in ``reelcdn.edge.configkeys``.
+table of keys that fills them and documents them is in ``reelcdn.edge.config.keys``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass, field
 
-from .contract import UpstreamTimeouts  # noqa: F401  (part of the model: NodeConfig fields)
+from reelcdn.edge.fetch.contract import UpstreamTimeouts  # noqa: F401  (part of the model: NodeConfig fields)
 
 __all__ = [
     "DEFAULT_FILL_HEADERS",
@@ -151,9 +151,9 @@ class NodeConfig:
     cache_memory: int = 256 * 1024 * 1024
     max_object_bytes: int = 64 * 1024 * 1024
     # Stored bodies at least this large live in memory files and leave with sendfile(2)
-    # (edge/bodyfile.py); 0 keeps every body as bytes.
+    # (edge/cache/bodyfile.py); 0 keeps every body as bytes.
     sendfile_min_bytes: int = 64 * 1024
-    # Disk tier (edge/disktier.py): memory's victims (bodies >= sendfile_min_bytes) kept in
+    # Disk tier (edge/cache/disktier.py): memory's victims (bodies >= sendfile_min_bytes) kept in
     # files under cache_dir, at most cache_disk bytes of them; 0: no disk tier. Nothing
     # persists across restarts. cache_dir is absolute (resolved against the file's directory).
     cache_disk: int = 0
@@ -182,7 +182,7 @@ class NodeConfig:
     parent_retry_after: float = 10.0   # seconds a failed parent (or origin) is skipped
     parent_failures: int = 3           # consecutive errors/5xx that mark a parent down
     workers: int = 1                   # processes sharing the listener (SO_REUSEPORT)
-    # Edge features (edge/features.py). Query parameters copied to every URI of a rendered
+    # Edge features (edge/video/features.py). Query parameters copied to every URI of a rendered
     # playlist (tokens); they never enter a cache key (the loader adds them to the ignored).
     carried_query_params: tuple[str, ...] = ()
     render_playlists: bool | None = None   # None: only role = "edge" renders (from meta.json)

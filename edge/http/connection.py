@@ -5,7 +5,7 @@ compiled from ``extensions/_reader.pyx`` when built): it feeds httptools (llhttp
 limits and hands whole requests to ``request_complete``; this module answers them. Why not
 aiohttp's server:
 a cache HIT must not build a request object graph, go through a router or middlewares — see
-DESIGN.md "Runtime choices". What a server framework would do for us is done here:
+docs/overview.md, "Tiers". What a server framework would do for us is done here:
 
 * keep-alive and pipelining: requests are queued and answered strictly in order; a request
   the node answers synchronously (a HIT) is written straight from the parser callback;
@@ -45,13 +45,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ..extensions import reader
-from .bodyfile import FileBody
-from .http import Request, error_response
-from .reader import BODY, CLOSING, HEAD, IDLE
+from reelcdn.edge.cache.bodyfile import FileBody
+from reelcdn.edge.http.message import Request, error_response
+from reelcdn.extensions import reader
+from reelcdn.extensions._reader_py import BODY, CLOSING, HEAD, IDLE
 
 if TYPE_CHECKING:
-    from .server import NodeServer
+    from reelcdn.edge.ops.server import NodeServer
 
 log = logging.getLogger("reelcdn.protocol")
 

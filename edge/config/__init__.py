@@ -1,7 +1,7 @@
 """Topology configuration: the validated, typed form of a reelcdn TOML file.
 
-Operators describe a whole tier topology in one plain TOML file (DESIGN.md §3 "Operations"):
-origins, and nodes that fetch from other nodes of the file (``parents``), from origins (a
+Operators describe a whole tier topology in one plain TOML file (docs/overview.md, "What makes it a
+CDN"): origins, and nodes that fetch from other nodes of the file (``parents``), from origins (a
 shield), or from an ``upstream`` URL outside the file::
 
     [defaults]                      # optional: applies to every node unless the node sets the key
@@ -32,9 +32,9 @@ node with a default the operator believes they changed. Cross-node mistakes (an 
 cycle, an edge used as a parent, two nodes on one port) are found here too, before any node binds,
 rather than as a confusing failure at run time.
 
-The model (the dataclasses the rest of the node codes against) is ``reelcdn.edge.configmodel``;
-the keys, one table with each key's parser, field and doc, are ``reelcdn.edge.configkeys``; single
-values are parsed in ``reelcdn.edge.configvalues``. This module is the loader that puts them
+The model (the dataclasses the rest of the node codes against) is ``reelcdn.edge.config.model``;
+the keys, one table with each key's parser, field and doc, are ``reelcdn.edge.config.keys``; single
+values are parsed in ``reelcdn.edge.config.values``. This module is the loader that puts them
 together: reading TOML, layering ``[defaults]`` under each node, and the checks across nodes and
 origins. It re-exports the model, so ``from reelcdn.edge.config import NodeConfig`` keeps working.
 """
@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .configkeys import (
+from reelcdn.edge.config.keys import (
     NODE_KEYS,
     ORIGIN_KEY_TABLE,
     Context,
@@ -62,7 +62,7 @@ from .configkeys import (
     parse_origin,
     reference_markdown,
 )
-from .configmodel import (
+from reelcdn.edge.config.model import (
     DEFAULT_FILL_HEADERS,
     DEFAULT_IGNORE_QUERY_PARAMS,
     DEFAULT_TTL_STATUSES,
@@ -78,7 +78,7 @@ from .configmodel import (
     UpstreamTimeouts,
     describe_upstream,
 )
-from .configvalues import (
+from reelcdn.edge.config.values import (
     ConfigError,
     format_address,
     parse_address,
