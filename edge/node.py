@@ -64,6 +64,8 @@ SMALL_BODY = 64 * 1024
 PASS_MARK_SECONDS = 30.0
 NO_BODY_STATUSES = frozenset({204, 304})
 CONNECTION_CLOSE = b"Connection: close\r\n"
+# Cache-Status "fwd" of a request the client asked to be answered fresh (honor_client_no_cache).
+FWD_REQUEST = b"fwd=request"
 # Request fields not copied upstream on a pass: recomputed here (Via, X-Forwarded-For,
 # framing). A fill forwards only its allow-list (``fill_headers``, see ``fill_order``).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
@@ -238,7 +240,7 @@ class CacheNode:
         entry = self.store.lookup(primary, req.headers)
         now = time.time()
         if entry is not None and config.honor_client_no_cache and client_wants_fresh(req.headers):
-            return self.miss(req, conn, primary, entry, b"fwd=request")
+            return self.miss(req, conn, primary, entry, FWD_REQUEST)
         if entry is not None:
             if now < entry.fresh_until:  # entry.is_fresh(now), without the call
                 entry.hits += 1
@@ -362,7 +364,8 @@ class CacheNode:
                 self.stats.count(req.method, "hit", entry.status)
                 return
         if fetch is None:
-            fetch = self.start_fill(key, primary, self.fill_order(req, primary), stale)
+            order = self.fill_order(req, primary, reload=fwd == FWD_REQUEST)
+            fetch = self.start_fill(key, primary, order, stale)
         else:
             self.stats.coalesced_waiters += 1
         if fwd is None:
@@ -443,12 +446,15 @@ class CacheNode:
         if self.coalescer.get(stale.key) is None:
             self.start_fill(stale.key, primary, self.fill_order(req, primary), stale)
 
-    def fill_order(self, req: Request, primary: str) -> FillOrder:
+    def fill_order(self, req: Request, primary: str, reload: bool = False) -> FillOrder:
         """The fill a client's request asks for: only the client fields the operator allows
         (``fill_headers``) and those a stored response for this URI Varies on; nothing else
         the client sent reaches the shared fetch (a reflected X-Forwarded-Host or Cookie
         would otherwise be served to every viewer). Accept-Encoding is normalised, so clients
-        that accept the same codings share one fill and one variant."""
+        that accept the same codings share one fill and one variant. ``reload``: the client
+        asked for a fresh answer and the node honours it (``honor_client_no_cache``), so the
+        fill carries ``Cache-Control: no-cache`` and every tier up to the origin validates
+        (RFC 9111 §5.2.1.4), not only this one."""
         allowed = self._fill_allowed
         vary = self.store.vary_of(primary)
         if vary:
@@ -465,6 +471,8 @@ class CacheNode:
             selecting[name] = value
             fields.append((name, value))
         fields.extend(self._forwarding_fields(req.headers, req.client_ip))
+        if reload:
+            fields.append((b"Cache-Control", b"no-cache"))
         return FillOrder(self.keys.upstream_target(primary), fields, selecting)
 
     def fill_order_for(
@@ -708,7 +716,8 @@ class CacheNode:
             return
         try:
             if req.method not in ("GET", "HEAD") and response.status < 400:
-                self.store.remove_primary(self.keys.for_request(req))
+                for key in self.keys.invalidated_by(req, response.headers):
+                    self.store.remove_primary(key)
             headers = _storable_headers(response.headers)
             block, prior = render_fields(headers)
             hmap = _header_map(response.headers)

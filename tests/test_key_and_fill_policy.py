@@ -370,3 +370,66 @@ async def test_a_truncated_response_is_not_called_stored(origin, node) -> None:
     origin.set("/whole", b"small", headers=CACHEABLE)
     await raw(node.port, "/whole")
     assert node.node.store.peek("/whole") is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# invalidation by an unsafe method, and a client's reload through the tiers
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_unsafe_method_invalidates_location_and_content_location(origin, node) -> None:
+    """RFC 9111 §4.4: the target URI, and the same host's Location / Content-Location URIs;
+    another host's URI is never invalidated."""
+    for path in ("/a", "/b", "/c", "/d"):
+        origin.set(path, path.encode(), headers=CACHEABLE)
+
+    async def created(request: web.Request) -> web.Response:
+        return web.Response(status=201, headers={
+            "Location": "/b", "Content-Location": f"http://127.0.0.1:{node.port}/c",
+            "Link": "</d>",
+        })
+
+    origin.set("/post", handler=created)
+    for path in ("/a", "/b", "/c", "/d"):
+        await get(node.port, path)
+    async with aiohttp.ClientSession() as session, session.post(
+        f"http://127.0.0.1:{node.port}/post", data=b"x"
+    ) as response:
+        assert response.status == 201
+    primaries = {e.primary for e in node.node.store}
+    assert "/b" not in primaries and "/c" not in primaries
+    assert {"/a", "/d"} <= primaries
+
+
+async def _elsewhere() -> web.Response:
+    return web.Response(status=201, headers={"Location": "http://other.example/a"})
+
+
+async def test_another_hosts_location_is_not_invalidated(origin, node) -> None:
+    origin.set("/a", b"a", headers=CACHEABLE)
+    origin.set("/post", handler=lambda request: _elsewhere())
+    await get(node.port, "/a")
+    async with aiohttp.ClientSession() as session, session.post(
+        f"http://127.0.0.1:{node.port}/post", data=b"x"
+    ) as response:
+        assert response.status == 201
+    assert "/a" in {e.primary for e in node.node.store}
+
+
+async def test_a_client_reload_reaches_the_origin_through_the_tiers(origin, start_node) -> None:
+    """With honor_client_no_cache on every tier, ``Cache-Control: no-cache`` from a client
+    makes each tier validate with the one above, up to the origin (RFC 9111 §5.2.1.4)."""
+    calls = {"n": 0}
+
+    async def counted(request: web.Request) -> web.Response:
+        calls["n"] += 1
+        return web.Response(body=b"v%d" % calls["n"], headers=CACHEABLE)
+
+    origin.set("/r", handler=counted)
+    shield = await start_node(origin.url, name="shield-t", honor_client_no_cache=True)
+    edge = await start_node(f"http://127.0.0.1:{shield.port}", name="edge-t",
+                            honor_client_no_cache=True)
+    assert (await get(edge.port, "/r")).body == b"v1"
+    assert (await get(edge.port, "/r")).body == b"v1"  # both tiers hold it
+    reloaded = await get(edge.port, "/r", {"Cache-Control": "no-cache"})
+    assert reloaded.body == b"v2" and calls["n"] == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from reelcdn.edge.http.target import canonical_path
 
@@ -166,6 +167,29 @@ class KeyPolicy:
         path = key if slash <= 0 else key[slash:]
         return path.split("?", 1)[0]
 
+    def invalidated_by(
+        self, req: Request, response_headers: list[tuple[bytes, bytes]]
+    ) -> list[str]:
+        """The primary keys an unsafe request's success invalidates (RFC 9111 §4.4): its
+        target URI, and the URIs its response names in Location and Content-Location when
+        they are on the same host (another host's objects are never this client's to
+        invalidate). Unusable URIs are skipped."""
+        keys = [self.for_request(req)]
+        host = host_of(req.headers.get(b"host", b""))
+        for name, value in response_headers:
+            if name.lower() not in (b"location", b"content-location"):
+                continue
+            target = _same_host_target(value.decode("latin-1").strip(), host)
+            if target is None:
+                continue
+            try:
+                key = self.for_target(target, host)
+            except ValueError:
+                continue
+            if key not in keys:
+                keys.append(key)
+        return keys
+
     def purge_matcher(self, kind: str, value: str, host: str | None = None) -> Any:
         """A predicate over primary keys for a purge: ``path`` (one URI), ``prefix`` or
         ``video``; with ``host_in_key`` and no ``host``, every site's copy matches."""
@@ -183,3 +207,17 @@ class KeyPolicy:
                 return lambda key: key.startswith(full)
             return lambda key: self.upstream_target(key).startswith(prefix)
         return lambda key: key.startswith(prefix)
+
+
+def _same_host_target(uri: str, host: str) -> str | None:
+    """The origin-form target of a Location/Content-Location value that names the request's
+    own host (an absolute path, or an absolute URI with that host), else None."""
+    if uri.startswith("/") and not uri.startswith("//"):
+        path, query = split_target(uri)
+        return path + ("?" + query if query else "")
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        return None
+    if host_of(parts.netloc) != host:
+        return None
+    return (parts.path or "/") + ("?" + parts.query if parts.query else "")
