@@ -162,6 +162,29 @@ async def test_slow_reader_gets_every_byte_in_order(origin, node) -> None:
     writer.close()
 
 
+async def test_the_write_state_follows_a_body_left_to_sendfile(origin, node) -> None:
+    """A HIT whose body the socket cannot take at once: the connection's write state is
+    "sending file" (no task, the body leaves as the socket drains), then "idle" again, and the
+    next request on the connection is answered at once."""
+    from reelcdn.edge.http.connection import WRITE_IDLE, WRITE_SENDING_FILE
+
+    big = os.urandom(4 * 1024 * 1024)
+    origin.set("/state", big, headers=HEADERS)
+    await get(node.port, "/state")
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(b"GET /state HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.sleep(0.2)
+    (server_side,) = node.connections
+    assert server_side._write is WRITE_SENDING_FILE and server_side.paused
+    response = await asyncio.wait_for(read_response(reader), 10)
+    assert response.body == big
+    assert server_side._write is WRITE_IDLE and not server_side.paused
+    writer.write(b"GET /state HTTP/1.1\r\nHost: x\r\nRange: bytes=0-9\r\n\r\n")
+    response = await asyncio.wait_for(read_response(reader), 10)
+    assert response.status == 206 and response.body == big[:10]
+    writer.close()
+
+
 def test_config_key_sendfile_min_size() -> None:
     from conftest import make_config
 

@@ -30,9 +30,22 @@ docs/overview.md, "Tiers". What a server framework would do for us is done here:
   sends is read and dropped for a moment (a "lingering close"), so that a client still
   sending a refused body reads the error instead of a reset.
 
-States of a connection: IDLE (between requests) → HEAD (a request line has started) → BODY →
-(queued/answering) → IDLE, or CLOSING once a response ends the connection (an error,
-``Connection: close``, shutdown): from then on no byte is parsed as a request.
+States of a connection. The read side's are the reader's: IDLE (between requests) → HEAD (a
+request line has started) → BODY → IDLE, or CLOSING once a response ends the connection (an
+error, ``Connection: close``, shutdown): from then on no byte is parsed as a request. The write
+side has one named state of its own (``_write``):
+
+* ``idle``: nothing is being answered; a complete request is answered at once (a HIT from the
+  parser callback);
+* ``answering``: a task is producing a response (waiting for an upstream, or for the client to
+  read); later requests queue behind it;
+* ``sending file``: no task, but the rest of a body still leaves by ``sendfile(2)`` as the
+  socket drains; later requests wait for it.
+
+Two facts stand beside it: ``paused`` (the transport's buffer is full: the node's streamers
+wait on ``drain``) and ``_close_after`` (this connection ends once what is being written is
+out). Keep-alive is decided in one place, ``connection_field`` (every response asks it), and
+acted on in one place, ``_response_done``.
 """
 
 from __future__ import annotations
@@ -76,6 +89,11 @@ def _socket_of(transport: asyncio.BaseTransport) -> socket.socket | None:
     except OSError:
         return None
 
+
+# The write side's states (see the module docstring); compared by identity.
+WRITE_IDLE = "idle"
+WRITE_ANSWERING = "answering"
+WRITE_SENDING_FILE = "sending file"
 
 _FAILED_AT: set[tuple[type, str, int]] = set()  # where a request failed: tracebacks logged once
 
@@ -122,7 +140,7 @@ class HttpConnection(asyncio.Protocol):
         "paused",
         "client_ip",
         "_queue",
-        "_busy",
+        "_write",
         "_drain_waiter",
         "_close_after",
         "_reading_paused",
@@ -148,7 +166,7 @@ class HttpConnection(asyncio.Protocol):
             self, self.limits, server.served_hosts, server.loop.time
         )
         self._queue: deque[Request] = deque()
-        self._busy = False
+        self._write = WRITE_IDLE
         self._drain_waiter: asyncio.Future[None] | None = None
         self._close_after = False
         self._reading_paused = False
@@ -222,7 +240,7 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # A half-closed client still gets the responses it asked for; then we close.
-        if not self._busy and not self._queue and self._file_send is None:
+        if self._idle():
             return None
         self._eof = True
         return True
@@ -230,7 +248,7 @@ class HttpConnection(asyncio.Protocol):
     # -- what the reader calls --------------------------------------------------------------
     def request_complete(self, request: Request) -> None:
         """A whole request was read: answer it now, or queue it behind the ones before."""
-        if self._busy or self._queue:
+        if self._write is WRITE_ANSWERING or self._queue:
             # (Only then can a 100 still be owed; the body came without waiting for it.)
             self._expect_continue = False
             self._queue.append(request)
@@ -244,7 +262,7 @@ class HttpConnection(asyncio.Protocol):
             self._queue.append(request)
             self._start(self.drain(), answered=False)
             return
-        # _dispatch and _after_response, inlined: this is every HIT's path.
+        # _dispatch, inlined: this is every HIT's path.
         self._ttfb_start = request.start
         try:
             pending = self.node.receive(request, self)
@@ -253,13 +271,13 @@ class HttpConnection(asyncio.Protocol):
             return
         if pending is not None:
             self._start(pending, request=request)
-        elif self._close_after or (self._eof and not self._queue):
-            self._close()
+        else:
+            self._response_done()
 
     def expect_continue(self) -> None:
         """The request being read waits for ``100 Continue`` before sending its body: send
         it now if the request is next to be answered, else when its turn comes."""
-        if self._busy or self._queue:
+        if self._write is WRITE_ANSWERING or self._queue:
             self._expect_continue = True
         elif self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -274,7 +292,7 @@ class HttpConnection(asyncio.Protocol):
             self._failed(request, exc)
             return
         if pending is None:
-            self._after_response()
+            self._response_done()
             return
         self._start(pending, request=request)
 
@@ -283,7 +301,7 @@ class HttpConnection(asyncio.Protocol):
     ) -> None:
         """Run ``pending`` (an answer to ``request``, or a wait for the client to read) before
         the queue."""
-        self._busy = True
+        self._write = WRITE_ANSWERING
         task = self.server.loop.create_task(self._run(pending, answered, request))
         self.server.tasks.add(task)
         task.add_done_callback(self.server.tasks.discard)
@@ -294,7 +312,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             await pending
         except Exception as exc:
-            self._busy = False
+            self._answered()
             if request is None:
                 log.error("connection task failed: %s", _describe(exc), exc_info=_first(exc))
                 self.abort()
@@ -303,23 +321,27 @@ class HttpConnection(asyncio.Protocol):
             if not self.closed:
                 self._answer_queued()
             return
-        self._busy = False
+        self._answered()
         if self.closed:
             return
         if answered:
-            self._after_response()
+            self._response_done()
         self._answer_queued()
+
+    def _answered(self) -> None:
+        """The answering task ended: idle, or still sending its body by sendfile."""
+        self._write = WRITE_SENDING_FILE if self._file_send is not None else WRITE_IDLE
 
     def _answer_queued(self) -> None:
         """Answer queued requests in order until one has to wait (for the upstream, or for
         the client to read), then let the next request's head or body in."""
         queue = self._queue
-        while queue and not self._busy and not self.closed:
+        while queue and self._write is not WRITE_ANSWERING and not self.closed:
             if self.paused:
                 self._start(self.drain(), answered=False)
                 return
             self._dispatch(queue.popleft())
-        if self._busy or self.closed or self.reader.state == CLOSING:
+        if self._write is WRITE_ANSWERING or self.closed or self.reader.state == CLOSING:
             return
         if self._expect_continue and self.reader.state == BODY and self.transport is not None:
             self._expect_continue = False
@@ -352,11 +374,19 @@ class HttpConnection(asyncio.Protocol):
         close = self.connection_field(request) == b"Connection: close\r\n"
         self.transport.write(error_response(500, "internal error", close=close,
                                             head_only=request.method == "HEAD"))
-        self._after_response()
+        self._response_done()
 
-    def _after_response(self) -> None:
+    def _response_done(self) -> None:
+        """A response was written (or handed to sendfile): the one place a connection acts on
+        keep-alive. It ends when the response said ``Connection: close``
+        (``connection_field`` decided ``_close_after``) or the client half-closed with nothing
+        left to answer; a body still leaving by sendfile goes first (``_close`` waits)."""
         if self._close_after or (self._eof and not self._queue):
             self._close()
+
+    def _idle(self) -> bool:
+        """Nothing being answered, sent or waiting: the connection may close at once."""
+        return self._write is WRITE_IDLE and not self._queue
 
     def _close(self) -> None:
         """End the connection after its last response. After a refused request, half-close
@@ -391,7 +421,7 @@ class HttpConnection(asyncio.Protocol):
         reader.state = CLOSING
         self._linger = True
         self._pause_reading()
-        if self._busy or self._queue:
+        if self._write is WRITE_ANSWERING or self._queue:
             self._queue.append(request)
         else:
             self._dispatch(request)
@@ -470,6 +500,8 @@ class HttpConnection(asyncio.Protocol):
             self.transport.write(memoryview(body)[start:end])
             return
         self._file_send = _FileSend(watched, body, start, end)
+        if self._write is WRITE_IDLE:
+            self._write = WRITE_SENDING_FILE
         self.pause_writing()
         self.server.loop.add_writer(watched, self._send_more)
 
@@ -496,14 +528,16 @@ class HttpConnection(asyncio.Protocol):
         if pending.start >= pending.end:
             self._end_file_send()
             self.resume_writing()
-            if not self._busy:
-                self._after_response()  # a close that waited for this body (see _close)
+            if self._write is not WRITE_ANSWERING:
+                self._response_done()  # a close that waited for this body (see _close)
 
     def _end_file_send(self) -> None:
         pending = self._file_send
         if pending is None:
             return
         self._file_send = None
+        if self._write is WRITE_SENDING_FILE:
+            self._write = WRITE_IDLE
         # Unregister before closing: epoll forgets a descriptor only when it is removed (or
         # when every descriptor of the socket is closed, and the transport holds one).
         self.server.loop.remove_writer(pending.fd)
@@ -570,7 +604,7 @@ class HttpConnection(asyncio.Protocol):
                 self.abort()
             return
         reader = self.reader
-        if self._busy or self._queue:
+        if self._write is WRITE_ANSWERING or self._queue:
             # Answering (the upstream has its own timeouts); what is timed next starts after.
             if reader.state != CLOSING:
                 limits = self.limits
@@ -608,9 +642,7 @@ class HttpConnection(asyncio.Protocol):
         response."""
         self._close_after = True
         if (
-            not self._busy
-            and not self._queue
-            and self._file_send is None
+            self._idle()
             and (self.reader.state == IDLE or self.reader.state == CLOSING)
             and self.transport
         ):
