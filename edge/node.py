@@ -34,7 +34,14 @@ from reelcdn.edge.cache.bodyfile import BodyFiles, FileBody
 from reelcdn.edge.cache.freshness import Freshness, current_age, decide
 from reelcdn.edge.cache.keys import KeyPolicy
 from reelcdn.edge.cache.store import CacheEntry, MemoryStore
-from reelcdn.edge.cache.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+from reelcdn.edge.cache.verdicts import (
+    client_wants_fresh,
+    pass_mark,
+    shareable,
+    stale_on_error,
+    stale_while_revalidate,
+    within_size,
+)
 from reelcdn.edge.config import NodeConfig
 from reelcdn.edge.delivery import Delivery
 from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
@@ -60,8 +67,6 @@ log = logging.getLogger("reelcdn.node")
 
 # Bodies up to this size are joined with their head into one write (one syscall).
 SMALL_BODY = 64 * 1024
-# How long a key whose response may not be shared skips coalescing ("hit-for-pass").
-PASS_MARK_SECONDS = 30.0
 NO_BODY_STATUSES = frozenset({204, 304})
 CONNECTION_CLOSE = b"Connection: close\r\n"
 # Cache-Status "fwd" of a request the client asked to be answered fresh (honor_client_no_cache).
@@ -545,12 +550,12 @@ class CacheNode:
             if stale is not None and not head.storable:
                 self.store.remove(stale.key)  # the new answer replaces it, even uncached
             if not head.shareable:
-                self._pass_until[primary] = response_time + PASS_MARK_SECONDS
+                self._pass_until[primary] = pass_mark(response_time)
                 self.coalescer.discard(fetch)
             limit = self.config.max_object_bytes
             async for chunk in response.chunks(self.config.upstream_timeouts.idle):
                 fetch.append(chunk)
-                if fetch.size > limit and head.storable:
+                if head.storable and not within_size(fetch.size, limit):
                     head.storable = False
             if head.content_length is not None and fetch.size != head.content_length:
                 raise FetchFailed(502, "upstream body shorter than its Content-Length")
@@ -608,22 +613,19 @@ class CacheNode:
         vary = tuple(
             sorted({v.strip().lower().encode() for v in vary_text.split(",") if v.strip()})
         )
-        private = "set-cookie" in hmap or "private" in hmap.get("cache-control", "").lower()
         if "date" not in hmap:
             headers = headers + [(b"Date", http_date_now_bytes())]
         if status == 200:
             # The node serves ranges of any whole object it holds or is fetching.
             headers = [(n, v) for n, v in headers if n.lower() != b"accept-ranges"]
             headers.append((b"Accept-Ranges", b"bytes"))
-        storable = freshness.storable and (
-            length is None or length <= self.config.max_object_bytes
-        )
+        storable = freshness.storable and within_size(length, self.config.max_object_bytes)
         return FetchHead(
             status=status,
             headers=headers,
             content_length=length,
             freshness=freshness,
-            shareable=not private or freshness.storable,
+            shareable=shareable(hmap, freshness),
             storable=storable,
             response_time=response_time,
             initial_age=current_age(hmap.get("age"), hmap.get("date"), request_time,

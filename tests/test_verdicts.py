@@ -48,3 +48,23 @@ def test_request_verdict() -> None:
     assert request_verdict("GET", {b"if-none-match": b'"a"'}, 200, '"a"', None) == 304
     assert request_verdict("GET", {b"if-match": b'"b"'}, 200, '"a"', None) == 412
     assert request_verdict("GET", {b"if-none-match": b'"b"'}, 200, '"a"', None) is None
+
+
+def test_shareable_and_pass_marks() -> None:
+    from reelcdn.edge.cache.verdicts import PASS_MARK_SECONDS, pass_mark, shareable
+
+    stored = entry("max-age=60").freshness
+    not_stored = entry("no-store").freshness
+    assert shareable({"cache-control": "max-age=60"}, stored)
+    assert not shareable({"cache-control": "private, max-age=60"}, not_stored)
+    assert not shareable({"set-cookie": "a=b", "cache-control": "max-age=60"}, not_stored)
+    assert shareable({"set-cookie": "a=b"}, stored)  # a forcing TTL rule stored it: shared
+    assert shareable({"cache-control": "no-store"}, not_stored)  # no-store: shared, not kept
+    assert pass_mark(100.0) == 100.0 + PASS_MARK_SECONDS
+
+
+def test_within_size() -> None:
+    from reelcdn.edge.cache.verdicts import within_size
+
+    assert within_size(None, 10) and within_size(10, 10)
+    assert not within_size(11, 10)

@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from reelcdn.edge.cache.store import CacheEntry
+    from reelcdn.edge.cache.entry import CacheEntry
+    from reelcdn.edge.cache.freshness import Freshness
+
+#: How long a URI whose response may not be shared skips coalescing ("hit-for-pass").
+PASS_MARK_SECONDS = 30.0
 
 
 def stale_on_error(entry: CacheEntry | None, now: float) -> bool:
@@ -40,3 +44,25 @@ def client_wants_fresh(headers: dict[bytes, bytes]) -> bool:
         return headers.get(b"pragma", b"").lower() == b"no-cache"
     directives = {d.strip().lower() for d in value.split(b",")}
     return b"no-cache" in directives or b"max-age=0" in directives
+
+
+def shareable(fields: dict[str, str], freshness: Freshness) -> bool:
+    """Whether one upstream response may answer every client collapsed on its fetch. A
+    response for one client (``Set-Cookie``, ``Cache-Control: private``) is not, unless policy
+    stores it anyway (a forcing TTL rule): then it is shared like any stored object. ``fields``:
+    lower-cased names, comma-joined values."""
+    private = "set-cookie" in fields or "private" in fields.get("cache-control", "").lower()
+    return not private or freshness.storable
+
+
+def pass_mark(response_time: float) -> float:
+    """Until when a URI whose response was not shareable skips coalescing and goes straight
+    to ``pass`` (Varnish's hit-for-pass): the next clients must not queue behind a fetch they
+    cannot share."""
+    return response_time + PASS_MARK_SECONDS
+
+
+def within_size(size: int | None, limit: int) -> bool:
+    """Whether a body of ``size`` bytes (None: not known yet) may be stored under
+    ``max_object_size``: checked on the announced length and again as the body arrives."""
+    return size is None or size <= limit
