@@ -287,7 +287,7 @@ class CacheNode:
         headers = req.headers
         close = conn.connection_field(req)
         verdict = conditional.request_verdict(req.method, headers, entry.status, entry.etag,
-                                              entry.last_modified)
+                                              entry.last_modified, entry.modified_basis)
         if verdict is not None:
             self.delivery.bodyless(conn, verdict, entry.headers, entry.age(now), member, close)
             return

@@ -68,3 +68,14 @@ def test_within_size() -> None:
 
     assert within_size(None, 10) and within_size(10, 10)
     assert not within_size(11, 10)
+
+
+def test_if_modified_since_without_last_modified_uses_date() -> None:
+    """RFC 9111 §4.3.2: a stored response without Last-Modified is compared by its Date."""
+    ims = {b"if-modified-since": b"Wed, 02 Dec 2026 10:00:00 GMT"}
+    earlier, later = "Wed, 02 Dec 2026 09:00:00 GMT", "Wed, 02 Dec 2026 11:00:00 GMT"
+    assert request_verdict("GET", ims, 200, None, None, earlier) == 304
+    assert request_verdict("GET", ims, 200, None, None, later) is None
+    assert request_verdict("GET", ims, 200, None, later, earlier) is None  # LM wins
+    stored = entry("max-age=60")
+    assert stored.modified_basis is None  # no Date in these headers

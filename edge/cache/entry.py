@@ -50,6 +50,7 @@ class CacheEntry:
         "body",
         "etag",
         "last_modified",
+        "modified_basis",
         "content_type",
         "freshness",
         "response_time",
@@ -95,6 +96,11 @@ class CacheEntry:
         self.headers = headers
         self.header_block, self.prior = render_fields(headers)
         self.etag, self.last_modified, self.content_type = validators(headers)
+        # What If-Modified-Since is compared with: Last-Modified, else the response's Date
+        # (RFC 9111 §4.3.2; every stored response has a Date, the node adds one on arrival).
+        self.modified_basis = self.last_modified or next(
+            (v.decode("latin-1") for n, v in headers if n.lower() == b"date"), None
+        )
         self.head_cache = None
         self.charge = (
             body_charge(self.body) + len(self.header_block) + len(self.key) + ENTRY_OVERHEAD

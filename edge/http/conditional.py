@@ -159,11 +159,13 @@ def request_verdict(
     status: int,
     etag: str | None,
     last_modified: str | None,
+    date: str | None = None,
 ) -> int | None:
     """The client's preconditions (request ``headers``, lower-cased names) against a response
     this node holds or renders: 304, 412, or None to answer in full. The one entry point for
     stored entries, responses still arriving and rendered playlists; a request with no
-    precondition costs four dict look-ups."""
+    precondition costs four dict look-ups. ``date``: the stored response's Date, compared with
+    If-Modified-Since when there is no Last-Modified (RFC 9111 §4.3.2)."""
     if not (
         b"if-none-match" in headers or b"if-modified-since" in headers
         or b"if-match" in headers or b"if-unmodified-since" in headers
@@ -182,6 +184,7 @@ def request_verdict(
         if_unmodified_since=text(b"if-unmodified-since"),
         etag=etag,
         last_modified=last_modified,
+        date=date,
     )
 
 
