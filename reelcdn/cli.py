@@ -140,6 +140,58 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _cmd_origin(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reelcdn.edge.ops.server import install_uvloop
+    from reelcdn.origin.service import OriginConfig, run
+    from reelcdn.origin.users import load_keys, parse_duration
+
+    try:
+        keys = load_keys(args.key_file)
+        rate, _, window = args.upload_rate.partition("/")
+        config = OriginConfig(
+            data_dir=Path(args.data_dir), keys=keys, max_size=args.max_size,
+            upload_ttl=parse_duration(args.upload_ttl), uploads_per_window=int(rate),
+            rate_window=parse_duration(window or "1h"),
+            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
+        )
+    except (OSError, ValueError) as exc:
+        print(f"reelcdn: origin: {exc}", file=sys.stderr)
+        return 2
+    install_uvloop()
+    host, port = args.listen
+    admin_host, admin_port = args.admin if args.admin else (None, None)
+    try:
+        asyncio.run(run(config, host, port, admin_host, admin_port))
+    except OSError as exc:
+        print(f"reelcdn: origin could not start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_user_token(args: argparse.Namespace) -> int:
+    from reelcdn.origin.users import load_keys, mint, parse_duration
+
+    try:
+        keys = load_keys(args.key_file)
+        kid = args.kid or keys.current
+        if kid not in keys.keys:
+            raise ValueError(f"no key {kid!r} in {args.key_file}")
+        print(mint(args.name, (kid, keys.keys[kid]), parse_duration(args.ttl)))
+    except (OSError, ValueError) as exc:
+        print(f"reelcdn: user-token: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reelcdn",
@@ -180,6 +232,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_loadtest_arguments(loadtest)
     loadtest.set_defaults(func=_cmd_loadtest)
+
+    origin = sub.add_parser(
+        "origin", help="run the origin service: tus uploads and the video API (docs/origin.md)"
+    )
+    origin.add_argument("--data-dir", required=True, help="where uploads and their state live")
+    origin.add_argument("--listen", type=_address, default=("127.0.0.1", 8300),
+                        help="HOST:PORT of the API (127.0.0.1:8300)")
+    origin.add_argument("--admin", type=_address,
+                        help="HOST:PORT of the admin listener (/metrics, /health); none if unset")
+    origin.add_argument("--key-file", required=True,
+                        help="user-token keys, one 'KID SECRET' a line (docs/origin.md)")
+    origin.add_argument("--max-size", type=int, default=4 << 30,
+                        help="Tus-Max-Size in bytes (4 GiB)")
+    origin.add_argument("--upload-ttl", default="24h",
+                        help="an incomplete upload expires this long after its last write (24h)")
+    origin.add_argument("--upload-rate", default="30/1h",
+                        help="upload creations allowed per user, N/WINDOW (30/1h)")
+    origin.add_argument("--cors-origins", default="*",
+                        help="browser origins allowed, comma-separated (*)")
+    origin.set_defaults(func=_cmd_origin)
+
+    token = sub.add_parser("user-token", help="print a signed user token for the origin API")
+    token.add_argument("name", help="the user name (A-Z a-z 0-9 _ -)")
+    token.add_argument("--key-file", required=True, help="the origin's key file")
+    token.add_argument("--ttl", default="30d", help="how long the token is valid (30d)")
+    token.add_argument("--kid", help="sign with this key id (default: the file's first)")
+    token.set_defaults(func=_cmd_user_token)
 
     validate = sub.add_parser("validate", help="check a config file and report problems")
     validate.add_argument("config", help="the TOML file")

@@ -1,0 +1,355 @@
+"""The origin's aiohttp applications: the public API under ``/api/v1/`` and the admin one.
+
+Public routes (``Authorization: Bearer <user token>`` on every request but OPTIONS):
+
+- ``/api/v1/uploads``: tus 1.0.0 — OPTIONS (capabilities), POST (creation,
+  creation-with-upload; rate-limited per user: 429 with ``Retry-After``);
+- ``/api/v1/uploads/{video_id}``: HEAD (offset), PATCH (append; checksum), DELETE
+  (termination), OPTIONS;
+- ``/api/v1/videos/{video_id}``: GET, the video's state (for now: its upload's).
+
+``X-HTTP-Method-Override`` on a POST names the method, as tus 1.0.0 asks. Every error is JSON,
+``{"error": CODE, "detail": TEXT}``, with its status (tus statuses as ``origin/tus.py`` says);
+every answer carries the CORS headers a browser tus client needs.
+
+The admin application serves ``/metrics`` (Prometheus) and ``/health``, on its own listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from reelcdn.origin import tus
+from reelcdn.origin.uploads import EXPIRED, TERMINATED, UPLOADED, Upload, valid_video_id
+from reelcdn.origin.users import BadToken, RateLimiter, verify
+
+if TYPE_CHECKING:
+    from reelcdn.origin.service import OriginService
+
+log = logging.getLogger("reelcdn.origin")
+
+SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service")
+USER = web.RequestKey("origin_user", str)
+WRITE_BATCH = 1 << 20  # bytes gathered before one pwrite
+
+ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
+
+
+class ApiError(tus.TusError):
+    """An error of the API itself (not of the tus protocol); same shape."""
+
+
+def _error_response(status: int, code: str, detail: str,
+                    headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": code, "detail": detail}, status=status,
+                             headers=headers or {})
+
+
+# -- middleware and signals --------------------------------------------------------------------
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    try:
+        if request.method != "OPTIONS":
+            request[USER] = _authenticate(request, service)
+        return await handler(request)
+    except tus.TusError as exc:
+        service.metrics.errors.labels(str(exc.status), exc.code).inc()
+        return _error_response(exc.status, exc.code, exc.reason, exc.headers)
+    except web.HTTPException as exc:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        service.metrics.errors.labels(str(exc.status), code).inc()
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return _error_response(exc.status, code, exc.reason, headers)
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        service.metrics.errors.labels("500", "internal").inc()
+        return _error_response(500, "internal", "the server failed; try again")
+
+
+def _authenticate(request: web.Request, service: OriginService) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    challenge = {"WWW-Authenticate": 'Bearer realm="reelcdn"'}
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "an Authorization: Bearer <user token> is required",
+                       challenge)
+    try:
+        return verify(token.strip(), service.config.keys, service.clock())
+    except BadToken as exc:
+        raise ApiError(401, "unauthorized", f"bad token: {exc.reason}",
+                       {"WWW-Authenticate": f'Bearer realm="reelcdn", '
+                        f'error="invalid_token", error_description="{exc.reason}"'}) from None
+
+
+async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    service = request.app[SERVICE]
+    origins = service.config.cors_origins
+    origin = request.headers.get("Origin")
+    if "*" in origins:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin in origins:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers.add("Vary", "Origin")
+    response.headers["Access-Control-Expose-Headers"] = ", ".join(tus.RESPONSE_HEADERS)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+        response.headers["Access-Control-Allow-Headers"] = ", ".join(tus.REQUEST_HEADERS)
+        response.headers["Access-Control-Max-Age"] = "86400"
+    if request.path.startswith("/api/v1/uploads"):
+        response.headers["Tus-Resumable"] = tus.TUS_VERSION
+
+
+# -- tus ---------------------------------------------------------------------------------------
+
+def _method(request: web.Request) -> str:
+    override = request.headers.get("X-HTTP-Method-Override")
+    if request.method == "POST" and override:
+        return override.strip().upper()
+    return request.method
+
+
+def _options(service: OriginService) -> web.Response:
+    return web.Response(status=204, headers=tus.options_headers(service.limits))
+
+
+def _not_allowed(allow: str) -> ApiError:
+    return ApiError(405, "method_not_allowed", "method not allowed here", {"Allow": allow})
+
+
+async def uploads_root(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    method = _method(request)
+    if method == "OPTIONS":
+        return _options(service)
+    tus.check_version(method, request.headers)
+    if method != "POST":
+        raise _not_allowed("POST, OPTIONS")
+    verdict = tus.creation_verdict(request.headers, service.limits)
+    user = request[USER]
+    wait = service.limiter.take(user, service.clock())
+    if wait:
+        raise ApiError(429, "rate_limited",
+                       f"too many uploads: {service.limiter.rate} per "
+                       f"{service.limiter.window:g} s",
+                       {"Retry-After": RateLimiter.retry_after(wait)})
+    now = service.clock()
+    upload = await asyncio.to_thread(
+        service.store.create, user, verdict.length, verdict.metadata, now,
+        now + service.config.upload_ttl)
+    service.metrics.started.inc()
+    location = f"/api/v1/uploads/{upload.id}"
+    headers = {"Location": location}
+    if verdict.has_body:
+        async with _lock(service, upload.id):
+            try:
+                await _receive(request, service, upload, verdict.checksum)
+            except tus.TusError as exc:
+                exc.headers.update(headers)  # the upload exists: the client may go on with it
+                exc.headers.update(tus.upload_headers(upload))
+                raise
+        headers.update(tus.upload_headers(upload))
+    elif upload.state == UPLOADED:
+        await service.upload_complete(upload.id)
+    if upload.expires is not None and upload.offset < upload.length:
+        headers["Upload-Expires"] = tus.http_date(upload.expires)
+    return web.Response(status=201, headers=headers)
+
+
+def _lock(service: OriginService, video_id: str) -> asyncio.Lock:
+    """One request at a time changes an upload; another one meanwhile → 423."""
+    lock = service.locks.setdefault(video_id, asyncio.Lock())
+    if lock.locked():
+        raise ApiError(423, "upload_busy", "another request is writing this upload")
+    return lock
+
+
+def _find(service: OriginService, request: web.Request, video_id: str) -> Upload:
+    """The caller's available upload: 404 unknown, 410 expired or terminated, 403 another
+    user's. An upload found past its expiry is expired here and now."""
+    upload = service.store.get(video_id) if valid_video_id(video_id) else None
+    overdue = (upload is not None and upload.state == "uploading"
+               and upload.expires is not None and upload.expires <= service.clock())
+    if overdue:
+        assert upload is not None
+        if service.store.end(upload.id, EXPIRED, service.clock()):
+            service.metrics.failed.labels("expired").inc()
+    tus.check_available(upload, expired=overdue)
+    assert upload is not None
+    if upload.owner != request[USER]:
+        raise ApiError(403, "not_owner", "this upload belongs to another user")
+    return upload
+
+
+async def upload_item(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    method = _method(request)
+    if method == "OPTIONS":
+        return _options(service)
+    tus.check_version(method, request.headers)
+    video_id = request.match_info["video_id"]
+    if method == "HEAD":
+        upload = _find(service, request, video_id)
+        return web.Response(status=200, headers=tus.upload_headers(upload))
+    if method == "PATCH":
+        upload = _find(service, request, video_id)
+        async with _lock(service, video_id):
+            upload = _find(service, request, video_id)  # the offset as of now
+            verdict = tus.patch_verdict(request.headers, upload)
+            if upload.state == UPLOADED and verdict.body_length == 0:
+                return web.Response(status=204, headers=tus.upload_headers(upload))
+            await _receive(request, service, upload, verdict.checksum)
+        return web.Response(status=204, headers=tus.upload_headers(upload))
+    if method == "DELETE":
+        upload = _find(service, request, video_id)
+        if upload.state == UPLOADED:
+            raise ApiError(409, "upload_complete",
+                           "a complete upload is a video; it cannot be terminated")
+        async with _lock(service, video_id):
+            if service.store.end(video_id, TERMINATED, service.clock()):
+                service.metrics.failed.labels("terminated").inc()
+        service.locks.pop(video_id, None)
+        return web.Response(status=204)
+    raise _not_allowed("HEAD, PATCH, DELETE, OPTIONS")
+
+
+async def _receive(request: web.Request, service: OriginService, upload: Upload,
+                   checksum: tus.Checksum | None) -> None:
+    """Append the request's body to the upload at its committed offset: write as it arrives,
+    then (checksum verified) fsync and commit the offset. A checksum mismatch or a body past
+    the length keeps nothing; a body cut short keeps what arrived unless a checksum was
+    announced (a partial body cannot be verified)."""
+    writer = service.store.open_writer(upload)
+    handed_over = False
+    try:
+        digest = tus.hasher(checksum.algorithm) if checksum else None
+        buffer = bytearray()
+        cut_short = False
+        try:
+            while True:
+                chunk = await request.content.readany()
+                if not chunk:
+                    break
+                tus.check_room(upload.offset, writer.written + len(buffer) + len(chunk),
+                               upload.length)
+                if digest is not None:
+                    digest.update(chunk)
+                buffer += chunk
+                if len(buffer) >= WRITE_BATCH:
+                    writer.write(buffer)
+                    buffer.clear()
+        except tus.TusError:
+            writer.discard()
+            service.metrics.failed.labels("body_too_large").inc()
+            raise
+        except (ConnectionError, asyncio.IncompleteReadError, OSError) as exc:
+            log.info("upload %s: body cut short (%s)", upload.id, exc)
+            cut_short = True
+        except Exception as exc:  # aiohttp's payload errors (ContentLengthError, ...)
+            if type(exc).__module__.split(".")[0] != "aiohttp":
+                raise
+            log.info("upload %s: body cut short (%s)", upload.id, exc)
+            cut_short = True
+        writer.write(buffer)
+        content_length = request.content_length
+        if content_length is not None and writer.written != content_length:
+            cut_short = True
+        if cut_short:
+            service.metrics.failed.labels("aborted").inc()
+            if checksum is not None:
+                writer.discard()
+                raise ApiError(400, "body_incomplete",
+                               "the body ended early; a chunk with a checksum is kept whole "
+                               "or not at all")
+        if checksum is not None and digest is not None:
+            try:
+                tus.check_checksum(checksum, digest.digest())
+            except tus.TusError:
+                writer.discard()
+                service.metrics.failed.labels("checksum_mismatch").inc()
+                raise
+        if writer.written == 0:
+            return
+        now = service.clock()
+        handed_over = True
+        complete = await asyncio.to_thread(
+            _sync_and_commit, writer, checksum.header() if checksum else None, now,
+            now + service.config.upload_ttl)
+        service.metrics.bytes_received.inc(writer.written)
+    finally:
+        if not handed_over:
+            writer.close()
+    if complete:
+        service.metrics.completed.inc()
+        service.locks.pop(upload.id, None)
+        await service.upload_complete(upload.id)
+
+
+def _sync_and_commit(writer: Any, checksum: str | None, now: float, expires: float) -> bool:
+    try:
+        return bool(writer.sync_and_commit(checksum, now, expires))
+    finally:
+        writer.close()
+
+
+# -- videos ------------------------------------------------------------------------------------
+
+async def video(request: web.Request) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    if request.method == "OPTIONS":
+        return web.Response(status=204)
+    if request.method not in ("GET", "HEAD"):
+        raise _not_allowed("GET, HEAD, OPTIONS")
+    video_id = request.match_info["video_id"]
+    upload = _find(service, request, video_id)
+    body: dict[str, Any] = {
+        "id": upload.id,
+        "state": upload.state,
+        "owner": upload.owner,
+        "length": upload.length,
+        "offset": upload.offset,
+        "metadata": upload.metadata,
+        "created": tus.http_date(upload.created),
+    }
+    if upload.state == UPLOADED:
+        body["sha256"] = upload.sha256
+    elif upload.expires is not None:
+        body["expires"] = tus.http_date(upload.expires)
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+# -- applications ------------------------------------------------------------------------------
+
+def build_app(service: OriginService) -> web.Application:
+    app = web.Application(middlewares=[_middleware])
+    app[SERVICE] = service
+    app.router.add_route("*", "/api/v1/uploads", uploads_root)
+    app.router.add_route("*", "/api/v1/uploads/", uploads_root)
+    app.router.add_route("*", "/api/v1/uploads/{video_id}", upload_item)
+    app.router.add_route("*", "/api/v1/videos/{video_id}", video)
+    app.on_response_prepare.append(_on_prepare)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    body = generate_latest(service.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_admin_app(service: OriginService) -> web.Application:
+    app = web.Application()
+    app[SERVICE] = service
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    return app

@@ -1,0 +1,197 @@
+"""The origin service: its configuration, state, metrics and listeners.
+
+``OriginService`` owns the upload store, the signing keys, the rate limiter and the metrics;
+``origin/api.py`` builds the public application (``/api/v1/``) and the admin application
+(``/metrics``, ``/health``) over it. ``reelcdn origin`` runs one (``run``).
+
+``on_upload_complete`` is a plain attribute: a callable ``(video_id, path, metadata, owner)``,
+sync or async, called once the last byte of an upload is committed. A call that raises is
+logged and tried again at the next start (the row keeps ``notified = 0`` until a call returns),
+so a crash between the last byte and the call does not lose the video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter
+
+from reelcdn.origin.tus import Limits
+from reelcdn.origin.uploads import UploadStore
+from reelcdn.origin.users import Keys, RateLimiter
+
+log = logging.getLogger("reelcdn.origin")
+
+GiB = 1 << 30
+CompleteHook = Callable[[str, Path, dict[str, str], str], Any]
+
+
+@dataclass(frozen=True)
+class OriginConfig:
+    data_dir: Path
+    keys: Keys
+    max_size: int = 4 * GiB             # Tus-Max-Size
+    upload_ttl: float = 24 * 3600.0     # incomplete uploads expire this long after their last write
+    uploads_per_window: int = 30        # upload creations per user ...
+    rate_window: float = 3600.0         # ... per this many seconds
+    cors_origins: tuple[str, ...] = ("*",)
+    sweep_interval: float = 60.0
+    read_bufsize: int = 1 << 20         # aiohttp's per-request read buffer
+
+
+class OriginMetrics:
+    """Counters in a registry of the service's own (several services may share a process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.started = Counter("reelcdn_origin_uploads_started", "uploads created",
+                               registry=self.registry)
+        self.completed = Counter("reelcdn_origin_uploads_completed",
+                                 "uploads whose last byte was committed", registry=self.registry)
+        self.failed = Counter(
+            "reelcdn_origin_uploads_failed",
+            "upload requests whose bytes were not kept (checksum_mismatch, body_too_large, "
+            "aborted) and uploads lost (expired, terminated)",
+            ["reason"], registry=self.registry)
+        self.bytes_received = Counter("reelcdn_origin_upload_bytes_received",
+                                      "upload bytes committed (fsynced)", registry=self.registry)
+        self.errors = Counter("reelcdn_origin_api_errors", "API error answers by code",
+                              ["status", "code"], registry=self.registry)
+
+
+class OriginService:
+    def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time) -> None:
+        from reelcdn.origin.api import build_admin_app, build_app
+
+        self.config = config
+        self.clock = clock
+        self.limits = Limits(max_size=config.max_size)
+        self.store = UploadStore(config.data_dir)
+        self.limiter = RateLimiter(config.uploads_per_window, config.rate_window)
+        self.metrics = OriginMetrics()
+        self.on_upload_complete: CompleteHook | None = None
+        self.locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runners: list[web.AppRunner] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self.app = build_app(self)
+        self.admin_app = build_admin_app(self)
+
+    # -- the completion hook -------------------------------------------------------------------
+
+    async def upload_complete(self, video_id: str) -> None:
+        """Tell ``on_upload_complete`` about a complete upload (inline for a sync callable; an
+        async one is awaited in a task of its own, so the client's 204 does not wait)."""
+        hook = self.on_upload_complete
+        upload = self.store.get(video_id)
+        if hook is None or upload is None:
+            return
+        try:
+            result = hook(video_id, upload.path, dict(upload.metadata), upload.owner)
+        except Exception:
+            log.exception("on_upload_complete(%s) failed; tried again at the next start",
+                          video_id)
+            return
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(self._await_hook(video_id, result))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            self.store.mark_notified(video_id)
+
+    async def _await_hook(self, video_id: str, result: Any) -> None:
+        try:
+            await result
+        except Exception:
+            log.exception("on_upload_complete(%s) failed; tried again at the next start",
+                          video_id)
+        else:
+            self.store.mark_notified(video_id)
+
+    async def notify_pending(self) -> None:
+        """Uploads completed but never handed to the hook (a crash, or a hook that raised)."""
+        if self.on_upload_complete is None:
+            return
+        for video_id in self.store.unnotified():
+            await self.upload_complete(video_id)
+
+    # -- expiry --------------------------------------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        ended = self.store.sweep(self.clock())
+        for video_id in ended:
+            self.locks.pop(video_id, None)
+            self.metrics.failed.labels("expired").inc()
+        if ended:
+            log.info("expired %d incomplete upload(s)", len(ended))
+        return ended
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception:
+                log.exception("upload sweep failed")
+
+    # -- listeners -----------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    admin_host: str | None = None, admin_port: int | None = None,
+                    ) -> tuple[int, int | None]:
+        """Listen; returns the API port and the admin port (None without an admin listener)."""
+        ports: list[int | None] = []
+        for app, h, p in ((self.app, host, port), (self.admin_app, admin_host, admin_port)):
+            if h is None or p is None:
+                ports.append(None)
+                continue
+            runner = web.AppRunner(app, access_log=None, read_bufsize=self.config.read_bufsize)
+            await runner.setup()
+            site = web.TCPSite(runner, h, p)
+            await site.start()
+            self._runners.append(runner)
+            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        self.sweep()
+        self._sweeper = asyncio.ensure_future(self._sweep_loop())
+        await self.notify_pending()
+        return ports[0], ports[1]  # type: ignore[return-value]
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        for task in list(self._tasks):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task
+        self.store.close()
+
+
+async def run(config: OriginConfig, host: str, port: int, admin_host: str | None,
+              admin_port: int | None) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    import signal
+
+    service = OriginService(config)
+    bound, admin_bound = await service.start(host, port, admin_host, admin_port)
+    log.info("origin API on http://%s:%d/api/v1/%s", host, bound,
+             f", admin on http://{admin_host}:{admin_bound}/" if admin_bound else "")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"listening {host}:{bound} admin {admin_host}:{admin_bound}", flush=True)
+    await stop.wait()
+    await service.stop()
