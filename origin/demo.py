@@ -60,9 +60,11 @@ __all__ = [
     "build_rendition",
     "ffmpeg_exe",
     "ffmpeg_has_drawtext",
+    "hls_rung_args",
     "parse_init",
     "parse_media_playlist",
     "render_master_playlist",
+    "run_ffmpeg",
     "segment_starts_with_keyframe",
     "synthesise_demo_videos",
     "write_catalog",
@@ -132,7 +134,7 @@ def _tail(text: str, lines: int = 25, chars: int = 4000) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])[-chars:]
 
 
-def _run_ffmpeg(exe: str, args: Sequence[str], *, timeout: float, what: str) -> None:
+def run_ffmpeg(exe: str, args: Sequence[str], *, timeout: float, what: str) -> None:
     """Run ffmpeg quietly (errors only) and raise DemoError with its stderr when it fails."""
     cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *args]
     try:
@@ -158,7 +160,7 @@ def ffmpeg_has_drawtext(exe: str) -> bool:
     container), so this renders one tiny frame rather than trusting ``-filters``.
     """
     try:
-        _run_ffmpeg(exe, ["-f", "lavfi", "-i", "color=c=black:s=64x64:d=0.04",
+        run_ffmpeg(exe, ["-f", "lavfi", "-i", "color=c=black:s=64x64:d=0.04",
                           "-vf", "drawtext=text='x':fontsize=12", "-f", "null", "-"],
                     timeout=30, what="drawtext probe")
     except DemoError:
@@ -531,6 +533,42 @@ def _filtergraph(video_id: str, pattern: _Pattern, rungs: Sequence[LadderRung], 
     return ";".join(chains)
 
 
+def hls_rung_args(rung: LadderRung, out: Path, *, video: str, audio: str | None, gop: int,
+                  segment_seconds: float, preset: str, duration: float | None = None,
+                  x264_params: str | None = None) -> list[str]:
+    """ffmpeg output options encoding one rung into *out* as CMAF/fMP4 HLS.
+
+    H.264 + AAC-LC, ``index.m3u8`` + ``init.mp4`` + ``seg_%05d.m4s``; keyframes forced at every
+    multiple of *segment_seconds* of the output timeline (no scene cuts), so rungs encoded from
+    the same timeline, in one run or several, switch cleanly at every segment boundary.
+    *video* / *audio* are ``-map`` specifiers (``[v0]``, ``0:a``; *audio* None for none).
+    Shared by the demo synthesiser and the transcoder (``reelcdn.origin.transcode``).
+    """
+    args = [
+        "-map", video, *(["-map", audio] if audio else []),
+        "-c:v", "libx264", "-preset", preset, "-profile:v", rung.profile,
+        "-pix_fmt", "yuv420p",
+        "-b:v", str(rung.video_bitrate), "-maxrate", str(int(rung.video_bitrate * 1.1)),
+        # A 1 s VBV buffer keeps each 2 s segment's peak near maxrate (BANDWIDTH honest).
+        "-bufsize", str(rung.video_bitrate),
+        "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
+        "-force_key_frames", f"expr:gte(t,n_forced*{segment_seconds:g})",
+        *(["-x264-params", x264_params] if x264_params else []),
+    ]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", str(rung.audio_bitrate), "-ac", "2", "-ar", "48000"]
+    if duration is not None:
+        args += ["-t", f"{duration:.3f}"]
+    args += [
+        "-f", "hls", "-hls_time", f"{segment_seconds:g}", "-hls_playlist_type", "vod",
+        "-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4",
+        "-hls_flags", "independent_segments",
+        "-hls_segment_filename", str(out / "seg_%05d.m4s"),
+        str(out / "index.m3u8"),
+    ]
+    return args
+
+
 def _ffmpeg_args(video_id: str, pattern: _Pattern, rungs: Sequence[LadderRung], out: Path, *,
                  duration: float, fps: int, segment_seconds: float, preset: str,
                  text: bool) -> list[str]:
@@ -548,24 +586,9 @@ def _ffmpeg_args(video_id: str, pattern: _Pattern, rungs: Sequence[LadderRung], 
         _filtergraph(video_id, pattern, rungs, src_w, src_h, fps, duration, poster_at, text),
     ]
     for i, rung in enumerate(rungs):
-        d = out / rung.name
-        args += [
-            "-map", f"[v{i}]", "-map", "0:a",
-            "-c:v", "libx264", "-preset", preset, "-profile:v", rung.profile,
-            "-pix_fmt", "yuv420p",
-            "-b:v", str(rung.video_bitrate), "-maxrate", str(int(rung.video_bitrate * 1.1)),
-            # A 1 s VBV buffer keeps each 2 s segment's peak near maxrate (BANDWIDTH honest).
-            "-bufsize", str(rung.video_bitrate),
-            "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
-            "-force_key_frames", f"expr:gte(t,n_forced*{segment_seconds:g})",
-            "-c:a", "aac", "-b:a", str(rung.audio_bitrate), "-ac", "2", "-ar", "48000",
-            "-t", f"{duration:.3f}",
-            "-f", "hls", "-hls_time", f"{segment_seconds:g}", "-hls_playlist_type", "vod",
-            "-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4",
-            "-hls_flags", "independent_segments",
-            "-hls_segment_filename", str(d / "seg_%05d.m4s"),
-            str(d / "index.m3u8"),
-        ]
+        args += hls_rung_args(rung, out / rung.name, video=f"[v{i}]", audio="0:a", gop=gop,
+                              segment_seconds=segment_seconds, preset=preset,
+                              duration=duration)
     args += ["-map", "[poster]", "-frames:v", "1", "-q:v", "3", "-update", "1",
              str(out / "poster.jpg")]
     return args
@@ -628,7 +651,7 @@ def _encode_video(exe: str, video_id: str, pattern: _Pattern, rungs: Sequence[La
     args = _ffmpeg_args(video_id, pattern, rungs, work, duration=duration, fps=fps,
                         segment_seconds=segment_seconds, preset=preset,
                         text=ffmpeg_has_drawtext(exe))
-    _run_ffmpeg(exe, args, timeout=timeout, what=f"{video_id}: encoding")
+    run_ffmpeg(exe, args, timeout=timeout, what=f"{video_id}: encoding")
     try:
         renditions = [build_rendition(work / r.name, r.name, fps) for r in rungs]
     except (OSError, ValueError) as exc:

@@ -27,6 +27,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from reelcdn.origin import merkle
+
 __all__ = [
     "SCHEMA",
     "STATES",
@@ -52,6 +54,7 @@ State = Literal["processing", "ready"]
 _VIDEO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_HEX256 = re.compile(r"^[0-9a-f]{64}$")
 _URI_FORBIDDEN = re.compile(r"[\s\\?#\x00-\x1f\x7f]")
 # What may not appear inside an HLS quoted-string attribute value (RFC 8216 §4.2): the quote
 # itself, CR and LF; other control characters are banned from playlists altogether (§4.1).
@@ -395,6 +398,7 @@ class Rendition:
     segments: tuple[Segment, ...] = ()
     audio_group: str | None = None
     iframes: tuple[IFrame, ...] = ()
+    merkle_root: str | None = None
 
     def __post_init__(self) -> None:
         # Lists are accepted for convenience; stored as tuples so the object stays hashable-ish
@@ -460,6 +464,17 @@ class Rendition:
             if key in seen:
                 raise _fail(f"{ifield}.uri", "appears twice", frame.uri)
             seen.add(key)
+        if self.merkle_root is not None:
+            if not isinstance(self.merkle_root, str) or not _HEX256.match(self.merkle_root):
+                raise _fail(f"{field}.merkle_root", "must be 64 lowercase hex digits",
+                            self.merkle_root)
+            # Checked, not trusted: a root that does not cover the listed digests would make
+            # every segment fail verification downstream (cost: 2n hashes of 33-65 bytes).
+            expected = merkle.root([s.digest for s in self.segments])
+            if self.merkle_root != expected:
+                raise _fail(f"{field}.merkle_root",
+                            f"does not match the segment digests (expected {expected!r})",
+                            self.merkle_root)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -479,6 +494,8 @@ class Rendition:
         out["segments"] = [s.to_dict() for s in self.segments]
         if self.iframes:  # absent when unused: older files keep their version
             out["iframes"] = [f.to_dict() for f in self.iframes]
+        if self.merkle_root is not None:  # likewise
+            out["merkle_root"] = self.merkle_root
         return out
 
     @classmethod
@@ -504,6 +521,7 @@ class Rendition:
             iframes=tuple(
                 IFrame.from_dict(f, f"{field}.iframes[{i}]") for i, f in enumerate(frames)
             ),
+            merkle_root=data.get("merkle_root"),
         )
         rendition.validate(field)
         return rendition
