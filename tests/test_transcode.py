@@ -107,6 +107,17 @@ def test_probe_reads_a_real_clip(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_a_rotated_phone_video_is_probed_and_laddered_as_displayed(tmp_path: Path) -> None:
+    clip = make_clip(tmp_path / "c.mp4", seconds=1)
+    rotated = tmp_path / "rotated.mp4"
+    run_ffmpeg(ffmpeg_exe(), ["-y", "-display_rotation:v:0", "90", "-i", str(clip), "-c",
+                              "copy", str(rotated)], timeout=30, what="rotate")
+    got = probe(rotated)
+    assert (got.width, got.height, got.rotation) == (360, 640, 90)
+    assert [(r.width, r.height) for r in Ladder().for_source(got)] == [(360, 640)]
+
+
+@pytest.mark.slow
 def test_poison_files_fail_with_a_reason(tmp_path: Path) -> None:
     def reason(path: Path) -> str:
         with pytest.raises(InvalidSource) as caught:
