@@ -144,6 +144,7 @@ async def uploads_root(request: web.Request) -> web.StreamResponse:
         service.store.create, user, verdict.length, verdict.metadata, now,
         now + service.config.upload_ttl)
     service.metrics.started.inc()
+    await asyncio.to_thread(service.catalog.create, upload.id, user, dict(verdict.metadata))
     location = f"/api/v1/uploads/{upload.id}"
     headers = {"Location": location}
     if verdict.has_body:
@@ -301,6 +302,9 @@ def _sync_and_commit(writer: Any, checksum: str | None, now: float, expires: flo
 # -- videos ------------------------------------------------------------------------------------
 
 async def video(request: web.Request) -> web.StreamResponse:
+    """A video's state: ``status`` (uploading | processing | ready | failed), the renditions
+    published so far, ``duration``, ``playback`` (the master playlist's path, once a rendition
+    is playable), ``error`` (why it failed), and its upload's progress."""
     service = request.app[SERVICE]
     if request.method == "OPTIONS":
         return web.Response(status=204)
@@ -308,19 +312,30 @@ async def video(request: web.Request) -> web.StreamResponse:
         raise _not_allowed("GET, HEAD, OPTIONS")
     video_id = request.match_info["video_id"]
     upload = _find(service, request, video_id)
+    entry = await asyncio.to_thread(service.catalog.get, video_id)
+    status = entry["status"] if entry is not None else "uploading"
+    if status == "uploading" and upload.state == UPLOADED:
+        status = "processing"  # the last byte is in: queued (the catalog follows the hook)
     body: dict[str, Any] = {
         "id": upload.id,
-        "state": upload.state,
+        "status": status,
         "owner": upload.owner,
-        "length": upload.length,
-        "offset": upload.offset,
         "metadata": upload.metadata,
+        "upload": {"state": upload.state, "length": upload.length, "offset": upload.offset},
         "created": tus.http_date(upload.created),
     }
+    if entry is not None:
+        body.update(title=entry["title"], caption=entry["caption"],
+                    hashtags=entry["hashtags"], renditions=entry["renditions"],
+                    duration=entry["duration"])
+        if entry["renditions"] and status in ("processing", "ready"):
+            body["playback"] = f"/v/{video_id}/master.m3u8"
+        if entry["error"]:
+            body["error"] = entry["error"]
     if upload.state == UPLOADED:
-        body["sha256"] = upload.sha256
+        body["upload"]["sha256"] = upload.sha256
     elif upload.expires is not None:
-        body["expires"] = tus.http_date(upload.expires)
+        body["upload"]["expires"] = tus.http_date(upload.expires)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 

@@ -5,9 +5,11 @@
 (``/metrics``, ``/health``) over it. ``reelcdn origin`` runs one (``run``).
 
 ``on_upload_complete`` is a plain attribute: a callable ``(video_id, path, metadata, owner)``,
-sync or async, called once the last byte of an upload is committed. A call that raises is
-logged and tried again at the next start (the row keeps ``notified = 0`` until a call returns),
-so a crash between the last byte and the call does not lose the video.
+sync or async, called once the last byte of an upload is committed. By default it is
+``pipeline.enqueue_on_upload``: the video's catalog row (``videos.sqlite``) goes to
+``processing`` and a transcoding job is queued (``queue.sqlite``) for ``reelcdn worker``. A
+call that raises is logged and tried again at the next start (the row keeps ``notified = 0``
+until a call returns), so a crash between the last byte and the call does not lose the video.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
+from reelcdn.origin.pipeline import enqueue_on_upload
+from reelcdn.origin.queue import SqliteQueue
 from reelcdn.origin.tus import Limits
 from reelcdn.origin.uploads import UploadStore
 from reelcdn.origin.users import Keys, RateLimiter
+from reelcdn.origin.videos import VideoCatalog
 
 log = logging.getLogger("reelcdn.origin")
 
@@ -78,7 +83,11 @@ class OriginService:
         self.store = UploadStore(config.data_dir)
         self.limiter = RateLimiter(config.uploads_per_window, config.rate_window)
         self.metrics = OriginMetrics()
-        self.on_upload_complete: CompleteHook | None = None
+        # The video catalog and the transcoding queue, in the data dir beside the uploads.
+        self.catalog = VideoCatalog(config.data_dir / "videos.sqlite")
+        self.queue = SqliteQueue(config.data_dir / "queue.sqlite")
+        self.on_upload_complete: CompleteHook | None = enqueue_on_upload(self.queue,
+                                                                         self.catalog)
         self.locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runners: list[web.AppRunner] = []
@@ -156,10 +165,10 @@ class OriginService:
                 continue
             runner = web.AppRunner(app, access_log=None, read_bufsize=self.config.read_bufsize)
             await runner.setup()
-            site = web.TCPSite(runner, h, p)
-            await site.start()
+            await web.TCPSite(runner, h, p).start()
             self._runners.append(runner)
-            ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+            bound = next(a for a in runner.addresses if isinstance(a, tuple))
+            ports.append(bound[1])
         self.sweep()
         self._sweeper = asyncio.ensure_future(self._sweep_loop())
         await self.notify_pending()
@@ -177,6 +186,8 @@ class OriginService:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         self.store.close()
+        self.catalog.close()
+        self.queue.close()
 
 
 async def run(config: OriginConfig, host: str, port: int, admin_host: str | None,

@@ -154,6 +154,8 @@ def _cmd_origin(args: argparse.Namespace) -> int:
     from reelcdn.origin.service import OriginConfig, run
     from reelcdn.origin.users import load_keys, parse_duration
 
+    _die_with_supervisor()
+
     try:
         keys = load_keys(args.key_file)
         rate, _, window = args.upload_rate.partition("/")
@@ -174,6 +176,37 @@ def _cmd_origin(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"reelcdn: origin could not start: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    """Run transcoding jobs from the origin's queue until SIGTERM/SIGINT."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    from reelcdn.origin.pipeline import TranscodeWorker
+    from reelcdn.origin.queue import SqliteQueue
+    from reelcdn.origin.storage import FsStore
+    from reelcdn.origin.videos import VideoCatalog
+
+    _die_with_supervisor()
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        print(f"reelcdn: worker: --data-dir {data_dir}: no such directory (the origin "
+              "service's)", file=sys.stderr)
+        return 2
+    queue = SqliteQueue(data_dir / "queue.sqlite")
+    catalog = VideoCatalog(data_dir / "videos.sqlite")
+    worker = TranscodeWorker(queue, FsStore(args.origin_root), catalog,
+                             workdir=args.workdir or data_dir / "work",
+                             lease_seconds=args.lease)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"worker {worker.worker_id}: jobs from {data_dir / 'queue.sqlite'}, publishing to "
+          f"{args.origin_root}", flush=True)
+    worker.run(stop)
     return 0
 
 
@@ -252,6 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     origin.add_argument("--cors-origins", default="*",
                         help="browser origins allowed, comma-separated (*)")
     origin.set_defaults(func=_cmd_origin)
+
+    worker = sub.add_parser(
+        "worker", help="run transcoding jobs: uploaded videos to an HLS ladder (docs/origin.md)"
+    )
+    worker.add_argument("--data-dir", required=True,
+                        help="the origin service's data dir (its queue and video catalog)")
+    worker.add_argument("--origin-root", required=True,
+                        help="where videos are published: the shield's fs origin root")
+    worker.add_argument("--workdir", help="scratch space for ffmpeg (DATA_DIR/work)")
+    worker.add_argument("--lease", type=float, default=60.0,
+                        help="seconds a job is held before another worker may take it over (60)")
+    worker.set_defaults(func=_cmd_worker)
 
     token = sub.add_parser("user-token", help="print a signed user token for the origin API")
     token.add_argument("name", help="the user name (A-Z a-z 0-9 _ -)")

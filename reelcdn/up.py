@@ -9,6 +9,13 @@ synthesises demo videos into the origin with ffmpeg. The supervisor here:
 * restarts a node that dies (reported, with a growing back-off, bounded);
 * forwards SIGHUP (reload) to every node; on SIGINT/SIGTERM stops them all (SIGTERM, then
   SIGKILL after a grace period) so no process is left behind.
+
+When the topology has a filesystem origin it also runs the origin services beside the nodes,
+supervised the same way: the origin API (``reelcdn origin``: tus uploads and the video API, on
+127.0.0.1:8300, admin on :9300) and one transcoding worker (``reelcdn worker``) that publishes
+into that origin's root, so an uploaded video plays through the edges. The signing key of user
+tokens is made on first start (``DATA_DIR/origin-keys``) with a token for the user ``demo``
+(``DATA_DIR/user-token``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import aiohttp
 
 from reelcdn.edge.config import Topology, default_topology_text, load_topology
 
+ORIGIN_API = ("127.0.0.1", 8300)
+ORIGIN_ADMIN = ("127.0.0.1", 9300)
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEALTH_TIMEOUT = 20.0
 STOP_GRACE = 10.0
@@ -34,10 +43,13 @@ STOP_GRACE = 10.0
 
 @dataclass
 class NodeProcess:
+    """A supervised process: a node, or one of the origin services."""
+
     name: str
     role: str
     admin_url: str | None
     admin_token: str | None = None
+    command: list[str] = field(default_factory=list)  # the ``reelcdn`` sub-command and args
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -133,24 +145,28 @@ async def _healthy(url: str, token: str | None, session: aiohttp.ClientSession) 
 
 
 class Supervisor:
-    def __init__(self, config_file: Path, topology: Topology, log_level: str) -> None:
+    def __init__(self, config_file: Path, topology: Topology, log_level: str,
+                 services: list[NodeProcess] | None = None) -> None:
         self.config_file = config_file
         self.topology = topology
         self.log_level = log_level
         self.nodes: dict[str, NodeProcess] = {}
         self.stopping = False
-        self.width = max((len(n) for n in topology.nodes), default=4)
         for name in topology.order_for_start():
             node = topology.nodes[name]
             admin = (f"http://{node.admin_host}:{node.admin_port}"
                      if node.admin_host and node.admin_port else None)
-            self.nodes[name] = NodeProcess(name=name, role=node.role, admin_url=admin,
-                                           admin_token=node.admin_token)
+            self.nodes[name] = NodeProcess(
+                name=name, role=node.role, admin_url=admin, admin_token=node.admin_token,
+                command=["node", "--config", str(config_file), "--name", name],
+            )
+        for service in services or ():
+            self.nodes[service.name] = service
+        self.width = max((len(n) for n in self.nodes), default=4)
 
     async def spawn(self, node: NodeProcess) -> None:
         node.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "reelcdn.cli", "--log-level", self.log_level, "node",
-            "--config", str(self.config_file), "--name", node.name,
+            sys.executable, "-m", "reelcdn.cli", "--log-level", self.log_level, *node.command,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True, env={**os.environ, "REELCDN_SUPERVISED": "1"},
         )
@@ -232,7 +248,37 @@ class Supervisor:
                     await asyncio.wait_for(pump, 2)
 
 
-def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None) -> None:
+def origin_services(topology: Topology, data: Path) -> list[NodeProcess]:
+    """The origin API and one transcoding worker, publishing into the topology's first
+    filesystem origin; none when it has no filesystem origin (S3 origins are not wired yet)."""
+    root = next((o.root for o in topology.origins.values() if o.type == "fs" and o.root), None)
+    if root is None:
+        return []
+    service_dir = data / "origin-service"
+    service_dir.mkdir(parents=True, exist_ok=True)
+    key_file = data / "origin-keys"
+    if not key_file.exists():
+        key_file.write_text(f"k1 {secrets.token_hex(32)}\n")
+        key_file.chmod(0o600)
+    token_file = data / "user-token"
+    if not token_file.exists():
+        from reelcdn.origin.users import load_keys, mint
+
+        token_file.write_text(mint("demo", load_keys(key_file), 365 * 86400) + "\n")
+        token_file.chmod(0o600)
+    api = f"{ORIGIN_API[0]}:{ORIGIN_API[1]}"
+    admin = f"{ORIGIN_ADMIN[0]}:{ORIGIN_ADMIN[1]}"
+    return [
+        NodeProcess(name="origin-api", role="origin", admin_url=f"http://{admin}",
+                    command=["origin", "--data-dir", str(service_dir), "--listen", api,
+                             "--admin", admin, "--key-file", str(key_file)]),
+        NodeProcess(name="worker-1", role="worker", admin_url=None,
+                    command=["worker", "--data-dir", str(service_dir), "--origin-root", root]),
+    ]
+
+
+def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None,
+               services: list[NodeProcess] | None = None, data: Path | None = None) -> None:
     lines = ["", "reelcdn is up. Play (hls.js, Safari, ffplay, VLC):"]
     edges = [n for n in topology.nodes.values() if n.role == "edge"]
     for edge in edges:
@@ -244,6 +290,11 @@ def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None
             lines.append(f"  {node.name:<12} http://{node.admin_host}:{node.admin_port}/metrics")
     if token_file is not None:
         lines.append(f"Admin bearer token: in {token_file}")
+    if services and data is not None:
+        lines.append(f"Origin API (tus uploads, videos): http://{ORIGIN_API[0]}:{ORIGIN_API[1]}"
+                     f"/api/v1/  (metrics: http://{ORIGIN_ADMIN[0]}:{ORIGIN_ADMIN[1]}/metrics)")
+        lines.append(f"  user token for 'demo': in {data / 'user-token'}; one transcoding "
+                     "worker publishes uploads into the origin")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 
@@ -268,7 +319,8 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
     catalog = write_loadtest_catalog(data, topology, video_ids)
     say(f"load-test catalog: {catalog} (reelcdn loadtest --topology {config_file} "
         f"--catalog {catalog})")
-    supervisor = Supervisor(config_file, topology, log_level)
+    services = origin_services(topology, data)
+    supervisor = Supervisor(config_file, topology, log_level, services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -278,14 +330,14 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
     try:
         if not await supervisor.start_all():
             return 1
-        print_urls(topology, video_ids, token_file)
+        print_urls(topology, video_ids, token_file, services, data)
         watcher = asyncio.create_task(supervisor.watch())
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({watcher, stopper}, return_when=asyncio.FIRST_COMPLETED)
         watcher.cancel()
         stopper.cancel()
     finally:
-        say("stopping all nodes")
+        say("stopping all nodes and services")
         await supervisor.stop_all()
         say("stopped")
     return status

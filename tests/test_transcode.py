@@ -16,6 +16,7 @@ from typing import Any
 
 import av
 import pytest
+from media import make_clip
 
 from reelcdn.origin import merkle
 from reelcdn.origin.demo import (
@@ -40,17 +41,6 @@ LADDER = Ladder(rungs=(
     LadderRung("360p", 640, 360, 600_000, 96_000),
     LadderRung("720p", 1280, 720, 2_000_000, 128_000),
 ), preset="ultrafast")
-
-
-def make_clip(path: Path, *, size: str = "640x360", seconds: float = 6.0, audio: bool = True,
-              extra: list[str] | None = None) -> Path:
-    args = ["-y", "-f", "lavfi", "-i", f"testsrc=s={size}:r=30:d={seconds}"]
-    if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:d={seconds}"]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-    args += ["-c:a", "aac", "-shortest"] if audio else []
-    run_ffmpeg(ffmpeg_exe(), [*args, *(extra or []), str(path)], timeout=60, what="clip")
-    return path
 
 
 def info(width: int, height: int, **kw: Any) -> SourceInfo:

@@ -137,8 +137,10 @@ async def test_tuspy_upload_in_chunks_with_checksums(origin: Origin, http, tmp_p
                         headers=origin.auth("bob")) as resp:
         assert resp.status == 200
         state = await resp.json()
-    assert state["state"] == "uploaded" and state["sha256"] == digest
-    assert state["offset"] == state["length"] == source.stat().st_size
+    assert state["status"] == "processing"  # queued for a transcoding worker
+    upload = state["upload"]
+    assert upload["state"] == "uploaded" and upload["sha256"] == digest
+    assert upload["offset"] == upload["length"] == source.stat().st_size
     assert state["metadata"] == meta
 
     async with http.get(f"{origin.admin}/metrics") as resp:
@@ -469,8 +471,8 @@ async def test_offsets_and_bytes_survive_kill_9(tmp_path: Path, http):
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
         async with http.get(f"{base}/api/v1/videos/{url.rsplit('/', 1)[1]}", headers=auth) as r:
             state = await r.json()
-        assert state["state"] == "uploaded"
-        assert state["sha256"] == hashlib.sha256(data).hexdigest()
+        assert state["upload"]["state"] == "uploaded"
+        assert state["upload"]["sha256"] == hashlib.sha256(data).hexdigest()
     finally:
         proc.terminate()
         proc.wait(10)

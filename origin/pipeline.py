@@ -1,0 +1,171 @@
+"""From a finished upload to a published ladder: the queue step and the worker that runs it.
+
+The upload service calls :func:`enqueue_on_upload`'s hook when an upload's last byte is
+committed: the video's catalog row goes to ``processing`` and one ``transcode`` job is queued
+(idempotent by video id and step, so a hook called twice queues once). A
+:class:`TranscodeWorker` — any number of them, ``reelcdn worker`` — leases jobs, keeps the lease
+alive while ffmpeg runs (a heartbeat thread), and runs :func:`reelcdn.origin.transcode.transcode`,
+which publishes the lowest rendition first. The catalog follows: ``processing`` listing the
+first rendition as soon as it is playable, then ``ready``; a source that is not a usable video
+ends ``failed`` at once with the prober's reason (retrying cannot help), while an encoding
+failure is retried with backoff and, after the queue's ``max_attempts``, dead-lettered with the
+video ``failed``. A worker killed mid-job loses nothing: its lease expires and another worker
+runs the job again (transcode is idempotent: same keys, same bytes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from reelcdn.origin.meta import VideoMeta
+from reelcdn.origin.probe import InvalidSource
+from reelcdn.origin.queue import Job, JobQueue, LeaseLost
+from reelcdn.origin.storage import ObjectStore
+from reelcdn.origin.transcode import Ladder, transcode
+from reelcdn.origin.videos import VideoCatalog
+
+log = logging.getLogger("reelcdn.worker")
+
+TRANSCODE = "transcode"
+
+
+def enqueue_on_upload(
+    queue: JobQueue, catalog: VideoCatalog, max_attempts: int = 3
+) -> Callable[[str, Path, dict[str, str], str], None]:
+    """The upload service's completion hook: catalog row → ``processing``, one job queued."""
+
+    def on_upload_complete(video_id: str, path: Path, metadata: dict[str, str],
+                           owner: str) -> None:
+        catalog.create(video_id, owner, metadata, status="processing")
+        current = catalog.get(video_id)
+        if current is not None and current["status"] == "uploading":
+            catalog.set_status(video_id, "processing")
+        queue.enqueue(video_id, TRANSCODE, {"source": str(path)}, max_attempts=max_attempts)
+
+    return on_upload_complete
+
+
+def _rendition_names(meta: VideoMeta) -> list[str]:
+    return [rendition.name for rendition in meta.renditions]
+
+
+class TranscodeWorker:
+    """Leases ``transcode`` jobs and runs them, one at a time."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        store: ObjectStore,
+        catalog: VideoCatalog,
+        *,
+        workdir: str | os.PathLike[str],
+        ladder: Ladder | None = None,
+        worker_id: str | None = None,
+        lease_seconds: float = 60.0,
+        on_published: Callable[[str, VideoMeta], Any] | None = None,
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.catalog = catalog
+        self.workdir = Path(workdir)
+        self.ladder = ladder or Ladder()
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.lease_seconds = lease_seconds
+        self.on_published = on_published
+
+    def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
+        """Run jobs until ``stop`` is set (waiting ``idle_wait`` s when the queue is empty)."""
+        while not stop.is_set():
+            if not self.run_one():
+                stop.wait(idle_wait)
+
+    def run_one(self) -> bool:
+        """Lease and run one job; False when there was none."""
+        job = self.queue.lease(self.worker_id, self.lease_seconds)
+        if job is None:
+            return False
+        if job.step != TRANSCODE:
+            self.queue.fail(job, f"this worker runs {TRANSCODE!r} steps, not {job.step!r}")
+            return True
+        beat = _Heartbeat(self.queue, job, self.lease_seconds)
+        beat.start()
+        try:
+            self._transcode(job)
+        except LeaseLost:
+            log.warning("%s: lease lost while working; another worker has the job",
+                        job.video_id)
+        finally:
+            beat.stop()
+        return True
+
+    def _transcode(self, job: Job) -> None:
+        video_id = job.video_id
+        source = job.payload.get("source", "")
+
+        def published(meta: VideoMeta) -> None:
+            self.catalog.set_status(video_id, "processing", duration=meta.duration,
+                                    renditions=_rendition_names(meta))
+            if self.on_published is not None:
+                self.on_published(video_id, meta)
+
+        try:
+            result = transcode(source, video_id, self.store, self.ladder,
+                               workdir=self.workdir, on_publish=published)
+        except InvalidSource as exc:
+            log.info("%s: refused: %s", video_id, exc)
+            self.catalog.set_status(video_id, "failed", error=str(exc))
+            self.queue.complete(job)  # a bad source stays bad: no retry
+            return
+        except LeaseLost:
+            raise
+        except Exception as exc:  # ffmpeg, the store, the disk: retried with backoff
+            reason = f"{exc.__class__.__name__}: {exc}"[:500]
+            updated = self.queue.fail(job, reason)
+            if updated.state == "dead":
+                self.catalog.set_status(
+                    video_id, "failed",
+                    error=f"transcoding failed {updated.attempts} times; last: {reason}",
+                )
+            log.warning("%s: attempt %d failed: %s", video_id, updated.attempts, reason)
+            return
+        meta = result.meta
+        self.catalog.set_status(video_id, "ready", duration=meta.duration,
+                                renditions=_rendition_names(meta))
+        self.queue.complete(job)
+        log.info("%s: ready (%s) in %.1f s, first rendition after %.1f s", video_id,
+                 ", ".join(_rendition_names(meta)), result.total_seconds,
+                 result.first_publish_seconds)
+
+
+class _Heartbeat:
+    """Extends a job's lease every third of it while the job runs (ffmpeg blocks the worker's
+    thread). A lost lease is only logged here: the job's end raises it in ``complete``."""
+
+    def __init__(self, queue: JobQueue, job: Job, lease_seconds: float) -> None:
+        self.queue = queue
+        self.job = job
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                self.job = self.queue.extend(self.job, self.lease_seconds)
+            except LeaseLost:
+                log.warning("%s: lease lost", self.job.video_id)
+                return

@@ -1,0 +1,143 @@
+"""The video catalog: each video's owner, title and processing status, in SQLite.
+
+One row per video id (the id of its upload). The status moves ``uploading`` → ``processing``
+(the upload is complete and queued; once the first rendition is published the row lists it) →
+``ready``, or → ``failed`` with a reason a person can act on. The upload service creates rows,
+the transcoding workers move them along, the API reads them. SQLite in WAL mode with a
+``busy_timeout`` is shared by the service and the worker processes of one host; a catalog for
+many hosts needs a shared database behind the same methods (not built yet).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("uploading", "processing", "ready", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS videos (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    caption TEXT NOT NULL DEFAULT '',
+    hashtags TEXT NOT NULL DEFAULT '[]',
+    filename TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    error TEXT,
+    duration REAL,
+    renditions TEXT NOT NULL DEFAULT '[]',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS videos_owner ON videos (owner, created)
+"""
+
+
+def hashtags_of(text: str) -> list[str]:
+    """``"#cats  dogs,#fun"`` → ``["cats", "dogs", "fun"]``: tags as an uploader types them."""
+    tags = []
+    for word in text.replace(",", " ").split():
+        tag = word.lstrip("#").strip()
+        if tag and tag not in tags:
+            tags.append(tag[:64])
+    return tags[:30]
+
+
+class VideoCatalog:
+    """The catalog in one SQLite file; usable from several threads of one process."""
+
+    def __init__(self, path: str | Path, busy_timeout: float = 10.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
+                                     check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._write() as conn:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def create(self, video_id: str, owner: str, metadata: dict[str, str],
+               status: str = "uploading") -> None:
+        """A row for a new upload (nothing changes if it exists: creation is retried)."""
+        now = time.time()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO videos (id, owner, title, caption, hashtags, filename,"
+                " status, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (video_id, owner, metadata.get("title", "")[:200],
+                 metadata.get("caption", "")[:2000],
+                 json.dumps(hashtags_of(metadata.get("hashtags", ""))),
+                 metadata.get("filename", "")[:255], status, now, now),
+            )
+
+    def set_status(
+        self,
+        video_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        duration: float | None = None,
+        renditions: Sequence[str] | None = None,
+    ) -> None:
+        """Move a video along. A ``ready`` video is never set back to ``processing`` (a step
+        run again after a lost lease republishes the same result)."""
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        with self._write() as conn:
+            row = conn.execute("SELECT status FROM videos WHERE id = ?", (video_id,)).fetchone()
+            if row is None:
+                raise KeyError(video_id)
+            if row["status"] == "ready" and status == "processing":
+                return
+            conn.execute(
+                "UPDATE videos SET status = ?, error = ?, duration = COALESCE(?, duration),"
+                " renditions = COALESCE(?, renditions), updated = ? WHERE id = ?",
+                (status, error, duration,
+                 None if renditions is None else json.dumps(list(renditions)),
+                 time.time(), video_id),
+            )
+
+    def get(self, video_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
+        return None if row is None else _as_dict(row)
+
+    def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM videos WHERE owner = ? ORDER BY created DESC LIMIT ?",
+                (owner, limit),
+            ).fetchall()
+        return [_as_dict(row) for row in rows]
+
+
+def _as_dict(row: sqlite3.Row) -> dict[str, Any]:
+    video = dict(row)
+    video["hashtags"] = json.loads(video["hashtags"])
+    video["renditions"] = json.loads(video["renditions"])
+    return video
