@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 
 from reelcdn import __version__
 
@@ -210,6 +211,46 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_upload(args: argparse.Namespace) -> int:
+    """Upload a video over tus, wait for its first rendition, print where it plays."""
+    from pathlib import Path
+
+    from reelcdn.upload import UploadFailed, upload, wait_playable
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"reelcdn: upload: {path}: no such file", file=sys.stderr)
+        return 2
+    token = args.token
+    if token is None:
+        token_file = Path(args.token_file)
+        if not token_file.is_file():
+            print(f"reelcdn: upload: no --token and no token file {token_file} (reelcdn up "
+                  "writes one; reelcdn user-token makes one)", file=sys.stderr)
+            return 2
+        token = token_file.read_text().strip()
+    api = args.origin.rstrip("/")
+
+    async def run() -> int:
+        started = time.monotonic()
+        video_id = await upload(path, api, token, title=args.title or "",
+                                caption=args.caption or "", hashtags=args.hashtags or "")
+        uploaded = time.monotonic()
+        print(f"video {video_id}: uploaded in {uploaded - started:.1f} s; waiting for the "
+              "first rendition", flush=True)
+        state = await wait_playable(api, token, video_id)
+        print(f"playable {time.monotonic() - uploaded:.1f} s after the last byte "
+              f"({state['status']}, {', '.join(state.get('renditions') or [])}):")
+        print(f"  {args.edge.rstrip('/')}{state['playback']}", flush=True)
+        return 0
+
+    try:
+        return asyncio.run(run())
+    except (UploadFailed, OSError) as exc:
+        print(f"reelcdn: upload: {exc}", file=sys.stderr)
+        return 1
+
+
 def _cmd_user_token(args: argparse.Namespace) -> int:
     from reelcdn.origin.users import load_keys, mint, parse_duration
 
@@ -297,6 +338,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--lease", type=float, default=60.0,
                         help="seconds a job is held before another worker may take it over (60)")
     worker.set_defaults(func=_cmd_worker)
+
+    up_file = sub.add_parser(
+        "upload", help="upload a video (tus) and print where it plays once the first rendition "
+        "is ready"
+    )
+    up_file.add_argument("file", help="the video file")
+    up_file.add_argument("--title")
+    up_file.add_argument("--caption")
+    up_file.add_argument("--hashtags", help='e.g. "#cats #fun"')
+    up_file.add_argument("--origin", default="http://127.0.0.1:8300",
+                         help="the origin API (http://127.0.0.1:8300, as reelcdn up runs it)")
+    up_file.add_argument("--edge", default="http://127.0.0.1:8080",
+                         help="the edge to print the playback URL at (http://127.0.0.1:8080)")
+    up_file.add_argument("--token", help="a user token (default: read from --token-file)")
+    up_file.add_argument("--token-file", default="data/user-token",
+                         help="where reelcdn up wrote the demo user's token (data/user-token)")
+    up_file.set_defaults(func=_cmd_upload)
 
     token = sub.add_parser("user-token", help="print a signed user token for the origin API")
     token.add_argument("name", help="the user name (A-Z a-z 0-9 _ -)")

@@ -210,3 +210,30 @@ async def test_upload_to_playback_through_the_cdn(tmp_path: Path) -> None:
         for node in reversed(nodes):
             await node.stop(grace=1.0)
         await service.stop()
+
+
+async def test_reelcdn_upload_client_sends_a_file_in_checksummed_chunks(
+    tmp_path: Path,
+) -> None:
+    """``reelcdn upload``'s client: creation, checksummed PATCHes, the errors it reports."""
+    from reelcdn.upload import UploadFailed, upload, wait_playable
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    service = OriginService(OriginConfig(data_dir=data_dir, keys=Keys({KEY[0]: KEY[1]}, KEY[0])))
+    port, _ = await service.start("127.0.0.1", 0)
+    api = f"http://127.0.0.1:{port}"
+    token = mint("ann", KEY, 3600)
+    source = tmp_path / "blob.mp4"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    try:
+        video_id = await upload(source, api, token, title="t", chunk=1 << 20, progress=False)
+        upload_row = service.store.get(video_id)
+        assert upload_row is not None and upload_row.path.read_bytes() == source.read_bytes()
+        # not a video: the worker would fail it; here nothing runs the job, so it waits
+        with pytest.raises(UploadFailed, match="not playable"):
+            await wait_playable(api, token, video_id, timeout=0.5)
+        with pytest.raises(UploadFailed, match="401"):
+            await upload(source, api, "bad-token", progress=False)
+    finally:
+        await service.stop()

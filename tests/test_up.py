@@ -15,10 +15,11 @@ from pathlib import Path
 import av
 import m3u8
 import pytest
+from media import make_clip
 
 pytestmark = pytest.mark.slow  # reelcdn up: ffmpeg demo synthesis and a process per node
 
-DEFAULT_PORTS = (8080, 8081, 8100, 8200, 9080, 9081, 9100, 9200)
+DEFAULT_PORTS = (8080, 8081, 8100, 8200, 9080, 9081, 9100, 9200, 8300, 9300)
 
 
 def port_free(port: int) -> bool:
@@ -145,8 +146,21 @@ def test_up_plays_demo_video_through_edge_a_and_stops_cleanly(running_up):
         urllib.request.urlopen("http://127.0.0.1:9080/metrics", timeout=5)  # noqa: S310
     assert unauthorised.value.code == 401
 
+    # A creator's upload: reelcdn upload → origin API → worker → playable through edge-a.
+    clip = make_clip(data.parent / "upload.mp4", size="640x360", seconds=4.0)
+    done = subprocess.run(
+        [sys.executable, "-m", "reelcdn.cli", "upload", str(clip), "--title", "up test",
+         "--token-file", str(data / "user-token")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    playback = done.stdout.strip().splitlines()[-1].strip()
+    assert playback.startswith("http://127.0.0.1:8080/v/") and playback.endswith("master.m3u8")
+    with av.open(playback, timeout=20) as container:
+        assert any(True for _ in container.decode(video=0))
+
     nodes = children_of(process.pid)
-    assert len(nodes) >= 4
+    assert len(nodes) >= 6  # four nodes, the origin API, a transcoding worker
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     time.sleep(0.2)
