@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.origin import tus
 from reelcdn.origin.uploads import EXPIRED, TERMINATED, UPLOADED, Upload, valid_video_id
-from reelcdn.origin.users import BadToken, RateLimiter, verify
+from reelcdn.origin.users import BadToken, RateLimiter, valid_name, verify
 
 if TYPE_CHECKING:
     from reelcdn.origin.service import OriginService
@@ -339,6 +339,38 @@ async def video(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
+async def videos(request: web.Request) -> web.StreamResponse:
+    """``GET /api/v1/videos?owner=NAME&limit=N``: an owner's videos, newest first. The caller
+    sees all of their own (``owner`` defaults to the caller); another owner's only once
+    ``ready``."""
+    service = request.app[SERVICE]
+    if request.method == "OPTIONS":
+        return web.Response(status=204)
+    if request.method not in ("GET", "HEAD"):
+        raise _not_allowed("GET, HEAD, OPTIONS")
+    caller = request[USER]
+    owner = request.query.get("owner", caller)
+    if not valid_name(owner):
+        raise ApiError(400, "bad_owner", "owner must be a user name (A-Z a-z 0-9 _ -)")
+    try:
+        limit = int(request.query.get("limit", "50"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 200:
+        raise ApiError(400, "bad_limit", "limit must be an integer from 1 to 200")
+    rows = await asyncio.to_thread(service.catalog.by_owner, owner, limit)
+    items = [
+        {"id": row["id"], "status": row["status"], "title": row["title"],
+         "caption": row["caption"], "hashtags": row["hashtags"],
+         "renditions": row["renditions"], "duration": row["duration"],
+         **({"playback": f"/v/{row['id']}/master.m3u8"}
+            if row["renditions"] and row["status"] in ("processing", "ready") else {})}
+        for row in rows if owner == caller or row["status"] == "ready"
+    ]
+    return web.json_response({"owner": owner, "items": items},
+                             headers={"Cache-Control": "no-store"})
+
+
 # -- applications ------------------------------------------------------------------------------
 
 def build_app(service: OriginService) -> web.Application:
@@ -347,6 +379,7 @@ def build_app(service: OriginService) -> web.Application:
     app.router.add_route("*", "/api/v1/uploads", uploads_root)
     app.router.add_route("*", "/api/v1/uploads/", uploads_root)
     app.router.add_route("*", "/api/v1/uploads/{video_id}", upload_item)
+    app.router.add_route("*", "/api/v1/videos", videos)
     app.router.add_route("*", "/api/v1/videos/{video_id}", video)
     app.on_response_prepare.append(_on_prepare)
     return app
@@ -354,6 +387,7 @@ def build_app(service: OriginService) -> web.Application:
 
 async def _metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
+    await asyncio.to_thread(service.metrics.observe_pipeline, service.queue, service.catalog)
     body = generate_latest(service.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

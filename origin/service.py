@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from reelcdn.origin.pipeline import enqueue_on_upload
-from reelcdn.origin.queue import SqliteQueue
+from reelcdn.origin.queue import JobQueue, SqliteQueue
 from reelcdn.origin.tus import Limits
 from reelcdn.origin.uploads import UploadStore
 from reelcdn.origin.users import Keys, RateLimiter
-from reelcdn.origin.videos import VideoCatalog
+from reelcdn.origin.videos import STATUSES, VideoCatalog
 
 log = logging.getLogger("reelcdn.origin")
 
@@ -71,6 +71,24 @@ class OriginMetrics:
                                       "upload bytes committed (fsynced)", registry=self.registry)
         self.errors = Counter("reelcdn_origin_api_errors", "API error answers by code",
                               ["status", "code"], registry=self.registry)
+        self.jobs = Gauge("reelcdn_origin_jobs", "transcoding jobs by state (pending, leased, "
+                          "done, dead)", ["state"], registry=self.registry)
+        self.queue_depth = Gauge("reelcdn_origin_queue_depth",
+                                 "transcoding jobs not finished (pending + leased)",
+                                 registry=self.registry)
+        self.videos = Gauge("reelcdn_origin_videos", "videos by status", ["status"],
+                            registry=self.registry)
+
+    def observe_pipeline(self, queue: JobQueue, catalog: VideoCatalog) -> None:
+        """Read the queue's and the catalog's levels (at scrape: workers change them from
+        other processes)."""
+        counts = queue.counts()
+        for state in ("pending", "leased", "done", "dead"):
+            self.jobs.labels(state).set(counts.get(state, 0))
+        self.queue_depth.set(queue.depth())
+        by_status = catalog.count_by_status()
+        for status in STATUSES:
+            self.videos.labels(status).set(by_status.get(status, 0))
 
 
 class OriginService:

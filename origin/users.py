@@ -34,6 +34,11 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _EXP = re.compile(r"[0-9]{1,12}")
 _SIG = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, base64url unpadded
+
+
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is a user name (1-64 of A-Z a-z 0-9 _ -)."""
+    return _NAME.fullmatch(name) is not None
 _DOMAIN = b"reelcdn-user-v1\n"
 MIN_SECRET = 32
 MAX_TOKEN = 200

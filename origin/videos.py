@@ -127,6 +127,12 @@ class VideoCatalog:
             row = self._conn.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
         return None if row is None else _as_dict(row)
 
+    def count_by_status(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT status, COUNT(*) AS n FROM videos GROUP BY status").fetchall()
+        return {row["status"]: row["n"] for row in rows}
+
     def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._conn.execute(

@@ -237,3 +237,38 @@ async def test_reelcdn_upload_client_sends_a_file_in_checksummed_chunks(
             await upload(source, api, "bad-token", progress=False)
     finally:
         await service.stop()
+
+
+async def test_listing_an_owners_videos_and_the_pipeline_metrics(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    service = OriginService(OriginConfig(data_dir=data_dir, keys=Keys({KEY[0]: KEY[1]}, KEY[0])))
+    port, admin = await service.start("127.0.0.1", 0, "127.0.0.1", 0)
+    api = f"http://127.0.0.1:{port}"
+    catalog = service.catalog
+    catalog.create("VIDREADY", "ann", {"title": "done"})
+    catalog.set_status("VIDREADY", "ready", renditions=["360p"], duration=4.0)
+    catalog.create("VIDWIP", "ann", {"title": "wip"})
+    service.queue.enqueue("VIDWIP", "transcode", {"source": "/nowhere"})
+    ann = {"Authorization": f"Bearer {mint('ann', KEY, 3600)}"}
+    bob = {"Authorization": f"Bearer {mint('bob', KEY, 3600)}"}
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{api}/api/v1/videos", headers=ann) as response:
+                mine = await response.json()
+            assert [v["id"] for v in mine["items"]] == ["VIDWIP", "VIDREADY"]
+            async with session.get(f"{api}/api/v1/videos?owner=ann", headers=bob) as response:
+                theirs = await response.json()
+            assert [v["id"] for v in theirs["items"]] == ["VIDREADY"]  # only ready ones
+            assert theirs["items"][0]["playback"] == "/v/VIDREADY/master.m3u8"
+            async with session.get(f"{api}/api/v1/videos?owner=a/b", headers=ann) as response:
+                assert response.status == 400
+            async with session.get(f"{api}/api/v1/videos?limit=0", headers=ann) as response:
+                assert response.status == 400
+            async with session.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                text = await response.text()
+            assert 'reelcdn_origin_jobs{state="pending"} 1.0' in text
+            assert "reelcdn_origin_queue_depth 1.0" in text
+            assert 'reelcdn_origin_videos{status="ready"} 1.0' in text
+    finally:
+        await service.stop()
