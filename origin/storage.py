@@ -42,7 +42,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -178,27 +178,22 @@ class FsStore:
 
     def put_file(self, key: str, path: str | os.PathLike[str], content_type: str | None = None,
                  cache_control: str | None = None) -> None:
-        target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with open(path, "rb") as src:
+            self._write(key, lambda out: shutil.copyfileobj(src, out, 1 << 20))
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
                   cache_control: str | None = None) -> None:
+        self._write(key, lambda out: out.write(data))
+
+    def _write(self, key: str, fill: Callable[[Any], object]) -> None:
+        """Write an object beside its final name and rename it into place: a reader sees the
+        old file or the whole new one, never a part."""
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as out:
-                out.write(data)
+                fill(out)
             os.chmod(tmp, 0o644)
             os.replace(tmp, target)
         except BaseException:
