@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.origin import tus
+from reelcdn.origin.storage import FsStore
 from reelcdn.origin.uploads import EXPIRED, TERMINATED, UPLOADED, Upload, valid_video_id
 from reelcdn.origin.users import BadToken, RateLimiter, valid_name, verify
 
@@ -308,11 +309,15 @@ async def video(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     if request.method == "OPTIONS":
         return web.Response(status=204)
-    if request.method not in ("GET", "HEAD"):
-        raise _not_allowed("GET, HEAD, OPTIONS")
+    if request.method not in ("GET", "HEAD", "DELETE"):
+        raise _not_allowed("GET, HEAD, DELETE, OPTIONS")
     video_id = request.match_info["video_id"]
     upload = _find(service, request, video_id)
     entry = await asyncio.to_thread(service.catalog.get, video_id)
+    if entry is not None and entry["status"] == "deleted":
+        raise ApiError(410, "deleted", "this video was deleted")
+    if request.method == "DELETE":
+        return await _delete_video(service, video_id, entry)
     status = entry["status"] if entry is not None else "uploading"
     if status == "uploading" and upload.state == UPLOADED:
         status = "processing"  # the last byte is in: queued (the catalog follows the hook)
@@ -337,6 +342,26 @@ async def video(request: web.Request) -> web.StreamResponse:
     elif upload.expires is not None:
         body["upload"]["expires"] = tus.http_date(upload.expires)
     return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
+async def _delete_video(service: OriginService, video_id: str,
+                        entry: dict[str, Any] | None) -> web.Response:
+    """Remove a video: its published objects, its copies on every node (purged through their
+    admin APIs, parents first), its upload; the catalog keeps a ``deleted`` row (GET: 410).
+    A video still being transcoded is refused (409): the worker would publish it again."""
+    if entry is not None and entry["status"] == "processing":
+        raise ApiError(409, "processing", "the video is still being processed: delete it "
+                       "once it is ready or failed")
+    objects = 0
+    if service.config.origin_root is not None:
+        store = FsStore(service.config.origin_root)
+        objects = await asyncio.to_thread(store.delete_prefix, f"v/{video_id}")
+    purged = await service.purge_video(video_id)
+    await asyncio.to_thread(service.store.end, video_id, TERMINATED, service.clock())
+    if entry is not None:
+        await asyncio.to_thread(service.catalog.set_status, video_id, "deleted")
+    return web.json_response({"deleted": video_id, "objects": objects, "purged": purged},
+                             headers={"Cache-Control": "no-store"})
 
 
 async def videos(request: web.Request) -> web.StreamResponse:

@@ -49,6 +49,11 @@ class OriginConfig:
     uploads_per_window: int = 30        # upload creations per user ...
     rate_window: float = 3600.0         # ... per this many seconds
     cors_origins: tuple[str, ...] = ("*",)
+    # Where workers publish videos (the shield's fs origin root): DELETE removes them there.
+    origin_root: Path | None = None
+    # The nodes a deleted video is purged from: (name, admin base URL, bearer token or None),
+    # parents first, so an edge that refills after its purge finds its parent purged too.
+    purge_targets: tuple[tuple[str, str, str | None], ...] = ()
     sweep_interval: float = 60.0
     read_bufsize: int = 1 << 20         # aiohttp's per-request read buffer
 
@@ -150,6 +155,28 @@ class OriginService:
             return
         for video_id in self.store.unnotified():
             await self.upload_complete(video_id)
+
+    # -- deleting a video ----------------------------------------------------------------------
+
+    async def purge_video(self, video_id: str) -> dict[str, Any]:
+        """Purge a video from every node of the topology through their admin APIs, parents
+        first; each node's answer (objects purged) or its error."""
+        import aiohttp
+
+        results: dict[str, Any] = {}
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for name, url, token in self.config.purge_targets:
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                try:
+                    async with session.post(f"{url}/purge", json={"video": video_id},
+                                            headers=headers) as response:
+                        body = await response.json(content_type=None)
+                        results[name] = (body.get("purged") if response.status == 200
+                                         else {"error": f"status {response.status}"})
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    results[name] = {"error": str(exc) or exc.__class__.__name__}
+        return results
 
     # -- expiry --------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("uploading", "processing", "ready", "failed")
+STATUSES = ("uploading", "processing", "ready", "failed", "deleted")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS videos (

@@ -160,11 +160,23 @@ def _cmd_origin(args: argparse.Namespace) -> int:
     try:
         keys = load_keys(args.key_file)
         rate, _, window = args.upload_rate.partition("/")
+        purge_targets: list[tuple[str, str, str | None]] = []
+        if args.topology:
+            from reelcdn.edge.config import load_topology
+
+            topology = load_topology(Path(args.topology))
+            for name in topology.order_for_start():
+                node = topology.nodes[name]
+                if node.admin_host and node.admin_port:
+                    purge_targets.append((name, f"http://{node.admin_host}:{node.admin_port}",
+                                          node.admin_token))
         config = OriginConfig(
             data_dir=Path(args.data_dir), keys=keys, max_size=args.max_size,
             upload_ttl=parse_duration(args.upload_ttl), uploads_per_window=int(rate),
             rate_window=parse_duration(window or "1h"),
             cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
+            origin_root=Path(args.origin_root) if args.origin_root else None,
+            purge_targets=tuple(purge_targets),
         )
     except (OSError, ValueError) as exc:
         print(f"reelcdn: origin: {exc}", file=sys.stderr)
@@ -325,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upload creations allowed per user, N/WINDOW (30/1h)")
     origin.add_argument("--cors-origins", default="*",
                         help="browser origins allowed, comma-separated (*)")
+    origin.add_argument("--origin-root",
+                        help="where workers publish videos (the shield's fs origin root): "
+                        "DELETE /api/v1/videos/{id} removes a video's objects there")
+    origin.add_argument("--topology",
+                        help="the topology file: a deleted video is purged from its nodes "
+                        "through their admin APIs"),
     origin.set_defaults(func=_cmd_origin)
 
     worker = sub.add_parser(

@@ -248,7 +248,7 @@ class Supervisor:
                     await asyncio.wait_for(pump, 2)
 
 
-def origin_services(topology: Topology, data: Path) -> list[NodeProcess]:
+def origin_services(topology: Topology, data: Path, config_file: Path) -> list[NodeProcess]:
     """The origin API and one transcoding worker, publishing into the topology's first
     filesystem origin; none when it has no filesystem origin (S3 origins are not wired yet)."""
     root = next((o.root for o in topology.origins.values() if o.type == "fs" and o.root), None)
@@ -271,7 +271,8 @@ def origin_services(topology: Topology, data: Path) -> list[NodeProcess]:
     return [
         NodeProcess(name="origin-api", role="origin", admin_url=f"http://{admin}",
                     command=["origin", "--data-dir", str(service_dir), "--listen", api,
-                             "--admin", admin, "--key-file", str(key_file)]),
+                             "--admin", admin, "--key-file", str(key_file),
+                             "--origin-root", root, "--topology", str(config_file)]),
         NodeProcess(name="worker-1", role="worker", admin_url=None,
                     command=["worker", "--data-dir", str(service_dir), "--origin-root", root]),
     ]
@@ -319,7 +320,7 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
     catalog = write_loadtest_catalog(data, topology, video_ids)
     say(f"load-test catalog: {catalog} (reelcdn loadtest --topology {config_file} "
         f"--catalog {catalog})")
-    services = origin_services(topology, data)
+    services = origin_services(topology, data, config_file)
     supervisor = Supervisor(config_file, topology, log_level, services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

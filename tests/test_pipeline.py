@@ -84,11 +84,13 @@ root = "{origin_root}"
 [node.shield-1]
 role = "shield"
 listen = "127.0.0.1:{shield}"
+admin = "127.0.0.1:0"
 origins = ["main"]
 
 [node.edge-a]
 role = "edge"
 listen = "127.0.0.1:{edge}"
+admin = "127.0.0.1:0"
 parents = ["shield-1"]
 
 [[node.edge-a.ttl]]
@@ -142,16 +144,18 @@ async def test_upload_to_playback_through_the_cdn(tmp_path: Path) -> None:
     lease runs out; the edge serves the master, media playlist and a segment that decodes."""
     data_dir, origin_root = tmp_path / "data", tmp_path / "origin"
     data_dir.mkdir()
-    service = OriginService(OriginConfig(data_dir=data_dir, keys=Keys({KEY[0]: KEY[1]}, KEY[0])))
-    port, _ = await service.start("127.0.0.1", 0)
-    base = f"http://127.0.0.1:{port}"
-    token = mint("ann", KEY, 3600)
     shield_port, edge_port = free_port(), free_port()
     topology = topology_from_text(_topology(origin_root, shield_port, edge_port),
                                   base_dir=str(tmp_path))
     nodes = [NodeServer(topology.nodes[name]) for name in ("shield-1", "edge-a")]
     for node in nodes:
         await node.start()
+    targets = tuple((n.node.name, f"http://127.0.0.1:{n.admin_port}", None) for n in nodes)
+    service = OriginService(OriginConfig(data_dir=data_dir, keys=Keys({KEY[0]: KEY[1]}, KEY[0]),
+                                         origin_root=origin_root, purge_targets=targets))
+    port, _ = await service.start("127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}"
+    token = mint("ann", KEY, 3600)
     clip = make_clip(tmp_path / "clip.mp4", size="1280x720", seconds=8.0)
     first = _worker(data_dir, origin_root, lease=3.0)
     second: subprocess.Popen[bytes] | None = None
@@ -199,6 +203,19 @@ async def test_upload_to_playback_through_the_cdn(tmp_path: Path) -> None:
             job = queue.counts()
             assert job.get("done") == 1 and job.get("dead", 0) == 0
             queue.close()
+
+            # DELETE: the objects go, every node purges its copies, the video answers 410.
+            auth = {"Authorization": f"Bearer {token}"}
+            async with session.delete(f"{base}/api/v1/videos/{video_id}",
+                                      headers=auth) as response:
+                assert response.status == 200
+                deleted = await response.json()
+            assert deleted["objects"] == 1 and not (origin_root / "v" / video_id).exists()
+            assert deleted["purged"]["shield-1"] >= 1 and deleted["purged"]["edge-a"] >= 1
+            async with session.get(f"{base}/api/v1/videos/{video_id}", headers=auth) as response:
+                assert response.status == 410
+            async with session.get(edge + state["playback"]) as response:
+                assert response.status == 404
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
@@ -270,5 +287,38 @@ async def test_listing_an_owners_videos_and_the_pipeline_metrics(tmp_path: Path)
             assert 'reelcdn_origin_jobs{state="pending"} 1.0' in text
             assert "reelcdn_origin_queue_depth 1.0" in text
             assert 'reelcdn_origin_videos{status="ready"} 1.0' in text
+    finally:
+        await service.stop()
+
+
+async def test_a_video_being_processed_cannot_be_deleted_a_failed_one_can(
+    tmp_path: Path,
+) -> None:
+    from reelcdn.upload import upload
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    service = OriginService(OriginConfig(data_dir=data_dir, keys=Keys({KEY[0]: KEY[1]}, KEY[0])))
+    port, _ = await service.start("127.0.0.1", 0)
+    api = f"http://127.0.0.1:{port}"
+    ann = {"Authorization": f"Bearer {mint('ann', KEY, 3600)}"}
+    bob = {"Authorization": f"Bearer {mint('bob', KEY, 3600)}"}
+    source = tmp_path / "x.mp4"
+    source.write_bytes(os.urandom(10_000))
+    try:
+        video_id = await upload(source, api, mint("ann", KEY, 3600), progress=False)
+        url = f"{api}/api/v1/videos/{video_id}"
+        async with aiohttp.ClientSession() as session:
+            async with session.delete(url, headers=ann) as response:
+                assert response.status == 409  # queued: a worker would publish it again
+                assert (await response.json())["error"] == "processing"
+            service.catalog.set_status(video_id, "failed", error="not a video")
+            async with session.delete(url, headers=bob) as response:
+                assert response.status == 403
+            async with session.delete(url, headers=ann) as response:
+                assert response.status == 200
+                assert (await response.json())["purged"] == {}
+            async with session.get(url, headers=ann) as response:
+                assert response.status == 410
     finally:
         await service.stop()

@@ -3,6 +3,7 @@ edge-a by real decoders, then stopped with no process left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -158,6 +159,20 @@ def test_up_plays_demo_video_through_edge_a_and_stops_cleanly(running_up):
     assert playback.startswith("http://127.0.0.1:8080/v/") and playback.endswith("master.m3u8")
     with av.open(playback, timeout=20) as container:
         assert any(True for _ in container.decode(video=0))
+    # ... and deleted: its objects go and every node of the topology purges its copies.
+    video_id = playback.split("/v/", 1)[1].split("/", 1)[0]
+    user = (data / "user-token").read_text().strip()
+    request = urllib.request.Request(f"http://127.0.0.1:8300/api/v1/videos/{video_id}",
+                                     method="DELETE",
+                                     headers={"Authorization": f"Bearer {user}"})
+    with urllib.request.urlopen(request, timeout=20) as response:  # noqa: S310 (loopback)
+        deleted = json.loads(response.read())
+    assert deleted["objects"] == 1
+    assert set(deleted["purged"]) == {"shield-1", "regional-1", "edge-a", "edge-b"}
+    assert all(isinstance(n, int) for n in deleted["purged"].values()), deleted
+    with pytest.raises(urllib.error.HTTPError) as gone:
+        fetch(playback)
+    assert gone.value.code == 404
 
     nodes = children_of(process.pid)
     assert len(nodes) >= 6  # four nodes, the origin API, a transcoding worker
