@@ -125,3 +125,58 @@ async def test_hlsjs_plays_rendered_master_in_chromium_with_each_filter(tiers):
         assert result["urls"] and all(u.endswith("token=t0k") for u in result["urls"]), result
     stats = tiers.edge.node.stats
     assert stats.playlists_rendered >= 2 * len(FILTERS)
+
+
+async def test_hlsjs_plays_an_uploaded_video_while_processing_and_once_ready(tmp_path):
+    """A creator's upload through the origin API, a transcoding worker, three tiers and
+    hls.js: the master lists the lowest rendition alone while the others encode (the worker
+    is held right after its first publish while the browser plays), then the full ladder."""
+    import threading
+
+    from media import make_clip
+
+    from reelcdn.origin.pipeline import TranscodeWorker
+    from reelcdn.origin.service import OriginConfig, OriginService
+    from reelcdn.origin.storage import FsStore
+    from reelcdn.origin.users import Keys, mint
+    from reelcdn.upload import upload
+
+    chromium_or_skip()
+    root, data = tmp_path / "origin", tmp_path / "data"
+    root.mkdir()
+    data.mkdir()
+    key = ("k1", b"k" * 32)
+    service = OriginService(OriginConfig(data_dir=data, keys=Keys({key[0]: key[1]}, key[0])))
+    port, _ = await service.start("127.0.0.1", 0)
+    tiers = await DemoTiers(root, meta_ttl="1s").start()
+    published, resume = threading.Event(), threading.Event()
+
+    def hold(video_id: str, meta) -> None:
+        published.set()
+        resume.wait(60)  # the browser plays the processing video meanwhile
+
+    worker = TranscodeWorker(service.queue, FsStore(root), service.catalog,
+                             workdir=tmp_path / "work", on_published=hold)
+    clip = make_clip(tmp_path / "clip.mp4", size="1280x720", seconds=6.0)
+    try:
+        video_id = await upload(clip, f"http://127.0.0.1:{port}", mint("ann", key, 600),
+                                progress=False)
+        running = asyncio.ensure_future(asyncio.to_thread(worker.run_one))
+        assert await asyncio.to_thread(published.wait, 60)
+        page = f"{tiers.base()}/player/page.html?src=" + quote(
+            f"/v/{video_id}/master.m3u8", safe="")
+        early = await play_in_chromium(page)
+        assert early["manifestParsed"] and early["playing"], early
+        assert [level["height"] for level in early["levels"]] == [360], early
+        resume.set()
+        assert await running
+        assert service.catalog.get(video_id)["status"] == "ready"
+        await asyncio.sleep(2.5)  # meta.json's 1 s TTL at each tier
+        ready = await play_in_chromium(page)
+        assert ready["manifestParsed"] and ready["playing"], ready
+        assert sorted(level["height"] for level in ready["levels"]) == [360, 720], ready
+        assert not [e for e in ready["errors"] if "fatal" in e], ready["errors"]
+    finally:
+        resume.set()
+        await tiers.stop()
+        await service.stop()
