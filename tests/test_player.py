@@ -19,6 +19,7 @@ from urllib.parse import quote
 import av
 import m3u8
 import pytest
+from aiohttp import web
 from player.demo_tiers import VIDEO, DemoTiers, synthesise
 from rawhttp import get
 
@@ -179,4 +180,61 @@ async def test_hlsjs_plays_an_uploaded_video_while_processing_and_once_ready(tmp
     finally:
         resume.set()
         await tiers.stop()
+        await service.stop()
+
+
+async def test_tus_js_client_uploads_from_a_browser(tmp_path):
+    """tus-js-client in Chromium, from a page of another origin (CORS), in 256 KiB chunks:
+    the origin API keeps every byte and queues the video."""
+    import hashlib
+
+    from reelcdn.origin.service import OriginConfig, OriginService
+    from reelcdn.origin.users import Keys, mint
+
+    chromium_or_skip()
+    if not (PLAYER_DIR / "node_modules" / "tus-js-client").exists():
+        pytest.fail("tests/player/node_modules lacks tus-js-client (npm ci in tests/player)")
+    key = ("k1", b"k" * 32)
+    service = OriginService(OriginConfig(data_dir=tmp_path, keys=Keys({key[0]: key[1]}, key[0])))
+    port, _ = await service.start("127.0.0.1", 0)
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(os.urandom(1024 * 1024 + 333))
+    # The creator's page: another origin than the API's (another port), on loopback too.
+    tus_js = PLAYER_DIR / "node_modules" / "tus-js-client" / "dist" / "tus.min.js"
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text='<!doctype html><script src="/tus.min.js"></script>',
+                            content_type="text/html")
+
+    async def script(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(tus_js)
+
+    page_app = web.Application()
+    page_app.router.add_get("/", page)
+    page_app.router.add_get("/tus.min.js", script)
+    page_runner = web.AppRunner(page_app, access_log=None)
+    await page_runner.setup()
+    page_site = web.TCPSite(page_runner, "127.0.0.1", 0)
+    await page_site.start()
+    page_port = next(a for a in page_runner.addresses if isinstance(a, tuple))[1]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            "node", str(PLAYER_DIR / "upload.js"), f"http://127.0.0.1:{page_port}/",
+            f"http://127.0.0.1:{port}/api/v1/uploads", mint("ann", key, 600), str(source),
+            "30000",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        result = json.loads(stdout)
+        assert "error" not in result, result
+        video_id = result["url"].rsplit("/", 1)[1]
+        assert result["progress"][-1] == [source.stat().st_size] * 2
+        upload = service.store.get(video_id)
+        assert upload is not None and upload.state == "uploaded" and upload.owner == "ann"
+        assert hashlib.sha256(upload.path.read_bytes()).digest() == hashlib.sha256(
+            source.read_bytes()).digest()
+        assert upload.metadata["title"] == "from a browser"
+        assert service.catalog.get(video_id)["status"] == "processing"
+    finally:
+        await page_runner.cleanup()
         await service.stop()
