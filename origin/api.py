@@ -6,7 +6,10 @@ Public routes (``Authorization: Bearer <user token>`` on every request but OPTIO
   creation-with-upload; rate-limited per user: 429 with ``Retry-After``);
 - ``/api/v1/uploads/{video_id}``: HEAD (offset), PATCH (append; checksum), DELETE
   (termination), OPTIONS;
-- ``/api/v1/videos/{video_id}``: GET, the video's state (for now: its upload's).
+- ``/api/v1/videos``: GET (an owner's videos); POST, with an S3 upload bucket configured, a
+  direct-to-bucket upload: presigned part URLs (``origin/direct.py``; rate-limited like tus);
+- ``/api/v1/videos/{video_id}``: GET, the video's state; DELETE;
+- ``/api/v1/videos/{video_id}/complete``: POST, the direct upload's parts are all in.
 
 ``X-HTTP-Method-Override`` on a POST names the method, as tus 1.0.0 asks. Every error is JSON,
 ``{"error": CODE, "detail": TEXT}``, with its status (tus statuses as ``origin/tus.py`` says);
@@ -19,14 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reelcdn.origin import direct as direct_mod
 from reelcdn.origin import tus
 from reelcdn.origin.storage import FsStore
-from reelcdn.origin.uploads import EXPIRED, TERMINATED, UPLOADED, Upload, valid_video_id
+from reelcdn.origin.uploads import (
+    EXPIRED,
+    TERMINATED,
+    UPLOADED,
+    Upload,
+    new_video_id,
+    valid_video_id,
+)
 from reelcdn.origin.users import BadToken, RateLimiter, valid_name, verify
 
 if TYPE_CHECKING:
@@ -312,6 +324,9 @@ async def video(request: web.Request) -> web.StreamResponse:
     if request.method not in ("GET", "HEAD", "DELETE"):
         raise _not_allowed("GET, HEAD, DELETE, OPTIONS")
     video_id = request.match_info["video_id"]
+    direct = await asyncio.to_thread(_direct_upload, service, video_id)
+    if direct is not None:
+        return await _direct_video(request, service, direct)
     upload = _find(service, request, video_id)
     entry = await asyncio.to_thread(service.catalog.get, video_id)
     if entry is not None and entry["status"] == "deleted":
@@ -367,12 +382,14 @@ async def _delete_video(service: OriginService, video_id: str,
 async def videos(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/videos?owner=NAME&limit=N``: an owner's videos, newest first. The caller
     sees all of their own (``owner`` defaults to the caller); another owner's only once
-    ``ready``."""
+    ``ready``. ``POST``: a direct-to-bucket upload (:func:`_create_direct`)."""
     service = request.app[SERVICE]
     if request.method == "OPTIONS":
         return web.Response(status=204)
+    if request.method == "POST":
+        return await _create_direct(request, service)
     if request.method not in ("GET", "HEAD"):
-        raise _not_allowed("GET, HEAD, OPTIONS")
+        raise _not_allowed("GET, HEAD, POST, OPTIONS")
     caller = request[USER]
     owner = request.query.get("owner", caller)
     if not valid_name(owner):
@@ -396,6 +413,216 @@ async def videos(request: web.Request) -> web.StreamResponse:
                              headers={"Cache-Control": "no-store"})
 
 
+# -- direct-to-bucket uploads -------------------------------------------------------------------
+
+_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+_MEDIA_TYPE = re.compile(f"{_TOKEN}/{_TOKEN}")
+_TEXT_FIELDS = {"title": 200, "caption": 2000, "hashtags": 1000}
+
+
+def _direct(service: OriginService) -> direct_mod.DirectUploads:
+    if service.direct is None:
+        # 404, not 501: the software has the feature, this deployment has no bucket for it,
+        # which is no server fault (a 5xx is retried by clients and pages whoever is on
+        # call); and a client's rule stays one: 404 here, use tus.
+        raise ApiError(404, "no_direct_upload",
+                       "this origin has no upload bucket: upload with tus (/api/v1/uploads)")
+    return service.direct
+
+
+def _direct_upload(service: OriginService, video_id: str) -> direct_mod.DirectUpload | None:
+    if service.direct is None or not valid_video_id(video_id):
+        return None
+    return service.direct.get(video_id)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "bad_json", "the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_json", "the body must be a JSON object")
+    return body
+
+
+def _text(body: dict[str, Any], name: str, limit: int, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ApiError(400, f"bad_{name}", f"{name} must be a{' non-empty' * required} string")
+    if len(value) > limit or any(ord(c) < 32 and c not in "\n\t" for c in value):
+        raise ApiError(400, f"bad_{name}",
+                       f"{name}: at most {limit} characters, no control characters")
+    return value
+
+
+async def _create_direct(request: web.Request, service: OriginService) -> web.Response:
+    """``POST /api/v1/videos`` ``{"size", "filename", "content_type", "title"?, "caption"?,
+    "hashtags"?}``: a video id, its catalog row (``uploading``), an S3 multipart upload for
+    the source and one presigned PUT URL per part."""
+    direct = _direct(service)
+    body = await _json_object(request)
+    size = body.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ApiError(400, "bad_size", "size must be the file's length in bytes (an integer "
+                       "above 0)")
+    if size > service.config.max_size:
+        raise ApiError(413, "too_large", f"size is above the largest upload allowed "
+                       f"({service.config.max_size} bytes)")
+    filename = _text(body, "filename", 255, required=True)
+    content_type = body.get("content_type")
+    if not isinstance(content_type, str) or not _MEDIA_TYPE.fullmatch(content_type):
+        raise ApiError(400, "bad_content_type", "content_type must be a media type, "
+                       "e.g. video/mp4")
+    metadata = {"filename": filename or "", "content_type": content_type}
+    for name, limit in _TEXT_FIELDS.items():
+        value = _text(body, name, limit)
+        if value is not None:
+            metadata[name] = value
+    user = request[USER]
+    wait = service.limiter.take(user, service.clock())
+    if wait:
+        raise ApiError(429, "rate_limited",
+                       f"too many uploads: {service.limiter.rate} per "
+                       f"{service.limiter.window:g} s",
+                       {"Retry-After": RateLimiter.retry_after(wait)})
+    video_id = new_video_id()
+    upload, parts = await _s3(asyncio.to_thread(
+        direct.create, video_id, user, size, content_type, metadata, service.clock(),
+        service.direct_ttl))
+    service.metrics.started.inc()
+    await asyncio.to_thread(service.catalog.create, video_id, user, metadata)
+    return web.json_response(
+        {"id": video_id, "upload_id": video_id, "part_size": upload.part_size,
+         "parts": parts, "complete": f"/api/v1/videos/{video_id}/complete",
+         "expires_in": service.direct_ttl},
+        status=201,
+        headers={"Location": f"/api/v1/videos/{video_id}", "Cache-Control": "no-store"})
+
+
+async def _s3(call: Any) -> Any:
+    """Await an S3 call: an S3 API that fails or cannot be reached answers 502."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return await call
+    except (BotoCoreError, ClientError) as exc:
+        log.warning("S3 call failed: %s", exc)
+        raise ApiError(502, "s3_unavailable", "the upload bucket failed; try again") from None
+
+
+def _parts(body: dict[str, Any]) -> list[tuple[int, str]]:
+    parts = body.get("parts")
+    if not isinstance(parts, list) or not 1 <= len(parts) <= direct_mod.MAX_PARTS:
+        raise ApiError(400, "bad_parts", "parts must be a list of {part_number, etag}, "
+                       f"1 to {direct_mod.MAX_PARTS} of them")
+    out = []
+    for part in parts:
+        number = part.get("part_number") if isinstance(part, dict) else None
+        etag = part.get("etag") if isinstance(part, dict) else None
+        if (not isinstance(number, int) or isinstance(number, bool)
+                or not 1 <= number <= direct_mod.MAX_PARTS
+                or not isinstance(etag, str) or not etag.strip() or len(etag) > 200):
+            raise ApiError(400, "bad_parts", "each part is {\"part_number\": 1..10000, "
+                           "\"etag\": the ETag of its PUT's answer}")
+        out.append((number, etag.strip()))
+    return out
+
+
+async def complete_direct(request: web.Request) -> web.StreamResponse:
+    """``POST /api/v1/videos/{id}/complete`` ``{"parts": [{"part_number", "etag"}]}`` (the
+    owner only): S3 completes the multipart upload, the object's size is checked, and the
+    video is queued for transcoding as a finished tus upload would be."""
+    service = request.app[SERVICE]
+    if request.method == "OPTIONS":
+        return web.Response(status=204)
+    if request.method != "POST":
+        raise _not_allowed("POST, OPTIONS")
+    direct = _direct(service)
+    video_id = request.match_info["video_id"]
+    upload = await asyncio.to_thread(_direct_upload, service, video_id)
+    if upload is None:
+        raise ApiError(404, "not_found", "no direct upload has this id")
+    if upload.owner != request[USER]:
+        raise ApiError(403, "not_owner", "this upload belongs to another user")
+    parts = _parts(await _json_object(request))
+    with direct.busy(video_id):
+        upload = await asyncio.to_thread(direct.get, video_id)  # as of now
+        assert upload is not None
+        _check_open(upload, service)
+        try:
+            await _s3(asyncio.to_thread(direct.complete, upload, parts, service.clock()))
+        except direct_mod.DirectError as exc:
+            fresh = await asyncio.to_thread(direct.get, video_id)
+            if fresh is not None and fresh.state == direct_mod.ABORTED:
+                await asyncio.to_thread(service.catalog.set_status, video_id, "failed",
+                                        error=exc.reason)
+            raise
+        await asyncio.to_thread(service.on_direct_complete, video_id, upload.bucket,
+                                upload.key, dict(upload.metadata), upload.owner)
+        await asyncio.to_thread(direct.mark_completed, video_id, service.clock())
+    service.metrics.completed.inc()
+    service.metrics.bytes_received.inc(upload.size)
+    return web.json_response({"id": video_id, "status": "processing", "size": upload.size,
+                              "video": f"/api/v1/videos/{video_id}"},
+                             headers={"Cache-Control": "no-store"})
+
+
+def _check_open(upload: direct_mod.DirectUpload, service: OriginService) -> None:
+    """409 for a completed upload, 410 for one aborted or past its time."""
+    if upload.state == direct_mod.COMPLETED:
+        raise ApiError(409, "already_completed", "this upload is complete")
+    if upload.state != direct_mod.UPLOADING:
+        raise ApiError(410, "upload_gone", f"this upload is {upload.state}")
+    if upload.expires <= service.clock():
+        raise ApiError(410, "upload_gone", "this upload has expired")
+
+
+async def _direct_video(request: web.Request, service: OriginService,
+                        upload: direct_mod.DirectUpload) -> web.Response:
+    """GET or DELETE of a video uploaded straight to the bucket."""
+    if upload.owner != request[USER]:
+        raise ApiError(403, "not_owner", "this video belongs to another user")
+    entry = await asyncio.to_thread(service.catalog.get, upload.id)
+    if entry is not None and entry["status"] == "deleted":
+        raise ApiError(410, "deleted", "this video was deleted")
+    if request.method == "DELETE":
+        if entry is not None and entry["status"] == "processing":
+            raise ApiError(409, "processing", "the video is still being processed: delete it "
+                           "once it is ready or failed")
+        assert service.direct is not None
+        await _s3(asyncio.to_thread(service.direct.abort, upload, service.clock()))
+        await _s3(asyncio.to_thread(service.direct.client.delete_object, Bucket=upload.bucket,
+                                    Key=upload.key))
+        return await _delete_video(service, upload.id, entry)
+    state = {direct_mod.COMPLETED: UPLOADED}.get(upload.state, upload.state)
+    if state == direct_mod.UPLOADING and upload.expires <= service.clock():
+        state = EXPIRED
+    if state in (EXPIRED, direct_mod.ABORTED) and (entry is None
+                                                   or entry["status"] == "uploading"):
+        raise ApiError(410, "upload_gone", f"this upload is {state}")
+    status = entry["status"] if entry is not None else "uploading"
+    body: dict[str, Any] = {
+        "id": upload.id, "status": status, "owner": upload.owner,
+        "metadata": upload.metadata,
+        "upload": {"state": state, "length": upload.size, "direct": True},
+        "created": tus.http_date(upload.created),
+    }
+    if state == direct_mod.UPLOADING:
+        body["upload"]["expires"] = tus.http_date(upload.expires)
+    if entry is not None:
+        body.update(title=entry["title"], caption=entry["caption"],
+                    hashtags=entry["hashtags"], renditions=entry["renditions"],
+                    duration=entry["duration"])
+        if entry["renditions"] and status in ("processing", "ready"):
+            body["playback"] = f"/v/{upload.id}/master.m3u8"
+        if entry["error"]:
+            body["error"] = entry["error"]
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 # -- applications ------------------------------------------------------------------------------
 
 def build_app(service: OriginService) -> web.Application:
@@ -406,6 +633,7 @@ def build_app(service: OriginService) -> web.Application:
     app.router.add_route("*", "/api/v1/uploads/{video_id}", upload_item)
     app.router.add_route("*", "/api/v1/videos", videos)
     app.router.add_route("*", "/api/v1/videos/{video_id}", video)
+    app.router.add_route("*", "/api/v1/videos/{video_id}/complete", complete_direct)
     app.on_response_prepare.append(_on_prepare)
     return app
 

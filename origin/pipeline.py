@@ -11,6 +11,12 @@ ends ``failed`` at once with the prober's reason (retrying cannot help), while a
 failure is retried with backoff and, after the queue's ``max_attempts``, dead-lettered with the
 video ``failed``. A worker killed mid-job loses nothing: its lease expires and another worker
 runs the job again (transcode is idempotent: same keys, same bytes).
+
+A direct-to-bucket upload (``origin/direct.py``) is queued by :func:`enqueue_on_direct_upload`
+with ``{"source_s3": {"bucket", "key"}}`` instead of a local path: the worker downloads the
+object into its workdir (boto3 ``download_file``, ranged and parallel for large objects),
+transcodes it like any source and removes the copy. A source that is gone fails the video at
+once; a download that fails otherwise is retried like an encoding failure.
 """
 
 from __future__ import annotations
@@ -51,6 +57,24 @@ def enqueue_on_upload(
     return on_upload_complete
 
 
+def enqueue_on_direct_upload(
+    queue: JobQueue, catalog: VideoCatalog, max_attempts: int = 3
+) -> Callable[[str, str, str, dict[str, str], str], None]:
+    """The same step for a direct-to-bucket upload: the job names the S3 object
+    (``{"source_s3": {"bucket", "key"}}``), which the worker downloads before probing."""
+
+    def on_direct_complete(video_id: str, bucket: str, key: str, metadata: dict[str, str],
+                           owner: str) -> None:
+        catalog.create(video_id, owner, metadata, status="processing")
+        current = catalog.get(video_id)
+        if current is not None and current["status"] == "uploading":
+            catalog.set_status(video_id, "processing")
+        queue.enqueue(video_id, TRANSCODE, {"source_s3": {"bucket": bucket, "key": key}},
+                      max_attempts=max_attempts)
+
+    return on_direct_complete
+
+
 def _rendition_names(meta: VideoMeta) -> list[str]:
     return [rendition.name for rendition in meta.renditions]
 
@@ -69,6 +93,8 @@ class TranscodeWorker:
         worker_id: str | None = None,
         lease_seconds: float = 60.0,
         on_published: Callable[[str, VideoMeta], Any] | None = None,
+        s3_client: Any = None,
+        s3_buckets: tuple[str, ...] = (),
     ) -> None:
         self.queue = queue
         self.store = store
@@ -78,6 +104,11 @@ class TranscodeWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.lease_seconds = lease_seconds
         self.on_published = on_published
+        # Sources uploaded straight to a bucket (``source_s3`` jobs) are read with this
+        # client (made with boto3's defaults on first use when None); with ``s3_buckets``,
+        # a job naming another bucket is refused.
+        self.s3_client = s3_client
+        self.s3_buckets = s3_buckets
 
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         """Run jobs until ``stop`` is set (waiting ``idle_wait`` s when the queue is empty)."""
@@ -105,8 +136,68 @@ class TranscodeWorker:
         return True
 
     def _transcode(self, job: Job) -> None:
+        s3_source = job.payload.get("source_s3")
+        if not s3_source:
+            self._run(job, job.payload.get("source", ""))
+            return
+        # Per process: a worker that lost its lease may still be downloading the same video.
+        local = self.workdir / f"{job.video_id}.{os.getpid()}.source"
+        try:
+            try:
+                self._download(s3_source, local)
+            except InvalidSource as exc:
+                log.info("%s: refused: %s", job.video_id, exc)
+                self.catalog.set_status(job.video_id, "failed", error=str(exc))
+                self.queue.complete(job)
+                return
+            except Exception as exc:  # the network, S3, the disk: retried with backoff
+                self._failed(job, f"downloading the source: {exc.__class__.__name__}: {exc}")
+                return
+            self._run(job, str(local))
+        finally:
+            local.unlink(missing_ok=True)
+
+    def _download(self, s3_source: dict[str, str], local: Path) -> None:
+        """The job's S3 object into the workdir. InvalidSource when it is not there (deleted,
+        or never completed: retrying cannot help) or in a bucket this worker may not read."""
+        from botocore.exceptions import ClientError
+
+        bucket, key = s3_source["bucket"], s3_source["key"]
+        if self.s3_buckets and bucket not in self.s3_buckets:
+            raise InvalidSource(f"the source is in bucket {bucket!r}, which this worker does "
+                                "not read")
+        if self.s3_client is None:
+            import boto3
+
+            self.s3_client = boto3.client("s3")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        partial = local.with_suffix(".partial")
+        try:
+            self.s3_client.download_file(bucket, key, str(partial))
+        except ClientError as exc:
+            partial.unlink(missing_ok=True)
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
+                raise InvalidSource(f"the uploaded source is gone (s3://{bucket}/{key})") \
+                    from None
+            raise
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, local)
+
+    def _failed(self, job: Job, reason: str) -> None:
+        reason = reason[:500]
+        updated = self.queue.fail(job, reason)
+        if updated.state == "dead":
+            self.catalog.set_status(
+                job.video_id, "failed",
+                error=f"transcoding failed {updated.attempts} times; last: {reason}",
+            )
+        log.warning("%s: attempt %d failed: %s", job.video_id, updated.attempts, reason)
+
+    def _run(self, job: Job, source: str) -> None:
         video_id = job.video_id
-        source = job.payload.get("source", "")
 
         def published(meta: VideoMeta) -> None:
             self.catalog.set_status(video_id, "processing", duration=meta.duration,
@@ -125,14 +216,7 @@ class TranscodeWorker:
         except LeaseLost:
             raise
         except Exception as exc:  # ffmpeg, the store, the disk: retried with backoff
-            reason = f"{exc.__class__.__name__}: {exc}"[:500]
-            updated = self.queue.fail(job, reason)
-            if updated.state == "dead":
-                self.catalog.set_status(
-                    video_id, "failed",
-                    error=f"transcoding failed {updated.attempts} times; last: {reason}",
-                )
-            log.warning("%s: attempt %d failed: %s", video_id, updated.attempts, reason)
+            self._failed(job, f"{exc.__class__.__name__}: {exc}")
             return
         meta = result.meta
         self.catalog.set_status(video_id, "ready", duration=meta.duration,

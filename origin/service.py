@@ -4,6 +4,10 @@
 ``origin/api.py`` builds the public application (``/api/v1/``) and the admin application
 (``/metrics``, ``/health``) over it. ``reelcdn origin`` runs one (``run``).
 
+With ``s3_bucket`` set, clients may also upload straight to the bucket in presigned parts
+(``origin/direct.py``, ``POST /api/v1/videos``); ``on_direct_complete``
+(``pipeline.enqueue_on_direct_upload``) queues those with the S3 object as the source.
+
 ``on_upload_complete`` is a plain attribute: a callable ``(video_id, path, metadata, owner)``,
 sync or async, called once the last byte of an upload is committed. By default it is
 ``pipeline.enqueue_on_upload``: the video's catalog row (``videos.sqlite``) goes to
@@ -27,7 +31,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from reelcdn.origin.pipeline import enqueue_on_upload
+from reelcdn.origin.direct import MAX_URL_TTL, DirectUploads, S3Source
+from reelcdn.origin.pipeline import enqueue_on_direct_upload, enqueue_on_upload
 from reelcdn.origin.queue import JobQueue, SqliteQueue
 from reelcdn.origin.tus import Limits
 from reelcdn.origin.uploads import UploadStore
@@ -56,6 +61,13 @@ class OriginConfig:
     purge_targets: tuple[tuple[str, str, str | None], ...] = ()
     sweep_interval: float = 60.0
     read_bufsize: int = 1 << 20         # aiohttp's per-request read buffer
+    # Direct-to-bucket uploads (origin/direct.py): off without a bucket. Sources go to
+    # s3://{s3_bucket}/{s3_prefix}{video_id}/source; credentials from boto3's usual chain.
+    s3_bucket: str | None = None
+    s3_prefix: str = "sources/"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_part_size: int = 8 << 20         # at least 5 MiB (S3's smallest part but the last)
 
 
 class OriginMetrics:
@@ -111,6 +123,19 @@ class OriginService:
         self.queue = SqliteQueue(config.data_dir / "queue.sqlite")
         self.on_upload_complete: CompleteHook | None = enqueue_on_upload(self.queue,
                                                                          self.catalog)
+        # Direct-to-bucket uploads, when the config names a bucket (else None: the routes
+        # answer 404 no_direct_upload). Their presigned URLs, and the uploads, live as long
+        # as an idle tus upload (upload_ttl), at most SigV4's week.
+        self.direct: DirectUploads | None = None
+        self.direct_ttl = int(min(config.upload_ttl, MAX_URL_TTL))
+        if config.s3_bucket:
+            prefix = config.s3_prefix.lstrip("/")
+            prefix += "/" if prefix and not prefix.endswith("/") else ""
+            source = S3Source(config.s3_bucket, prefix, config.s3_endpoint_url,
+                              config.s3_region)
+            self.direct = DirectUploads(config.data_dir / "direct.sqlite", source,
+                                        part_size=config.s3_part_size)
+        self.on_direct_complete = enqueue_on_direct_upload(self.queue, self.catalog)
         self.locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runners: list[web.AppRunner] = []
@@ -189,8 +214,22 @@ class OriginService:
             log.info("expired %d incomplete upload(s)", len(ended))
         return ended
 
+    def sweep_direct(self) -> list[str]:
+        """Abort the direct uploads not completed in time (S3 drops their parts)."""
+        if self.direct is None:
+            return []
+        ended = self.direct.sweep(self.clock())
+        if ended:
+            self.metrics.failed.labels("expired").inc(len(ended))
+            log.info("expired %d direct upload(s)", len(ended))
+        return ended
+
     async def _sweep_loop(self) -> None:
         while True:
+            try:
+                await asyncio.to_thread(self.sweep_direct)
+            except Exception:
+                log.exception("direct upload sweep failed")
             await asyncio.sleep(self.config.sweep_interval)
             try:
                 await asyncio.to_thread(self.sweep)
@@ -231,6 +270,8 @@ class OriginService:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task
         self.store.close()
+        if self.direct is not None:
+            self.direct.close()
         self.catalog.close()
         self.queue.close()
 

@@ -177,6 +177,8 @@ def _cmd_origin(args: argparse.Namespace) -> int:
             cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
             origin_root=Path(args.origin_root) if args.origin_root else None,
             purge_targets=tuple(purge_targets),
+            s3_bucket=args.s3_bucket, s3_prefix=args.s3_prefix,
+            s3_endpoint_url=args.s3_endpoint_url, s3_region=args.s3_region,
         )
     except (OSError, ValueError) as exc:
         print(f"reelcdn: origin: {exc}", file=sys.stderr)
@@ -211,9 +213,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         return 2
     queue = SqliteQueue(data_dir / "queue.sqlite")
     catalog = VideoCatalog(data_dir / "videos.sqlite")
+    s3 = None
+    if args.s3_endpoint_url or args.s3_region or args.s3_bucket:
+        from reelcdn.origin.direct import s3_client
+
+        s3 = s3_client(args.s3_endpoint_url, args.s3_region)
     worker = TranscodeWorker(queue, FsStore(args.origin_root), catalog,
                              workdir=args.workdir or data_dir / "work",
-                             lease_seconds=args.lease)
+                             lease_seconds=args.lease, s3_client=s3,
+                             s3_buckets=(args.s3_bucket,) if args.s3_bucket else ())
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -343,6 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
     origin.add_argument("--topology",
                         help="the topology file: a deleted video is purged from its nodes "
                         "through their admin APIs"),
+    origin.add_argument("--s3-bucket",
+                        help="direct-to-bucket uploads: clients PUT sources to this S3 bucket "
+                        "in presigned parts (POST /api/v1/videos; off without it; credentials "
+                        "from boto3's usual chain)")
+    origin.add_argument("--s3-prefix", default="sources/",
+                        help="key prefix of the sources in --s3-bucket: PREFIX{id}/source "
+                        "(sources/)")
+    origin.add_argument("--s3-endpoint-url",
+                        help="the S3 API endpoint (default: AWS's); the presigned URLs point "
+                        "there, so clients must reach it")
+    origin.add_argument("--s3-region", help="the bucket's region (default: boto3's)")
     origin.set_defaults(func=_cmd_origin)
 
     worker = sub.add_parser(
@@ -355,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--workdir", help="scratch space for ffmpeg (DATA_DIR/work)")
     worker.add_argument("--lease", type=float, default=60.0,
                         help="seconds a job is held before another worker may take it over (60)")
+    worker.add_argument("--s3-bucket",
+                        help="read direct-to-bucket sources from this bucket only (default: "
+                        "the bucket each job names)")
+    worker.add_argument("--s3-endpoint-url",
+                        help="the S3 API endpoint of the sources' bucket (default: AWS's)")
+    worker.add_argument("--s3-region", help="the sources' bucket region (default: boto3's)")
     worker.set_defaults(func=_cmd_worker)
 
     up_file = sub.add_parser(
