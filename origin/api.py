@@ -314,6 +314,20 @@ def _sync_and_commit(writer: Any, checksum: str | None, now: float, expires: flo
 
 # -- videos ------------------------------------------------------------------------------------
 
+def catalog_view(video_id: str, status: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """What the API shows of a video's catalog row: its text, the renditions published so
+    far, ``playback`` once one plays, ``error`` when it failed."""
+    view: dict[str, Any] = {
+        "title": entry["title"], "caption": entry["caption"], "hashtags": entry["hashtags"],
+        "renditions": entry["renditions"], "duration": entry["duration"],
+    }
+    if entry["renditions"] and status in ("processing", "ready"):
+        view["playback"] = f"/v/{video_id}/master.m3u8"
+    if entry["error"]:
+        view["error"] = entry["error"]
+    return view
+
+
 async def video(request: web.Request) -> web.StreamResponse:
     """A video's state: ``status`` (uploading | processing | ready | failed), the renditions
     published so far, ``duration``, ``playback`` (the master playlist's path, once a rendition
@@ -345,13 +359,7 @@ async def video(request: web.Request) -> web.StreamResponse:
         "created": tus.http_date(upload.created),
     }
     if entry is not None:
-        body.update(title=entry["title"], caption=entry["caption"],
-                    hashtags=entry["hashtags"], renditions=entry["renditions"],
-                    duration=entry["duration"])
-        if entry["renditions"] and status in ("processing", "ready"):
-            body["playback"] = f"/v/{video_id}/master.m3u8"
-        if entry["error"]:
-            body["error"] = entry["error"]
+        body.update(catalog_view(video_id, status, entry))
     if upload.state == UPLOADED:
         body["upload"]["sha256"] = upload.sha256
     elif upload.expires is not None:
@@ -402,11 +410,7 @@ async def videos(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "bad_limit", "limit must be an integer from 1 to 200")
     rows = await asyncio.to_thread(service.catalog.by_owner, owner, limit)
     items = [
-        {"id": row["id"], "status": row["status"], "title": row["title"],
-         "caption": row["caption"], "hashtags": row["hashtags"],
-         "renditions": row["renditions"], "duration": row["duration"],
-         **({"playback": f"/v/{row['id']}/master.m3u8"}
-            if row["renditions"] and row["status"] in ("processing", "ready") else {})}
+        {"id": row["id"], "status": row["status"], **catalog_view(row["id"], row["status"], row)}
         for row in rows if owner == caller or row["status"] == "ready"
     ]
     return web.json_response({"owner": owner, "items": items},
@@ -613,13 +617,7 @@ async def _direct_video(request: web.Request, service: OriginService,
     if state == direct_mod.UPLOADING:
         body["upload"]["expires"] = tus.http_date(upload.expires)
     if entry is not None:
-        body.update(title=entry["title"], caption=entry["caption"],
-                    hashtags=entry["hashtags"], renditions=entry["renditions"],
-                    duration=entry["duration"])
-        if entry["renditions"] and status in ("processing", "ready"):
-            body["playback"] = f"/v/{upload.id}/master.m3u8"
-        if entry["error"]:
-            body["error"] = entry["error"]
+        body.update(catalog_view(upload.id, status, entry))
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
