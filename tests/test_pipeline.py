@@ -12,6 +12,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def test_the_worker_publishes_and_the_catalog_follows(tmp_path: Path) -> None:
     hook = enqueue_on_upload(queue, catalog)
     clip = make_clip(tmp_path / "clip.mp4", seconds=4.0)
     poison = tmp_path / "poison.mp4"
-    poison.write_bytes(os.urandom(50_000))
+    poison.write_bytes(random.Random(2026).randbytes(50_000))  # seeded: always "not media"
     catalog.create("GOODVIDEO", "ann", {"title": "a clip", "hashtags": "#cats #dogs"})
     hook("GOODVIDEO", clip, {"title": "a clip"}, "ann")
     hook("GOODVIDEO", clip, {"title": "a clip"}, "ann")  # a hook called twice queues once

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
+import random as _random
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ from reelcdn.origin.transcode import (
     Ladder,
     transcode,
 )
+
+# Bytes that are no media: seeded, because some random draws look like an audio stream to
+# ffmpeg's probe (then the refusal's reason is "no video stream", not "not a media file").
+POISON = _random.Random(2026).randbytes
 
 LADDER = Ladder(rungs=(
     LadderRung("180p", 320, 180, 250_000, 64_000, "main"),
@@ -115,7 +119,7 @@ def test_poison_files_fail_with_a_reason(tmp_path: Path) -> None:
         return caught.value.reason
 
     random = tmp_path / "random.mp4"
-    random.write_bytes(os.urandom(200_000))
+    random.write_bytes(POISON(200_000))
     assert reason(random).startswith("truncated or unreadable file: not a media file")
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
@@ -291,7 +295,7 @@ def test_a_rerun_publishes_the_same_digests_and_keeps_the_video_ready(
 @pytest.mark.slow
 def test_a_poison_source_publishes_nothing(tmp_path: Path) -> None:
     bad = tmp_path / "upload.mp4"
-    bad.write_bytes(os.urandom(50_000))
+    bad.write_bytes(POISON(50_000))
     store = FsStore(tmp_path / "origin")
     with pytest.raises(InvalidSource, match="not a media file"):
         transcode(bad, "bad", store, LADDER, workdir=tmp_path / "work")
