@@ -227,7 +227,8 @@ def main_args(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"reelcdn loadtest: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    from .runner import run, write_outputs
+    from .report import write_outputs
+    from .runner import run
 
     try:
         outcome = asyncio.run(run(options, log=lambda line: print(line, file=sys.stderr)))

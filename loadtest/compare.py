@@ -223,7 +223,8 @@ def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
 
 def main_compare(args: argparse.Namespace) -> int:
     from .options import EXIT_FAILED, EXIT_OK, EXIT_SLO, EXIT_USAGE, UsageError, build_options
-    from .runner import run, warm_caches, write_outputs
+    from .report import write_outputs
+    from .runner import run, warm_caches
 
     origin_dir = Path(args.compare_nginx)
     if not (origin_dir / "v").is_dir():

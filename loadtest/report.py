@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -249,3 +250,16 @@ def render_html(outcome: RunOutcome, plots: dict[str, str]) -> str:
 
 def write_html(outcome: RunOutcome, path: Path) -> None:
     path.write_text(render_html(outcome, make_plots(outcome)), encoding="utf-8")
+
+
+def write_outputs(outcome: RunOutcome, report_dir: Path) -> dict[str, Path]:
+    """summary.json, players.jsonl and report.html in ``report_dir``."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"summary": report_dir / "summary.json", "players": report_dir / "players.jsonl",
+             "html": report_dir / "report.html"}
+    paths["summary"].write_text(json.dumps(outcome.summary, indent=2, default=str) + "\n")
+    with paths["players"].open("w") as out:
+        for result in outcome.players:
+            out.write(json.dumps(result.to_json(), default=str) + "\n")
+    write_html(outcome, paths["html"])
+    return paths

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import multiprocessing
 import os
 import queue
@@ -436,18 +435,3 @@ def describe(options: RunOptions, wall: float) -> dict[str, Any]:
         "processes": options.processes,
         "seed": workload.seed,
     }
-
-
-def write_outputs(outcome: RunOutcome, report_dir: Path) -> dict[str, Path]:
-    """summary.json, players.jsonl and report.html in ``report_dir``."""
-    report_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"summary": report_dir / "summary.json", "players": report_dir / "players.jsonl",
-             "html": report_dir / "report.html"}
-    paths["summary"].write_text(json.dumps(outcome.summary, indent=2, default=str) + "\n")
-    with paths["players"].open("w") as out:
-        for result in outcome.players:
-            out.write(json.dumps(result.to_json(), default=str) + "\n")
-    from .report import write_html
-
-    write_html(outcome, paths["html"])
-    return paths
