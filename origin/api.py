@@ -42,11 +42,11 @@ from reelcdn.origin.uploads import (
 from reelcdn.origin.users import BadToken, RateLimiter, valid_name, verify
 
 if TYPE_CHECKING:
-    from reelcdn.origin.service import OriginService
+    from reelcdn.origin.state import OriginState
 
 log = logging.getLogger("reelcdn.origin")
 
-SERVICE: web.AppKey[OriginService] = web.AppKey("origin_service")
+SERVICE: web.AppKey[OriginState] = web.AppKey("origin_service")
 USER = web.RequestKey("origin_user", str)
 WRITE_BATCH = 1 << 20  # bytes gathered before one pwrite
 
@@ -86,7 +86,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         return _error_response(500, "internal", "the server failed; try again")
 
 
-def _authenticate(request: web.Request, service: OriginService) -> str:
+def _authenticate(request: web.Request, service: OriginState) -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     challenge = {"WWW-Authenticate": 'Bearer realm="reelcdn"'}
@@ -128,7 +128,7 @@ def _method(request: web.Request) -> str:
     return request.method
 
 
-def _options(service: OriginService) -> web.Response:
+def _options(service: OriginState) -> web.Response:
     return web.Response(status=204, headers=tus.options_headers(service.limits))
 
 
@@ -176,7 +176,7 @@ async def uploads_root(request: web.Request) -> web.StreamResponse:
     return web.Response(status=201, headers=headers)
 
 
-def _lock(service: OriginService, video_id: str) -> asyncio.Lock:
+def _lock(service: OriginState, video_id: str) -> asyncio.Lock:
     """One request at a time changes an upload; another one meanwhile → 423."""
     lock = service.locks.setdefault(video_id, asyncio.Lock())
     if lock.locked():
@@ -184,7 +184,7 @@ def _lock(service: OriginService, video_id: str) -> asyncio.Lock:
     return lock
 
 
-def _find(service: OriginService, request: web.Request, video_id: str) -> Upload:
+def _find(service: OriginState, request: web.Request, video_id: str) -> Upload:
     """The caller's available upload: 404 unknown, 410 expired or terminated, 403 another
     user's. An upload found past its expiry is expired here and now."""
     upload = service.store.get(video_id) if valid_video_id(video_id) else None
@@ -233,7 +233,7 @@ async def upload_item(request: web.Request) -> web.StreamResponse:
     raise _not_allowed("HEAD, PATCH, DELETE, OPTIONS")
 
 
-async def _receive(request: web.Request, service: OriginService, upload: Upload,
+async def _receive(request: web.Request, service: OriginState, upload: Upload,
                    checksum: tus.Checksum | None) -> None:
     """Append the request's body to the upload at its committed offset: write as it arrives,
     then (checksum verified) fsync and commit the offset. A checksum mismatch or a body past
@@ -367,7 +367,7 @@ async def video(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
-async def _delete_video(service: OriginService, video_id: str,
+async def _delete_video(service: OriginState, video_id: str,
                         entry: dict[str, Any] | None) -> web.Response:
     """Remove a video: its published objects, its copies on every node (purged through their
     admin APIs, parents first), its upload; the catalog keeps a ``deleted`` row (GET: 410).
@@ -424,7 +424,7 @@ _MEDIA_TYPE = re.compile(f"{_TOKEN}/{_TOKEN}")
 _TEXT_FIELDS = {"title": 200, "caption": 2000, "hashtags": 1000}
 
 
-def _direct(service: OriginService) -> direct_mod.DirectUploads:
+def _direct(service: OriginState) -> direct_mod.DirectUploads:
     if service.direct is None:
         # 404, not 501: the software has the feature, this deployment has no bucket for it,
         # which is no server fault (a 5xx is retried by clients and pages whoever is on
@@ -434,7 +434,7 @@ def _direct(service: OriginService) -> direct_mod.DirectUploads:
     return service.direct
 
 
-def _direct_upload(service: OriginService, video_id: str) -> direct_mod.DirectUpload | None:
+def _direct_upload(service: OriginState, video_id: str) -> direct_mod.DirectUpload | None:
     if service.direct is None or not valid_video_id(video_id):
         return None
     return service.direct.get(video_id)
@@ -462,7 +462,7 @@ def _text(body: dict[str, Any], name: str, limit: int, *, required: bool = False
     return value
 
 
-async def _create_direct(request: web.Request, service: OriginService) -> web.Response:
+async def _create_direct(request: web.Request, service: OriginState) -> web.Response:
     """``POST /api/v1/videos`` ``{"size", "filename", "content_type", "title"?, "caption"?,
     "hashtags"?}``: a video id, its catalog row (``uploading``), an S3 multipart upload for
     the source and one presigned PUT URL per part."""
@@ -574,7 +574,7 @@ async def complete_direct(request: web.Request) -> web.StreamResponse:
                              headers={"Cache-Control": "no-store"})
 
 
-def _check_open(upload: direct_mod.DirectUpload, service: OriginService) -> None:
+def _check_open(upload: direct_mod.DirectUpload, service: OriginState) -> None:
     """409 for a completed upload, 410 for one aborted or past its time."""
     if upload.state == direct_mod.COMPLETED:
         raise ApiError(409, "already_completed", "this upload is complete")
@@ -584,7 +584,7 @@ def _check_open(upload: direct_mod.DirectUpload, service: OriginService) -> None
         raise ApiError(410, "upload_gone", "this upload has expired")
 
 
-async def _direct_video(request: web.Request, service: OriginService,
+async def _direct_video(request: web.Request, service: OriginState,
                         upload: direct_mod.DirectUpload) -> web.Response:
     """GET or DELETE of a video uploaded straight to the bucket."""
     if upload.owner != request[USER]:
@@ -623,7 +623,7 @@ async def _direct_video(request: web.Request, service: OriginService,
 
 # -- applications ------------------------------------------------------------------------------
 
-def build_app(service: OriginService) -> web.Application:
+def build_app(service: OriginState) -> web.Application:
     app = web.Application(middlewares=[_middleware])
     app[SERVICE] = service
     app.router.add_route("*", "/api/v1/uploads", uploads_root)
@@ -647,7 +647,7 @@ async def _health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_admin_app(service: OriginService) -> web.Application:
+def build_admin_app(service: OriginState) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
     app.router.add_get("/metrics", _metrics)

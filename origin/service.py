@@ -1,228 +1,35 @@
-"""The origin service: its configuration, state, metrics and listeners.
+"""The origin service: the state of ``origin/state.py`` behind its two listeners.
 
-``OriginService`` owns the upload store, the signing keys, the rate limiter and the metrics;
-``origin/api.py`` builds the public application (``/api/v1/``) and the admin application
-(``/metrics``, ``/health``) over it. ``reelcdn origin`` runs one (``run``).
-
-With ``s3_bucket`` set, clients may also upload straight to the bucket in presigned parts
-(``origin/direct.py``, ``POST /api/v1/videos``); ``on_direct_complete``
-(``pipeline.enqueue_on_direct_upload``) queues those with the S3 object as the source.
-
-``on_upload_complete`` is a plain attribute: a callable ``(video_id, path, metadata, owner)``,
-sync or async, called once the last byte of an upload is committed. By default it is
-``pipeline.enqueue_on_upload``: the video's catalog row (``videos.sqlite``) goes to
-``processing`` and a transcoding job is queued (``queue.sqlite``) for ``reelcdn worker``. A
-call that raises is logged and tried again at the next start (the row keeps ``notified = 0``
-until a call returns), so a crash between the last byte and the call does not lose the video.
+``OriginService`` is an :class:`~reelcdn.origin.state.OriginState` with the public application
+(``/api/v1/``) and the admin one (``/metrics``, ``/health``) that ``origin/api.py`` builds over
+it, the sweeps of expired uploads, and ``start``/``stop``. ``reelcdn origin`` runs one (``run``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from reelcdn.origin.direct import MAX_URL_TTL, DirectUploads, S3Source
-from reelcdn.origin.pipeline import enqueue_on_direct_upload, enqueue_on_upload
-from reelcdn.origin.queue import JobQueue, SqliteQueue
-from reelcdn.origin.tus import Limits
-from reelcdn.origin.uploads import UploadStore
-from reelcdn.origin.users import Keys, RateLimiter
-from reelcdn.origin.videos import STATUSES, VideoCatalog
+from reelcdn.origin.api import build_admin_app, build_app
+from reelcdn.origin.state import OriginConfig, OriginMetrics, OriginState
+
+__all__ = ["OriginConfig", "OriginMetrics", "OriginService", "run"]
 
 log = logging.getLogger("reelcdn.origin")
 
-GiB = 1 << 30
-CompleteHook = Callable[[str, Path, dict[str, str], str], Any]
 
-
-@dataclass(frozen=True)
-class OriginConfig:
-    data_dir: Path
-    keys: Keys
-    max_size: int = 4 * GiB             # Tus-Max-Size
-    upload_ttl: float = 24 * 3600.0     # incomplete uploads expire this long after their last write
-    uploads_per_window: int = 30        # upload creations per user ...
-    rate_window: float = 3600.0         # ... per this many seconds
-    cors_origins: tuple[str, ...] = ("*",)
-    # Where workers publish videos (the shield's fs origin root): DELETE removes them there.
-    origin_root: Path | None = None
-    # The nodes a deleted video is purged from: (name, admin base URL, bearer token or None),
-    # parents first, so an edge that refills after its purge finds its parent purged too.
-    purge_targets: tuple[tuple[str, str, str | None], ...] = ()
-    sweep_interval: float = 60.0
-    read_bufsize: int = 1 << 20         # aiohttp's per-request read buffer
-    # Direct-to-bucket uploads (origin/direct.py): off without a bucket. Sources go to
-    # s3://{s3_bucket}/{s3_prefix}{video_id}/source; credentials from boto3's usual chain.
-    s3_bucket: str | None = None
-    s3_prefix: str = "sources/"
-    s3_endpoint_url: str | None = None
-    s3_region: str | None = None
-    s3_part_size: int = 8 << 20         # at least 5 MiB (S3's smallest part but the last)
-
-
-class OriginMetrics:
-    """Counters in a registry of the service's own (several services may share a process)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.started = Counter("reelcdn_origin_uploads_started", "uploads created",
-                               registry=self.registry)
-        self.completed = Counter("reelcdn_origin_uploads_completed",
-                                 "uploads whose last byte was committed", registry=self.registry)
-        self.failed = Counter(
-            "reelcdn_origin_uploads_failed",
-            "upload requests whose bytes were not kept (checksum_mismatch, body_too_large, "
-            "aborted) and uploads lost (expired, terminated)",
-            ["reason"], registry=self.registry)
-        self.bytes_received = Counter("reelcdn_origin_upload_bytes_received",
-                                      "upload bytes committed (fsynced)", registry=self.registry)
-        self.errors = Counter("reelcdn_origin_api_errors", "API error answers by code",
-                              ["status", "code"], registry=self.registry)
-        self.jobs = Gauge("reelcdn_origin_jobs", "transcoding jobs by state (pending, leased, "
-                          "done, dead)", ["state"], registry=self.registry)
-        self.queue_depth = Gauge("reelcdn_origin_queue_depth",
-                                 "transcoding jobs not finished (pending + leased)",
-                                 registry=self.registry)
-        self.videos = Gauge("reelcdn_origin_videos", "videos by status", ["status"],
-                            registry=self.registry)
-
-    def observe_pipeline(self, queue: JobQueue, catalog: VideoCatalog) -> None:
-        """Read the queue's and the catalog's levels (at scrape: workers change them from
-        other processes)."""
-        counts = queue.counts()
-        for state in ("pending", "leased", "done", "dead"):
-            self.jobs.labels(state).set(counts.get(state, 0))
-        self.queue_depth.set(queue.depth())
-        by_status = catalog.count_by_status()
-        for status in STATUSES:
-            self.videos.labels(status).set(by_status.get(status, 0))
-
-
-class OriginService:
+class OriginService(OriginState):
     def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time) -> None:
-        from reelcdn.origin.api import build_admin_app, build_app
-
-        self.config = config
-        self.clock = clock
-        self.limits = Limits(max_size=config.max_size)
-        self.store = UploadStore(config.data_dir)
-        self.limiter = RateLimiter(config.uploads_per_window, config.rate_window)
-        self.metrics = OriginMetrics()
-        # The video catalog and the transcoding queue, in the data dir beside the uploads.
-        self.catalog = VideoCatalog(config.data_dir / "videos.sqlite")
-        self.queue = SqliteQueue(config.data_dir / "queue.sqlite")
-        self.on_upload_complete: CompleteHook | None = enqueue_on_upload(self.queue,
-                                                                         self.catalog)
-        # Direct-to-bucket uploads, when the config names a bucket (else None: the routes
-        # answer 404 no_direct_upload). Their presigned URLs, and the uploads, live as long
-        # as an idle tus upload (upload_ttl), at most SigV4's week.
-        self.direct: DirectUploads | None = None
-        self.direct_ttl = int(min(config.upload_ttl, MAX_URL_TTL))
-        if config.s3_bucket:
-            prefix = config.s3_prefix.lstrip("/")
-            prefix += "/" if prefix and not prefix.endswith("/") else ""
-            source = S3Source(config.s3_bucket, prefix, config.s3_endpoint_url,
-                              config.s3_region)
-            self.direct = DirectUploads(config.data_dir / "direct.sqlite", source,
-                                        part_size=config.s3_part_size)
-        self.on_direct_complete = enqueue_on_direct_upload(self.queue, self.catalog)
-        self.locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        super().__init__(config, clock)
         self._runners: list[web.AppRunner] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.app = build_app(self)
         self.admin_app = build_admin_app(self)
-
-    # -- the completion hook -------------------------------------------------------------------
-
-    async def upload_complete(self, video_id: str) -> None:
-        """Tell ``on_upload_complete`` about a complete upload (inline for a sync callable; an
-        async one is awaited in a task of its own, so the client's 204 does not wait)."""
-        hook = self.on_upload_complete
-        upload = self.store.get(video_id)
-        if hook is None or upload is None:
-            return
-        try:
-            result = hook(video_id, upload.path, dict(upload.metadata), upload.owner)
-        except Exception:
-            log.exception("on_upload_complete(%s) failed; tried again at the next start",
-                          video_id)
-            return
-        if inspect.isawaitable(result):
-            task = asyncio.ensure_future(self._await_hook(video_id, result))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            self.store.mark_notified(video_id)
-
-    async def _await_hook(self, video_id: str, result: Any) -> None:
-        try:
-            await result
-        except Exception:
-            log.exception("on_upload_complete(%s) failed; tried again at the next start",
-                          video_id)
-        else:
-            self.store.mark_notified(video_id)
-
-    async def notify_pending(self) -> None:
-        """Uploads completed but never handed to the hook (a crash, or a hook that raised)."""
-        if self.on_upload_complete is None:
-            return
-        for video_id in self.store.unnotified():
-            await self.upload_complete(video_id)
-
-    # -- deleting a video ----------------------------------------------------------------------
-
-    async def purge_video(self, video_id: str) -> dict[str, Any]:
-        """Purge a video from every node of the topology through their admin APIs, parents
-        first; each node's answer (objects purged) or its error."""
-        import aiohttp
-
-        results: dict[str, Any] = {}
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for name, url, token in self.config.purge_targets:
-                headers = {"Authorization": f"Bearer {token}"} if token else {}
-                try:
-                    async with session.post(f"{url}/purge", json={"video": video_id},
-                                            headers=headers) as response:
-                        body = await response.json(content_type=None)
-                        results[name] = (body.get("purged") if response.status == 200
-                                         else {"error": f"status {response.status}"})
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    results[name] = {"error": str(exc) or exc.__class__.__name__}
-        return results
-
-    # -- expiry --------------------------------------------------------------------------------
-
-    def sweep(self) -> list[str]:
-        ended = self.store.sweep(self.clock())
-        for video_id in ended:
-            self.locks.pop(video_id, None)
-            self.metrics.failed.labels("expired").inc()
-        if ended:
-            log.info("expired %d incomplete upload(s)", len(ended))
-        return ended
-
-    def sweep_direct(self) -> list[str]:
-        """Abort the direct uploads not completed in time (S3 drops their parts)."""
-        if self.direct is None:
-            return []
-        ended = self.direct.sweep(self.clock())
-        if ended:
-            self.metrics.failed.labels("expired").inc(len(ended))
-            log.info("expired %d direct upload(s)", len(ended))
-        return ended
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -266,14 +73,9 @@ class OriginService:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        for task in list(self._tasks):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await task
-        self.store.close()
-        if self.direct is not None:
-            self.direct.close()
-        self.catalog.close()
-        self.queue.close()
+        await self.finish_tasks()
+        self.close()
+
 
 
 async def run(config: OriginConfig, host: str, port: int, admin_host: str | None,
