@@ -29,6 +29,7 @@ from reelcdn.manifests.master import (
     select_variants,
 )
 from reelcdn.manifests.media import find_media, iframe_template, media_template
+from reelcdn.manifests.meta import VideoMeta
 from reelcdn.manifests.options import (
     OPTION_PARAMETERS,
     Pathway,
@@ -39,7 +40,6 @@ from reelcdn.manifests.options import (
 )
 from reelcdn.manifests.text import Template
 from reelcdn.manifests.versions import MIN_VERSION, required_version
-from reelcdn.origin.meta import VideoMeta
 
 __all__ = [
     "IFRAME_PLAYLIST",

@@ -15,16 +15,16 @@ import dataclasses
 from collections.abc import Sequence
 
 from reelcdn.manifests.errors import NotReady, NoVariants
-from reelcdn.manifests.options import Pathway, RenderOptions
-from reelcdn.manifests.text import Template, quoted, uri_slot
-from reelcdn.manifests.versions import required_version
-from reelcdn.origin.meta import (
+from reelcdn.manifests.meta import (
     AudioRendition,
     Rendition,
     VideoMeta,
     average_bandwidth,
     peak_bandwidth,
 )
+from reelcdn.manifests.options import Pathway, RenderOptions
+from reelcdn.manifests.text import Template, quoted, uri_slot
+from reelcdn.manifests.versions import required_version
 
 __all__ = ["IFRAME_PLAYLIST", "MEDIA_PLAYLIST", "Variant", "master_template", "select_variants"]
 

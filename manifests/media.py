@@ -15,9 +15,16 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from reelcdn.manifests.errors import NotReady, UnknownRendition
+from reelcdn.manifests.meta import (
+    AudioRendition,
+    IFrame,
+    InitSection,
+    Rendition,
+    Segment,
+    VideoMeta,
+)
 from reelcdn.manifests.text import Template, byterange, duration, quoted, rounded, uri_slot
 from reelcdn.manifests.versions import required_version
-from reelcdn.origin.meta import AudioRendition, IFrame, InitSection, Rendition, Segment, VideoMeta
 
 __all__ = ["find_media", "iframe_template", "media_template"]
 

@@ -6,7 +6,7 @@ text) and encoded in one ffmpeg run into a CMAF/fMP4 HLS ladder laid out exactly
 serves it (docs/overview.md, "URL scheme")::
 
     {root}/v/{video_id}/master.m3u8            written here from meta.json
-    {root}/v/{video_id}/meta.json              reelcdn.origin.meta.VideoMeta
+    {root}/v/{video_id}/meta.json              reelcdn.manifests.meta.VideoMeta
     {root}/v/{video_id}/poster.jpg             a frame at ~1 s, 640 px wide
     {root}/v/{video_id}/{rendition}/index.m3u8 ffmpeg's VOD media playlist
     {root}/v/{video_id}/{rendition}/init.mp4   CMAF header
@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from reelcdn.origin.meta import (
+from reelcdn.manifests.meta import (
     InitSection,
     Rendition,
     Segment,

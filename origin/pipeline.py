@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reelcdn.origin.meta import VideoMeta
+from reelcdn.manifests.meta import VideoMeta
 from reelcdn.origin.probe import InvalidSource
 from reelcdn.origin.queue import Job, JobQueue, LeaseLost
 from reelcdn.origin.storage import ObjectStore

@@ -23,7 +23,7 @@ every rung (closed GOPs, no scene-cut keyframes), so a player can switch renditi
 segment boundary even though the rungs come from two ffmpeg runs. The encoder options are the
 demo synthesiser's (:func:`reelcdn.origin.demo.hls_rung_args`) and the rendition description
 (:func:`reelcdn.origin.demo.build_rendition`) too, plus a Merkle root per rendition over its
-segment digests (:mod:`reelcdn.origin.merkle`).
+segment digests (:mod:`reelcdn.manifests.merkle`).
 
 Idempotent: encoding is deterministic (same ffmpeg, same options, same source: same bytes), and
 publishing replaces what is there, so a rerun for the same video id (a retried job) publishes
@@ -43,7 +43,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reelcdn.origin import merkle
+from reelcdn.manifests import merkle
+from reelcdn.manifests.meta import Rendition, VideoMeta, renditions_sorted
 from reelcdn.origin.demo import (
     DEFAULT_LADDER,
     POSTER_WIDTH,
@@ -56,7 +57,6 @@ from reelcdn.origin.demo import (
     render_master_playlist,
     run_ffmpeg,
 )
-from reelcdn.origin.meta import Rendition, VideoMeta, renditions_sorted
 from reelcdn.origin.probe import MAX_DURATION, MAX_SIZE, SourceInfo, probe, validate
 from reelcdn.origin.storage import ObjectStore
 

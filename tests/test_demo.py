@@ -21,9 +21,7 @@ import imageio_ffmpeg  # noqa: E402, F401
 import m3u8  # noqa: E402
 import pytest
 
-from reelcdn.origin import demo
-from reelcdn.origin.demo import DemoError, LadderRung, synthesise_demo_videos
-from reelcdn.origin.meta import (
+from reelcdn.manifests.meta import (
     InitSection,
     Rendition,
     Segment,
@@ -31,6 +29,8 @@ from reelcdn.origin.meta import (
     average_bandwidth,
     peak_bandwidth,
 )
+from reelcdn.origin import demo
+from reelcdn.origin.demo import DemoError, LadderRung, synthesise_demo_videos
 
 pytestmark = pytest.mark.slow  # ffmpeg synthesises demo videos
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reelcdn.origin import merkle
-from reelcdn.origin.meta import InitSection, Rendition, Segment, sha256_digest
+from reelcdn.manifests import merkle
+from reelcdn.manifests.meta import InitSection, Rendition, Segment, sha256_digest
 
 digests = st.lists(st.binary(min_size=32, max_size=32), min_size=1, max_size=40)
 

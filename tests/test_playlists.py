@@ -18,7 +18,7 @@ from rawhttp import get, read_response
 
 from reelcdn.edge.config import SteeringConfig
 from reelcdn.manifests import options_from_query, render_master, render_media
-from reelcdn.origin.meta import VideoMeta
+from reelcdn.manifests.meta import VideoMeta
 
 pytestmark = pytest.mark.slow  # ffmpeg demo videos served through a real 3-tier topology
 

@@ -18,7 +18,8 @@ import av
 import pytest
 from media import make_clip
 
-from reelcdn.origin import merkle
+from reelcdn.manifests import merkle
+from reelcdn.manifests.meta import VideoMeta
 from reelcdn.origin.demo import (
     LadderRung,
     ffmpeg_exe,
@@ -26,7 +27,6 @@ from reelcdn.origin.demo import (
     run_ffmpeg,
     segment_starts_with_keyframe,
 )
-from reelcdn.origin.meta import VideoMeta
 from reelcdn.origin.probe import InvalidSource, SourceInfo, probe, validate
 from reelcdn.origin.storage import FsStore
 from reelcdn.origin.transcode import (

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from reelcdn.edge.http.message import Request
 from reelcdn.edge.video import cmcd, playlists
 from reelcdn.edge.video.prefetch import Prefetcher, request_host, resolve
-from reelcdn.origin.meta import VideoMeta
+from reelcdn.manifests.meta import VideoMeta
 
 if TYPE_CHECKING:
     from reelcdn.edge.http.connection import HttpConnection

@@ -61,7 +61,7 @@ from reelcdn.manifests import (
     media_template,
     options_from_query,
 )
-from reelcdn.origin.meta import VideoMeta
+from reelcdn.manifests.meta import VideoMeta
 
 if TYPE_CHECKING:
     from reelcdn.edge.config import NodeConfig, SteeringConfig

@@ -27,7 +27,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from reelcdn.origin import merkle
+from reelcdn.manifests.merkle import root as merkle_tree_root
 
 __all__ = [
     "SCHEMA",
@@ -470,7 +470,7 @@ class Rendition:
                             self.merkle_root)
             # Checked, not trusted: a root that does not cover the listed digests would make
             # every segment fail verification downstream (cost: 2n hashes of 33-65 bytes).
-            expected = merkle.root([s.digest for s in self.segments])
+            expected = merkle_tree_root([s.digest for s in self.segments])
             if self.merkle_root != expected:
                 raise _fail(f"{field}.merkle_root",
                             f"does not match the segment digests (expected {expected!r})",
