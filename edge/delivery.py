@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING
 from reelcdn.edge.cache.bodyfile import FileBody
 from reelcdn.edge.fetch.coalescer import Fetch
 from reelcdn.edge.fetch.contract import FetchFailed
-from reelcdn.edge.http.message import NO_PRIOR, Request, render_fields
+from reelcdn.edge.http.message import NO_PRIOR, render_fields
 from reelcdn.edge.metrics import NodeStats
 from reelcdn.edge.video import cmsd
 from reelcdn.extensions import (
     head as heads,  # compiled twins when built, else extensions/_head_py.py
 )
 from reelcdn.extensions import ranges  # and extensions/_ranges_py.py
+from reelcdn.extensions.message import Request
 
 if TYPE_CHECKING:
     from reelcdn.edge.http.connection import HttpConnection

@@ -50,7 +50,6 @@ from reelcdn.edge.http import conditional
 from reelcdn.edge.http.dates import format_http_date, http_date_now_bytes
 from reelcdn.edge.http.message import (
     HOP_BY_HOP,
-    Request,
     error_response,
     forwardable,
     normalise_accept_encoding,
@@ -59,6 +58,7 @@ from reelcdn.edge.http.message import (
 from reelcdn.edge.metrics import NodeStats
 from reelcdn.edge.video.features import CONTINUE, EdgeFeatures
 from reelcdn.extensions import ranges  # compiled twin when built, else extensions/_ranges_py.py
+from reelcdn.extensions.message import Request
 
 if TYPE_CHECKING:
     from reelcdn.edge.http.connection import HttpConnection

@@ -13,7 +13,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from libc.string cimport memcpy
 
 from reelcdn.extensions._head_py import build_head as _pure_build_head
-from reelcdn.edge.http.message import status_line as _status_line
+from reelcdn.extensions.message import status_line as _status_line
 
 cdef dict _STATUS_LINES = {}
 

@@ -15,7 +15,7 @@ what a C function takes without touching Python attributes.
 
 from __future__ import annotations
 
-from reelcdn.edge.http.message import status_line
+from reelcdn.extensions.message import status_line
 
 __all__ = ["build_head"]
 

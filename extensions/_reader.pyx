@@ -16,8 +16,8 @@ import logging
 
 import httptools
 
-from reelcdn.edge.http.message import Request
-from reelcdn.edge.http.target import BadPath, canonical_path, valid_host
+from reelcdn.extensions.message import Request
+from reelcdn.extensions.target import BadPath, canonical_path, valid_host
 from reelcdn.extensions._reader_py import (
     BODY as _BODY,
     CLOSING as _CLOSING,

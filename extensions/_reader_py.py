@@ -31,8 +31,8 @@ from typing import Any
 
 import httptools
 
-from reelcdn.edge.http.message import Request
-from reelcdn.edge.http.target import BadPath, canonical_path, valid_host
+from reelcdn.extensions.message import Request
+from reelcdn.extensions.target import BadPath, canonical_path, valid_host
 
 __all__ = [
     "BODY",

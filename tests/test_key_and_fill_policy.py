@@ -18,8 +18,8 @@ from rawhttp import get
 from reelcdn.edge.cache.keys import KeyPolicy
 from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.http.message import normalise_accept_encoding
-from reelcdn.edge.http.target import BadPath, canonical_path, is_canonical_target
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.extensions.target import BadPath, canonical_path, is_canonical_target
 
 CACHEABLE = {"Cache-Control": "max-age=300"}
 

@@ -19,10 +19,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from reelcdn.edge.http.target import canonical_path
+from reelcdn.extensions.target import canonical_path
 
 if TYPE_CHECKING:
-    from reelcdn.edge.http.message import Request
+    from reelcdn.extensions.message import Request
 
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})")

@@ -27,7 +27,7 @@ from reelcdn.edge.fetch.contract import (
     UpstreamResponse,
     UpstreamTimeouts,
 )
-from reelcdn.edge.http.target import is_canonical_target
+from reelcdn.extensions.target import is_canonical_target
 
 
 class HttpResponse(UpstreamResponse):

@@ -1,3 +1,4 @@
-"""The HTTP/1.1 protocol layer: the request record and field rules, dates, the canonical
-request path, precondition evaluation, and the connection (an ``asyncio.Protocol``).
-Imports nothing of the layers above it."""
+"""The HTTP/1.1 protocol layer: field rules, dates, precondition evaluation, and the
+connection (an ``asyncio.Protocol``). The request record and the canonical request path are the
+request readers' (``reelcdn.extensions.message``, ``reelcdn.extensions.target``). Imports
+nothing of the layers above it."""

@@ -59,9 +59,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from reelcdn.edge.cache.bodyfile import FileBody
-from reelcdn.edge.http.message import Request, error_response
+from reelcdn.edge.http.message import error_response
 from reelcdn.extensions import reader
 from reelcdn.extensions._reader_py import BODY, CLOSING, HEAD, IDLE
+from reelcdn.extensions.message import Request
 
 if TYPE_CHECKING:
     from reelcdn.edge.ops.server import NodeServer

@@ -1,15 +1,14 @@
-"""HTTP/1.1 vocabulary shared by the node: the request record, reason phrases, header rules.
+"""HTTP/1.1 field rules shared by the node: hop-by-hop fields, Accept-Encoding normalised,
+error responses, header blocks and validators.
 
 Kept free of I/O (in the spirit of h11) so the protocol, the request steps and the upstream can
-all speak the same small types. A request is one ``__slots__`` object filled by the parser
-callbacks; nothing else is allocated per request on the HIT path.
+all speak the same small types. The request record (``Request``) and the status line are the
+request readers' vocabulary and live beside them, in ``reelcdn.extensions.message``.
 """
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
-REASONS: dict[int, bytes] = {s.value: s.phrase.encode("latin-1") for s in HTTPStatus}
+from reelcdn.extensions.message import REASONS, status_line
 
 # RFC 9110 §7.6.1: connection-specific fields never forwarded by an intermediary.
 HOP_BY_HOP: frozenset[bytes] = frozenset(
@@ -56,55 +55,6 @@ def normalise_accept_encoding(value: bytes) -> bytes:
             named[coding] = accepted
     kept = [c for c in KNOWN_CODINGS if named.get(c, bool(star))]
     return b", ".join(kept) if kept else b"identity"
-
-
-def status_line(status: int, version: bytes = b"1.1") -> bytes:
-    """``HTTP/1.1 200 OK\\r\\n`` for any status, with a generic phrase for unknown codes."""
-    reason = REASONS.get(status, b"Unknown")
-    return b"HTTP/" + version + b" " + str(status).encode() + b" " + reason + b"\r\n"
-
-
-class Request:
-    """One parsed request. Header names are lowercased bytes; repeated fields comma-joined
-    in ``headers`` (for lookups), kept separate in ``raw_headers`` (for forwarding)."""
-
-    __slots__ = (
-        "method",
-        "target",
-        "path",
-        "query",
-        "headers",
-        "raw_headers",
-        "body",
-        "version",
-        "keep_alive",
-        "client_ip",
-        "error",
-        "start",
-    )
-
-    def __init__(self) -> None:
-        self.method: str = "GET"
-        self.target: bytes = b""
-        self.path: str = "/"
-        self.query: str = ""
-        self.headers: dict[bytes, bytes] = {}
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.body: bytes | None = None
-        self.version: bytes = b"1.1"
-        self.keep_alive: bool = True
-        self.client_ip: str = ""
-        # (status, reason) when the protocol rejected the request: answered in pipeline order.
-        self.error: tuple[int, str] | None = None
-        self.start: float = 0.0
-
-    def header(self, name: bytes) -> str | None:
-        """The (comma-joined) value of a request field as text, or None."""
-        value = self.headers.get(name)
-        return None if value is None else value.decode("latin-1")
-
-    def __repr__(self) -> str:
-        return f"<Request {self.method} {self.target!r}>"
 
 
 def error_response(status: int, reason: str, *, close: bool, head_only: bool = False) -> bytes:

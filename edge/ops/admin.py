@@ -24,8 +24,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.edge.cache.bodyfile import DESCRIPTORS
 from reelcdn.edge.cache.keys import split_target
-from reelcdn.edge.http.target import BadPath, canonical_path
 from reelcdn.edge.metrics import node_registry, stats_snapshot, upstream_up_values
+from reelcdn.extensions.target import BadPath, canonical_path
 
 if TYPE_CHECKING:
     from reelcdn.edge.node import CacheNode

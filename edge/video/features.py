@@ -19,9 +19,9 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
-from reelcdn.edge.http.message import Request
 from reelcdn.edge.video import cmcd, playlists
 from reelcdn.edge.video.prefetch import Prefetcher, request_host, resolve
+from reelcdn.extensions.message import Request
 from reelcdn.manifests.meta import VideoMeta
 
 if TYPE_CHECKING:

@@ -44,8 +44,8 @@ from reelcdn.edge.cache.keys import host_of
 from reelcdn.edge.cache.store import CacheEntry
 from reelcdn.edge.fetch.contract import FetchFailed
 from reelcdn.edge.http import conditional
-from reelcdn.edge.http.message import Request
 from reelcdn.edge.video import cmsd
+from reelcdn.extensions.message import Request
 from reelcdn.manifests import (
     ManifestError,
     NotReady,

@@ -34,8 +34,8 @@ from urllib.parse import urljoin, urlsplit
 from reelcdn.edge.cache.keys import host_of
 from reelcdn.edge.cache.store import CacheEntry, MemoryStore
 from reelcdn.edge.fetch.coalescer import Fetch
-from reelcdn.edge.http.message import Request
-from reelcdn.edge.http.target import BadPath
+from reelcdn.extensions.message import Request
+from reelcdn.extensions.target import BadPath
 
 # Fetch-standard marker on a prefetch's fill, so a parent's logs can tell it from a player's.
 PREFETCH_FIELDS = ((b"Sec-Purpose", b"prefetch"),)

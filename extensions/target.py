@@ -1,7 +1,8 @@
 """The request path in its one canonical form: what the cache key, the fill and the origin see.
 
-Why here, at the protocol layer: a path is decided once, when the request is read, so every
-later step (the cache key, purge, TTL rules, the fill toward a parent, a pass, an ``http``
+Why here, beside the request readers (``_reader_py.py`` and its compiled twin, which call
+:func:`canonical_path` and :func:`valid_host`): a path is decided once, when the request is read,
+so every later step (the cache key, purge, TTL rules, the fill toward a parent, a pass, an ``http``
 origin with a path prefix) works on the same string and none can be fooled by a spelling the
 others read differently. The canonical form (RFC 3986 §6.2.2, plus what origins do):
 
