@@ -4,8 +4,14 @@ One row per video id (the id of its upload). The status moves ``uploading`` → 
 (the upload is complete and queued; once the first rendition is published the row lists it) →
 ``ready``, or → ``failed`` with a reason a person can act on. The upload service creates rows,
 the transcoding workers move them along, the API reads them. SQLite in WAL mode with a
-``busy_timeout`` is shared by the service and the worker processes of one host; a catalog for
-many hosts needs a shared database behind the same methods (not built yet).
+``busy_timeout`` is shared by the service and the worker processes of one host.
+
+:class:`Catalog` is the interface every caller is typed against (the service, the API, the
+pipeline, the worker command); :class:`VideoCatalog` is its SQLite implementation and the
+reference for its semantics. Origin hosts that share one catalog use
+:class:`reelcdn.origin.videos_dynamo.DynamoCatalog` (DynamoDB), which keeps the same rules with
+conditional writes. A catalog whose database fails or cannot be reached raises
+:class:`CatalogUnavailable` (the API answers 503).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 STATUSES = ("uploading", "processing", "ready", "failed", "deleted")
 
@@ -48,6 +54,69 @@ def hashtags_of(text: str) -> list[str]:
         if tag and tag not in tags:
             tags.append(tag[:64])
     return tags[:30]
+
+
+def row_fields(metadata: dict[str, str]) -> dict[str, Any]:
+    """The text a new row keeps of an upload's metadata, cut to the catalog's lengths
+    (``hashtags`` parsed into a list): the same in every implementation."""
+    return {
+        "title": metadata.get("title", "")[:200],
+        "caption": metadata.get("caption", "")[:2000],
+        "hashtags": hashtags_of(metadata.get("hashtags", "")),
+        "filename": metadata.get("filename", "")[:255],
+    }
+
+
+class CatalogUnavailable(RuntimeError):
+    """The catalog's database failed or could not be reached (throttled, unreachable, its
+    table missing): nothing was changed that the caller can rely on; try again later."""
+
+
+class Catalog(Protocol):
+    """The video catalog, as its callers use it; every implementation keeps these rules.
+
+    A row (``get``, ``by_owner``) is a dict with exactly the keys ``id``, ``owner``,
+    ``title``, ``caption``, ``hashtags`` (list), ``filename``, ``status``, ``error`` (str or
+    None), ``duration`` (float or None), ``renditions`` (list), ``created``, ``updated`` (Unix
+    seconds, float). Methods are called from several threads at once.
+    """
+
+    def create(self, video_id: str, owner: str, metadata: dict[str, str],
+               status: str = "uploading") -> None:
+        """A row for a new upload; an existing row is left as it is (creation is retried),
+        even when two hosts create the same id at once: the first write wins."""
+        ...
+
+    def set_status(
+        self,
+        video_id: str,
+        status: str,
+        *,
+        error: str | None = None,
+        duration: float | None = None,
+        renditions: Sequence[str] | None = None,
+    ) -> None:
+        """Set ``status`` and ``error`` (None clears it); ``duration`` and ``renditions`` only
+        when given. ValueError for a status not in STATUSES, KeyError for an unknown id. A
+        ``ready`` video is never set back to ``processing`` (the call does nothing), checked
+        atomically with the write."""
+        ...
+
+    def get(self, video_id: str) -> dict[str, Any] | None:
+        """The row, as of the latest write (any host's), or None."""
+        ...
+
+    def count_by_status(self) -> dict[str, int]:
+        """Rows per status; statuses with none are left out."""
+        ...
+
+    def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
+        """An owner's rows, newest ``created`` first, at most ``limit`` (0: none; negative:
+        all)."""
+        ...
+
+    def close(self) -> None:
+        ...
 
 
 class VideoCatalog:
@@ -85,14 +154,13 @@ class VideoCatalog:
                status: str = "uploading") -> None:
         """A row for a new upload (nothing changes if it exists: creation is retried)."""
         now = time.time()
+        fields = row_fields(metadata)
         with self._write() as conn:
             conn.execute(
                 "INSERT OR IGNORE INTO videos (id, owner, title, caption, hashtags, filename,"
                 " status, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (video_id, owner, metadata.get("title", "")[:200],
-                 metadata.get("caption", "")[:2000],
-                 json.dumps(hashtags_of(metadata.get("hashtags", ""))),
-                 metadata.get("filename", "")[:255], status, now, now),
+                (video_id, owner, fields["title"], fields["caption"],
+                 json.dumps(fields["hashtags"]), fields["filename"], status, now, now),
             )
 
     def set_status(
