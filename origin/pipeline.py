@@ -34,7 +34,7 @@ from reelcdn.origin.probe import InvalidSource
 from reelcdn.origin.queue import Job, JobQueue, LeaseLost
 from reelcdn.origin.storage import ObjectStore
 from reelcdn.origin.transcode import Ladder, transcode
-from reelcdn.origin.videos import VideoCatalog
+from reelcdn.origin.videos import Catalog
 
 log = logging.getLogger("reelcdn.worker")
 
@@ -42,7 +42,7 @@ TRANSCODE = "transcode"
 
 
 def enqueue_on_upload(
-    queue: JobQueue, catalog: VideoCatalog, max_attempts: int = 3
+    queue: JobQueue, catalog: Catalog, max_attempts: int = 3
 ) -> Callable[[str, Path, dict[str, str], str], None]:
     """The upload service's completion hook: catalog row → ``processing``, one job queued."""
 
@@ -58,7 +58,7 @@ def enqueue_on_upload(
 
 
 def enqueue_on_direct_upload(
-    queue: JobQueue, catalog: VideoCatalog, max_attempts: int = 3
+    queue: JobQueue, catalog: Catalog, max_attempts: int = 3
 ) -> Callable[[str, str, str, dict[str, str], str], None]:
     """The same step for a direct-to-bucket upload: the job names the S3 object
     (``{"source_s3": {"bucket", "key"}}``), which the worker downloads before probing."""
@@ -86,7 +86,7 @@ class TranscodeWorker:
         self,
         queue: JobQueue,
         store: ObjectStore,
-        catalog: VideoCatalog,
+        catalog: Catalog,
         *,
         workdir: str | os.PathLike[str],
         ladder: Ladder | None = None,

@@ -37,7 +37,7 @@ from reelcdn.origin.queue import JobQueue, SqliteQueue
 from reelcdn.origin.tus import Limits
 from reelcdn.origin.uploads import UploadStore
 from reelcdn.origin.users import Keys, RateLimiter
-from reelcdn.origin.videos import STATUSES, VideoCatalog
+from reelcdn.origin.videos import STATUSES, Catalog, VideoCatalog
 
 log = logging.getLogger("reelcdn.origin")
 
@@ -96,7 +96,7 @@ class OriginMetrics:
         self.videos = Gauge("reelcdn_origin_videos", "videos by status", ["status"],
                             registry=self.registry)
 
-    def observe_pipeline(self, queue: JobQueue, catalog: VideoCatalog) -> None:
+    def observe_pipeline(self, queue: JobQueue, catalog: Catalog) -> None:
         """Read the queue's and the catalog's levels (at scrape: workers change them from
         other processes)."""
         counts = queue.counts()
@@ -117,7 +117,7 @@ class OriginState:
         self.limiter = RateLimiter(config.uploads_per_window, config.rate_window)
         self.metrics = OriginMetrics()
         # The video catalog and the transcoding queue, in the data dir beside the uploads.
-        self.catalog = VideoCatalog(config.data_dir / "videos.sqlite")
+        self.catalog: Catalog = VideoCatalog(config.data_dir / "videos.sqlite")
         self.queue = SqliteQueue(config.data_dir / "queue.sqlite")
         self.on_upload_complete: CompleteHook | None = enqueue_on_upload(self.queue,
                                                                          self.catalog)
