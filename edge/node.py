@@ -151,7 +151,7 @@ class CacheNode:
     ) -> None:
         """``build_upstream`` makes the node's upstream from a config (and again on a reload
         that changes it): the parents, an origin chain or a URL. It comes from the place that
-        composes a node (``connectors.build_upstream``), so the request steps never import
+        composes a node (``reelcdn.shield.connectors.build_upstream``), so the edge never imports
         the origin connectors."""
         self.config = config
         self.name = config.name

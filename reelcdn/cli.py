@@ -46,6 +46,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
     _die_with_supervisor()
     from reelcdn.edge.ops.server import install_uvloop, serve
+    from reelcdn.shield.connectors import build_upstream
 
     worker = args.worker_index is not None
     if worker and (args.worker_admin_socket is None or args.worker_count is None
@@ -90,7 +91,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         config = worker_config(config, args.worker_count)
     try:
         asyncio.run(serve(  # type: ignore[arg-type]
-            config, reload_config=reload, reuse_port=worker,
+            config, build_upstream, reload_config=reload, reuse_port=worker,
             admin_socket=args.worker_admin_socket if worker else None,
             worker_index=args.worker_index,
         ))

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from reelcdn.edge.config import NodeConfig, node_config_from_dict
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.shield.connectors import build_upstream
 
 
 def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
@@ -190,7 +191,7 @@ async def start_node() -> AsyncIterator[Callable[..., Any]]:
     servers: list[NodeServer] = []
 
     async def start(upstream: str, name: str = "edge-t", **overrides: Any) -> NodeServer:
-        server = NodeServer(make_config(upstream, name, **overrides))
+        server = NodeServer(make_config(upstream, name, **overrides), build_upstream)
         await server.start()
         servers.append(server)
         return server

@@ -8,6 +8,7 @@ from pathlib import Path
 import aiohttp
 
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.shield.connectors import build_upstream
 
 
 async def test_a_single_node_answers_404(node, client) -> None:
@@ -22,7 +23,7 @@ async def test_a_worker_serves_its_snapshot(origin, tmp_path: Path) -> None:
     from conftest import make_config
 
     sock = str(tmp_path / "w0.sock")
-    server = NodeServer(make_config(origin.url), admin_socket=sock, worker_index=0)
+    server = NodeServer(make_config(origin.url), build_upstream, admin_socket=sock, worker_index=0)
     await server.start()
     try:
         connector = aiohttp.UnixConnector(path=sock)

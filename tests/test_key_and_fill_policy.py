@@ -20,6 +20,7 @@ from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.http.message import normalise_accept_encoding
 from reelcdn.edge.ops.server import NodeServer
 from reelcdn.extensions.target import BadPath, canonical_path, is_canonical_target
+from reelcdn.shield.connectors import build_upstream
 
 CACHEABLE = {"Cache-Control": "max-age=300"}
 
@@ -212,7 +213,7 @@ listen = "127.0.0.1:{free_port()}"
 origins = ["web"]
 """
     topology = topology_from_text(text, base_dir=str(tmp_path))
-    server = NodeServer(topology.nodes["shield-1"])
+    server = NodeServer(topology.nodes["shield-1"], build_upstream)
     await server.start()
     yield server, origin
     await server.stop(grace=1.0)

@@ -36,6 +36,7 @@ from reelcdn.origin.storage import FsStore
 from reelcdn.origin.transcode import Ladder
 from reelcdn.origin.users import Keys, mint
 from reelcdn.origin.videos import VideoCatalog
+from reelcdn.shield.connectors import build_upstream
 
 pytestmark = pytest.mark.slow
 
@@ -105,9 +106,26 @@ ttl = "1s"
 
 
 def _worker(data_dir: Path, origin_root: Path, lease: float) -> subprocess.Popen[bytes]:
+    """A ``reelcdn worker`` sharing the service's SQLite queue and catalog (its data dir)."""
+    config = data_dir.parent / "worker.toml"
+    config.write_text(f"""
+[origin.main]
+type = "fs"
+root = "{origin_root}"
+
+[node.shield-1]
+role = "shield"
+listen = "127.0.0.1:{free_port()}"
+origins = ["main"]
+
+[api]
+data_dir = "{data_dir}"
+
+[transcode]
+lease = {lease}
+""")
     return subprocess.Popen(
-        [sys.executable, "-m", "reelcdn.cli", "worker", "--data-dir", str(data_dir),
-         "--origin-root", str(origin_root), "--lease", str(lease)],
+        [sys.executable, "-m", "reelcdn.cli", "worker", "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
 
@@ -148,7 +166,7 @@ async def test_upload_to_playback_through_the_cdn(tmp_path: Path) -> None:
     shield_port, edge_port = free_port(), free_port()
     topology = topology_from_text(_topology(origin_root, shield_port, edge_port),
                                   base_dir=str(tmp_path))
-    nodes = [NodeServer(topology.nodes[name]) for name in ("shield-1", "edge-a")]
+    nodes = [NodeServer(topology.nodes[name], build_upstream) for name in ("shield-1", "edge-a")]
     for node in nodes:
         await node.start()
     targets = tuple((n.node.name, f"http://127.0.0.1:{n.admin_port}", None) for n in nodes)

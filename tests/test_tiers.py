@@ -16,6 +16,7 @@ from s3server import s3_endpoint  # noqa: F401  (a fixture)
 from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.metrics import node_registry
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.shield.connectors import build_upstream
 
 TOPOLOGY = """
 [defaults]
@@ -92,7 +93,7 @@ async def start_tiers(tmp_path: Path, edge_parents: str) -> Tiers:
     topology = topology_from_text(text, base_dir=str(tmp_path))
     servers: dict[str, NodeServer] = {}
     for name in topology.order_for_start():
-        server = NodeServer(topology.nodes[name])
+        server = NodeServer(topology.nodes[name], build_upstream)
         await server.start()
         servers[name] = server
     return Tiers(tmp_path, servers)
@@ -227,7 +228,7 @@ async def test_s3_origin_through_a_shield_and_failover_to_fs(tmp_path, s3_endpoi
     servers = []
     try:
         for name in topology.order_for_start():
-            server = NodeServer(topology.nodes[name])
+            server = NodeServer(topology.nodes[name], build_upstream)
             await server.start()
             servers.append(server)
         response = await get(edge, "/v/s3vid/360p/seg_00000.m4s")

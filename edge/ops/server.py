@@ -24,10 +24,10 @@ from aiohttp import web
 
 from reelcdn.edge.cache.bodyfile import descriptor_budget
 from reelcdn.edge.config import NodeConfig, describe_upstream
+from reelcdn.edge.fetch.contract import Upstream
 from reelcdn.edge.http.connection import HttpConnection
 from reelcdn.edge.node import CacheNode
 from reelcdn.edge.ops.admin import LocalAdmin, build_admin_app, start_admin
-from reelcdn.edge.ops.connectors import build_upstream
 
 log = logging.getLogger("reelcdn.server")
 
@@ -44,14 +44,19 @@ class NodeServer:
     def __init__(
         self,
         config: NodeConfig,
+        build_upstream: Callable[[NodeConfig], Upstream],
         *,
         reuse_port: bool = False,
         admin_socket: str | None = None,
         worker_index: int | None = None,
     ) -> None:
-        """``reuse_port``: bind the data listener with SO_REUSEPORT (a worker; with it, a
-        private loopback listener too). ``admin_socket``: serve admin (with
-        ``/internal/stats``) on this unix socket instead of the configured TCP address."""
+        """``build_upstream`` makes the node's upstream from its config (handed to
+        :class:`CacheNode`, which calls it again on a reload): what composes a node passes
+        ``reelcdn.shield.connectors.build_upstream``, which knows every connector, so the
+        edge never imports the shield above it. ``reuse_port``: bind the data listener with
+        SO_REUSEPORT (a worker; with it, a private loopback listener too). ``admin_socket``:
+        serve admin (with ``/internal/stats``) on this unix socket instead of the configured
+        TCP address."""
         self.node = CacheNode(config, build_upstream)
         self.reuse_port = reuse_port
         self.admin_socket = admin_socket
@@ -213,6 +218,7 @@ def install_uvloop() -> bool:
 
 async def serve(
     config: NodeConfig,
+    build_upstream: Callable[[NodeConfig], Upstream],
     reload_config: Callable[[], NodeConfig] | None = None,
     ready: Callable[[NodeServer], None] | None = None,
     *,
@@ -222,10 +228,10 @@ async def serve(
 ) -> None:
     """Run a node until SIGINT/SIGTERM; SIGHUP reloads through ``reload_config``.
 
-    ``reuse_port``, ``admin_socket`` and ``worker_index`` make it one worker of a
-    multi-worker node (see :class:`NodeServer`)."""
-    server = NodeServer(config, reuse_port=reuse_port, admin_socket=admin_socket,
-                        worker_index=worker_index)
+    ``build_upstream`` as for :class:`NodeServer`; ``reuse_port``, ``admin_socket`` and
+    ``worker_index`` make it one worker of a multi-worker node."""
+    server = NodeServer(config, build_upstream, reuse_port=reuse_port,
+                        admin_socket=admin_socket, worker_index=worker_index)
     await server.start()
     if ready is not None:
         ready(server)

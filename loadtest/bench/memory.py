@@ -234,7 +234,7 @@ class EntryBuilder:
         }
         if sendfile_min is not None:
             table["sendfile_min_size"] = sendfile_min
-        from reelcdn.edge.ops.connectors import build_upstream
+        from reelcdn.shield.connectors import build_upstream
 
         self.node = node_module.CacheNode(node_config_from_dict("memory-bench", table),
                                           build_upstream)

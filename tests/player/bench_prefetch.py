@@ -38,6 +38,7 @@ from demo_tiers import VIDEO, free_ports, synthesise  # noqa: E402
 
 from reelcdn.edge.config import topology_from_text  # noqa: E402
 from reelcdn.edge.ops.server import NodeServer  # noqa: E402
+from reelcdn.shield.connectors import build_upstream  # noqa: E402
 
 MODES = {
     "off": {"prefetch_segments": 0, "prefetch_cmcd": False},
@@ -139,7 +140,7 @@ async def run_mode(root: Path, mode: str, players: int, concurrency: int,
     topology = topology_from_text(text, base_dir=str(root))
     servers = []
     for name in topology.order_for_start():
-        server = NodeServer(topology.nodes[name])
+        server = NodeServer(topology.nodes[name], build_upstream)
         await server.start()
         servers.append(server)
     gate = asyncio.Semaphore(concurrency)

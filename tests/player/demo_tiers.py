@@ -15,6 +15,7 @@ from typing import Any
 from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.ops.server import NodeServer
 from reelcdn.origin.demo import DEFAULT_LADDER, synthesise_demo_videos
+from reelcdn.shield.connectors import build_upstream
 
 VIDEO = "demo-1"
 # 360p (avc1 Main) and 720p (avc1 High): enough to see every filter choose differently.
@@ -105,7 +106,7 @@ class DemoTiers:
 
     async def start(self) -> DemoTiers:
         for name in self.topology.order_for_start():
-            server = NodeServer(self.topology.nodes[name])
+            server = NodeServer(self.topology.nodes[name], build_upstream)
             await server.start()
             self.servers[name] = server
         return self

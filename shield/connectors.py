@@ -1,10 +1,13 @@
 """Which upstream a node's config names, built: the one place that knows every connector.
 
 A node fetches from exactly one of: an upstream URL (``HttpUpstream``), parents chosen by
-rendezvous hashing (``ParentSet``), or origins in failover order (a shield's
-``reelcdn.shield`` chain: fs, s3, http). The server composes a node with this function, so the
-request steps (``node.py``) depend on the ``Upstream`` contract only, and the shield's
-connectors are imported where nodes are put together, not below them.
+rendezvous hashing (``ParentSet``), or origins in failover order (a shield's origin chain: fs,
+s3, http). The request steps (``edge/node.py``) and the server (``edge/ops/server.py``) depend
+on the ``Upstream`` contract only and take this function as a parameter
+(``NodeServer(config, build_upstream)``, ``serve(config, build_upstream, ...)``); what puts a
+node together — the ``reelcdn node`` command, the tests, the benchmarks — passes it. It lives
+in ``shield/`` because it is the one composition that knows the shield's connectors, and the
+shield sits above the edge: ``edge/`` never imports ``shield/``.
 """
 
 from __future__ import annotations
