@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from reelcdn.manifests.meta import VideoMeta
-from reelcdn.origin.probe import InvalidSource
+from reelcdn.origin.probe import MAX_DURATION, MAX_SIZE, InvalidSource
 from reelcdn.origin.queue import Job, JobQueue, LeaseLost
 from reelcdn.origin.storage import ObjectStore
 from reelcdn.origin.transcode import Ladder, transcode
@@ -95,6 +95,8 @@ class TranscodeWorker:
         on_published: Callable[[str, VideoMeta], Any] | None = None,
         s3_client: Any = None,
         s3_buckets: tuple[str, ...] = (),
+        max_duration: float = MAX_DURATION,
+        max_size: int = MAX_SIZE,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -109,6 +111,9 @@ class TranscodeWorker:
         # a job naming another bucket is refused.
         self.s3_client = s3_client
         self.s3_buckets = s3_buckets
+        # A source longer or larger fails its video with the reason (origin/probe.py).
+        self.max_duration = max_duration
+        self.max_size = max_size
 
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         """Run jobs until ``stop`` is set (waiting ``idle_wait`` s when the queue is empty)."""
@@ -207,7 +212,8 @@ class TranscodeWorker:
 
         try:
             result = transcode(source, video_id, self.store, self.ladder,
-                               workdir=self.workdir, on_publish=published)
+                               workdir=self.workdir, on_publish=published,
+                               max_duration=self.max_duration, max_size=self.max_size)
         except InvalidSource as exc:
             log.info("%s: refused: %s", video_id, exc)
             self.catalog.set_status(video_id, "failed", error=str(exc))

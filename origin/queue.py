@@ -182,6 +182,9 @@ class JobQueue(abc.ABC):
         """Send a dead job back to the queue with its attempts reset (its last error kept for
         context). Raises :class:`JobNotFound` if no dead letter has this id."""
 
+    def close(self) -> None:  # noqa: B027  (optional: a queue may hold nothing to release)
+        """Release what the queue holds open (connections); it is not used afterwards."""
+
 
 # ---------------------------------------------------------------------------------------------
 # SQLite

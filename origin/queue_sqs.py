@@ -169,6 +169,9 @@ class SqsQueue(JobQueue):
             )
         self.max_receive = int(json.loads(attributes["RedrivePolicy"])["maxReceiveCount"])
 
+    def close(self) -> None:
+        self.client.close()
+
     # -- helpers ------------------------------------------------------------------------------
 
     @staticmethod

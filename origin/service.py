@@ -16,7 +16,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from reelcdn.origin.api import build_admin_app, build_app
+from reelcdn.origin.config import OriginServices, open_catalog, open_queue
+from reelcdn.origin.queue import JobQueue
 from reelcdn.origin.state import OriginConfig, OriginMetrics, OriginState
+from reelcdn.origin.videos import Catalog
 
 __all__ = ["OriginConfig", "OriginMetrics", "OriginService", "run"]
 
@@ -24,8 +27,9 @@ log = logging.getLogger("reelcdn.origin")
 
 
 class OriginService(OriginState):
-    def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(config, clock)
+    def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time, *,
+                 queue: JobQueue | None = None, catalog: Catalog | None = None) -> None:
+        super().__init__(config, clock, queue=queue, catalog=catalog)
         self._runners: list[web.AppRunner] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.app = build_app(self)
@@ -78,13 +82,22 @@ class OriginService(OriginState):
 
 
 
-async def run(config: OriginConfig, host: str, port: int, admin_host: str | None,
-              admin_port: int | None) -> None:
-    """Serve until SIGTERM or SIGINT."""
+async def run(services: OriginServices) -> None:
+    """Serve the ``[api]`` of a topology until SIGTERM or SIGINT, with the queue and catalog
+    its ``[queue]`` and ``[catalog]`` name."""
     import signal
 
-    service = OriginService(config)
-    bound, admin_bound = await service.start(host, port, admin_host, admin_port)
+    config = services.service_config()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    service = OriginService(config, queue=open_queue(services.queue),
+                            catalog=open_catalog(services.catalog))
+    (host, port), admin = services.api.listen, services.api.admin
+    admin_host, admin_port = admin if admin is not None else (None, None)
+    try:
+        bound, admin_bound = await service.start(host, port, admin_host, admin_port)
+    except BaseException:
+        await service.stop()
+        raise
     log.info("origin API on http://%s:%d/api/v1/%s", host, bound,
              f", admin on http://{admin_host}:{admin_bound}/" if admin_bound else "")
     stop = asyncio.Event()

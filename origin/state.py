@@ -68,6 +68,7 @@ class OriginConfig:
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     s3_part_size: int = 8 << 20         # at least 5 MiB (S3's smallest part but the last)
+    max_attempts: int = 3               # runs of a transcoding job before it is dead-lettered
 
 
 class OriginMetrics:
@@ -109,18 +110,22 @@ class OriginMetrics:
 
 
 class OriginState:
-    def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time, *,
+                 queue: JobQueue | None = None, catalog: Catalog | None = None) -> None:
+        """``queue`` and ``catalog`` default to SQLite files in the data dir; the topology's
+        ``[queue]`` and ``[catalog]`` may name shared ones (``origin/config.py``)."""
         self.config = config
         self.clock = clock
         self.limits = Limits(max_size=config.max_size)
         self.store = UploadStore(config.data_dir)
         self.limiter = RateLimiter(config.uploads_per_window, config.rate_window)
         self.metrics = OriginMetrics()
-        # The video catalog and the transcoding queue, in the data dir beside the uploads.
-        self.catalog: Catalog = VideoCatalog(config.data_dir / "videos.sqlite")
-        self.queue = SqliteQueue(config.data_dir / "queue.sqlite")
-        self.on_upload_complete: CompleteHook | None = enqueue_on_upload(self.queue,
-                                                                         self.catalog)
+        self.catalog: Catalog = catalog if catalog is not None else VideoCatalog(
+            config.data_dir / "videos.sqlite")
+        self.queue = queue if queue is not None else SqliteQueue(
+            config.data_dir / "queue.sqlite")
+        self.on_upload_complete: CompleteHook | None = enqueue_on_upload(
+            self.queue, self.catalog, config.max_attempts)
         # Direct-to-bucket uploads, when the config names a bucket (else None: the routes
         # answer 404 no_direct_upload). Their presigned URLs, and the uploads, live as long
         # as an idle tus upload (upload_ttl), at most SigV4's week.
@@ -133,7 +138,8 @@ class OriginState:
                               config.s3_region)
             self.direct = DirectUploads(config.data_dir / "direct.sqlite", source,
                                         part_size=config.s3_part_size)
-        self.on_direct_complete = enqueue_on_direct_upload(self.queue, self.catalog)
+        self.on_direct_complete = enqueue_on_direct_upload(self.queue, self.catalog,
+                                                           config.max_attempts)
         self.locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from typing import Any
 
 from reelcdn import __version__
 
@@ -103,17 +104,24 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from reelcdn.edge.config import ConfigError, describe_upstream, load_config_file
+    from reelcdn.edge.config import ConfigError, describe_upstream, load_topology
+    from reelcdn.origin.config import services_from_topology
 
     try:
-        nodes = load_config_file(args.config)
+        topology = load_topology(args.config)
+        services = services_from_topology(topology)
     except ConfigError as exc:
         print(f"reelcdn: config error: {exc}", file=sys.stderr)
         return 2
+    nodes = topology.nodes
     for name, node in nodes.items():
         workers = f" ({node.workers} workers)" if node.workers > 1 else ""
         print(f"{name}: {node.role} listen {node.listen_host}:{node.listen_port}{workers} "
               f"{describe_upstream(node)}")
+    if services.publish is not None:
+        print(f"origin services: API {services.api.listen[0]}:{services.api.listen[1]}, "
+              f"{services.queue.type} queue, {services.catalog.type} catalog, publishing to "
+              f"{services.publish.name}")
     print(f"{args.config}: OK ({len(nodes)} node{'s' if len(nodes) != 1 else ''})")
     return 0
 
@@ -142,53 +150,39 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
-def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+def _load_services(args: argparse.Namespace, command: str) -> Any:
+    """The topology's service sections, or None after printing the config error."""
+    from reelcdn.edge.config import ConfigError
+    from reelcdn.origin.config import load_services
+
+    try:
+        return load_services(args.config)
+    except ConfigError as exc:
+        print(f"reelcdn: {command}: config error: {exc}", file=sys.stderr)
+        return None
 
 
 def _cmd_origin(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from reelcdn.edge.config import ConfigError
     from reelcdn.edge.ops.server import install_uvloop
-    from reelcdn.origin.service import OriginConfig, run
-    from reelcdn.origin.users import load_keys, parse_duration
+    from reelcdn.origin.service import run
 
     _die_with_supervisor()
-
-    try:
-        keys = load_keys(args.key_file)
-        rate, _, window = args.upload_rate.partition("/")
-        purge_targets: list[tuple[str, str, str | None]] = []
-        if args.topology:
-            from reelcdn.edge.config import load_topology
-
-            topology = load_topology(Path(args.topology))
-            for name in topology.order_for_start():
-                node = topology.nodes[name]
-                if node.admin_host and node.admin_port:
-                    purge_targets.append((name, f"http://{node.admin_host}:{node.admin_port}",
-                                          node.admin_token))
-        config = OriginConfig(
-            data_dir=Path(args.data_dir), keys=keys, max_size=args.max_size,
-            upload_ttl=parse_duration(args.upload_ttl), uploads_per_window=int(rate),
-            rate_window=parse_duration(window or "1h"),
-            cors_origins=tuple(o.strip() for o in args.cors_origins.split(",") if o.strip()),
-            origin_root=Path(args.origin_root) if args.origin_root else None,
-            purge_targets=tuple(purge_targets),
-            s3_bucket=args.s3_bucket, s3_prefix=args.s3_prefix,
-            s3_endpoint_url=args.s3_endpoint_url, s3_region=args.s3_region,
-        )
-    except (OSError, ValueError) as exc:
-        print(f"reelcdn: origin: {exc}", file=sys.stderr)
+    services = _load_services(args, "origin")
+    if services is None:
+        return 2
+    try:  # a missing key file or publish origin is a config error, before binding
+        services.keys()
+        services.publish_origin()
+    except ConfigError as exc:
+        print(f"reelcdn: origin: config error: {exc}", file=sys.stderr)
         return 2
     install_uvloop()
-    host, port = args.listen
-    admin_host, admin_port = args.admin if args.admin else (None, None)
     try:
-        asyncio.run(run(config, host, port, admin_host, admin_port))
+        asyncio.run(run(services))
+    except ConfigError as exc:
+        print(f"reelcdn: origin: config error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"reelcdn: origin could not start: {exc}", file=sys.stderr)
         return 1
@@ -196,38 +190,48 @@ def _cmd_origin(args: argparse.Namespace) -> int:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    """Run transcoding jobs from the origin's queue until SIGTERM/SIGINT."""
+    """Run transcoding jobs from the topology's queue until SIGTERM/SIGINT."""
     import signal
     import threading
-    from pathlib import Path
 
+    from reelcdn.edge.config import ConfigError
+    from reelcdn.origin.config import open_catalog, open_queue, open_store
     from reelcdn.origin.pipeline import TranscodeWorker
-    from reelcdn.origin.queue import SqliteQueue
-    from reelcdn.origin.storage import FsStore
-    from reelcdn.origin.videos import VideoCatalog
 
     _die_with_supervisor()
-    data_dir = Path(args.data_dir)
-    if not data_dir.is_dir():
-        print(f"reelcdn: worker: --data-dir {data_dir}: no such directory (the origin "
-              "service's)", file=sys.stderr)
+    services = _load_services(args, "worker")
+    if services is None:
         return 2
-    queue = SqliteQueue(data_dir / "queue.sqlite")
-    catalog = VideoCatalog(data_dir / "videos.sqlite")
+    transcode, api = services.transcode, services.api
+    try:
+        queue = open_queue(services.queue)
+        catalog = open_catalog(services.catalog)
+    except Exception as exc:  # the queue or catalog service unreachable, a missing table
+        print(f"reelcdn: worker: cannot open the queue or catalog: {exc}", file=sys.stderr)
+        return 1
     s3 = None
-    if args.s3_endpoint_url or args.s3_region or args.s3_bucket:
+    if api.direct_bucket:
         from reelcdn.origin.direct import s3_client
 
-        s3 = s3_client(args.s3_endpoint_url, args.s3_region)
-    worker = TranscodeWorker(queue, FsStore(args.origin_root), catalog,
-                             workdir=args.workdir or data_dir / "work",
-                             lease_seconds=args.lease, s3_client=s3,
-                             s3_buckets=(args.s3_bucket,) if args.s3_bucket else ())
+        s3 = s3_client(api.direct_endpoint_url, api.direct_region)
+    try:
+        publish = services.publish_origin()
+    except ConfigError as exc:
+        print(f"reelcdn: worker: config error: {exc}", file=sys.stderr)
+        return 2
+    worker = TranscodeWorker(queue, open_store(publish), catalog,
+                             workdir=transcode.workdir or services.data_dir / "work",
+                             ladder=transcode.ladder, lease_seconds=transcode.lease,
+                             s3_client=s3,
+                             s3_buckets=(api.direct_bucket,) if api.direct_bucket else (),
+                             max_duration=transcode.max_duration,
+                             max_size=transcode.max_source_size)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"worker {worker.worker_id}: jobs from {data_dir / 'queue.sqlite'}, publishing to "
-          f"{args.origin_root}", flush=True)
+    where = publish.root if publish.type == "fs" else f"s3://{publish.bucket}/{publish.prefix}"
+    print(f"worker {worker.worker_id}: {services.queue.type} queue, publishing to "
+          f"{publish.name} ({where})", flush=True)
     worker.run(stop)
     return 0
 
@@ -273,14 +277,24 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 
 
 def _cmd_user_token(args: argparse.Namespace) -> int:
+    from reelcdn.edge.config import ConfigError
     from reelcdn.origin.users import load_keys, mint, parse_duration
 
     try:
-        keys = load_keys(args.key_file)
+        if args.config:
+            services = _load_services(args, "user-token")
+            if services is None:
+                return 2
+            key_file, keys = services.api.key_file, services.keys()
+        else:
+            key_file, keys = args.key_file, load_keys(args.key_file)
         kid = args.kid or keys.current
         if kid not in keys.keys:
-            raise ValueError(f"no key {kid!r} in {args.key_file}")
+            raise ValueError(f"no key {kid!r} in {key_file}")
         print(mint(args.name, (kid, keys.keys[kid]), parse_duration(args.ttl)))
+    except ConfigError as exc:
+        print(f"reelcdn: user-token: config error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"reelcdn: user-token: {exc}", file=sys.stderr)
         return 2
@@ -329,58 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     loadtest.set_defaults(func=_cmd_loadtest)
 
     origin = sub.add_parser(
-        "origin", help="run the origin service: tus uploads and the video API (docs/origin.md)"
+        "origin", help="run the origin API: tus uploads and the video API, from the [api], "
+        "[queue] and [catalog] of a topology file (docs/origin.md)"
     )
-    origin.add_argument("--data-dir", required=True, help="where uploads and their state live")
-    origin.add_argument("--listen", type=_address, default=("127.0.0.1", 8300),
-                        help="HOST:PORT of the API (127.0.0.1:8300)")
-    origin.add_argument("--admin", type=_address,
-                        help="HOST:PORT of the admin listener (/metrics, /health); none if unset")
-    origin.add_argument("--key-file", required=True,
-                        help="user-token keys, one 'KID SECRET' a line (docs/origin.md)")
-    origin.add_argument("--max-size", type=int, default=4 << 30,
-                        help="Tus-Max-Size in bytes (4 GiB)")
-    origin.add_argument("--upload-ttl", default="24h",
-                        help="an incomplete upload expires this long after its last write (24h)")
-    origin.add_argument("--upload-rate", default="30/1h",
-                        help="upload creations allowed per user, N/WINDOW (30/1h)")
-    origin.add_argument("--cors-origins", default="*",
-                        help="browser origins allowed, comma-separated (*)")
-    origin.add_argument("--origin-root",
-                        help="where workers publish videos (the shield's fs origin root): "
-                        "DELETE /api/v1/videos/{id} removes a video's objects there")
-    origin.add_argument("--topology",
-                        help="the topology file: a deleted video is purged from its nodes "
-                        "through their admin APIs"),
-    origin.add_argument("--s3-bucket",
-                        help="direct-to-bucket uploads: clients PUT sources to this S3 bucket "
-                        "in presigned parts (POST /api/v1/videos; off without it; credentials "
-                        "from boto3's usual chain)")
-    origin.add_argument("--s3-prefix", default="sources/",
-                        help="key prefix of the sources in --s3-bucket: PREFIX{id}/source "
-                        "(sources/)")
-    origin.add_argument("--s3-endpoint-url",
-                        help="the S3 API endpoint (default: AWS's); the presigned URLs point "
-                        "there, so clients must reach it")
-    origin.add_argument("--s3-region", help="the bucket's region (default: boto3's)")
+    origin.add_argument("--config", required=True, help="the topology TOML file")
     origin.set_defaults(func=_cmd_origin)
 
     worker = sub.add_parser(
-        "worker", help="run transcoding jobs: uploaded videos to an HLS ladder (docs/origin.md)"
+        "worker", help="run transcoding jobs (uploaded videos to an HLS ladder) from the "
+        "[queue] of a topology file, publishing into its [api] publish_to origin "
+        "(docs/origin.md)"
     )
-    worker.add_argument("--data-dir", required=True,
-                        help="the origin service's data dir (its queue and video catalog)")
-    worker.add_argument("--origin-root", required=True,
-                        help="where videos are published: the shield's fs origin root")
-    worker.add_argument("--workdir", help="scratch space for ffmpeg (DATA_DIR/work)")
-    worker.add_argument("--lease", type=float, default=60.0,
-                        help="seconds a job is held before another worker may take it over (60)")
-    worker.add_argument("--s3-bucket",
-                        help="read direct-to-bucket sources from this bucket only (default: "
-                        "the bucket each job names)")
-    worker.add_argument("--s3-endpoint-url",
-                        help="the S3 API endpoint of the sources' bucket (default: AWS's)")
-    worker.add_argument("--s3-region", help="the sources' bucket region (default: boto3's)")
+    worker.add_argument("--config", required=True, help="the topology TOML file")
     worker.set_defaults(func=_cmd_worker)
 
     up_file = sub.add_parser(
@@ -402,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("user-token", help="print a signed user token for the origin API")
     token.add_argument("name", help="the user name (A-Z a-z 0-9 _ -)")
-    token.add_argument("--key-file", required=True, help="the origin's key file")
+    source = token.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="the topology file: signs with its [api] key_file")
+    source.add_argument("--key-file", help="the key file itself")
     token.add_argument("--ttl", default="30d", help="how long the token is valid (30d)")
     token.add_argument("--kid", help="sign with this key id (default: the file's first)")
     token.set_defaults(func=_cmd_user_token)

@@ -33,9 +33,8 @@ from pathlib import Path
 import aiohttp
 
 from reelcdn.edge.config import Topology, default_topology_text, load_topology
+from reelcdn.edge.config.values import format_address
 
-ORIGIN_API = ("127.0.0.1", 8300)
-ORIGIN_ADMIN = ("127.0.0.1", 9300)
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 HEALTH_TIMEOUT = 20.0
 STOP_GRACE = 10.0
@@ -249,32 +248,34 @@ class Supervisor:
 
 
 def origin_services(topology: Topology, data: Path, config_file: Path) -> list[NodeProcess]:
-    """The origin API and one transcoding worker, publishing into the topology's first
-    filesystem origin; none when it has no filesystem origin (S3 origins are not wired yet)."""
-    root = next((o.root for o in topology.origins.values() if o.type == "fs" and o.root), None)
-    if root is None:
+    """The origin API and one transcoding worker, as the topology's ``[api]``, ``[queue]``,
+    ``[catalog]`` and ``[transcode]`` describe them, publishing into its ``publish_to`` origin;
+    none when the file has no origin to publish into. The user-token key file is made on
+    first start, and a token for the user ``demo`` beside it (``DATA_DIR/user-token``)."""
+    from reelcdn.origin.config import services_from_topology
+
+    services = services_from_topology(topology)
+    if services.publish is None:
         return []
-    service_dir = data / "origin-service"
-    service_dir.mkdir(parents=True, exist_ok=True)
-    key_file = data / "origin-keys"
+    services.data_dir.mkdir(parents=True, exist_ok=True)
+    key_file = services.api.key_file
     if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
         key_file.write_text(f"k1 {secrets.token_hex(32)}\n")
         key_file.chmod(0o600)
     token_file = data / "user-token"
     if not token_file.exists():
-        from reelcdn.origin.users import load_keys, mint
+        from reelcdn.origin.users import mint
 
-        token_file.write_text(mint("demo", load_keys(key_file), 365 * 86400) + "\n")
+        token_file.write_text(mint("demo", services.keys(), 365 * 86400) + "\n")
         token_file.chmod(0o600)
-    api = f"{ORIGIN_API[0]}:{ORIGIN_API[1]}"
-    admin = f"{ORIGIN_ADMIN[0]}:{ORIGIN_ADMIN[1]}"
+    admin = services.api.admin
     return [
-        NodeProcess(name="origin-api", role="origin", admin_url=f"http://{admin}",
-                    command=["origin", "--data-dir", str(service_dir), "--listen", api,
-                             "--admin", admin, "--key-file", str(key_file),
-                             "--origin-root", root, "--topology", str(config_file)]),
+        NodeProcess(name="origin-api", role="origin",
+                    admin_url=f"http://{format_address(*admin)}" if admin else None,
+                    command=["origin", "--config", str(config_file)]),
         NodeProcess(name="worker-1", role="worker", admin_url=None,
-                    command=["worker", "--data-dir", str(service_dir), "--origin-root", root]),
+                    command=["worker", "--config", str(config_file)]),
     ]
 
 
@@ -292,8 +293,13 @@ def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None
     if token_file is not None:
         lines.append(f"Admin bearer token: in {token_file}")
     if services and data is not None:
-        lines.append(f"Origin API (tus uploads, videos): http://{ORIGIN_API[0]}:{ORIGIN_API[1]}"
-                     f"/api/v1/  (metrics: http://{ORIGIN_ADMIN[0]}:{ORIGIN_ADMIN[1]}/metrics)")
+        from reelcdn.origin.config import services_from_topology
+
+        api = services_from_topology(topology).api
+        metrics = (f"  (metrics: http://{format_address(*api.admin)}/metrics)" if api.admin
+                   else "")
+        lines.append(f"Origin API (tus uploads, videos): "
+                     f"http://{format_address(*api.listen)}/api/v1/{metrics}")
         lines.append(f"  user token for 'demo': in {data / 'user-token'}; one transcoding "
                      "worker publishes uploads into the origin")
     lines.append("Ctrl-C stops everything.")

@@ -402,9 +402,25 @@ async def test_a_hook_missed_by_a_crash_is_called_at_the_next_start(tmp_path: Pa
 # -- a real process, killed ----------------------------------------------------------------------
 
 def start_origin(data: Path, keys: Path, port: int) -> subprocess.Popen[bytes]:
+    config = data.parent / "origin.toml"
+    config.write_text(f"""
+[origin.media]
+type = "fs"
+root = "{data.parent / 'media'}"
+
+[node.shield-1]
+role = "shield"
+listen = "127.0.0.1:{free_port()}"
+origins = ["media"]
+
+[api]
+listen = "127.0.0.1:{port}"
+data_dir = "{data}"
+key_file = "{keys}"
+""")
     proc = subprocess.Popen(
         [sys.executable, "-m", "reelcdn.cli", "--log-level", "WARNING", "origin",
-         "--data-dir", str(data), "--listen", f"127.0.0.1:{port}", "--key-file", str(keys)],
+         "--config", str(config)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

@@ -442,7 +442,10 @@ def _parse_origins(value: Any, ctx: Context) -> dict[str, OriginConfig]:
 # --------------------------------------------------------------------------------------------
 # Files.
 
-_TOP_KEYS = ("defaults", "node", "origin")
+#: Sections of the origin services (``reelcdn origin``, ``reelcdn worker``): kept as written
+#: in :attr:`Topology.services` and validated by ``reelcdn.origin.config``.
+SERVICE_SECTIONS = ("api", "queue", "catalog", "transcode")
+_TOP_KEYS = ("defaults", "node", "origin", *SERVICE_SECTIONS)
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
 
@@ -500,6 +503,12 @@ def topology_from_text(
             raise ConfigError(
                 file, key, hint + " (nodes are written [node.NAME], origins [origin.NAME])"
             )
+    services: dict[str, dict[str, Any]] = {}
+    for section in SERVICE_SECTIONS:
+        if section in doc:
+            if not isinstance(doc[section], dict):
+                raise type_error(file, section, f"a table ([{section}])", doc[section])
+            services[section] = doc[section]
     defaults_table = doc.get("defaults", {})
     if not isinstance(defaults_table, dict):
         raise type_error(file, "defaults", "a table ([defaults])", defaults_table)
@@ -524,7 +533,8 @@ def topology_from_text(
         _check_node_name(name, file)
         layer = parse_layer(f"node.{name}", table, ctx)
         drafts[name] = _draft(name, [defaults, layer], file)
-    return Topology(file=file, origins=origins, nodes=_build_nodes(drafts, origins, file))
+    return Topology(file=file, origins=origins, nodes=_build_nodes(drafts, origins, file),
+                    services=services, base_dir=ctx.base_dir or os.getcwd())
 
 
 def default_topology_text() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 from reelcdn.edge.fetch.contract import UpstreamTimeouts  # noqa: F401  (part of the model: NodeConfig fields)
 
@@ -206,6 +207,13 @@ class Topology:
     file: str
     origins: dict[str, OriginConfig]
     nodes: dict[str, NodeConfig]
+    #: The tables of the origin services' sections (``[api]``, ``[queue]``, ``[catalog]``,
+    #: ``[transcode]``), as written: ``reelcdn.origin.config`` validates them, since the
+    #: services sit above the nodes and the node loader must not know their keys.
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Where the file's relative paths resolve (the file's directory, or the data directory
+    #: for the embedded default).
+    base_dir: str = "."
 
     def roles(self) -> dict[str, str]:
         """Node name → role, in file order."""

@@ -1,0 +1,515 @@
+"""The origin services' configuration: the ``[api]``, ``[queue]``, ``[catalog]`` and
+``[transcode]`` sections of the topology file, validated.
+
+One file describes a deployment: its nodes, its origins (``[origin.NAME]``) and the services
+that fill those origins. ``reelcdn origin --config FILE`` and ``reelcdn worker --config FILE``
+(any number of them, on any host that shares the queue, the catalog and the storage) read the
+same file, so the API, the workers and the shield agree on where videos are published: the
+``[origin.NAME]`` that ``api.publish_to`` names is both where workers write and what the shield
+reads.
+
+The node loader (``reelcdn.edge.config``) keeps these sections as written; this module checks
+them with the same value parsers, so a mistake is a :class:`ConfigError` naming the key, as for
+node keys. Each key is one row of a table (:data:`SECTIONS`): name, parser, default, doc; the
+reference in docs/origin.md is :func:`reference_markdown`'s output.
+
+Building the running parts from the settings (:func:`open_queue`, :func:`open_catalog`,
+:func:`open_store`, :meth:`OriginServices.service_config`) is here too, so the API service and
+the worker make them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reelcdn.edge.config import ConfigError, load_topology
+from reelcdn.edge.config.model import OriginConfig as StorageOrigin
+from reelcdn.edge.config.model import Topology
+from reelcdn.edge.config.values import (
+    check_keys,
+    parse_address,
+    parse_bool,
+    parse_duration,
+    parse_int,
+    parse_size,
+    parse_str_list,
+    type_error,
+)
+from reelcdn.origin.probe import MAX_DURATION, MAX_SIZE
+from reelcdn.origin.transcode import Ladder
+from reelcdn.origin.users import Keys, load_keys
+
+__all__ = [
+    "SECTIONS",
+    "ApiSettings",
+    "CatalogSettings",
+    "ConfigError",
+    "OriginServices",
+    "QueueSettings",
+    "TranscodeSettings",
+    "load_services",
+    "open_catalog",
+    "open_queue",
+    "open_store",
+    "reference_markdown",
+    "services_from_topology",
+]
+
+Parser = Callable[[Any, str, str], Any]  # (value, file, dotted key) -> parsed
+
+
+# --------------------------------------------------------------------------------------------
+# Value parsers (file and key for the messages).
+
+
+def _string(value: Any, file: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise type_error(file, key, "a non-empty string", value)
+    return value.strip()
+
+
+def _choice(*choices: str) -> Parser:
+    def parse(value: Any, file: str, key: str) -> str:
+        text = _string(value, file, key)
+        if text not in choices:
+            raise ConfigError(file, key, f"must be one of {', '.join(choices)} (got {text!r})")
+        return text
+
+    return parse
+
+
+def _address(value: Any, file: str, key: str) -> tuple[str, int]:
+    if not isinstance(value, str):
+        raise type_error(file, key, 'a "HOST:PORT" string', value)
+    return parse_address(value, file=file, key=key)
+
+
+def _duration(value: Any, file: str, key: str) -> float:
+    seconds = parse_duration(value, file=file, key=key)
+    if seconds <= 0:
+        raise ConfigError(file, key, "must be longer than 0")
+    return seconds
+
+
+def _size(value: Any, file: str, key: str) -> int:
+    size = parse_size(value, file=file, key=key)
+    if size <= 0:
+        raise ConfigError(file, key, "must be larger than 0")
+    return size
+
+
+def _positive(value: Any, file: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise type_error(file, key, "a number > 0", value)
+    return float(value)
+
+
+def _count(minimum: int, maximum: int | None = None) -> Parser:
+    def parse(value: Any, file: str, key: str) -> int:
+        return parse_int(value, file, key, minimum=minimum, maximum=maximum)
+
+    return parse
+
+
+def _flag(value: Any, file: str, key: str) -> bool:
+    return parse_bool(value, file, key)
+
+
+def _strings(value: Any, file: str, key: str) -> tuple[str, ...]:
+    return tuple(parse_str_list(value, file, key, lambda item, where: item.strip()))
+
+
+def _url(value: Any, file: str, key: str) -> str:
+    text = _string(value, file, key)
+    if not text.startswith(("http://", "https://")):
+        raise ConfigError(file, key, f"expected an http:// or https:// URL, got {text!r}")
+    return text.rstrip("/")
+
+
+def _part_size(value: Any, file: str, key: str) -> int:
+    size = parse_size(value, file=file, key=key)
+    if size < 5 << 20:
+        raise ConfigError(file, key, "S3 parts are at least 5 MiB (all but the last)")
+    return size
+
+
+def _rungs(value: Any, file: str, key: str) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
+        raise type_error(file, key, "an array of tables ([[transcode.rungs]])", value)
+    for index, rung in enumerate(value):
+        check_keys(file, f"{key}[{index}]", rung,
+                   ("name", "height", "width", "video_bitrate", "audio_bitrate", "profile"))
+        for required in ("height", "video_bitrate"):
+            if required not in rung:
+                raise ConfigError(file, f"{key}[{index}]", f"{required} is required")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# The keys, one row each.
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    name: str
+    parse: Parser
+    default: Any
+    kind: str
+    doc: str
+
+
+SECTIONS: dict[str, dict[str, Row]] = {
+    "api": {r.name: r for r in (
+        Row("listen", _address, ("127.0.0.1", 8300), "HOST:PORT",
+            "where the API (`/api/v1/`: tus uploads, videos) listens"),
+        Row("admin", _address, None, "HOST:PORT",
+            "the admin listener (`/metrics`, `/health`); none when unset"),
+        Row("data_dir", _string, "origin-service", "path",
+            "uploads in progress and the SQLite catalog and queue (relative: to the file's "
+            "directory)"),
+        Row("publish_to", _string, None, "origin name",
+            "the `[origin.NAME]` (fs or s3) workers publish into and the shield reads; "
+            "default: the file's only fs or s3 origin"),
+        Row("key_file", _string, "origin-keys", "path",
+            "the user-token keys, one `KID SECRET` a line (`reelcdn up` makes one)"),
+        Row("max_size", _size, 4 << 30, "size", "the largest upload (`Tus-Max-Size`)"),
+        Row("upload_ttl", _duration, 24 * 3600.0, "duration",
+            "an incomplete upload expires this long after its last write"),
+        Row("uploads_per_window", _count(1), 30, "integer ≥ 1",
+            "upload creations allowed per user per `rate_window` (then 429)"),
+        Row("rate_window", _duration, 3600.0, "duration", "the window of that limit"),
+        Row("cors_origins", _strings, ("*",), "array of strings",
+            "browser origins allowed to call the API"),
+        Row("purge_nodes", _flag, True, "boolean",
+            "purge a deleted video from every node of this file with an admin listener"),
+        Row("direct_bucket", _string, None, "string",
+            "direct-to-bucket uploads: clients PUT sources to this S3 bucket in presigned "
+            "parts (off when unset)"),
+        Row("direct_prefix", _string, "sources/", "string",
+            "key prefix of those sources: `PREFIX{id}/source`"),
+        Row("direct_endpoint_url", _url, None, "URL",
+            "the S3 API endpoint of that bucket (default: AWS's); clients must reach it"),
+        Row("direct_region", _string, None, "string", "that bucket's region"),
+        Row("direct_part_size", _part_size, 8 << 20, "size ≥ 5MiB", "the parts' size"),
+    )},
+    "queue": {r.name: r for r in (
+        Row("type", _choice("sqlite", "sqs"), "sqlite", '"sqlite" or "sqs"',
+            "embedded (one host) or Amazon SQS (workers on many hosts)"),
+        Row("path", _string, None, "path",
+            "sqlite: the queue's file (default: `DATA_DIR/queue.sqlite`)"),
+        Row("name", _string, None, "string",
+            "sqs: the queues `NAME.fifo` and `NAME-dead.fifo` (found, or made with `create`)"),
+        Row("endpoint_url", _url, None, "URL", "sqs: the API endpoint (default: AWS's)"),
+        Row("region", _string, None, "string", "sqs: the region"),
+        Row("create", _flag, False, "boolean",
+            "sqs: create the queues and their redrive policy when missing"),
+        Row("max_attempts", _count(1, 1000), 3, "integer 1..1000",
+            "runs of a job before it is dead-lettered (sqs: the redrive policy's count)"),
+        Row("wait", _count(0, 20), 10, "integer 0..20",
+            "sqs: seconds a worker's receive waits for a job (long polling)"),
+    )},
+    "catalog": {r.name: r for r in (
+        Row("type", _choice("sqlite", "dynamodb"), "sqlite", '"sqlite" or "dynamodb"',
+            "embedded (one API host) or DynamoDB (API hosts and workers share it)"),
+        Row("path", _string, None, "path",
+            "sqlite: the catalog's file (default: `DATA_DIR/videos.sqlite`)"),
+        Row("table", _string, None, "string", "dynamodb: the table's name"),
+        Row("endpoint_url", _url, None, "URL", "dynamodb: the API endpoint (default: AWS's)"),
+        Row("region", _string, None, "string", "dynamodb: the region"),
+        Row("create", _flag, False, "boolean", "dynamodb: create the table when missing"),
+    )},
+    "transcode": {r.name: r for r in (
+        Row("lease", _duration, 60.0, "duration",
+            "a job is held this long (renewed while it runs) before another worker may "
+            "take it over"),
+        Row("workdir", _string, None, "path", "scratch space for ffmpeg (`DATA_DIR/work`)"),
+        Row("max_duration", _duration, MAX_DURATION, "duration",
+            "longer sources fail with a reason"),
+        Row("max_source_size", _size, MAX_SIZE, "size", "larger sources fail with a reason"),
+        Row("segment_seconds", _duration, 2.0, "duration", "segment and GOP length"),
+        Row("preset", _string, "veryfast", "string", "x264's preset"),
+        Row("max_frame_rate", _positive, 60.0, "number", "higher frame rates are halved"),
+        Row("rungs", _rungs, None, "array of tables",
+            "the ladder: `name`, `height` (the short side), `video_bitrate`, `audio_bitrate` "
+            "(bits/s), `profile`; default 360p, 720p, 1080p; never upscaled"),
+    )},
+}
+
+
+def _parse_section(section: str, table: Mapping[str, Any], file: str) -> dict[str, Any]:
+    rows = SECTIONS[section]
+    check_keys(file, section, table, rows)
+    values = {name: row.default for name, row in rows.items()}
+    for name, raw in table.items():
+        values[name] = rows[name].parse(raw, file, f"{section}.{name}")
+    return values
+
+
+def reference_markdown() -> str:
+    """The keys of every section as Markdown tables (docs/origin.md)."""
+    out: list[str] = []
+    for section, rows in SECTIONS.items():
+        out += [f"`[{section}]`", "", "| key | kind | default | meaning |", "|---|---|---|---|"]
+        for row in rows.values():
+            default = row.default
+            if isinstance(default, tuple) and len(default) == 2 and isinstance(default[1], int):
+                shown = f"`{default[0]}:{default[1]}`"
+            elif default is None:
+                shown = "—"
+            else:
+                shown = f"`{default!r}`"
+            out.append(f"| `{row.name}` | {row.kind} | {shown} | {row.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The settings.
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    type: str = "sqlite"
+    path: Path | None = None
+    name: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    create: bool = False
+    max_attempts: int = 3
+    wait: int = 10
+
+
+@dataclass(frozen=True)
+class CatalogSettings:
+    type: str = "sqlite"
+    path: Path | None = None
+    table: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    create: bool = False
+
+
+@dataclass(frozen=True)
+class TranscodeSettings:
+    ladder: Ladder = field(default_factory=Ladder)
+    lease: float = 60.0
+    workdir: Path | None = None
+    max_duration: float = MAX_DURATION
+    max_source_size: int = MAX_SIZE
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen: tuple[str, int]
+    admin: tuple[str, int] | None
+    key_file: Path
+    max_size: int
+    upload_ttl: float
+    uploads_per_window: int
+    rate_window: float
+    cors_origins: tuple[str, ...]
+    purge_nodes: bool
+    direct_bucket: str | None
+    direct_prefix: str
+    direct_endpoint_url: str | None
+    direct_region: str | None
+    direct_part_size: int
+
+
+@dataclass(frozen=True)
+class OriginServices:
+    """The validated services of a topology file."""
+
+    file: str
+    data_dir: Path
+    api: ApiSettings
+    #: The origin videos are published into; None only when the file has no ``[api]`` and no
+    #: fs or s3 origin (a topology of nodes alone): :meth:`publish_origin` then explains.
+    publish: StorageOrigin | None
+    queue: QueueSettings
+    catalog: CatalogSettings
+    transcode: TranscodeSettings
+    #: The nodes a deleted video is purged from: (name, admin URL, token), parents first.
+    purge_targets: tuple[tuple[str, str, str | None], ...] = ()
+
+    def publish_origin(self) -> StorageOrigin:
+        """Where videos are published; a ConfigError when the file names none."""
+        if self.publish is None:
+            _publish_origin_of(self.file, {}, None)  # raises, saying what to add
+        assert self.publish is not None
+        return self.publish
+
+    def keys(self) -> Keys:
+        """The user-token keys (read now: a rotated key file takes effect at the next start)."""
+        try:
+            return load_keys(self.api.key_file)
+        except OSError as exc:
+            raise ConfigError(self.file, "api.key_file",
+                              f"cannot read {self.api.key_file}: {exc.strerror or exc} "
+                              "(one 'KID SECRET' a line; `reelcdn up` makes one)") from None
+        except ValueError as exc:
+            raise ConfigError(self.file, "api.key_file", f"{self.api.key_file}: {exc}") from None
+
+    def service_config(self) -> Any:
+        """The API service's :class:`~reelcdn.origin.state.OriginConfig`."""
+        from reelcdn.origin.state import OriginConfig
+
+        api, publish = self.api, self.publish_origin()
+        return OriginConfig(
+            data_dir=self.data_dir, keys=self.keys(), max_size=api.max_size,
+            upload_ttl=api.upload_ttl, uploads_per_window=api.uploads_per_window,
+            rate_window=api.rate_window, cors_origins=api.cors_origins,
+            origin_root=Path(publish.root) if publish.type == "fs" and publish.root else None,
+            purge_targets=self.purge_targets,
+            s3_bucket=api.direct_bucket, s3_prefix=api.direct_prefix,
+            s3_endpoint_url=api.direct_endpoint_url, s3_region=api.direct_region,
+            s3_part_size=api.direct_part_size, max_attempts=self.queue.max_attempts,
+        )
+
+
+def _resolve(base: str, path: str) -> Path:
+    return Path(path) if os.path.isabs(path) else Path(base) / path
+
+
+def _publish_origin_of(file: str, origins: Mapping[str, StorageOrigin], name: str | None,
+                       ) -> StorageOrigin:
+    stores = {n: o for n, o in origins.items() if o.type in ("fs", "s3")}
+    if name is None:
+        if len(stores) == 1:
+            return next(iter(stores.values()))
+        if not stores:
+            raise ConfigError(file, "api.publish_to", "this file has no fs or s3 origin to "
+                              "publish videos into: add one ([origin.NAME] type = \"fs\", "
+                              "root = …) and name it here")
+        raise ConfigError(file, "api.publish_to", "this file has several fs/s3 origins ("
+                          + ", ".join(stores) + "): name the one workers publish into")
+    origin = origins.get(name)
+    if origin is None:
+        raise ConfigError(file, "api.publish_to", f"no [origin.{name}] in this file"
+                          + (f"; origins are: {', '.join(origins)}" if origins else ""))
+    if origin.type not in ("fs", "s3"):
+        raise ConfigError(file, "api.publish_to", f"origin {name!r} is of type {origin.type}: "
+                          "workers publish into an fs or s3 origin")
+    return origin
+
+
+def services_from_topology(topology: Topology) -> OriginServices:
+    """Validate a loaded topology's service sections (absent ones take their defaults)."""
+    file = topology.file
+    parsed = {section: _parse_section(section, topology.services.get(section, {}), file)
+              for section in SECTIONS}
+    api, queue, catalog, transcode = (parsed[s] for s in ("api", "queue", "catalog",
+                                                          "transcode"))
+    base = topology.base_dir
+    data_dir = _resolve(base, api.pop("data_dir"))
+    if queue["type"] == "sqs" and not queue["name"]:
+        raise ConfigError(file, "queue.name", 'required with type = "sqs"')
+    if catalog["type"] == "dynamodb" and not catalog["table"]:
+        raise ConfigError(file, "catalog.table", 'required with type = "dynamodb"')
+    rungs = transcode.pop("rungs")
+    ladder_config: dict[str, Any] = {k: transcode.pop(k) for k in
+                                     ("segment_seconds", "preset", "max_frame_rate")}
+    if rungs is not None:
+        ladder_config["rungs"] = rungs
+    try:
+        ladder = Ladder.from_config(ladder_config)
+    except ValueError as exc:
+        raise ConfigError(file, "transcode.rungs", str(exc)) from None
+    workdir = transcode.pop("workdir")
+    publish_to = api.pop("publish_to")
+    publish: StorageOrigin | None = None
+    if "api" in topology.services or any(o.type in ("fs", "s3")
+                                         for o in topology.origins.values()):
+        publish = _publish_origin_of(file, topology.origins, publish_to)
+    purge: list[tuple[str, str, str | None]] = []
+    if api["purge_nodes"]:
+        for name in topology.order_for_start():
+            node = topology.nodes[name]
+            if node.admin_host and node.admin_port:
+                host = f"[{node.admin_host}]" if ":" in node.admin_host else node.admin_host
+                purge.append((name, f"http://{host}:{node.admin_port}", node.admin_token))
+    return OriginServices(
+        file=file,
+        data_dir=data_dir,
+        api=ApiSettings(**{**api, "key_file": _resolve(base, api["key_file"])}),
+        publish=publish,
+        queue=QueueSettings(**{**queue, "path": _resolve(base, queue["path"]) if queue["path"]
+                               else data_dir / "queue.sqlite"}),
+        catalog=CatalogSettings(**{**catalog, "path": _resolve(base, catalog["path"])
+                                   if catalog["path"] else data_dir / "videos.sqlite"}),
+        transcode=TranscodeSettings(ladder=ladder, workdir=_resolve(base, workdir) if workdir
+                                    else data_dir / "work", **transcode),
+        purge_targets=tuple(purge),
+    )
+
+
+def load_services(path: str | os.PathLike[str] | None, *, data_dir: str | None = None,
+                  ) -> OriginServices:
+    """Load a topology file (``None``: the embedded default, based in ``data_dir``) and
+    validate its service sections."""
+    return services_from_topology(load_topology(path, data_dir=data_dir))
+
+
+# --------------------------------------------------------------------------------------------
+# The running parts.
+
+
+def open_queue(settings: QueueSettings) -> Any:
+    """The job queue the settings describe (a :class:`~reelcdn.origin.queue.JobQueue`)."""
+    if settings.type == "sqlite":
+        from reelcdn.origin.queue import SqliteQueue
+
+        assert settings.path is not None
+        settings.path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteQueue(settings.path)
+    import boto3
+
+    from reelcdn.origin.queue_sqs import SqsQueue, create_queues
+
+    client = boto3.client("sqs", endpoint_url=settings.endpoint_url,
+                          region_name=settings.region)
+    assert settings.name is not None
+    if settings.create:
+        queue_url, dead_url = create_queues(client, settings.name, settings.max_attempts)
+    else:
+        queue_url = client.get_queue_url(QueueName=f"{settings.name}.fifo")["QueueUrl"]
+        dead_url = client.get_queue_url(QueueName=f"{settings.name}-dead.fifo")["QueueUrl"]
+    return SqsQueue(queue_url, dead_url, client=client, wait_seconds=settings.wait)
+
+
+def open_catalog(settings: CatalogSettings) -> Any:
+    """The video catalog the settings describe."""
+    if settings.type == "sqlite":
+        from reelcdn.origin.videos import VideoCatalog
+
+        assert settings.path is not None
+        settings.path.parent.mkdir(parents=True, exist_ok=True)
+        return VideoCatalog(settings.path)
+    from reelcdn.origin.videos_dynamo import DynamoCatalog
+
+    assert settings.table is not None
+    return DynamoCatalog(settings.table, endpoint_url=settings.endpoint_url,
+                         region=settings.region, create_table=settings.create)
+
+
+def open_store(origin: StorageOrigin) -> Any:
+    """The object store workers publish into: the same place the shield's origin reads."""
+    from reelcdn.origin.storage import FsStore, S3Store
+
+    if origin.type == "fs":
+        assert origin.root is not None
+        return FsStore(origin.root)
+    import boto3
+
+    session = boto3.session.Session(profile_name=origin.profile) if origin.profile else boto3
+    client = session.client("s3", endpoint_url=origin.endpoint_url, region_name=origin.region)
+    assert origin.bucket is not None
+    return S3Store(origin.bucket, origin.prefix, client)
+
+
+if __name__ == "__main__":  # the reference for docs/origin.md
+    print(reference_markdown())
