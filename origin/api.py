@@ -40,6 +40,7 @@ from reelcdn.origin.uploads import (
     valid_video_id,
 )
 from reelcdn.origin.users import BadToken, RateLimiter, valid_name, verify
+from reelcdn.origin.videos import CatalogUnavailable
 
 if TYPE_CHECKING:
     from reelcdn.origin.state import OriginState
@@ -80,6 +81,11 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
         service.metrics.errors.labels(str(exc.status), code).inc()
         headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
         return _error_response(exc.status, code, exc.reason, headers)
+    except CatalogUnavailable as exc:  # the shared catalog's database: throttled, unreachable
+        log.warning("%s %s: %s", request.method, request.path, exc)
+        service.metrics.errors.labels("503", "catalog_unavailable").inc()
+        return _error_response(503, "catalog_unavailable", "the video catalog failed; try again",
+                               {"Retry-After": "1"})
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         service.metrics.errors.labels("500", "internal").inc()
