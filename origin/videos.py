@@ -107,12 +107,13 @@ class Catalog(Protocol):
         ...
 
     def count_by_status(self) -> dict[str, int]:
-        """Rows per status; statuses with none are left out."""
+        """Rows per status; statuses with none are left out. For a gauge: on a shared
+        catalog it may lag the latest writes by a moment."""
         ...
 
     def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
         """An owner's rows, newest ``created`` first, at most ``limit`` (0: none; negative:
-        all)."""
+        all). On a shared catalog it may lag the latest writes by a moment (an index)."""
         ...
 
     def close(self) -> None:
