@@ -5,9 +5,10 @@ One interface, two backends, both laid out as the shield's origins read them
 ``v/{video_id}/360p/seg_00000.m4s``.
 
 - :class:`FsStore` ``(root)``: files under a directory, the layout the shield's ``fs`` origin
-  serves (``{root}/v/{video_id}/...``). Files carry no headers: ``content_type`` and
-  ``cache_control`` are accepted and ignored (the shield derives the type from the extension
-  and the node's TTL rules give the freshness).
+  serves (``{root}/v/{video_id}/...``). A file's ``cache_control`` (and ``content_type`` when
+  one is given; else the shield derives it from the extension) goes into its sidecar,
+  ``{dir}/.headers/{name}`` (:mod:`reelcdn.shield.sidecar`, written by
+  :func:`write_sidecar`), which the shield's ``fs`` origin sends with the file.
 - :class:`S3Store` ``(bucket, prefix, client)``: objects under a key prefix of a bucket
   (boto3, any S3 API), the layout the shield's ``s3`` origin serves; ``Content-Type`` (from
   the extension unless given) and ``Cache-Control`` are stored with each object.
@@ -47,10 +48,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
+from reelcdn.shield import sidecar
 from reelcdn.shield.content_types import content_type_for
 from reelcdn.shield.paths import join_key
 
-__all__ = ["FsStore", "ObjectStore", "S3Store", "check_key"]
+__all__ = ["FsStore", "ObjectStore", "S3Store", "check_key", "write_sidecar"]
 
 PLAYLIST_NAME = "index.m3u8"
 """Published last by :meth:`S3Store.publish_dir`: the object that makes a rendition whole."""
@@ -77,12 +79,19 @@ def _dir_prefix(prefix: str) -> str:
     return check_key(prefix, prefix=True).rstrip("/") + "/"
 
 
+def _rule_for(rules: dict[str, str], name: str) -> str | None:
+    """The Cache-Control *rules* give the file *name*: by file name, else by extension."""
+    return rules.get(name.rsplit("/", 1)[-1]) or rules.get(os.path.splitext(name)[1])
+
+
 def _local_files(local_dir: Path) -> list[str]:
     """Relative ``/`` paths of the regular files under *local_dir*, sorted."""
     if not local_dir.is_dir():
         raise NotADirectoryError(f"not a directory: {local_dir}")
     out = []
     for path in local_dir.rglob("*"):
+        if sidecar.HEADERS_DIR in path.relative_to(local_dir).parts:
+            continue  # headers of a file, not an object (a copy of a published directory)
         if path.is_symlink():
             raise ValueError(f"refusing to publish a symlink: {path}")
         if path.is_file():
@@ -152,8 +161,61 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(a), None, str(b))
 
 
+def write_sidecar(path: str | os.PathLike[str], *, cache_control: str | None = None,
+                  content_type: str | None = None) -> None:
+    """Write the sidecar of the file at *path* (``{dir}/.headers/{name}``), or remove it when
+    no field is given, so a file rewritten without headers does not keep its old ones.
+
+    Atomic: written beside its final name and renamed into place, so a reader finds the old
+    sidecar or the whole new one. ValueError for a value a sidecar may not hold (CR, LF, ...).
+
+    Order, when a file and its headers both change: the **file first, then its sidecar**
+    (:meth:`FsStore._write`), and the fs origin reads the sidecar *before* it opens the file.
+    So a reader that finds the new headers also finds the new file; the one mixture it can
+    meet, for the moment between the two renames, is the new file with the old headers. That
+    is the harmless mixture for the change this store makes: ``meta.json`` goes from
+    ``max-age=2`` (processing) to ``max-age=86400`` (ready), so the mixture is the ready meta
+    kept 2 s too briefly (and its revalidation, a 304 with the new Cache-Control, fixes it),
+    while the other order could show the *processing* meta with the day-long headers, kept
+    by every tier for a day. (A change from long to short freshness would want the other
+    order; nothing here makes one: a ready video never goes back to processing.) A file
+    written for the first time has no sidecar for that moment: the shield sends no
+    Cache-Control and the node's heuristic gives a file just modified no freshness.
+    """
+    fields = _sidecar_fields(cache_control, content_type)
+    target = Path(sidecar.sidecar_path(path))
+    if not fields:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            target.unlink()
+        return
+    data = sidecar.render(fields)
+    target.parent.mkdir(mode=0o755, exist_ok=True)
+    _replace_file(target, lambda out: out.write(data))
+
+
+def _sidecar_fields(cache_control: str | None, content_type: str | None) -> dict[str, str]:
+    return {name: value for name, value in (("Cache-Control", cache_control),
+                                            ("Content-Type", content_type)) if value}
+
+
+def _replace_file(target: Path, fill: Callable[[Any], object]) -> None:
+    """Write *target* beside its final name and rename it into place: a reader sees the old
+    file or the whole new one, never a part."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            fill(out)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class FsStore:
-    """Objects as files under *root* (the shield's ``fs`` origin layout)."""
+    """Objects as files under *root* (the shield's ``fs`` origin layout), each with its
+    sidecar of headers when it was written with a ``cache_control`` or ``content_type``."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -162,8 +224,10 @@ class FsStore:
         return f"FsStore({str(self.root)!r})"
 
     def path(self, key: str) -> Path:
-        """The file that holds *key*."""
-        return self.root / check_key(key)
+        """The file that holds *key* (ValueError for a key inside a sidecar directory)."""
+        if sidecar.HEADERS_DIR in check_key(key).split("/"):
+            raise ValueError(f"object key {key!r}: {sidecar.HEADERS_DIR} holds headers")
+        return self.root / key
 
     @contextlib.contextmanager
     def _staging(self, name: str) -> Iterator[Path]:
@@ -179,27 +243,23 @@ class FsStore:
     def put_file(self, key: str, path: str | os.PathLike[str], content_type: str | None = None,
                  cache_control: str | None = None) -> None:
         with open(path, "rb") as src:
-            self._write(key, lambda out: shutil.copyfileobj(src, out, 1 << 20))
+            self._write(key, lambda out: shutil.copyfileobj(src, out, 1 << 20),
+                        cache_control, content_type)
 
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
                   cache_control: str | None = None) -> None:
-        self._write(key, lambda out: out.write(data))
+        self._write(key, lambda out: out.write(data), cache_control, content_type)
 
-    def _write(self, key: str, fill: Callable[[Any], object]) -> None:
-        """Write an object beside its final name and rename it into place: a reader sees the
-        old file or the whole new one, never a part."""
+    def _write(self, key: str, fill: Callable[[Any], object], cache_control: str | None,
+               content_type: str | None) -> None:
+        """Write an object beside its final name and rename it into place (a reader sees the
+        old file or the whole new one, never a part), then its sidecar (:func:`write_sidecar`
+        says why in this order)."""
         target = self.path(key)
+        sidecar.render(_sidecar_fields(cache_control, content_type))  # bad values: refused
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                fill(out)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        _replace_file(target, fill)
+        write_sidecar(target, cache_control=cache_control, content_type=content_type)
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -211,8 +271,8 @@ class FsStore:
         return self.path(key).is_file()
 
     def delete_prefix(self, prefix: str) -> int:
-        """Remove the directory *prefix*: renamed into staging first (gone for readers at
-        once), then deleted."""
+        """Remove the directory *prefix*, its files' sidecars with it: renamed into staging
+        first (gone for readers at once), then deleted."""
         target = self.root / _dir_prefix(prefix).rstrip("/")
         if not target.is_dir():
             return 0
@@ -230,7 +290,14 @@ class FsStore:
         with self._staging(target.name) as work:
             fresh = work / "new"
             # A copy, not a move: *local_dir* may be on another filesystem (a scratch disk).
-            shutil.copytree(local_dir, fresh, symlinks=False)
+            shutil.copytree(local_dir, fresh, symlinks=False,
+                            ignore=shutil.ignore_patterns(sidecar.HEADERS_DIR))
+            # The sidecars go inside the directory, so the rename publishes them with it.
+            rules = cache_control or {}
+            for name in files:
+                rule = _rule_for(rules, name)
+                if rule:
+                    write_sidecar(fresh / name, cache_control=rule)
             for dirpath, _dirnames, filenames in os.walk(fresh):
                 os.chmod(dirpath, 0o755)
                 for name in filenames:
@@ -346,9 +413,7 @@ class S3Store:
         rules = cache_control or {}
 
         def upload(name: str) -> None:
-            key = prefix + name
-            rule = rules.get(name.rsplit("/", 1)[-1]) or rules.get(os.path.splitext(name)[1])
-            self.put_file(key, local_dir / name, cache_control=rule)
+            self.put_file(prefix + name, local_dir / name, cache_control=_rule_for(rules, name))
 
         playlists = [f for f in files if f.rsplit("/", 1)[-1] == PLAYLIST_NAME]
         media = [f for f in files if f not in playlists]

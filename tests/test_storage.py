@@ -121,6 +121,118 @@ def test_fs_readers_always_find_one_whole_rendition(tmp_path: Path) -> None:
     assert not problems, problems[:5]
 
 
+# --------------------------------------------------------------------------- sidecars
+
+
+def sidecar_of(root: Path, key: str) -> str | None:
+    """The text of *key*'s sidecar under *root*, or None when it has none."""
+    directory, name = key.rsplit("/", 1)
+    path = root / directory / ".headers" / name
+    return path.read_text() if path.exists() else None
+
+
+def test_fs_writes_a_sidecar_beside_an_object_with_headers(tmp_path: Path) -> None:
+    store = FsStore(tmp_path)
+    src = tmp_path / "poster"
+    src.write_bytes(b"jpeg")
+    store.put_bytes("v/a/meta.json", b"{}", cache_control="max-age=2")
+    store.put_file("v/a/poster.jpg", src, content_type="image/webp", cache_control="max-age=9")
+    store.put_bytes("v/a/master.m3u8", b"#EXTM3U\n")  # no headers: no sidecar
+    assert sidecar_of(tmp_path, "v/a/meta.json") == "Cache-Control: max-age=2\n"
+    assert sidecar_of(tmp_path, "v/a/poster.jpg") == (
+        "Cache-Control: max-age=9\nContent-Type: image/webp\n")
+    assert sidecar_of(tmp_path, "v/a/master.m3u8") is None
+    assert (tmp_path / "v/a/.headers/meta.json").stat().st_mode & 0o777 == 0o644
+    # Rewritten: the sidecar follows; rewritten without headers: it goes.
+    store.put_bytes("v/a/meta.json", b"{ }", cache_control="max-age=86400")
+    assert sidecar_of(tmp_path, "v/a/meta.json") == "Cache-Control: max-age=86400\n"
+    store.put_bytes("v/a/poster.jpg", b"png")
+    assert sidecar_of(tmp_path, "v/a/poster.jpg") is None
+    assert sorted(p.name for p in (tmp_path / "v/a/.headers").iterdir()) == ["meta.json"]
+
+
+def test_fs_writes_the_object_then_its_sidecar(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The order write_sidecar's docstring argues for: each rename into place, in order."""
+    store = FsStore(tmp_path)
+    store.put_bytes("v/a/meta.json", b"processing", cache_control="max-age=2")
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str | Path) -> None:
+        renames.append((os.path.relpath(dst, tmp_path),
+                        sidecar_of(tmp_path, "v/a/meta.json") or ""))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", replace)
+    store.put_bytes("v/a/meta.json", b"ready", cache_control="max-age=86400")
+    # The object is renamed while the old sidecar is in place; the sidecar after it.
+    assert renames == [("v/a/meta.json", "Cache-Control: max-age=2\n"),
+                       ("v/a/.headers/meta.json", "Cache-Control: max-age=2\n")]
+    assert sidecar_of(tmp_path, "v/a/meta.json") == "Cache-Control: max-age=86400\n"
+
+
+@pytest.mark.parametrize("value", ["max-age=2\r\nX-Evil: 1", "max-age=2\n", "a\x00b",
+                                   " max-age=2", "x" * 1025, "max-age=2\u00e9"])
+def test_fs_refuses_a_header_value_before_writing_anything(tmp_path: Path, value: str) -> None:
+    store = FsStore(tmp_path)
+    store.put_bytes("v/a/meta.json", b"old", cache_control="max-age=2")
+    for headers in ({"cache_control": value}, {"content_type": value}):
+        with pytest.raises(ValueError):
+            store.put_bytes("v/a/meta.json", b"new", **headers)
+        assert store.get_bytes("v/a/meta.json") == b"old"
+        assert sidecar_of(tmp_path, "v/a/meta.json") == "Cache-Control: max-age=2\n"
+    assert [p.name for p in (tmp_path / "v/a").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_fs_keys_inside_a_sidecar_directory_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        FsStore(tmp_path).put_bytes("v/a/.headers/meta.json", b"Cache-Control: max-age=1\n")
+    assert not (tmp_path / "v").exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_fs_publish_dir_carries_the_sidecars(tmp_path: Path, exchange: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    if not exchange:
+        monkeypatch.setattr(storage, "exchange", lambda a, b: False)
+    store = FsStore(tmp_path / "root")
+    rules = {"index.m3u8": "max-age=60", ".m4s": "max-age=31536000, immutable"}
+    source = rendition(tmp_path, "one", 2)
+    (source / ".headers").mkdir()  # a caller's own sidecars are not objects, nor published
+    (source / ".headers" / "init.mp4").write_text("Cache-Control: no-store\n")
+    keys = store.publish_dir(source, "v/a/360p", rules)
+    assert keys == [f"v/a/360p/{n}" for n in (
+        "index.m3u8", "init.mp4", "seg_00000.m4s", "seg_00001.m4s")]
+    root = tmp_path / "root"
+    published = root / "v/a/360p"
+    assert sorted(p.name for p in (published / ".headers").iterdir()) == [
+        "index.m3u8", "seg_00000.m4s", "seg_00001.m4s"]  # init.mp4: no rule, no sidecar
+    assert sidecar_of(root, "v/a/360p/index.m3u8") == "Cache-Control: max-age=60\n"
+    assert sidecar_of(root, "v/a/360p/seg_00001.m4s") == (
+        "Cache-Control: max-age=31536000, immutable\n")
+    assert (published / ".headers").stat().st_mode & 0o777 == 0o755
+    assert (published / ".headers/index.m3u8").stat().st_mode & 0o777 == 0o644
+    # Published again under other rules: the sidecars are swapped with the directory.
+    store.publish_dir(rendition(tmp_path, "two", 1), "v/a/360p", {".m4s": "max-age=5"})
+    assert sorted(p.name for p in (published / ".headers").iterdir()) == ["seg_00000.m4s"]
+    assert sidecar_of(root, "v/a/360p/seg_00000.m4s") == "Cache-Control: max-age=5\n"
+    # Without rules, no sidecar directory at all.
+    store.publish_dir(rendition(tmp_path, "three", 1), "v/a/360p")
+    assert not (published / ".headers").exists()
+    assert not list((root / storage.STAGING).iterdir())
+
+
+def test_fs_delete_prefix_removes_the_sidecars(tmp_path: Path) -> None:
+    store = FsStore(tmp_path)
+    store.publish_dir(rendition(tmp_path, "one", 1), "v/a/360p", {".m4s": "max-age=60"})
+    store.put_bytes("v/a/meta.json", b"{}", cache_control="max-age=2")
+    assert sidecar_of(tmp_path, "v/a/360p/seg_00000.m4s") is not None
+    assert store.delete_prefix("v/a") == 1
+    assert not (tmp_path / "v/a").exists()
+    assert not list((tmp_path / storage.STAGING).iterdir())
+
+
 # --------------------------------------------------------------------------- S3
 
 

@@ -270,7 +270,7 @@ def test_the_lowest_rung_is_published_first(run: Run) -> None:
     assert [m.state for m in run.published] == ["processing"]
     early = run.published[0]
     assert [r.name for r in early.renditions] == ["180p"] and early.renditions[0].segments
-    assert run.dirs_at_publish == ["180p", "master.m3u8", "meta.json", "poster.jpg"]
+    assert run.dirs_at_publish == [".headers", "180p", "master.m3u8", "meta.json", "poster.jpg"]
     assert run.store.log == [
         ("publish", "v/clip/180p"),
         ("meta", "processing", META_CACHE_PROCESSING),
@@ -278,6 +278,24 @@ def test_the_lowest_rung_is_published_first(run: Run) -> None:
         ("publish", "v/clip/360p"),
         ("meta", "ready", META_CACHE_READY),
     ]
+
+
+@pytest.mark.slow
+def test_every_object_has_its_cache_control_in_a_sidecar(run: Run) -> None:
+    """What the shield's fs origin sends with each file (reelcdn.shield.sidecar)."""
+    def sidecar(path: str) -> str:
+        directory, name = path.rsplit("/", 1) if "/" in path else ("", path)
+        return (run.root / directory / ".headers" / name).read_text()
+
+    assert sidecar("meta.json") == f"Cache-Control: {META_CACHE_READY}\n"
+    assert sidecar("master.m3u8") == f"Cache-Control: {META_CACHE_READY}\n"
+    assert sidecar("poster.jpg") == "Cache-Control: max-age=86400\n"
+    for rung in ("180p", "360p"):
+        assert sidecar(f"{rung}/index.m3u8") == "Cache-Control: max-age=86400\n"
+        assert sidecar(f"{rung}/init.mp4") == "Cache-Control: max-age=31536000, immutable\n"
+        segments = sorted(p.name for p in (run.root / rung).glob("seg_*.m4s"))
+        assert segments and sorted(
+            p.name for p in (run.root / rung / ".headers").glob("seg_*.m4s")) == segments
 
 
 @pytest.mark.slow
