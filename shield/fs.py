@@ -26,6 +26,17 @@ the default executor (used by asyncio for DNS) is left alone. A file of at most 
 (256 KiB: playlists, ``meta.json``, most short-video segments) is read in the same thread hop
 as the open and its descriptor closed at once.
 
+Per-file headers. A file may have a sidecar, ``{dir}/.headers/{name}``
+(:mod:`reelcdn.shield.sidecar`; the origin store writes one for every object it publishes
+with a Cache-Control): its Cache-Control, Content-Type and Content-Disposition are sent with
+the file (Cache-Control on a 304 too, RFC 9110 §15.4.5), so the freshness of ``meta.json``
+comes from its publisher, short while the video is processing and long once it is ready. The
+sidecar is read in the thread hop that opens the file, *before* the file (the store writes the
+file first and its sidecar second: see :func:`reelcdn.origin.storage.write_sidecar`), under
+the same containment checks; a missing one changes nothing, a malformed or unreadable one is
+ignored with a warning, never an error. Dot-leading path segments (``.headers``,
+``.staging``, temporary files) are never served: 404.
+
 Conditional requests (If-None-Match weak comparison, If-Modified-Since, and the If-Match /
 If-Unmodified-Since preconditions) are evaluated by :func:`reelcdn.edge.http.conditional.evaluate`,
 the same code the cache node uses toward its clients. Range requests are not answered here:
@@ -49,6 +60,9 @@ from reelcdn.edge.http.dates import format_http_date
 
 from .content_types import content_type_bytes
 from .paths import OriginRefused, resolve_key
+from .sidecar import MAX_BYTES as SIDECAR_MAX_BYTES
+from .sidecar import parse as parse_sidecar
+from .sidecar import sidecar_path
 from .threaded import ThreadedBodyResponse
 
 __all__ = ["CHUNK_SIZE", "FsOrigin", "FsResponse", "simple_response"]
@@ -59,6 +73,7 @@ CHUNK_SIZE = 256 * 1024
 ALLOWED_METHODS = ("GET", "HEAD")
 _PROC_FD = "/proc/self/fd"
 _HAS_PROC_FD = sys.platform.startswith("linux") and os.path.isdir(_PROC_FD)
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 
 
 class FsResponse(ThreadedBodyResponse):
@@ -148,9 +163,10 @@ def etag_for(st: os.stat_result) -> str:
 
 
 class _Opened:
-    """What the opening thread hands back: a refusal, or a regular file and its metadata."""
+    """What the opening thread hands back: a refusal, or a regular file, its metadata and the
+    fields of its sidecar."""
 
-    __slots__ = ("status", "reason", "fd", "st", "data")
+    __slots__ = ("status", "reason", "fd", "st", "data", "fields")
 
     def __init__(
         self,
@@ -159,12 +175,14 @@ class _Opened:
         fd: int | None = None,
         st: os.stat_result | None = None,
         data: bytes = b"",
+        fields: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         self.status = status
         self.reason = reason
         self.fd = fd
         self.st = st
         self.data = data
+        self.fields = fields or []
 
 
 class FsOrigin(Upstream):
@@ -210,6 +228,8 @@ class FsOrigin(Upstream):
             key = resolve_key(target)
         except OriginRefused as refused:
             return simple_response(refused.status, refused.reason)
+        if any(segment.startswith(".") for segment in key.split("/")):
+            return simple_response(404, "not found")  # sidecars, staging, temporary files
         loop = asyncio.get_running_loop()
         pending = loop.run_in_executor(self._executor, self._open, key, method == "GET")
         try:
@@ -238,6 +258,10 @@ class FsOrigin(Upstream):
             last_modified=last_modified,
         )
         validators = [(b"ETag", etag.encode()), (b"Last-Modified", last_modified.encode())]
+        given = dict(opened.fields)
+        cache_control = given.get(b"Cache-Control")
+        if cache_control is not None:
+            validators.append((b"Cache-Control", cache_control))
         if outcome is not None:
             if opened.fd is not None:
                 os.close(opened.fd)
@@ -245,25 +269,30 @@ class FsOrigin(Upstream):
                 return FsResponse(304, validators)
             return simple_response(outcome, "precondition failed")
         head = [
-            (b"Content-Type", content_type_bytes(key)),
+            (b"Content-Type", given.get(b"Content-Type") or content_type_bytes(key)),
             (b"Content-Length", str(st.st_size).encode()),
             *validators,
             (b"Accept-Ranges", b"bytes"),
         ]
+        disposition = given.get(b"Content-Disposition")
+        if disposition is not None:
+            head.append((b"Content-Disposition", disposition))
         if method == "HEAD" or opened.fd is None:
             return FsResponse(200, head, opened.data)
         return FsResponse(200, head, fd=opened.fd, size=st.st_size, executor=self._executor)
 
     def _open(self, key: str, read: bool) -> _Opened:
-        """In a thread: open ``key`` under the root, check what was opened, and read it whole
-        if it is small. Missing, outside or not a regular file → a status, never an error."""
+        """In a thread: read the sidecar of ``key``, open ``key`` under the root, check what
+        was opened, and read it whole if it is small. Missing, outside or not a regular file
+        → a status, never an error."""
         path = os.path.join(self.root, key)
         real = os.path.realpath(path)
         if not self._inside(real):
             log.warning("%s: %s resolves outside the root (%s): refused", self.name, key, real)
             return _Opened(404, "not found")
+        fields = self._sidecar(key, real)  # before the file: the store writes it after
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+            fd = os.open(real, _OPEN_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP,
                              errno.EISDIR, errno.ENXIO):
@@ -281,17 +310,53 @@ class FsOrigin(Upstream):
             if not stat.S_ISREG(st.st_mode):
                 return _Opened(404, "not found")
             if not read:  # HEAD: metadata only
-                return _Opened(200, st=st)
+                return _Opened(200, st=st, fields=fields)
             if st.st_size <= CHUNK_SIZE:
                 data = os.pread(fd, st.st_size, 0) if st.st_size else b""
                 if len(data) != st.st_size:
                     raise OSError(errno.EIO, "file shrank while it was read")
-                return _Opened(200, st=st, data=data)
+                return _Opened(200, st=st, data=data, fields=fields)
             keep = True
-            return _Opened(200, fd=fd, st=st)
+            return _Opened(200, fd=fd, st=st, fields=fields)
         finally:
             if not keep:
                 os.close(fd)
+
+    def _sidecar(self, key: str, real: str) -> list[tuple[bytes, bytes]]:
+        """In the opening thread: the fields of the sidecar of the file at ``real``, with the
+        file's containment checks; none when there is no sidecar or it cannot be used (a
+        warning says why: the file is still served, as if it had none)."""
+        path = os.path.realpath(sidecar_path(real))
+        if not self._inside(path):
+            log.warning("%s: the sidecar of %s resolves outside the root: ignored", self.name, key)
+            return []
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+                log.warning("%s: the sidecar of %s cannot be opened (%s): ignored", self.name,
+                            key, exc.strerror)
+            return []
+        try:
+            if _HAS_PROC_FD and not self._inside(os.readlink(f"{_PROC_FD}/{fd}")):
+                log.warning("%s: the sidecar of %s changed to point outside the root: ignored",
+                            self.name, key)
+                return []
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                log.warning("%s: the sidecar of %s is not a regular file: ignored", self.name, key)
+                return []
+            data = os.pread(fd, SIDECAR_MAX_BYTES + 1, 0)
+        except OSError as exc:
+            log.warning("%s: the sidecar of %s cannot be read (%s): ignored", self.name, key,
+                        exc.strerror or exc)
+            return []
+        finally:
+            os.close(fd)
+        try:
+            return parse_sidecar(data)
+        except ValueError as exc:
+            log.warning("%s: the sidecar of %s is malformed (%s): ignored", self.name, key, exc)
+            return []
 
     def _inside(self, real: str) -> bool:
         return real.startswith(self.root + os.sep) if self.root != os.sep else True

@@ -28,6 +28,7 @@ from reelcdn.edge.config import UpstreamTimeouts
 from reelcdn.edge.fetch.contract import FetchFailed, UpstreamResponse
 from reelcdn.edge.fetch.upstream import HttpUpstream
 from reelcdn.edge.http.dates import format_http_date
+from reelcdn.origin.storage import write_sidecar
 from reelcdn.shield import build_origin, build_origin_chain
 from reelcdn.shield.content_types import content_type_for
 from reelcdn.shield.failover import OriginChain
@@ -480,6 +481,127 @@ async def test_fs_symlink_inside_the_root_is_served(fs: FsOrigin, root: Path) ->
     response = await fs.request("GET", "/v/alias/master.m3u8", [])
     assert response.status == 200
     assert await read_body(response) == b"#EXTM3U\n"
+
+
+# Sidecars: per-file headers in {dir}/.headers/{name} (reelcdn.shield.sidecar).
+
+
+def put_sidecar(root: Path, key: str, data: bytes) -> Path:
+    directory, name = key.rsplit("/", 1)
+    path = root / directory / ".headers" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+async def test_fs_sends_the_headers_of_the_sidecar(fs: FsOrigin, root: Path) -> None:
+    (root / "v" / "abc" / "meta.json").write_bytes(b"{}")
+    write_sidecar(root / "v" / "abc" / "meta.json", cache_control="max-age=2")
+    for method in ("GET", "HEAD"):
+        response = await fs.request(method, "/v/abc/meta.json", [])
+        assert response.status == 200
+        head = fields(response)
+        assert head["cache-control"] == "max-age=2"
+        assert head["content-type"] == "application/json"
+        assert await read_body(response) == (b"{}" if method == "GET" else b"")
+    # Written by hand: any case, the three fields allowed; Content-Type replaces the guess.
+    put_sidecar(root, "v/abc/seg_00001.m4s", b"content-type: video/mp4\n"
+                b"CACHE-CONTROL:public, max-age=60\n"
+                b'Content-Disposition: attachment; filename="seg.m4s"\n')
+    response = await fs.request("GET", "/v/abc/seg_00001.m4s", [])
+    assert [(n, v) for n, v in response.headers if n in (
+        b"Content-Type", b"Cache-Control", b"Content-Disposition")] == [
+        (b"Content-Type", b"video/mp4"), (b"Cache-Control", b"public, max-age=60"),
+        (b"Content-Disposition", b'attachment; filename="seg.m4s"')]
+    assert len(await read_body(response)) == 3000
+
+
+async def test_fs_a_304_carries_the_sidecar_cache_control(fs: FsOrigin, root: Path) -> None:
+    put_sidecar(root, "v/abc/master.m3u8", b"Cache-Control: max-age=86400\n")
+    etag = fields(await fs.request("HEAD", "/v/abc/master.m3u8", []))["etag"]
+    response = await fs.request("GET", "/v/abc/master.m3u8", [(b"If-None-Match", etag)])
+    assert response.status == 304
+    head = fields(response)
+    assert head["cache-control"] == "max-age=86400" and head["etag"] == etag
+    assert "content-type" not in head
+
+
+async def test_fs_a_file_without_a_sidecar_is_served_as_before(fs: FsOrigin, root: Path) -> None:
+    put_sidecar(root, "v/abc/other.m4s", b"Cache-Control: max-age=1\n")  # another file's
+    response = await fs.request("GET", "/v/abc/master.m3u8", [])
+    assert [n for n, _ in response.headers] == [
+        b"Content-Type", b"Content-Length", b"ETag", b"Last-Modified", b"Accept-Ranges"]
+    assert fields(response)["content-type"] == "application/vnd.apple.mpegurl"
+    assert await read_body(response) == b"#EXTM3U\n"
+
+
+MALFORMED_SIDECARS = {
+    "unlisted-field": b"Cache-Control: max-age=60\nSet-Cookie: a=b\n",
+    "crlf": b"Cache-Control: max-age=60\r\n",
+    "cr-inside": b"Cache-Control: max-age=60\rX-Injected: 1\n",
+    "nul": b"Cache-Control: max-age=60\x00\n",
+    "no-final-newline": b"Cache-Control: max-age=60",
+    "no-colon": b"Cache-Control max-age=60\n",
+    "empty-value": b"Cache-Control:\n",
+    "twice": b"Cache-Control: max-age=60\nCache-Control: no-store\n",
+    "non-ascii": "Content-Disposition: attachment; filename=\u00e9\n".encode(),
+    "long-value": b"Cache-Control: " + b"x" * 1025 + b"\n",
+    "oversized": b"Cache-Control: max-age=60\n" + b"\n" * 5000,
+    "space-in-name": b"Cache Control: max-age=60\n",
+}
+
+
+@pytest.mark.parametrize("data", list(MALFORMED_SIDECARS.values()), ids=list(MALFORMED_SIDECARS))
+async def test_fs_a_malformed_sidecar_is_ignored_with_a_warning(
+    fs: FsOrigin, root: Path, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    put_sidecar(root, "v/abc/master.m3u8", data)
+    with caplog.at_level("WARNING", logger="reelcdn.shield"):
+        response = await fs.request("GET", "/v/abc/master.m3u8", [])
+    assert response.status == 200
+    head = fields(response)
+    assert "cache-control" not in head and "set-cookie" not in head and "x-injected" not in head
+    assert head["content-type"] == "application/vnd.apple.mpegurl"
+    assert await read_body(response) == b"#EXTM3U\n"
+    assert any("sidecar of v/abc/master.m3u8 is malformed" in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_fs_an_unusable_sidecar_is_ignored_and_one_outside_never_opened(
+    fs: FsOrigin, root: Path, opened: OpenRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = root / "v" / "abc" / ".headers"
+    headers.mkdir()
+    (headers / "master.m3u8").mkdir()  # a directory
+    os.mkfifo(headers / "seg_00001.m4s")  # a FIFO: must not hang a thread
+    outside = root.parent / "secret.txt"
+    (root / "v" / "abc" / "leak.json").write_bytes(b"{}")
+    (headers / "leak.json").symlink_to(outside)  # leads outside the root
+    with caplog.at_level("WARNING", logger="reelcdn.shield"):
+        async with asyncio.timeout(5):
+            for target in ("/v/abc/master.m3u8", "/v/abc/seg_00001.m4s", "/v/abc/leak.json"):
+                response = await fs.request("GET", target, [])
+                assert response.status == 200
+                assert "cache-control" not in fields(response)
+                assert b"SECRET" not in await read_body(response)
+    assert opens_of(opened, outside) == []
+    assert len([r for r in caplog.records if "sidecar" in r.getMessage()]) == 3
+
+
+@pytest.mark.parametrize("target", [
+    "/v/abc/.headers/meta.json", "/v/abc/%2eheaders/meta.json", "/.staging/publish/x",
+    "/v/.hidden/x", "/v/abc/.meta.json-x.tmp",
+])
+async def test_fs_hidden_paths_are_404(fs: FsOrigin, root: Path, target: str) -> None:
+    """Sidecars, the store's staging area and its temporary files exist, but are no objects."""
+    put_sidecar(root, "v/abc/meta.json", b"Cache-Control: max-age=2\n")
+    for key in (".staging/publish/x", "v/.hidden/x", "v/abc/.meta.json-x.tmp"):
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(b"hidden")
+    for method in ("GET", "HEAD"):
+        response = await fs.request(method, target, [])
+        assert response.status == 404
+        assert b"max-age" not in await read_body(response)
 
 
 @settings(max_examples=200, deadline=None,
