@@ -7,6 +7,7 @@ serves it (docs/overview.md, "URL scheme")::
 
     {root}/v/{video_id}/master.m3u8            written here from meta.json
     {root}/v/{video_id}/meta.json              reelcdn.manifests.meta.VideoMeta
+    {root}/v/{video_id}/.headers/meta.json     its Cache-Control (reelcdn.shield.sidecar)
     {root}/v/{video_id}/poster.jpg             a frame at ~1 s, 640 px wide
     {root}/v/{video_id}/{rendition}/index.m3u8 ffmpeg's VOD media playlist
     {root}/v/{video_id}/{rendition}/init.mp4   CMAF header
@@ -50,6 +51,8 @@ from reelcdn.manifests.meta import (
     renditions_sorted,
     sha256_digest,
 )
+from reelcdn.origin.cache_control import META_CACHE_READY
+from reelcdn.origin.storage import write_sidecar
 
 __all__ = [
     "DEFAULT_LADDER",
@@ -667,6 +670,8 @@ def _encode_video(exe: str, video_id: str, pattern: _Pattern, rungs: Sequence[La
     )
     (work / "master.m3u8").write_text(render_master_playlist(meta))
     meta.write(work / "meta.json")
+    # Ready from the start: the day-long freshness the transcoder gives a ready meta.json.
+    write_sidecar(work / "meta.json", cache_control=META_CACHE_READY)
     return meta
 
 

@@ -45,6 +45,13 @@ from typing import Any
 
 from reelcdn.manifests import merkle
 from reelcdn.manifests.meta import Rendition, VideoMeta, renditions_sorted
+from reelcdn.origin.cache_control import (
+    MEDIA_CACHE,
+    META_CACHE_PROCESSING,
+    META_CACHE_READY,
+    PLAYLIST_CACHE,
+    POSTER_CACHE,
+)
 from reelcdn.origin.demo import (
     DEFAULT_LADDER,
     POSTER_WIDTH,
@@ -69,14 +76,6 @@ __all__ = [
     "transcode",
 ]
 
-META_CACHE_PROCESSING = "max-age=2"
-"""``meta.json`` while processing: the edge re-reads it soon and sees the next rungs."""
-META_CACHE_READY = "max-age=86400"
-"""``meta.json`` once ready: long, but not immutable (a deleted video must disappear)."""
-MEDIA_CACHE = "max-age=31536000, immutable"
-"""Inits, segments: a URL's bytes never change (reruns write the same bytes)."""
-PLAYLIST_CACHE = "max-age=86400"
-POSTER_CACHE = "max-age=86400"
 MIN_BITRATE = 100_000
 X264_PARAMS = "sliced-threads=1:threads=4"
 """Deterministic output, so a rerun publishes the same bytes. x264's default frame threads

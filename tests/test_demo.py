@@ -30,6 +30,7 @@ from reelcdn.manifests.meta import (
     peak_bandwidth,
 )
 from reelcdn.origin import demo
+from reelcdn.origin.cache_control import META_CACHE_READY
 from reelcdn.origin.demo import DemoError, LadderRung, synthesise_demo_videos
 
 pytestmark = pytest.mark.slow  # ffmpeg synthesises demo videos
@@ -66,7 +67,11 @@ def test_layout_is_exactly_the_url_scheme(origin: Path) -> None:
     for video_id in IDS:
         vdir = origin / "v" / video_id
         assert {p.name for p in vdir.iterdir()} == {
-            "master.m3u8", "meta.json", "poster.jpg", "180p", "360p"}
+            "master.m3u8", "meta.json", "poster.jpg", "180p", "360p", ".headers"}
+        # meta.json is ready: the transcoder's day-long freshness for ready videos.
+        assert [p.name for p in (vdir / ".headers").iterdir()] == ["meta.json"]
+        assert (vdir / ".headers" / "meta.json").read_text() == (
+            f"Cache-Control: {META_CACHE_READY}\n")
         for rung in LADDER:
             names = sorted(p.name for p in (vdir / rung.name).iterdir())
             assert names == ["index.m3u8", "init.mp4",
