@@ -606,7 +606,6 @@ def test_embedded_default_loads_against_a_data_dir(tmp_path: Path) -> None:
         ("*.m4s", (200, 206)): 86400.0,
         ("*/init.mp4", (200, 206)): 86400.0,
         ("*.m3u8", (200, 206)): 2.0,
-        ("*/meta.json", (200, 206)): 2.0,
         ("*.jpg", (200, 206)): 3600.0,
         ("*", (404,)): 5.0,
     }
