@@ -46,6 +46,7 @@ from reelcdn.edge.config import NodeConfig
 from reelcdn.edge.delivery import Delivery
 from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
 from reelcdn.edge.fetch.contract import FetchFailed, Upstream
+from reelcdn.edge.fetch.order import FillOrder
 from reelcdn.edge.http import conditional
 from reelcdn.edge.http.dates import format_http_date, http_date_now_bytes
 from reelcdn.edge.http.message import (
@@ -74,20 +75,6 @@ FWD_REQUEST = b"fwd=request"
 # Request fields not copied upstream on a pass: recomputed here (Via, X-Forwarded-For,
 # framing). A fill forwards only its allow-list (``fill_headers``, see ``fill_order``).
 PASS_DROPS = frozenset({b"host", b"content-length", b"x-forwarded-for", b"via", b"expect"})
-class FillOrder:
-    """What a shared fill asks upstream: the origin-form ``target``, the request ``fields``
-    (the node's own and the allow-listed client ones), and ``selecting``, the client fields it
-    forwarded by lower-cased name: what the origin saw, so what a ``Vary`` of its answer
-    selects on. A fill is made from a key and this, never from a client's whole request."""
-
-    __slots__ = ("target", "fields", "selecting")
-
-    def __init__(
-        self, target: str, fields: list[tuple[bytes, bytes]], selecting: dict[bytes, bytes]
-    ) -> None:
-        self.target = target
-        self.fields = fields
-        self.selecting = selecting
 
 
 def _storable_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:

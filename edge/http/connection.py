@@ -56,7 +56,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from reelcdn.edge.cache.bodyfile import FileBody
 from reelcdn.edge.http.message import error_response
@@ -65,9 +65,65 @@ from reelcdn.extensions._reader_py import BODY, CLOSING, HEAD, IDLE
 from reelcdn.extensions.message import Request
 
 if TYPE_CHECKING:
-    from reelcdn.edge.ops.server import NodeServer
+    from reelcdn.edge.config.model import NodeConfig
+    from reelcdn.edge.metrics import NodeStats
 
 log = logging.getLogger("reelcdn.protocol")
+
+
+# What a connection needs of the things above it, stated here so that this module imports
+# neither the node nor the server (h11's way: the protocol layer knows only its own needs).
+# ``CacheNode`` and ``NodeServer`` satisfy these structurally.
+
+
+class ConnectionNode(Protocol):
+    """What a connection needs of the node that answers its requests (``CacheNode``)."""
+
+    @property
+    def config(self) -> NodeConfig:
+        """Read for ``limits`` when the connection is made."""
+        ...
+
+    @property
+    def stats(self) -> NodeStats:
+        """Counted into: connections, rejections, timeouts, time to first byte."""
+        ...
+
+    def receive(self, req: Request, conn: HttpConnection) -> Awaitable[None] | None:
+        """Answer ``req``: None when written synchronously, else what to await before the
+        next request."""
+        ...
+
+
+class ConnectionOwner(Protocol):
+    """What a connection needs of the server that accepted it (``NodeServer``)."""
+
+    @property
+    def node(self) -> ConnectionNode: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def served_hosts(self) -> frozenset[str]:
+        """Authorities an absolute-form target may name (the reader's Host check)."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: new connections are refused with 503."""
+        ...
+
+    @property
+    def connections(self) -> set[HttpConnection]:
+        """The open connections (the sweep's and the connection limit's), joined and left
+        by each connection itself."""
+        ...
+
+    @property
+    def tasks(self) -> set[asyncio.Task[None]]:
+        """Answering tasks, kept alive (and cancelled at shutdown) by the owner."""
+        ...
 
 
 # How long a refused connection keeps reading (and dropping) what the client sends after the
@@ -154,7 +210,7 @@ class HttpConnection(asyncio.Protocol):
         "_file_send",
     )
 
-    def __init__(self, server: NodeServer) -> None:
+    def __init__(self, server: ConnectionOwner) -> None:
         self.server = server
         self.node = server.node
         self.limits = server.node.config.limits

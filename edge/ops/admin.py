@@ -15,8 +15,8 @@ import asyncio
 import hmac
 import os
 import re
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Awaitable, Callable, Sized
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -29,7 +29,6 @@ from reelcdn.extensions.target import BadPath, canonical_path
 
 if TYPE_CHECKING:
     from reelcdn.edge.node import CacheNode
-    from reelcdn.edge.ops.server import NodeServer
 
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 PREWARM_MAX_PATHS = 1000
@@ -39,6 +38,35 @@ PURGE_KINDS = ("path", "prefix", "video")
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ServedNode(Protocol):
+    """What the admin of one process reads of the server running its node (``NodeServer``,
+    which builds this admin: typing against the server would make the two import each
+    other)."""
+
+    @property
+    def node(self) -> CacheNode: ...
+
+    @property
+    def connections(self) -> Sized:
+        """The open client connections (a gauge)."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Shutting down: health answers 503."""
+        ...
+
+    @property
+    def worker_index(self) -> int | None:
+        """This process's index among a node's workers; None for a single-process node."""
+        ...
+
+    @property
+    def self_url(self) -> str:
+        """A base URL reaching this process's own data plane (prewarm fetches through it)."""
+        ...
 
 
 def json_error(message: str, status: int = 400, **extra: Any) -> web.Response:
@@ -139,7 +167,7 @@ async def read_prewarm_paths(request: web.Request) -> list[str] | web.Response:
     return paths
 
 
-async def prewarm_paths(server: NodeServer, paths: list[str]) -> dict[str, dict[str, object]]:
+async def prewarm_paths(server: ServedNode, paths: list[str]) -> dict[str, dict[str, object]]:
     """GET each path from the node's own listener (bounded concurrency), reading and
     discarding bodies; report status and Cache-Status per path.
 
@@ -173,7 +201,7 @@ def upstream_health(node: CacheNode) -> dict[str, dict[str, Any]]:
     return health() if callable(health) else {}
 
 
-def node_gauges(server: NodeServer) -> dict[str, float]:
+def node_gauges(server: ServedNode) -> dict[str, float]:
     node = server.node
     return {
         "reelcdn_cache_objects": len(node.store),
@@ -190,7 +218,7 @@ def node_gauges(server: NodeServer) -> dict[str, float]:
     }
 
 
-def cache_stats(server: NodeServer) -> dict[str, Any]:
+def cache_stats(server: ServedNode) -> dict[str, Any]:
     node = server.node
     requests = node.stats.requests
     hits = sum(v for (_, status, _), v in requests.items() if status == "hit")
@@ -214,7 +242,7 @@ def cache_stats(server: NodeServer) -> dict[str, Any]:
     }
 
 
-def internal_stats(server: NodeServer) -> dict[str, Any]:
+def internal_stats(server: ServedNode) -> dict[str, Any]:
     """What a worker tells its master: enough to render the node's /metrics and
     /cache/stats as a sum over workers."""
     node = server.node
@@ -262,7 +290,7 @@ class AdminBackend:
 class LocalAdmin(AdminBackend):
     """The admin backend of one process: its own node and store."""
 
-    def __init__(self, server: NodeServer) -> None:
+    def __init__(self, server: ServedNode) -> None:
         self.server = server
         node = server.node
         self.registry = node_registry(

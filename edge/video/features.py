@@ -26,7 +26,7 @@ from reelcdn.manifests.meta import VideoMeta
 
 if TYPE_CHECKING:
     from reelcdn.edge.http.connection import HttpConnection
-    from reelcdn.edge.node import CacheNode
+    from reelcdn.edge.video.host import FeatureHost
 
 log = logging.getLogger("reelcdn.cmcd")
 
@@ -37,7 +37,7 @@ CONTINUE = object()
 class EdgeFeatures:
     """Playlist rendering, CMCD and prefetch of one node."""
 
-    def __init__(self, node: CacheNode) -> None:
+    def __init__(self, node: FeatureHost) -> None:
         self.node = node
         self.playlists = playlists.PlaylistRenderer(node)
         self.prefetcher = Prefetcher(node)

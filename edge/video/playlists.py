@@ -66,7 +66,7 @@ from reelcdn.manifests.meta import VideoMeta
 if TYPE_CHECKING:
     from reelcdn.edge.config import NodeConfig, SteeringConfig
     from reelcdn.edge.http.connection import HttpConnection
-    from reelcdn.edge.node import CacheNode
+    from reelcdn.edge.video.host import FeatureHost
 
 log = logging.getLogger("reelcdn.playlists")
 
@@ -119,7 +119,7 @@ class _Lru(OrderedDict):  # type: ignore[type-arg]
 class PlaylistRenderer:
     """Renders the playlists of one node from the meta.json entries it caches."""
 
-    def __init__(self, node: CacheNode) -> None:
+    def __init__(self, node: FeatureHost) -> None:
         self.node = node
         self.templates = _Lru(node.config.playlist_cache_entries)
         self._metas = _Lru(PARSED_METAS)    # meta.json key -> (entry, VideoMeta)

@@ -41,7 +41,7 @@ from reelcdn.extensions.target import BadPath
 PREFETCH_FIELDS = ((b"Sec-Purpose", b"prefetch"),)
 
 if TYPE_CHECKING:
-    from reelcdn.edge.node import CacheNode
+    from reelcdn.edge.video.host import FeatureHost
 
 log = logging.getLogger("reelcdn.prefetch")
 
@@ -67,7 +67,7 @@ def resolve(request_path: str, relative: str) -> str | None:
 class Prefetcher:
     """The prefetch queue of one node, and its accounting."""
 
-    def __init__(self, node: CacheNode) -> None:
+    def __init__(self, node: FeatureHost) -> None:
         self.node = node
         self._queue: deque[tuple[str, str]] = deque()  # (key, client address)
         self._queued: set[str] = set()
