@@ -1,13 +1,21 @@
-"""Print the import cycles among reelcdn's modules; exit 1 when there is one.
+"""Print the import cycles among reelcdn's modules and its design folders; exit 1 on one.
 
-    python scripts/import_cycles.py            # cycles, one per line
+    python scripts/import_cycles.py            # module cycles, then folder cycles
     python scripts/import_cycles.py --graph    # every module and what it imports
+    python scripts/import_cycles.py --folders  # every design folder and what it imports
 
 The graph is read from the source with ``ast`` (nothing is imported): every ``import`` and
 ``from ... import`` of a ``reelcdn`` module (relative ones resolved), at any depth of the file,
-including imports inside functions — a lazy import is still a dependency, only a hidden one.
-Imports under ``if TYPE_CHECKING:`` are left out: they exist for type hints only and never
-run. Cycles are the strongly connected components of the graph with more than one module.
+including imports inside functions — a lazy import is still a dependency, only a hidden one —
+and imports under ``if TYPE_CHECKING:``. Those never run, but a type hint is still a dependency
+of whoever reads the module (a person, a type checker, a reviewer's tool): a module typed
+against a higher one cannot be understood or checked without it, so such a cycle is a cycle.
+Break one with a ``typing.Protocol`` in the lower module that states what it needs.
+
+Cycles are the strongly connected components of the graph with more than one module. The
+same graph collapsed to the design folders (``edge/``, ``shield/``, ...: ``PACKAGES``) must
+have none either: the folders are layers, lowest first ``FOLDER_ORDER``, and a folder imports
+only folders before it.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ PACKAGES = {
     "extensions": "reelcdn.extensions",
     "loadtest": "reelcdn.loadtest",
 }
+
+# The design folders as layers, lowest first: each imports only folders before it
+# (docs/architecture.md). ``reelcdn`` is the command line (cli, up, upload).
+FOLDER_ORDER = ("extensions", "manifests", "edge", "shield", "origin", "loadtest", "reelcdn")
 
 
 # Top-level Python imports of a .pyx file (its cimports are C-level, not module imports).
@@ -57,11 +69,11 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
+def _imports(tree: ast.AST, module: str, is_package: bool, type_hints: bool) -> set[str]:
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
+        if not type_hints and isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.orelse:
                 visit(child)
             return
@@ -84,8 +96,9 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
-    """Module → the product modules it imports."""
+def import_graph(type_hints: bool = True) -> dict[str, set[str]]:
+    """Module → the product modules it imports (with ``type_hints`` False, leaving out the
+    imports under ``if TYPE_CHECKING:``)."""
     files = module_files()
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
@@ -93,7 +106,7 @@ def import_graph() -> dict[str, set[str]]:
         if path.suffix == ".pyx":  # the Python-level imports of a Cython module
             text = "\n".join(match.group(0) for match in _PYX_IMPORT.finditer(text))
         tree = ast.parse(text, filename=str(path))
-        named = _imports(tree, module, path.stem == "__init__")
+        named = _imports(tree, module, path.stem == "__init__", type_hints)
         graph[module] = {name for name in named if name in files and name != module}
     return graph
 
@@ -136,20 +149,81 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
+def folder_of(module: str) -> str:
+    """The design folder of a product module (``reelcdn.edge.node`` → ``edge``; the
+    ``reelcdn`` package itself and its cli/up/upload → ``reelcdn``)."""
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in PACKAGES and parts[1] != "reelcdn":
+        return parts[1]
+    return "reelcdn"
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, dict[str, list[tuple[str, str]]]]:
+    """Folder → folder it imports → the module imports that make the edge (a folder's
+    imports of itself left out)."""
+    folders: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for module in sorted(graph):
+        source = folder_of(module)
+        edges = folders.setdefault(source, {})
+        for target in sorted(graph[module]):
+            if folder_of(target) != source:
+                edges.setdefault(folder_of(target), []).append((module, target))
+    return folders
+
+
+def folder_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The cycles of the module graph collapsed to the design folders."""
+    folders = folder_graph(graph)
+    return cycles({source: set(edges) for source, edges in folders.items()})
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(folder, folder) pairs where a folder imports one after it in ``FOLDER_ORDER``."""
+    rank = {name: i for i, name in enumerate(FOLDER_ORDER)}
+    return [(source, target) for source, edges in sorted(folder_graph(graph).items())
+            for target in sorted(edges) if rank[target] > rank[source]]
+
+
+def report(graph: dict[str, set[str]]) -> int:
+    """Print the module cycles and the folder cycles of ``graph``; 1 if there is either."""
+    found = cycles(graph)
+    for component in found:
+        inner = {m: sorted(graph[m] & set(component)) for m in component}
+        print("cycle:", "; ".join(f"{m} -> {', '.join(t)}" for m, t in inner.items()))
+    folders = folder_graph(graph)
+    found_folders = folder_cycles(graph)
+    for component in found_folders:
+        members = set(component)
+        edges = []
+        for source in component:
+            for target, made_by in sorted(folders[source].items()):
+                if target in members:
+                    shown = ", ".join(f"{m} -> {t}" for m, t in made_by[:3])
+                    more = f" (+{len(made_by) - 3} more)" if len(made_by) > 3 else ""
+                    edges.append(f"{source} -> {target} [{shown}{more}]")
+        print("folder cycle:", "; ".join(edges))
+    print(f"{len(graph)} modules, {len(found)} import cycle(s); "
+          f"{len(folders)} folders, {len(found_folders)} folder cycle(s)")
+    return 1 if found or found_folders else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--graph", action="store_true", help="print the whole import graph")
+    parser.add_argument("--folders", action="store_true",
+                        help="print the graph collapsed to the design folders")
     args = parser.parse_args(argv)
     graph = import_graph()
     if args.graph:
         for module in sorted(graph):
             print(module, "->", ", ".join(sorted(graph[module])) or "-")
-    found = cycles(graph)
-    for component in found:
-        inner = {m: sorted(graph[m] & set(component)) for m in component}
-        print("cycle:", "; ".join(f"{m} -> {', '.join(t)}" for m, t in inner.items()))
-    print(f"{len(graph)} modules, {len(found)} import cycle(s)")
-    return 1 if found else 0
+    if args.folders:
+        folders = folder_graph(graph)
+        for source in FOLDER_ORDER:
+            edges = folders.get(source, {})
+            print(source, "->", ", ".join(f"{t} ({len(edges[t])})" for t in sorted(edges))
+                  or "-")
+    return report(graph)
 
 
 if __name__ == "__main__":
