@@ -644,7 +644,12 @@ def build_app(service: OriginState) -> web.Application:
 
 async def _metrics(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    await asyncio.to_thread(service.metrics.observe_pipeline, service.queue, service.catalog)
+    try:
+        await asyncio.to_thread(service.metrics.observe_pipeline, service.queue, service.catalog)
+    except Exception as exc:  # a shared queue or catalog down: the rest is still worth serving
+        log.warning("metrics: the queue's and catalog's levels are stale: %s: %s",
+                    exc.__class__.__name__, exc)
+        service.metrics.scrape_errors.inc()
     body = generate_latest(service.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -118,7 +118,15 @@ class TranscodeWorker:
     def run(self, stop: threading.Event, idle_wait: float = 1.0) -> None:
         """Run jobs until ``stop`` is set (waiting ``idle_wait`` s when the queue is empty)."""
         while not stop.is_set():
-            if not self.run_one():
+            try:
+                ran = self.run_one()
+            except Exception:  # the queue or catalog failing (throttled, unreachable, locked)
+                # The job's lease runs out and it runs again (here or on another worker);
+                # the worker itself stays up rather than exiting on a passing outage.
+                log.exception("running a job failed; its lease will expire and it runs again")
+                stop.wait(idle_wait)
+                continue
+            if not ran:
                 stop.wait(idle_wait)
 
     def run_one(self) -> bool:

@@ -96,6 +96,10 @@ class OriginMetrics:
                                  registry=self.registry)
         self.videos = Gauge("reelcdn_origin_videos", "videos by status", ["status"],
                             registry=self.registry)
+        self.scrape_errors = Counter(
+            "reelcdn_origin_pipeline_scrape_errors",
+            "scrapes whose queue and catalog levels could not be read (the gauges kept their "
+            "last values)", registry=self.registry)
 
     def observe_pipeline(self, queue: JobQueue, catalog: Catalog) -> None:
         """Read the queue's and the catalog's levels (at scrape: workers change them from
