@@ -30,7 +30,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.origin import direct as direct_mod
 from reelcdn.origin import tus
-from reelcdn.origin.storage import FsStore
 from reelcdn.origin.uploads import (
     EXPIRED,
     TERMINATED,
@@ -347,8 +346,13 @@ async def video(request: web.Request) -> web.StreamResponse:
     direct = await asyncio.to_thread(_direct_upload, service, video_id)
     if direct is not None:
         return await _direct_video(request, service, direct)
+    entry = (await asyncio.to_thread(service.catalog.get, video_id)
+             if valid_video_id(video_id) else None)
+    if entry is not None and service.store.get(video_id) is None:
+        # Uploaded through another API host sharing the catalog (or its upload record is
+        # gone): the catalog row is the video.
+        return await _catalog_video(request, service, video_id, entry)
     upload = _find(service, request, video_id)
-    entry = await asyncio.to_thread(service.catalog.get, video_id)
     if entry is not None and entry["status"] == "deleted":
         raise ApiError(410, "deleted", "this video was deleted")
     if request.method == "DELETE":
@@ -373,6 +377,28 @@ async def video(request: web.Request) -> web.StreamResponse:
     return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
+async def _catalog_video(request: web.Request, service: OriginState, video_id: str,
+                         entry: dict[str, Any]) -> web.Response:
+    """A video known only from the catalog: its owner may read and delete it, anyone may
+    read it once ``ready`` (as the listing shows it)."""
+    if entry["status"] == "deleted":
+        raise ApiError(410, "deleted", "this video was deleted")
+    caller = request[USER]
+    if caller != entry["owner"] and (request.method == "DELETE" or entry["status"] != "ready"):
+        raise ApiError(403, "not_owner", "this video belongs to another user")
+    if request.method == "DELETE":
+        return await _delete_video(service, video_id, entry)
+    body: dict[str, Any] = {
+        "id": video_id,
+        "status": entry["status"],
+        "owner": entry["owner"],
+        "metadata": {k: entry[k] for k in ("title", "caption", "filename") if entry[k]},
+        "created": tus.http_date(entry["created"]),
+        **catalog_view(video_id, entry["status"], entry),
+    }
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 async def _delete_video(service: OriginState, video_id: str,
                         entry: dict[str, Any] | None) -> web.Response:
     """Remove a video: its published objects, its copies on every node (purged through their
@@ -382,9 +408,8 @@ async def _delete_video(service: OriginState, video_id: str,
         raise ApiError(409, "processing", "the video is still being processed: delete it "
                        "once it is ready or failed")
     objects = 0
-    if service.config.origin_root is not None:
-        store = FsStore(service.config.origin_root)
-        objects = await asyncio.to_thread(store.delete_prefix, f"v/{video_id}")
+    if service.published is not None:
+        objects = await asyncio.to_thread(service.published.delete_prefix, f"v/{video_id}")
     purged = await service.purge_video(video_id)
     await asyncio.to_thread(service.store.end, video_id, TERMINATED, service.clock())
     if entry is not None:

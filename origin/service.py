@@ -16,9 +16,10 @@ from collections.abc import Callable
 from aiohttp import web
 
 from reelcdn.origin.api import build_admin_app, build_app
-from reelcdn.origin.config import OriginServices, open_catalog, open_queue
+from reelcdn.origin.config import OriginServices, open_catalog, open_queue, open_store
 from reelcdn.origin.queue import JobQueue
 from reelcdn.origin.state import OriginConfig, OriginMetrics, OriginState
+from reelcdn.origin.storage import ObjectStore
 from reelcdn.origin.videos import Catalog
 
 __all__ = ["OriginConfig", "OriginMetrics", "OriginService", "run"]
@@ -28,8 +29,9 @@ log = logging.getLogger("reelcdn.origin")
 
 class OriginService(OriginState):
     def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time, *,
-                 queue: JobQueue | None = None, catalog: Catalog | None = None) -> None:
-        super().__init__(config, clock, queue=queue, catalog=catalog)
+                 queue: JobQueue | None = None, catalog: Catalog | None = None,
+                 published: ObjectStore | None = None) -> None:
+        super().__init__(config, clock, queue=queue, catalog=catalog, published=published)
         self._runners: list[web.AppRunner] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.app = build_app(self)
@@ -90,7 +92,8 @@ async def run(services: OriginServices) -> None:
     config = services.service_config()
     config.data_dir.mkdir(parents=True, exist_ok=True)
     service = OriginService(config, queue=open_queue(services.queue),
-                            catalog=open_catalog(services.catalog))
+                            catalog=open_catalog(services.catalog),
+                            published=open_store(services.publish_origin()))
     (host, port), admin = services.api.listen, services.api.admin
     admin_host, admin_port = admin if admin is not None else (None, None)
     try:

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from reelcdn.origin.direct import MAX_URL_TTL, DirectUploads, S3Source
 from reelcdn.origin.pipeline import enqueue_on_direct_upload, enqueue_on_upload
 from reelcdn.origin.queue import JobQueue, SqliteQueue
+from reelcdn.origin.storage import FsStore, ObjectStore
 from reelcdn.origin.tus import Limits
 from reelcdn.origin.uploads import UploadStore
 from reelcdn.origin.users import Keys, RateLimiter
@@ -115,15 +116,20 @@ class OriginMetrics:
 
 class OriginState:
     def __init__(self, config: OriginConfig, clock: Callable[[], float] = time.time, *,
-                 queue: JobQueue | None = None, catalog: Catalog | None = None) -> None:
+                 queue: JobQueue | None = None, catalog: Catalog | None = None,
+                 published: ObjectStore | None = None) -> None:
         """``queue`` and ``catalog`` default to SQLite files in the data dir; the topology's
-        ``[queue]`` and ``[catalog]`` may name shared ones (``origin/config.py``)."""
+        ``[queue]`` and ``[catalog]`` may name shared ones (``origin/config.py``).
+        ``published`` is the store workers publish into (what DELETE removes a video from):
+        by default the directory ``config.origin_root``, if any."""
         self.config = config
         self.clock = clock
         self.limits = Limits(max_size=config.max_size)
         self.store = UploadStore(config.data_dir)
         self.limiter = RateLimiter(config.uploads_per_window, config.rate_window)
         self.metrics = OriginMetrics()
+        self.published = published if published is not None else (
+            FsStore(config.origin_root) if config.origin_root is not None else None)
         self.catalog: Catalog = catalog if catalog is not None else VideoCatalog(
             config.data_dir / "videos.sqlite")
         self.queue = queue if queue is not None else SqliteQueue(

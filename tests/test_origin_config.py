@@ -333,3 +333,67 @@ video_bitrate = 250000
         for proc in processes:
             output = proc.stdout.read().decode() if proc.stdout else ""
             assert "Traceback" not in output, output
+
+
+@pytest.mark.slow
+async def test_delete_removes_a_video_from_an_s3_publish_store(
+        tmp_path: Path, s3_endpoint: str) -> None:  # noqa: F811
+    """With ``publish_to`` an s3 origin, the API opens the same bucket and prefix the workers
+    publish into and the shield reads, and DELETE removes the video's objects there."""
+    import aiohttp
+    import boto3
+
+    from reelcdn.origin.config import open_catalog, open_store
+    from reelcdn.origin.service import OriginService
+    from reelcdn.origin.uploads import new_video_id
+
+    vid1, vid2 = new_video_id(), new_video_id()
+
+    bucket = f"media-{free_port()}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    (tmp_path / "keys").write_text("k1 " + "s" * 32 + "\n")
+    got = services_from_topology(topology_from_text(f"""
+[origin.media]
+type = "s3"
+bucket = "{bucket}"
+prefix = "cdn/"
+endpoint_url = "{s3_endpoint}"
+
+[node.shield-1]
+role = "shield"
+listen = "127.0.0.1:18100"
+origins = ["media"]
+
+[api]
+key_file = "keys"
+purge_nodes = false
+""", base_dir=str(tmp_path)))
+    store = open_store(got.publish_origin())
+    for key in (f"v/{vid1}/meta.json", f"v/{vid1}/360p/index.m3u8", f"v/{vid2}/meta.json"):
+        store.put_bytes(key, b"x")
+    catalog = open_catalog(got.catalog)
+    catalog.create(vid1, "ann", {}, status="processing")
+    catalog.set_status(vid1, "ready", duration=3.0, renditions=["360p"])
+    service = OriginService(got.service_config(), catalog=catalog, published=store)
+    port, _ = await service.start("127.0.0.1", 0)
+    try:
+        # The video came through another API host sharing the catalog: this one has no
+        # upload record of it, and answers from the catalog row.
+        url = f"http://127.0.0.1:{port}/api/v1/videos/{vid1}"
+        ann = {"Authorization": f"Bearer {mint('ann', ('k1', b's' * 32), 600)}"}
+        bob = {"Authorization": f"Bearer {mint('bob', ('k1', b's' * 32), 600)}"}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, headers=bob) as response:
+                assert response.status == 200  # ready: anyone may read it
+                assert (await response.json())["playback"] == f"/v/{vid1}/master.m3u8"
+            async with session.delete(url, headers=bob) as response:
+                assert response.status == 403
+            async with session.delete(url, headers=ann) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["objects"] == 2
+            async with session.get(url, headers=ann) as response:
+                assert response.status == 410
+    finally:
+        await service.stop()
+    listed = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)
+    assert [o["Key"] for o in listed.get("Contents", [])] == [f"cdn/v/{vid2}/meta.json"]
