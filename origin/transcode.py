@@ -206,6 +206,8 @@ class TranscodeResult:
     first_publish_seconds: float
     """From the call to the processing meta.json being written (the video playable)."""
     total_seconds: float
+    published: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Rendition name → seconds from the call to that rendition being published."""
 
 
 def _filtergraph(rungs: Sequence[LadderRung], fps_filter: str, poster_at: float | None) -> str:
@@ -220,13 +222,16 @@ def _filtergraph(rungs: Sequence[LadderRung], fps_filter: str, poster_at: float 
 
 
 def _encode(exe: str, source: Path, rungs: Sequence[LadderRung], out: Path, info: SourceInfo,
-            ladder: Ladder, *, poster: bool, timeout: float, what: str) -> None:
-    """One ffmpeg run: the source decoded once, split to *rungs* (and the poster)."""
+            ladder: Ladder, *, poster: bool, timeout: float, what: str,
+            decode_args: Sequence[str] = ()) -> None:
+    """One ffmpeg run: the source decoded once (with *decode_args*), split to *rungs* (and
+    the poster)."""
     fps = ladder.output_frame_rate(info)
     fps_filter = f"fps={fps:.6g}," if info.frame_rate > ladder.max_frame_rate else ""
     gop = max(1, round(ladder.segment_seconds * fps))
     poster_at = min(1.0, info.duration / 2) if poster else None
-    args = ["-i", str(source), "-filter_complex", _filtergraph(rungs, fps_filter, poster_at)]
+    args = [*decode_args, "-i", str(source), "-filter_complex",
+            _filtergraph(rungs, fps_filter, poster_at)]
     for i, rung in enumerate(rungs):
         (out / rung.name).mkdir(parents=True)
         # -g twice the segment: the forced keyframes make the GOPs; keyint is a safety net
@@ -242,6 +247,18 @@ def _encode(exe: str, source: Path, rungs: Sequence[LadderRung], out: Path, info
         run_ffmpeg(exe, args, timeout=timeout, what=what)
     except DemoError as exc:
         raise TranscodeError(str(exc).split("\n---", 1)[0], exc.stderr) from None
+
+
+def early_decode_args(info: SourceInfo, rung: LadderRung) -> tuple[str, ...]:
+    """Decoder options for the early run of the lowest rung, the one decode of the source the
+    ladder pays twice: without the deblocking filter (about a quarter of H.264 or HEVC
+    decoding) when the rung is at most half the source's size, where the downscale averages
+    away the block edges the filter would smooth. The poster comes from this run too and is
+    downscaled as much or more."""
+    halved = 2 * _short_side(rung) <= min(info.width, info.height)
+    if info.video_codec in ("h264", "hevc") and halved:
+        return ("-skip_loop_filter", "all")
+    return ()
 
 
 def _describe(rendition_dir: Path, rung: LadderRung, fps: float) -> Rendition:
@@ -300,17 +317,20 @@ def transcode(
         store.put_bytes(meta_key, meta.to_json().encode(), cache_control=cache_control)
 
     Path(workdir).mkdir(parents=True, exist_ok=True)
+    published: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix=f"{video_id}-", dir=workdir))
     try:
         lowest, rest = rungs[0], rungs[1:]
         first = work / "first"
         _encode(exe, source, [lowest], first, info, ladder, poster=True, timeout=timeout,
-                what=f"{video_id}: encoding {lowest.name}")
+                what=f"{video_id}: encoding {lowest.name}",
+                decode_args=early_decode_args(info, lowest) if rest else ())
         low = _describe(first / lowest.name, lowest, fps)
         if not (first / "poster.jpg").is_file():
             raise TranscodeError(f"{video_id}: ffmpeg wrote no poster")
         store.publish_dir(first / lowest.name, f"{base}/{lowest.name}", media_cache)
         store.put_file(f"{base}/poster.jpg", first / "poster.jpg", cache_control=POSTER_CACHE)
+        published[lowest.name] = time.monotonic() - started
         existing = _existing_meta(store, meta_key)
         if existing is not None and existing.ready:
             early = existing  # a rerun: never set a ready video back to processing
@@ -331,6 +351,7 @@ def transcode(
             described = [_describe(others / r.name, r, fps) for r in rest]
             for rung in rest:
                 store.publish_dir(others / rung.name, f"{base}/{rung.name}", media_cache)
+                published[rung.name] = time.monotonic() - started
             renditions += described
         final = VideoMeta(video_id=video_id, state="ready",
                           duration=round(max(r.duration for r in renditions), 6),
@@ -338,4 +359,4 @@ def transcode(
         publish_meta(final, META_CACHE_READY)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return TranscodeResult(final, info, first_publish, time.monotonic() - started)
+    return TranscodeResult(final, info, first_publish, time.monotonic() - started, published)

@@ -319,3 +319,22 @@ def test_a_poison_source_publishes_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidSource, match="not a media file"):
         transcode(bad, "bad", store, LADDER, workdir=tmp_path / "work")
     assert not store.exists("v/bad/meta.json")
+
+
+def test_the_early_run_skips_deblocking_only_where_the_downscale_hides_it() -> None:
+    """The lowest rung's run decodes the source a second time; it skips H.264's loop filter
+    only for a rung at most half the source's size (portrait sources by their short side)."""
+    from reelcdn.origin.demo import LadderRung as Rung
+    from reelcdn.origin.probe import SourceInfo
+    from reelcdn.origin.transcode import early_decode_args
+
+    rung = Rung("360p", 640, 360, 600_000, 96_000, "main")
+
+    def info(width: int, height: int, codec: str = "h264") -> SourceInfo:
+        return SourceInfo(True, width, height, 10.0, 30.0, True, video_codec=codec)
+
+    assert early_decode_args(info(1920, 1080), rung) == ("-skip_loop_filter", "all")
+    assert early_decode_args(info(1080, 1920), rung) == ("-skip_loop_filter", "all")
+    assert early_decode_args(info(1280, 720), rung) == ("-skip_loop_filter", "all")
+    assert early_decode_args(info(1024, 576), rung) == ()  # 1.6x: the filter stays on
+    assert early_decode_args(info(1920, 1080, "vp9"), rung) == ()
