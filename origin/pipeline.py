@@ -233,6 +233,7 @@ class TranscodeWorker:
             self._failed(job, f"{exc.__class__.__name__}: {exc}")
             return
         meta = result.meta
+        self.catalog.record_timings(video_id, result.published)
         self.catalog.set_status(video_id, "ready", duration=meta.duration,
                                 renditions=_rendition_names(meta))
         self.queue.complete(job)

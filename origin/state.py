@@ -20,16 +20,20 @@ until a call returns), so a crash between the last byte and the call does not lo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import inspect
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from reelcdn.origin.direct import MAX_URL_TTL, DirectUploads, S3Source
 from reelcdn.origin.pipeline import enqueue_on_direct_upload, enqueue_on_upload
@@ -72,6 +76,40 @@ class OriginConfig:
     max_attempts: int = 3               # runs of a transcoding job before it is dead-lettered
 
 
+#: Upper bounds (seconds) of the publish-time histogram's buckets: a first rung of a short
+#: clip in a couple of seconds up to the ladder of a long 1080p source in minutes.
+PUBLISH_BUCKETS = (1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+class PublishTimes(Collector):
+    """``reelcdn_origin_rendition_publish_seconds{rendition}``: how long transcoding took to
+    publish each rendition (from the job's start), over every video the catalog recorded.
+
+    The workers that observe these run in other processes, on other hosts, so the histogram
+    is rebuilt from the catalog (``Catalog.publish_times``) at each scrape, in the scrape's
+    worker thread (:meth:`OriginMetrics.observe_pipeline`); collecting only hands out that
+    snapshot, never blocking the event loop on the database."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(
+            "reelcdn_origin_rendition_publish_seconds",
+            "seconds from a transcoding job's start to a rendition published, by rendition",
+            labels=["rendition"])
+        for rendition, values in sorted(self.samples.items()):
+            counts = [0] * (len(PUBLISH_BUCKETS) + 1)
+            for value in values:
+                counts[bisect.bisect_left(PUBLISH_BUCKETS, value)] += 1
+            cumulative, buckets = 0, []
+            for bound, count in zip((*PUBLISH_BUCKETS, math.inf), counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+            family.add_metric([rendition], buckets, sum_value=sum(values))
+        yield family
+
+
 class OriginMetrics:
     """Counters in a registry of the service's own (several services may share a process)."""
 
@@ -101,6 +139,8 @@ class OriginMetrics:
             "reelcdn_origin_pipeline_scrape_errors",
             "scrapes whose queue and catalog levels could not be read (the gauges kept their "
             "last values)", registry=self.registry)
+        self.publish_times = PublishTimes()
+        self.registry.register(self.publish_times)
 
     def observe_pipeline(self, queue: JobQueue, catalog: Catalog) -> None:
         """Read the queue's and the catalog's levels (at scrape: workers change them from
@@ -112,6 +152,7 @@ class OriginMetrics:
         by_status = catalog.count_by_status()
         for status in STATUSES:
             self.videos.labels(status).set(by_status.get(status, 0))
+        self.publish_times.samples = catalog.publish_times()
 
 
 class OriginState:

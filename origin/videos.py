@@ -21,7 +21,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS videos (
     duration REAL,
     renditions TEXT NOT NULL DEFAULT '[]',
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    timings TEXT
 );
 CREATE INDEX IF NOT EXISTS videos_owner ON videos (owner, created)
 """
@@ -116,6 +117,18 @@ class Catalog(Protocol):
         all). On a shared catalog it may lag the latest writes by a moment (an index)."""
         ...
 
+    def record_timings(self, video_id: str, timings: Mapping[str, float]) -> None:
+        """Keep how long the video's transcoding took to publish each rendition (rendition
+        → seconds from the job's start), replacing what a rerun recorded before. Workers
+        write them; the API service's metrics read them (:meth:`publish_times`). Not part of
+        a row. KeyError for an unknown id."""
+        ...
+
+    def publish_times(self) -> dict[str, list[float]]:
+        """Every recorded publish time, by rendition: the samples of a histogram that any
+        host can rebuild (deleted videos' rows keep theirs, so it never decreases)."""
+        ...
+
     def close(self) -> None:
         ...
 
@@ -136,6 +149,9 @@ class VideoCatalog:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(videos)")}
+            if "timings" not in columns:  # a catalog made before publish times were kept
+                conn.execute("ALTER TABLE videos ADD COLUMN timings TEXT")
 
     def close(self) -> None:
         self._conn.close()
@@ -196,6 +212,23 @@ class VideoCatalog:
             row = self._conn.execute("SELECT * FROM videos WHERE id = ?", (video_id,)).fetchone()
         return None if row is None else _as_dict(row)
 
+    def record_timings(self, video_id: str, timings: Mapping[str, float]) -> None:
+        body = json.dumps({str(k): float(v) for k, v in timings.items()})
+        with self._write() as conn:
+            if conn.execute("UPDATE videos SET timings = ? WHERE id = ?",
+                            (body, video_id)).rowcount == 0:
+                raise KeyError(video_id)
+
+    def publish_times(self) -> dict[str, list[float]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT timings FROM videos WHERE timings IS NOT NULL").fetchall()
+        samples: dict[str, list[float]] = {}
+        for row in rows:
+            for rendition, seconds in json.loads(row["timings"]).items():
+                samples.setdefault(rendition, []).append(float(seconds))
+        return samples
+
     def count_by_status(self) -> dict[str, int]:
         with self._lock:
             rows = self._conn.execute(
@@ -213,6 +246,7 @@ class VideoCatalog:
 
 def _as_dict(row: sqlite3.Row) -> dict[str, Any]:
     video = dict(row)
+    video.pop("timings", None)  # not part of a row: see Catalog.record_timings
     video["hashtags"] = json.loads(video["hashtags"])
     video["renditions"] = json.loads(video["renditions"])
     return video

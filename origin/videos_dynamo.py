@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from reelcdn.origin.videos import STATUSES, CatalogUnavailable, row_fields
@@ -266,6 +266,34 @@ class DynamoCatalog:
                     status = item["status"]["S"]
                     counts[status] = counts.get(status, 0) + 1
         return counts
+
+    def record_timings(self, video_id: str, timings: Mapping[str, float]) -> None:
+        """A map attribute ``timings`` on the video's item, set if the item exists."""
+        value = {"M": {str(k): _num(float(v)) for k, v in timings.items()}}
+        with self._errors():
+            try:
+                self.client.update_item(
+                    TableName=self.table, Key={"id": {"S": video_id}},
+                    UpdateExpression="SET timings = :t",
+                    ConditionExpression="attribute_exists(#id)",
+                    ExpressionAttributeNames={"#id": "id"},
+                    ExpressionAttributeValues={":t": value})
+            except self.client.exceptions.ConditionalCheckFailedException:
+                raise KeyError(video_id) from None
+
+    def publish_times(self) -> dict[str, list[float]]:
+        """An eventually consistent Scan reading ``timings`` alone, of the items that have
+        it (the same cost as :meth:`count_by_status`'s, once per scrape)."""
+        samples: dict[str, list[float]] = {}
+        with self._errors():
+            pages = self.client.get_paginator("scan").paginate(
+                TableName=self.table, ProjectionExpression="timings",
+                FilterExpression="attribute_exists(timings)")
+            for page in pages:
+                for item in page.get("Items", []):
+                    for rendition, seconds in item["timings"]["M"].items():
+                        samples.setdefault(rendition, []).append(float(seconds["N"]))
+        return samples
 
     def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
         """An owner's videos, newest first, at most ``limit`` (0: none, negative: all, as

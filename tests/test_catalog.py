@@ -92,7 +92,8 @@ def in_status(catalog: Catalog, video_id: str, status: str, owner: str = "alice"
 # The interface
 # ---------------------------------------------------------------------------------------------
 
-PROTOCOL_METHODS = ("create", "set_status", "get", "count_by_status", "by_owner", "close")
+PROTOCOL_METHODS = ("create", "set_status", "get", "count_by_status", "by_owner", "close",
+                    "record_timings", "publish_times")
 
 
 @pytest.mark.parametrize("implementation", [VideoCatalog, DynamoCatalog])
@@ -483,3 +484,20 @@ async def test_api_answers_503_when_the_catalog_fails(tmp_path: Path,
     finally:
         await service.stop()
         client.close()
+
+
+def test_publish_times_are_kept_beside_the_row(hosts: Hosts) -> None:
+    """Workers record each rendition's publish time; any host reads them all back (the
+    samples of the service's histogram); they are not part of a row."""
+    first, second = hosts(), hosts()
+    first.create("VIDA", "ann", {})
+    first.create("VIDB", "ann", {})
+    first.record_timings("VIDA", {"360p": 2.5, "720p": 8.0})
+    first.record_timings("VIDA", {"360p": 2.0, "720p": 7.5})  # a rerun replaces
+    second.record_timings("VIDB", {"360p": 3.0})
+    times = first.publish_times()
+    assert sorted(times) == ["360p", "720p"]
+    assert sorted(times["360p"]) == [2.0, 3.0] and times["720p"] == [7.5]
+    assert "timings" not in first.get("VIDA")
+    with pytest.raises(KeyError):
+        first.record_timings("NOSUCH", {"360p": 1.0})

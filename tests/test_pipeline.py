@@ -68,6 +68,8 @@ def test_the_worker_publishes_and_the_catalog_follows(tmp_path: Path) -> None:
     assert good is not None and good["status"] == "ready"
     assert good["renditions"] == ["180p", "360p"] and good["hashtags"] == ["cats", "dogs"]
     assert seen == [("GOODVIDEO", "processing")]  # playable before the ladder was done
+    times = catalog.publish_times()
+    assert set(times) == {"180p", "360p"} and times["180p"][0] <= times["360p"][0]
     meta = json.loads((tmp_path / "origin/v/GOODVIDEO/meta.json").read_text())
     assert meta["state"] == "ready"
     bad = catalog.get("BADVIDEO")
@@ -284,6 +286,7 @@ async def test_listing_an_owners_videos_and_the_pipeline_metrics(tmp_path: Path)
     catalog = service.catalog
     catalog.create("VIDREADY", "ann", {"title": "done"})
     catalog.set_status("VIDREADY", "ready", renditions=["360p"], duration=4.0)
+    catalog.record_timings("VIDREADY", {"360p": 2.5, "720p": 9.0})
     catalog.create("VIDWIP", "ann", {"title": "wip"})
     service.queue.enqueue("VIDWIP", "transcode", {"source": "/nowhere"})
     ann = {"Authorization": f"Bearer {mint('ann', KEY, 3600)}"}
@@ -306,6 +309,14 @@ async def test_listing_an_owners_videos_and_the_pipeline_metrics(tmp_path: Path)
             assert 'reelcdn_origin_jobs{state="pending"} 1.0' in text
             assert "reelcdn_origin_queue_depth 1.0" in text
             assert 'reelcdn_origin_videos{status="ready"} 1.0' in text
+            # What the workers recorded in the catalog, as a histogram by rendition.
+            name = "reelcdn_origin_rendition_publish_seconds"
+            assert f'{name}_bucket{{le="2.0",rendition="360p"}} 0.0' in text
+            assert f'{name}_bucket{{le="3.0",rendition="360p"}} 1.0' in text
+            assert f'{name}_bucket{{le="5.0",rendition="720p"}} 0.0' in text
+            assert f'{name}_bucket{{le="10.0",rendition="720p"}} 1.0' in text
+            assert f'{name}_count{{rendition="720p"}} 1.0' in text
+            assert f'{name}_sum{{rendition="360p"}} 2.5' in text
     finally:
         await service.stop()
 
