@@ -30,6 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.origin import direct as direct_mod
 from reelcdn.origin import tus
+from reelcdn.origin.logs import USER, fields
 from reelcdn.origin.uploads import (
     EXPIRED,
     TERMINATED,
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("reelcdn.origin")
 
 SERVICE: web.AppKey[OriginState] = web.AppKey("origin_service")
-USER = web.RequestKey("origin_user", str)
 WRITE_BATCH = 1 << 20  # bytes gathered before one pwrite
 
 ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
@@ -162,6 +162,8 @@ async def uploads_root(request: web.Request) -> web.StreamResponse:
         service.store.create, user, verdict.length, verdict.metadata, now,
         now + service.config.upload_ttl)
     service.metrics.started.inc()
+    log.info("upload created", extra=fields(event="upload_created", video=upload.id, user=user,
+                                            length=verdict.length, via="tus"))
     await asyncio.to_thread(service.catalog.create, upload.id, user, dict(verdict.metadata))
     location = f"/api/v1/uploads/{upload.id}"
     headers = {"Location": location}
@@ -306,6 +308,9 @@ async def _receive(request: web.Request, service: OriginState, upload: Upload,
             writer.close()
     if complete:
         service.metrics.completed.inc()
+        log.info("upload complete", extra=fields(event="upload_complete", video=upload.id,
+                                                 user=upload.owner, length=upload.length,
+                                                 via="tus"))
         service.locks.pop(upload.id, None)
         await service.upload_complete(upload.id)
 
@@ -414,6 +419,8 @@ async def _delete_video(service: OriginState, video_id: str,
     await asyncio.to_thread(service.store.end, video_id, TERMINATED, service.clock())
     if entry is not None:
         await asyncio.to_thread(service.catalog.set_status, video_id, "deleted")
+    log.info("video deleted", extra=fields(event="video_deleted", video=video_id,
+                                           objects=objects, purged=purged))
     return web.json_response({"deleted": video_id, "objects": objects, "purged": purged},
                              headers={"Cache-Control": "no-store"})
 
@@ -528,6 +535,8 @@ async def _create_direct(request: web.Request, service: OriginState) -> web.Resp
         direct.create, video_id, user, size, content_type, metadata, service.clock(),
         service.direct_ttl))
     service.metrics.started.inc()
+    log.info("upload created", extra=fields(event="upload_created", video=video_id, user=user,
+                                            length=size, via="s3"))
     await asyncio.to_thread(service.catalog.create, video_id, user, metadata)
     return web.json_response(
         {"id": video_id, "upload_id": video_id, "part_size": upload.part_size,
@@ -600,6 +609,8 @@ async def complete_direct(request: web.Request) -> web.StreamResponse:
         await asyncio.to_thread(direct.mark_completed, video_id, service.clock())
     service.metrics.completed.inc()
     service.metrics.bytes_received.inc(upload.size)
+    log.info("upload complete", extra=fields(event="upload_complete", video=video_id,
+                                             user=upload.owner, length=upload.size, via="s3"))
     return web.json_response({"id": video_id, "status": "processing", "size": upload.size,
                               "video": f"/api/v1/videos/{video_id}"},
                              headers={"Cache-Control": "no-store"})

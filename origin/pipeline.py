@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from reelcdn.manifests.meta import VideoMeta
+from reelcdn.origin.logs import fields
 from reelcdn.origin.probe import MAX_DURATION, MAX_SIZE, InvalidSource
 from reelcdn.origin.queue import Job, JobQueue, LeaseLost
 from reelcdn.origin.storage import ObjectStore
@@ -159,7 +160,8 @@ class TranscodeWorker:
             try:
                 self._download(s3_source, local)
             except InvalidSource as exc:
-                log.info("%s: refused: %s", job.video_id, exc)
+                log.info("%s: refused: %s", job.video_id, exc,
+                         extra=fields(event="job_refused", video=job.video_id, reason=str(exc)))
                 self.catalog.set_status(job.video_id, "failed", error=str(exc))
                 self.queue.complete(job)
                 return
@@ -207,7 +209,10 @@ class TranscodeWorker:
                 job.video_id, "failed",
                 error=f"transcoding failed {updated.attempts} times; last: {reason}",
             )
-        log.warning("%s: attempt %d failed: %s", job.video_id, updated.attempts, reason)
+        log.warning("%s: attempt %d failed: %s", job.video_id, updated.attempts, reason,
+                    extra=fields(event="job_failed", video=job.video_id,
+                                 attempts=updated.attempts, dead=updated.state == "dead",
+                                 reason=reason))
 
     def _run(self, job: Job, source: str) -> None:
         video_id = job.video_id
@@ -223,7 +228,8 @@ class TranscodeWorker:
                                workdir=self.workdir, on_publish=published,
                                max_duration=self.max_duration, max_size=self.max_size)
         except InvalidSource as exc:
-            log.info("%s: refused: %s", video_id, exc)
+            log.info("%s: refused: %s", video_id, exc,
+                     extra=fields(event="job_refused", video=video_id, reason=str(exc)))
             self.catalog.set_status(video_id, "failed", error=str(exc))
             self.queue.complete(job)  # a bad source stays bad: no retry
             return
@@ -239,7 +245,9 @@ class TranscodeWorker:
         self.queue.complete(job)
         log.info("%s: ready (%s) in %.1f s, first rendition after %.1f s", video_id,
                  ", ".join(_rendition_names(meta)), result.total_seconds,
-                 result.first_publish_seconds)
+                 result.first_publish_seconds,
+                 extra=fields(event="job_done", video=video_id, seconds=result.total_seconds,
+                              published=result.published, worker=self.worker_id))
 
 
 class _Heartbeat:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from reelcdn.origin.api import build_admin_app, build_app
 from reelcdn.origin.config import OriginServices, open_catalog, open_queue, open_store
+from reelcdn.origin.logs import AccessLogger, access_log
 from reelcdn.origin.queue import JobQueue
 from reelcdn.origin.state import OriginConfig, OriginMetrics, OriginState
 from reelcdn.origin.storage import ObjectStore
@@ -60,7 +61,10 @@ class OriginService(OriginState):
             if h is None or p is None:
                 ports.append(None)
                 continue
-            runner = web.AppRunner(app, access_log=None, read_bufsize=self.config.read_bufsize)
+            # The public API logs each answer (structured); the admin listener's scrapes not.
+            logged = {"access_log": access_log, "access_log_class": AccessLogger} \
+                if app is self.app else {"access_log": None}
+            runner = web.AppRunner(app, read_bufsize=self.config.read_bufsize, **logged)
             await runner.setup()
             await web.TCPSite(runner, h, p).start()
             self._runners.append(runner)

@@ -165,9 +165,11 @@ def _load_services(args: argparse.Namespace, command: str) -> Any:
 def _cmd_origin(args: argparse.Namespace) -> int:
     from reelcdn.edge.config import ConfigError
     from reelcdn.edge.ops.server import install_uvloop
+    from reelcdn.origin.logs import use_json_logs
     from reelcdn.origin.service import run
 
     _die_with_supervisor()
+    use_json_logs()
     services = _load_services(args, "origin")
     if services is None:
         return 2
@@ -196,9 +198,11 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     from reelcdn.edge.config import ConfigError
     from reelcdn.origin.config import open_catalog, open_queue, open_store
+    from reelcdn.origin.logs import use_json_logs
     from reelcdn.origin.pipeline import TranscodeWorker
 
     _die_with_supervisor()
+    use_json_logs()
     services = _load_services(args, "worker")
     if services is None:
         return 2

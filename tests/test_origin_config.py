@@ -293,8 +293,8 @@ video_bitrate = 250000
     try:
         for command in ("origin", "worker"):
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "reelcdn.cli", "--log-level", "WARNING", command,
-                 "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+                [sys.executable, "-m", "reelcdn.cli", "--log-level", "INFO", command,
+                 "--config", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE))
         base = f"http://127.0.0.1:{api_port}"
         deadline = time.monotonic() + 30
         while True:
@@ -330,9 +330,17 @@ video_bitrate = 250000
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        logs = []
         for proc in processes:
-            output = proc.stdout.read().decode() if proc.stdout else ""
+            output = proc.stderr.read().decode() if proc.stderr else ""
             assert "Traceback" not in output, output
+            logs.append([json.loads(line) for line in output.splitlines() if line.strip()])
+    # Structured logs: every line of both processes is a JSON object.
+    api_log, worker_log = logs
+    assert any(r.get("event") == "upload_complete" and r["video"] == video_id for r in api_log)
+    assert any(r["message"] == "request" and r.get("video") == video_id for r in api_log)
+    done = [r for r in worker_log if r.get("event") == "job_done"]
+    assert done and done[0]["video"] == video_id and "180p" in done[0]["published"]
 
 
 @pytest.mark.slow
