@@ -146,11 +146,12 @@ def write_keys(path: Path) -> str:
     return mint(USER, load_keys(path), 86400)
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process (all its threads) in seconds, from /proc/PID/stat."""
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "; fields[0] is the state
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +304,8 @@ def machine_lines(started: datetime, info: machine.MachineInfo) -> list[str]:
 class TusRun:
     mbps: float
     seconds: float
-    server_cpu: float
+    server_user: float
+    server_sys: float
     client_cpu: float
     load: float
 
@@ -349,19 +351,20 @@ def run_tus(args: argparse.Namespace) -> int:
         runs: list[TusRun] = []
         for number in range(1, args.repeat + 1):
             load = os.getloadavg()[0]
-            server0, client0 = cpu_seconds(origin.proc.pid), time.process_time()
+            (user0, sys0), client0 = cpu_seconds(origin.proc.pid), time.process_time()
             with deadline(args.timeout, f"upload {number}", running):
                 done = tus_upload(endpoint, token, source, chunk, f"run {number}")
-            server = cpu_seconds(origin.proc.pid) - server0
+            user1, sys1 = cpu_seconds(origin.proc.pid)
             client = time.process_time() - client0
             state = video_state(api_port, token, done.video_id)
             upload = state.get("upload") or {}
             if upload.get("state") != "uploaded" or upload.get("offset") != size:
                 raise BenchFailure(f"upload {number}: the API reports {upload}")
-            runs.append(TusRun(size / done.seconds / 1e6, done.seconds, server, client, load))
+            runs.append(TusRun(size / done.seconds / 1e6, done.seconds, user1 - user0,
+                               sys1 - sys0, client, load))
             log(f"run {number}/{args.repeat}: {runs[-1].mbps:.0f} MB/s ({done.seconds:.2f} s, "
-                f"{done.patches} PATCHes), origin CPU {server:.2f} s, client CPU {client:.2f} s, "
-                f"load {load:.2f}")
+                f"{done.patches} PATCHes), origin CPU {user1 - user0:.2f} s user + "
+                f"{sys1 - sys0:.2f} s sys, client CPU {client:.2f} s, load {load:.2f}")
         print_tus(args, runs, started_at, info)
     finally:
         stop_all(running)
@@ -377,18 +380,23 @@ def print_tus(args: argparse.Namespace, runs: list[TusRun], started: datetime,
     print(f"### tus upload to `reelcdn origin`: {size_mb:g} MB of random bytes in "
           f"{args.chunk} PATCHes with sha1 checksums, tuspy, loopback\n")
     print(f"Command: `{command_line(args)}`\n")
-    print("| run | MB/s | seconds | origin CPU s | client CPU s | load (1 min) |")
+    cpu = med(r.server_user + r.server_sys for r in runs)
+    print("| run | MB/s | seconds | origin CPU s (user + sys) | client CPU s | load (1 min) |")
     print("|---|---:|---:|---:|---:|---:|")
     for number, r in enumerate(runs, 1):
-        print(f"| {number} | {r.mbps:.0f} | {r.seconds:.2f} | {r.server_cpu:.2f} | "
+        print(f"| {number} | {r.mbps:.0f} | {r.seconds:.2f} | "
+              f"{r.server_user + r.server_sys:.2f} ({r.server_user:.2f} + {r.server_sys:.2f}) | "
               f"{r.client_cpu:.2f} | {r.load:.2f} |")
     print(f"| **median** | **{mbps:.0f}** | {med(r.seconds for r in runs):.2f} | "
-          f"{med(r.server_cpu for r in runs):.2f} | {med(r.client_cpu for r in runs):.2f} | |")
+          f"{cpu:.2f} ({med(r.server_user for r in runs):.2f} + "
+          f"{med(r.server_sys for r in runs):.2f}) | {med(r.client_cpu for r in runs):.2f} | |")
     print(f"\nMB/s = 10⁶ bytes/s from the first PATCH's first byte to the last PATCH's answer. "
           f"tus median: **{mbps:.0f} MB/s** (target ≥ {TUS_TARGET_MBPS:.0f} MB/s: "
           f"{'met' if mbps >= TUS_TARGET_MBPS else 'NOT met'}); what it costs: "
-          f"{med(r.server_cpu for r in runs):.2f} s of the origin's CPU per {size_mb:g} MB "
-          f"(utime + stime of `reelcdn origin`, all threads).\n")
+          f"{cpu:.2f} s of the origin's CPU per {size_mb:g} MB (utime + stime of `reelcdn "
+          f"origin`, all threads; sys is the kernel's share: socket reads, writes, fsyncs). "
+          f"Every upload stays in the origin's data dir, so later runs write beside the "
+          f"earlier ones' files.\n")
     print("\n".join(machine_lines(started, info)))
 
 
