@@ -63,6 +63,8 @@ class NodeStats:
         self.cmcd_starving = 0
         self.cmcd_buffer_ms_sum = 0
         self.cmcd_buffer_reports = 0
+        # Signed URLs (edge/auth): requests refused, by reason.
+        self.token_refusals: dict[str, int] = {}
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
 
@@ -149,6 +151,7 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
         "levels": {attr: getattr(stats, attr) for attr, _, _ in STATS_GAUGES},
         "ttfb_counts": list(stats.ttfb_counts),
         "ttfb_sum": stats.ttfb_sum,
+        "token_refusals": dict(stats.token_refusals),
     }
 
 
@@ -160,7 +163,10 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     levels = {attr: 0 for attr, _, _ in STATS_GAUGES}
     ttfb = [0] * (len(TTFB_BUCKETS) + 1)
     ttfb_sum = 0.0
+    refusals: dict[str, int] = {}
     for snap in snapshots:
+        for reason, value in snap.get("token_refusals", {}).items():
+            refusals[reason] = refusals.get(reason, 0) + value
         for method, status, code, value in snap["requests"]:
             key = (method, status, int(code))
             requests[key] = requests.get(key, 0) + value
@@ -181,6 +187,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "levels": levels,
         "ttfb_counts": ttfb,
         "ttfb_sum": ttfb_sum,
+        "token_refusals": refusals,
     }
 
 
@@ -199,6 +206,13 @@ def collect_families(
     for method, cache_status, code, value in sorted(stats["requests"]):
         requests.add_metric([node, method, cache_status, str(code)], value)
     yield requests
+    refused = CounterMetricFamily(
+        "reelcdn_token_refusals", "Requests refused for their signed-URL token (403), by reason",
+        labels=["node", "reason"],
+    )
+    for reason, value in sorted(stats.get("token_refusals", {}).items()):
+        refused.add_metric([node, reason], value)
+    yield refused
 
     buckets = []
     cumulative = 0

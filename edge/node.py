@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from reelcdn.edge.auth.gate import TokenGate
+from reelcdn.edge.auth.verdict import Refusal
 from reelcdn.edge.cache.bodyfile import BodyFiles, FileBody
 from reelcdn.edge.cache.freshness import Freshness, current_age, decide
 from reelcdn.edge.cache.keys import KeyPolicy
@@ -154,6 +156,8 @@ class CacheNode:
         self.upstream.observe = self.stats.upstream
         self.delivery = Delivery(config.name, self.stats, config.cmsd)
         self.features: EdgeFeatures | None = EdgeFeatures(self)
+        # Signed URLs (edge/auth): None when the node checks no tokens.
+        self.tokens: TokenGate | None = TokenGate(config.tokens) if config.tokens else None
         self._pass_until: dict[str, float] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -171,6 +175,8 @@ class CacheNode:
         self.body_files.min_bytes = config.sendfile_min_bytes
         self.store.configure_disk(config, self.stats)
         self.delivery.configure(config.name, config.cmsd)
+        if config.tokens != old.tokens:  # a new gate: a retired key fails from now on
+            self.tokens = TokenGate(config.tokens) if config.tokens else None
         if _upstream_spec(config) != _upstream_spec(old):
             fresh = self._build_upstream(config)
             fresh.observe = self.stats.upstream
@@ -217,6 +223,11 @@ class CacheNode:
             conn.close_after_response()
             return None
         method = req.method
+        gate = self.tokens
+        if gate is not None and method != "OPTIONS":
+            verdict = gate.check(req, time.time())
+            if verdict is not None and verdict.__class__ is Refusal:
+                return self._refuse_token(req, conn, verdict.reason)  # type: ignore[union-attr]
         if method != "GET" and method != "HEAD":
             if req.path == "*":
                 return self._options_asterisk(req, conn)
@@ -248,6 +259,18 @@ class CacheNode:
                 self.stats.count(method, "stale", entry.status)
                 return None
         return self.miss(req, conn, primary, entry)
+
+    def _refuse_token(self, req: Request, conn: HttpConnection, reason: str) -> None:
+        """403 before the cache: the reason in ``Reelcdn-Token-Error`` and the body, never
+        a hint of what a valid token would be."""
+        field = conn.connection_field(req)
+        conn.write(error_response(403, f"token refused: {reason}",
+                                  close=field.startswith(b"Connection: close"),
+                                  head_only=req.method == "HEAD",
+                                  extra=b"Reelcdn-Token-Error: " + reason.encode() + b"\r\n"))
+        self.stats.token_refusals[reason] = self.stats.token_refusals.get(reason, 0) + 1
+        self.stats.count(req.method, "error", 403)
+        return None
 
     def _options_asterisk(self, req: Request, conn: HttpConnection) -> None:
         """``OPTIONS *`` asks about this server, not a resource: answered here."""

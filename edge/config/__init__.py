@@ -68,6 +68,7 @@ from reelcdn.edge.config.model import (
     DEFAULT_TTL_STATUSES,
     ORIGIN_TYPES,
     ROLES,
+    TOKEN_CARRIED_FORMATS,
     Limits,
     NodeConfig,
     OriginConfig,
@@ -77,6 +78,7 @@ from reelcdn.edge.config.model import (
     TtlRule,
     UpstreamTimeouts,
     describe_upstream,
+    token_query_params,
 )
 from reelcdn.edge.config.values import (
     ConfigError,
@@ -315,6 +317,15 @@ def _build_node(
     build_nested(values, merged, file)  # limits, upstream_timeouts, steering: their dataclasses
     values["parents"] = _parent_refs(draft, drafts, file)
     values["origins"] = tuple(origins[name] for name in draft.names("origins"))
+    tokens = values.get("tokens")
+    if tokens is not None:
+        # A token is per viewer: its parameters never enter a key (so never a fill), and
+        # rendered playlists carry the viewer's to every URI when the format allows it.
+        params = token_query_params(tokens)
+        extra = frozenset(extra | {param.lower() for param in params})
+        if tokens.format in TOKEN_CARRIED_FORMATS:
+            carried = values.get("carried_query_params", ())
+            values["carried_query_params"] = tuple(dict.fromkeys((*carried, *params)))
     node = NodeConfig(
         name=draft.name,
         listen_host=listen_host,

@@ -33,6 +33,7 @@ from reelcdn.edge.config.model import (
     NodeConfig,
     OriginConfig,
     SteeringConfig,
+    TokenConfig,
     TtlRule,
     UpstreamTimeouts,
 )
@@ -522,6 +523,152 @@ def _build_steering(merged: dict[str, Sourced], where: str, file: str) -> Steeri
 
 
 # --------------------------------------------------------------------------------------------
+# Signed URLs: ``[node.NAME.tokens]`` (docs/tokens.md).
+
+TOKEN_FORMATS = ("native", "akamai", "cloudfront", "nginx_md5")
+TOKEN_SOURCES = ("query", "cookie", "header")
+_TOKEN_KID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_MIN_SECRET = 16
+
+
+def _parse_token_format(value: Any, ctx: Context, key: str) -> str:
+    if value not in TOKEN_FORMATS:
+        raise ConfigError(ctx.file, key, f"unknown token format {describe(value)}: use one of "
+                          + ", ".join(TOKEN_FORMATS))
+    return str(value)
+
+
+def _parse_token_keys(value: Any, ctx: Context, key: str) -> dict[str, bytes]:
+    """``{KID = "secret"}``; a value starting ``-----BEGIN`` is PEM text (cloudfront public
+    keys), one ending ``.pem`` a file read now (relative to the config file's directory)."""
+    if not isinstance(value, dict) or not value:
+        raise type_error(ctx.file, key, 'a table of key id = "secret", e.g. { k1 = "…" }',
+                         value)
+    keys: dict[str, bytes] = {}
+    for kid, secret in value.items():
+        sub = f"{key}.{kid}"
+        if not _TOKEN_KID_RE.fullmatch(kid):
+            raise ConfigError(ctx.file, sub, "key ids are 1-64 of A-Z a-z 0-9 _ -")
+        if not isinstance(secret, str):
+            raise type_error(ctx.file, sub, "a string", secret)
+        if secret.endswith(".pem") and not secret.startswith("-----BEGIN"):
+            path = secret if os.path.isabs(secret) else os.path.join(ctx.base_dir or ".", secret)
+            try:
+                with open(path, "rb") as fh:
+                    keys[kid] = fh.read()
+            except OSError as exc:
+                raise ConfigError(ctx.file, sub, f"cannot read {path}: {exc.strerror or exc}"
+                                  ) from None
+            continue
+        if len(secret) < _MIN_SECRET and not secret.startswith("-----BEGIN"):
+            raise ConfigError(ctx.file, sub, f"a secret of at least {_MIN_SECRET} characters, "
+                              "please: tokens are forged by guessing it")
+        keys[kid] = secret.encode()
+    return keys
+
+
+def _parse_token_globs(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
+    def check(item: str, item_key: str) -> str:
+        if not item.startswith("/") and not item.startswith("*"):
+            raise ConfigError(ctx.file, item_key, f"a glob on the request path, starting with "
+                              f"/ or *: got {quote(item)}")
+        return item
+
+    return parse_str_list(value, ctx.file, key, check)
+
+
+def _parse_token_sources(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
+    def check(item: str, item_key: str) -> str:
+        if item not in TOKEN_SOURCES:
+            raise ConfigError(ctx.file, item_key, f"unknown source {quote(item)}: use "
+                              + ", ".join(TOKEN_SOURCES))
+        return item
+
+    sources = parse_str_list(value, ctx.file, key, check)
+    if not sources:
+        raise ConfigError(ctx.file, key, "name at least one place a token may come from")
+    return sources
+
+
+def _parse_token_name(value: Any, ctx: Context, key: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+        raise type_error(ctx.file, key, "a name of A-Z a-z 0-9 _ . -", value)
+    return value
+
+
+def _parse_token_option(value: Any, ctx: Context, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise type_error(ctx.file, key, "a non-empty string", value)
+    return value
+
+
+TOKEN_KEY_TABLE: dict[str, Key] = _table(
+    _key("format", _special(_parse_token_format, "string"),
+         "`native`, `akamai`, `cloudfront` or `nginx_md5`.", default="required"),
+    _key("keys", _special(_parse_token_keys, "table KID = secret"),
+         "Keys accepted, by id (cloudfront: PEM public keys, or paths to .pem files); a "
+         "reload retires the ones removed.", default="required"),
+    _key("current_key", _special(_parse_token_name, "key id"),
+         "The key `reelcdn sign` signs with.", default="the first key"),
+    _key("protect", _special(_parse_token_globs, "array of globs"),
+         "Request paths that need a token.", default='`["/v/*"]`'),
+    _key("exempt", _special(_parse_token_globs, "array of globs"),
+         "Protected paths that need none after all.", default='`["/v/*/poster.jpg"]`'),
+    _key("sources", _special(_parse_token_sources, "array of strings"),
+         "Where a token may come from: `query`, `cookie`, `header`.",
+         default='`["query", "cookie"]`'),
+    _key("query_param", _special(_parse_token_name, "string"),
+         "The token's query parameter.", default="the format's (`token`, `hdnts`, …)"),
+    _key("cookie", _special(_parse_token_name, "string"), "The token's cookie.",
+         default="the format's (`reelcdn_token`, `__token__`, …)"),
+    _key("header", _special(_parse_token_name, "string"), "The token's request field (native).",
+         default="`Reelcdn-Token`"),
+    _key("clock_skew", _duration(), "Tolerance on `exp` and `nbf`.", default="`30s`"),
+    _key("algorithm", _special(_parse_token_option, "string"),
+         "akamai: the HMAC's hash, `sha256`, `sha1` or `md5`.", default="`sha256`"),
+    _key("expression", _special(_parse_token_option, "string"),
+         "nginx_md5: what is hashed, as nginx's `secure_link_md5`.",
+         default="required for nginx_md5"),
+    _key("scheme", _special(_parse_token_option, "string"),
+         "cloudfront: the scheme of the URLs viewers sign (`https`).", default="`https`"),
+)
+
+_TOKEN_OPTIONS = {"algorithm": "akamai", "expression": "nginx_md5", "scheme": "cloudfront"}
+
+
+def _build_tokens(merged: dict[str, Sourced], where: str, file: str) -> TokenConfig:
+    """The merged ``tokens`` fields as a :class:`TokenConfig`: a format and keys are required,
+    ``current_key`` must be one of the keys, options only for their format."""
+    for required in ("format", "keys"):
+        if required not in merged:
+            raise ConfigError(file, f"{where}.{required}", "missing: [tokens] needs a format "
+                              'and its keys, e.g. format = "native" and keys = { k1 = "…" }')
+    fmt, _ = merged["format"]
+    keys, _ = merged["keys"]
+    values: dict[str, Any] = {"format": fmt, "keys": keys}
+    options: dict[str, Any] = {}
+    for name, (value, key) in merged.items():
+        if name in _TOKEN_OPTIONS:
+            if _TOKEN_OPTIONS[name] != fmt:
+                raise ConfigError(file, key, f"{name} is an option of the "
+                                  f"{_TOKEN_OPTIONS[name]} format, not of {fmt}")
+            options[name] = value
+        elif name not in ("format", "keys"):
+            values[name] = value
+    if fmt == "nginx_md5" and "expression" not in options:
+        raise ConfigError(file, f"{where}.expression", "missing: nginx_md5 needs the "
+                          'expression nginx hashes, e.g. "$secure_link_expires$uri $secret"')
+    current = values.get("current_key")
+    if current is not None and current not in keys:
+        raise ConfigError(file, merged["current_key"][1], f"{quote(current)} is not one of the "
+                          "keys: " + ", ".join(keys))
+    if "header" in values and fmt != "native":
+        raise ConfigError(file, merged["header"][1], "tokens in a request field are read for "
+                          "the native format only")
+    return TokenConfig(**values, options=options)
+
+
+# --------------------------------------------------------------------------------------------
 # TTL rules: ``[[node.NAME.ttl]]``, an array of tables, each parsed with its own key table.
 
 
@@ -673,6 +820,9 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
     _key("steering", _special(_subtable(lambda: STEERING_KEY_TABLE), "table"),
          "Content steering of rendered master playlists, see steering below.", default="none",
          merge="fields", build=_build_steering),
+    _key("tokens", _special(_subtable(lambda: TOKEN_KEY_TABLE), "table"),
+         "Signed URLs and cookies checked before the cache, see tokens below.",
+         default="none", merge="fields", build=_build_tokens),
 )
 
 #: Every key a ``[defaults]`` or ``[node.NAME]`` table accepts.
@@ -991,6 +1141,8 @@ def reference_sections() -> list[tuple[str, str, list[tuple[str, str, str, str]]
          "`[node.NAME.upstream_timeouts]`", _rows(UPSTREAM_TIMEOUT_KEY_TABLE, UpstreamTimeouts)),
         ("steering", "`[defaults.steering]` and `[node.NAME.steering]`",
          _rows(STEERING_KEY_TABLE, None)),
+        ("tokens", "`[defaults.tokens]` and `[node.NAME.tokens]` (docs/tokens.md)",
+         _rows(TOKEN_KEY_TABLE, None)),
         ("ttl rules", "`[[defaults.ttl]]` and `[[node.NAME.ttl]]`, first match applies",
          _rows(TTL_KEY_TABLE, TtlRule)),
         ("origins", "`[origin.NAME]`", _rows(ORIGIN_KEY_TABLE, None)),

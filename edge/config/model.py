@@ -25,6 +25,10 @@ __all__ = [
     "OriginConfig",
     "ParentRef",
     "SteeringConfig",
+    "TOKEN_CARRIED_FORMATS",
+    "TOKEN_QUERY_PARAMS",
+    "TokenConfig",
+    "token_query_params",
     "Topology",
     "TtlRule",
     "UpstreamTimeouts",
@@ -136,6 +140,46 @@ class SteeringConfig:
     initial: str | None = None
 
 
+#: The query parameters each token format may be carried in (case as viewers send them).
+TOKEN_QUERY_PARAMS: dict[str, tuple[str, ...]] = {
+    "native": ("token",),
+    "akamai": ("hdnts", "__token__"),
+    "cloudfront": ("Expires", "Policy", "Signature", "Key-Pair-Id"),
+    "nginx_md5": ("md5", "expires"),
+}
+#: Formats whose query token grants more than one URL, so that a rendered playlist can copy
+#: it to the URIs it lists (nginx_md5 hashes the URI itself; a canned CloudFront policy names
+#: one URL, a custom one may be a wildcard: the viewer's token is copied and checked).
+TOKEN_CARRIED_FORMATS = frozenset({"native", "akamai", "cloudfront"})
+
+
+def token_query_params(tokens: TokenConfig) -> tuple[str, ...]:
+    """The query parameters a node's tokens may come in."""
+    params = TOKEN_QUERY_PARAMS[tokens.format]
+    return params if tokens.query_param is None else (*params, tokens.query_param)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenConfig:
+    """A node's ``[tokens]``: signed URLs checked before the cache (docs/tokens.md).
+
+    ``keys``: key id → HMAC secret (bytes) or, for ``cloudfront``, a PEM public key.
+    ``options`` are the format's own (``algorithm`` for akamai, ``expression`` for
+    nginx_md5, ``scheme`` for cloudfront)."""
+
+    format: str
+    keys: dict[str, bytes]
+    current_key: str | None = None
+    protect: tuple[str, ...] = ("/v/*",)
+    exempt: tuple[str, ...] = ("/v/*/poster.jpg",)
+    sources: tuple[str, ...] = ("query", "cookie")
+    query_param: str | None = None
+    cookie: str | None = None
+    header: str | None = None
+    clock_skew: float = 30.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One node. It fetches from exactly one of: ``upstream`` (a URL, e.g. a parent outside the
@@ -194,6 +238,7 @@ class NodeConfig:
     prefetch_concurrency: int = 16         # prefetch fills in flight at once
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
     steering: SteeringConfig | None = None  # content steering of rendered master playlists
+    tokens: TokenConfig | None = None  # signed URLs checked before the cache
 
 
 #: Start order of the roles: the tiers closest to the origin first.

@@ -57,15 +57,18 @@ def normalise_accept_encoding(value: bytes) -> bytes:
     return b", ".join(kept) if kept else b"identity"
 
 
-def error_response(status: int, reason: str, *, close: bool, head_only: bool = False) -> bytes:
+def error_response(status: int, reason: str, *, close: bool, head_only: bool = False,
+                   extra: bytes = b"") -> bytes:
     """A complete plain-text error response: the status, and a body saying why (only the
-    head for a HEAD request, with the Content-Length the body would have had)."""
+    head for a HEAD request, with the Content-Length the body would have had). ``extra``:
+    more header lines, each ending in CRLF."""
     body = f"{status} {REASONS.get(status, b'Error').decode()}: {reason}\n".encode()
     head = [
         status_line(status),
         b"Content-Type: text/plain; charset=utf-8\r\n",
         b"Content-Length: " + str(len(body)).encode() + b"\r\n",
         b"Cache-Control: no-store\r\n",
+        extra,
     ]
     if close:
         head.append(b"Connection: close\r\n")
