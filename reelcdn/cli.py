@@ -305,6 +305,35 @@ def _cmd_user_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sign(args: argparse.Namespace) -> int:
+    """Print a signed URL (or the cookies) for the tokens of a node of a topology."""
+    from pathlib import Path
+
+    from reelcdn.edge.config import ConfigError, load_topology
+    from reelcdn.origin.users import parse_duration
+    from reelcdn.sign import SignRequest, sign_url, tokens_of
+
+    try:
+        topology = load_topology(args.config, data_dir=args.data_dir)
+        _, tokens = tokens_of(topology.nodes, args.node)
+        signed = sign_url(tokens, SignRequest(
+            url=args.url, ttl=parse_duration(args.ttl), acl=args.acl, ip=args.ip,
+            kid=args.kid, cookie=args.cookie,
+            private_key=Path(args.private_key) if args.private_key else None))
+    except ConfigError as exc:
+        print(f"reelcdn: sign: config error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"reelcdn: sign: {exc}", file=sys.stderr)
+        return 2
+    if signed.cookies:
+        for name, value in signed.cookies:
+            print(f"Cookie: {name}={value}")
+    else:
+        print(signed.url)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reelcdn",
@@ -386,6 +415,26 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", default="30d", help="how long the token is valid (30d)")
     token.add_argument("--kid", help="sign with this key id (default: the file's first)")
     token.set_defaults(func=_cmd_user_token)
+
+    sign = sub.add_parser(
+        "sign", help="print a signed URL (or cookie) for the tokens a node checks "
+        "(docs/tokens.md)")
+    sign.add_argument("url", help="the URL (or path) to sign, e.g. "
+                      "http://127.0.0.1:8080/v/demo-1/master.m3u8")
+    sign.add_argument("--config", help="the topology file (default: the embedded one, "
+                      "based in --data-dir)")
+    sign.add_argument("--data-dir", default="./data",
+                      help="the embedded topology's data dir (./data)")
+    sign.add_argument("--node", help="whose [tokens] (default: the first node that has some)")
+    sign.add_argument("--ttl", default="1h", help="how long the token is valid (1h)")
+    sign.add_argument("--acl", help="what it grants: a path prefix ending in /, or a glob "
+                      "(default: the URL's video, /v/ID/)")
+    sign.add_argument("--ip", help="bind it to this client address or prefix")
+    sign.add_argument("--kid", help="sign with this key id (default: current_key)")
+    sign.add_argument("--cookie", action="store_true",
+                      help="print the cookie(s) to send instead of a URL")
+    sign.add_argument("--private-key", help="cloudfront: the key pair's private key (PEM)")
+    sign.set_defaults(func=_cmd_sign)
 
     validate = sub.add_parser("validate", help="check a config file and report problems")
     validate.add_argument("config", help="the TOML file")
