@@ -816,6 +816,12 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
     _key("prefetch_cmcd", _flag(), "Prefetch the objects CMCD nor/nrr announce."),
     _key("prefetch_queue", _count(1), "Queued prefetches beyond this are dropped."),
     _key("prefetch_concurrency", _count(1), "Prefetch fills in flight at once."),
+    _key("prefetch_client_bytes_per_second", _size(positive=True),
+         "Bytes one client's requests may make the node prefetch per second (IPv6: per /64), "
+         "with a burst of 4 s; charged after each fill."),
+    _key("prefetch_bytes_per_second", _size(positive=True),
+         "Bytes the node may prefetch per second for all clients (a burst of 1 s; with "
+         "workers, each takes its share)."),
     _key("cmsd", _flag(), "Add a CMSD-Dynamic header naming this node (CTA-5006)."),
     _key("steering", _special(_subtable(lambda: STEERING_KEY_TABLE), "table"),
          "Content steering of rendered master playlists, see steering below.", default="none",

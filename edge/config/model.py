@@ -236,6 +236,10 @@ class NodeConfig:
     prefetch_cmcd: bool = True             # prefetch CMCD ``nor``/``nrr`` objects
     prefetch_queue: int = 256              # queued prefetches beyond this are dropped
     prefetch_concurrency: int = 16         # prefetch fills in flight at once
+    # Bytes prefetches may fetch (edge/video/prefetch_bounds.py): per client (IPv4 address or
+    # IPv6 /64; a bucket of 4 s of this rate) and for the whole node (a bucket of 1 s).
+    prefetch_client_bytes_per_second: int = 8 * 1024 * 1024
+    prefetch_bytes_per_second: int = 256 * 1024 * 1024
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
     steering: SteeringConfig | None = None  # content steering of rendered master playlists
     tokens: TokenConfig | None = None  # signed URLs checked before the cache
