@@ -14,6 +14,8 @@ Run: ``python -m reelcdn.loadtest.bench.origin --port 8080 [--cold-size 256KiB]
 
 - ``GET|HEAD /obj/2k`` (2048 bytes) and ``/obj/1m`` (1 MiB): deterministic bytes, strong ETag,
   ``If-None-Match`` answered with 304 (so a revalidating cache is not charged a full body).
+  ``/obj/2k-open``: the bytes of ``/obj/2k`` under a second path (the token benchmark protects
+  one and leaves the other open); not one of ``OBJECTS``, so the HIT benchmark does not run it.
 - ``GET|HEAD /cold/{id}``: ``--cold-size`` bytes derived from the path (``coldobj.cold_body``),
   sent ``--cold-delay`` after the request arrived, ``Cache-Control: max-age=86400``, strong ETag.
 - ``GET /__count``: JSON ``{"total": n, "by_path": {...}}``; ``GET /__count?path=/cold/x``:
@@ -39,6 +41,8 @@ from .common import byte_size, milliseconds
 
 #: Benchmark objects: name in the URL (``/obj/{name}``) -> size in bytes.
 OBJECTS: dict[str, int] = {"2k": 2048, "1m": 1024 * 1024}
+#: More objects served the same way, which no benchmark runs by default.
+EXTRA_OBJECTS: dict[str, int] = {"2k-open": 2048}
 
 MAX_AGE = 86_400
 COUNT_PATH = "/__count"
@@ -73,7 +77,7 @@ def build_app(cold_size: int = DEFAULT_SIZE, cold_delay: float = DEFAULT_DELAY) 
     """
     counts: Counter[str] = Counter()
     prepared: dict[str, tuple[bytes, dict[str, str]]] = {}
-    for name, size in OBJECTS.items():
+    for name, size in {**OBJECTS, **EXTRA_OBJECTS}.items():
         body = make_body(size)
         prepared[name] = (
             body,
