@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from reelcdn.edge.config import topology_from_text
+from reelcdn.edge.config import NodeConfig, topology_from_text
 from reelcdn.edge.ops.server import NodeServer
 from reelcdn.origin.demo import DEFAULT_LADDER, synthesise_demo_videos
 from reelcdn.shield.connectors import build_upstream
@@ -90,19 +90,45 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         return '"' + value + '"'
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
     return str(value)
 
 
-class DemoTiers:
-    """Three running nodes over the demo origin; ``edge`` is where players connect."""
+def _tokens_table(tokens: dict[str, Any]) -> str:
+    """``[node.edge-a.tokens]`` with the given keys (e.g. format, keys = {kid: secret})."""
+    lines = ["[node.edge-a.tokens]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in tokens.items()]
+    return "\n".join(lines)
 
-    def __init__(self, root: Path, meta_ttl: str = "2s", **edge_keys: Any) -> None:
+
+class DemoTiers:
+    """Three running nodes over the demo origin; ``edge`` is where players connect.
+
+    ``tokens`` (a dict of ``[tokens]`` keys) makes the edge check signed URLs; ``text`` is
+    the topology as written, ``edge_config(tokens=...)`` the edge's config with other tokens
+    (same ports: for a reload)."""
+
+    def __init__(self, root: Path, meta_ttl: str = "2s", tokens: dict[str, Any] | None = None,
+                 **edge_keys: Any) -> None:
         shield, regional, edge = free_ports(3)
-        extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in edge_keys.items())
-        text = TOPOLOGY.format(root=root, shield=shield, regional=regional, edge=edge,
-                               meta_ttl=meta_ttl, edge_extra=extra)
-        self.topology = topology_from_text(text, base_dir=str(root))
+        self._root = root
+        self._fields = dict(root=root, shield=shield, regional=regional, edge=edge,
+                            meta_ttl=meta_ttl)
+        self._edge_keys = edge_keys
+        self.text = self._text(tokens)
+        self.topology = topology_from_text(self.text, base_dir=str(root))
         self.servers: dict[str, NodeServer] = {}
+
+    def _text(self, tokens: dict[str, Any] | None) -> str:
+        extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in self._edge_keys.items())
+        if tokens is not None:
+            extra += "\n" + _tokens_table(tokens)
+        return TOPOLOGY.format(edge_extra=extra, **self._fields)
+
+    def edge_config(self, tokens: dict[str, Any] | None) -> NodeConfig:
+        """The edge's config as it would read with ``tokens`` instead (a reload's input)."""
+        return topology_from_text(self._text(tokens), base_dir=str(self._root)).nodes["edge-a"]
 
     async def start(self) -> DemoTiers:
         for name in self.topology.order_for_start():

@@ -24,7 +24,9 @@ async function main() {
   try {
     const page = await context.newPage();
     const console_ = [];
+    const responses = [];
     page.on("console", (msg) => console_.push(msg.text()));
+    page.on("response", (response) => responses.push([response.status(), response.url()]));
     // The page and hls.js come from this folder but are served at the edge's origin, so the
     // player's requests to the edge are same-origin (the edge sends no CORS headers) while
     // every playlist and segment still really travels through the edge.
@@ -41,6 +43,12 @@ async function main() {
       console_.push("timeout: " + err.message.split("\n")[0]);
     }
     result = await page.evaluate(() => window.player);
+    // Frames the video element decoded (0: nothing was ever shown).
+    result.videoFrames = await page.evaluate(() => {
+      const quality = document.getElementById("video").getVideoPlaybackQuality();
+      return quality.totalVideoFrames;
+    });
+    result.responses = responses;
     result.console = console_.slice(-20);
   } finally {
     await context.close();
