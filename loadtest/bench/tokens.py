@@ -21,8 +21,9 @@ The series:
   string per token, prebuilt): the control for the CPU wrk spends running Lua per request,
   which the two scripted series pay and the plain ones do not;
 - ``cycle``: ``--tokens`` (10,000) different valid tokens, one per request in turn: each is
-  verified (an HMAC) the first time and then found in the grant cache, so at tens of
-  thousands of requests a second most requests are cache hits, in a bigger dictionary;
+  verified (an HMAC) in a run's first pass (the ``verify`` run before it evicts them from the
+  grant cache) and then found there, so at tens of thousands of requests a second most
+  requests are cache hits, in a bigger dictionary;
 - ``verify``: ``--verify-tokens`` (40,000) tokens in turn, more than the grant cache holds
   (``CACHE_ENTRIES``): a cycle longer than a FIFO/LRU's capacity never finds its entry, so
   every request is a full verification — the gate's uncached cost;
@@ -517,8 +518,9 @@ def render_report(
         f"What the series measure: `token` repeats one token, so after its first request the "
         f"gate's grant cache answers (path, query, Cookie, Host, client address → grant); "
         f"`token-lua` is the same through the Lua script the next two use (its cost to wrk); "
-        f"`cycle` sends {args.tokens:,} different tokens in turn: each is verified once, then "
-        f"found in the grant cache until its 60 s are up; `verify` sends {args.verify_tokens:,} "
+        f"`cycle` sends {args.tokens:,} different tokens in turn: each run's first pass verifies "
+        "them (the `verify` run before it has pushed them out of the grant cache), then they "
+        f"are found there; `verify` sends {args.verify_tokens:,} "
         f"tokens in turn, more than the grant cache's {cache_entries:,} entries, so none is ever "
         "found there and every request is an HMAC-SHA256 verification; `forged` sends one "
         "token signed with another secret: refusals are never cached, so every request is "
