@@ -59,6 +59,8 @@ class NodeStats:
         self.prefetch_used = 0
         self.prefetch_wasted = 0
         self.prefetch_dropped = 0
+        # Prefetches refused by their bounds (edge/video/prefetch_bounds.py), by reason.
+        self.prefetch_refused: dict[str, int] = {}
         self.cmcd_requests = 0
         self.cmcd_starving = 0
         self.cmcd_buffer_ms_sum = 0
@@ -152,6 +154,7 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
         "ttfb_counts": list(stats.ttfb_counts),
         "ttfb_sum": stats.ttfb_sum,
         "token_refusals": dict(stats.token_refusals),
+        "prefetch_refused": dict(stats.prefetch_refused),
     }
 
 
@@ -164,9 +167,12 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     ttfb = [0] * (len(TTFB_BUCKETS) + 1)
     ttfb_sum = 0.0
     refusals: dict[str, int] = {}
+    prefetch_refused: dict[str, int] = {}
     for snap in snapshots:
         for reason, value in snap.get("token_refusals", {}).items():
             refusals[reason] = refusals.get(reason, 0) + value
+        for reason, value in snap.get("prefetch_refused", {}).items():
+            prefetch_refused[reason] = prefetch_refused.get(reason, 0) + value
         for method, status, code, value in snap["requests"]:
             key = (method, status, int(code))
             requests[key] = requests.get(key, 0) + value
@@ -188,6 +194,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "ttfb_counts": ttfb,
         "ttfb_sum": ttfb_sum,
         "token_refusals": refusals,
+        "prefetch_refused": prefetch_refused,
     }
 
 
@@ -213,6 +220,15 @@ def collect_families(
     for reason, value in sorted(stats.get("token_refusals", {}).items()):
         refused.add_metric([node, reason], value)
     yield refused
+    prefetch_refused = CounterMetricFamily(
+        "reelcdn_prefetch_refused", "Prefetches refused by their bounds, by reason: other_video "
+        "(outside the request's video), not_media (not a segment or init section), query (a "
+        "keyed query), client_budget, node_budget (byte budgets spent)",
+        labels=["node", "reason"],
+    )
+    for reason, value in sorted(stats.get("prefetch_refused", {}).items()):
+        prefetch_refused.add_metric([node, reason], value)
+    yield prefetch_refused
 
     buckets = []
     cumulative = 0
