@@ -170,20 +170,20 @@ async def test_with_host_in_key_prefetches_are_stored_under_the_client_s_key(ori
 
 # -- accounting on one node ----------------------------------------------------------------------
 async def test_prefetch_metrics_wasted_and_dropped(origin, start_node):
-    origin.set("/p/short.m4s", b"s" * 100, headers={"Cache-Control": "max-age=1"})
+    origin.set("/v/p/short.m4s", b"s" * 100, headers={"Cache-Control": "max-age=1"})
     for name in ("slow-a", "slow-b", "slow-c"):
-        origin.set(f"/p/{name}.m4s", b"x" * 100, delay=0.4,
+        origin.set(f"/v/p/{name}.m4s", b"x" * 100, delay=0.4,
                    headers={"Cache-Control": "max-age=60"})
     node_server = await start_node(origin.url, prefetch_queue=1, prefetch_concurrency=1)
     node = node_server.node
-    await get(node_server.port, with_cmcd("/p/page.m4s", 'nor="short.m4s"'))
+    await get(node_server.port, with_cmcd("/v/p/page.m4s", 'nor="short.m4s"'))
     await settle(node)
     await asyncio.sleep(1.1)
     node.features.prefetcher.sweep()
     assert node.stats.prefetch_wasted == 1  # expired before anyone asked
 
     for name in ("slow-a", "slow-b", "slow-c"):  # one runs, one waits, one is dropped
-        await get(node_server.port, with_cmcd("/p/page.m4s", f'nor="{name}.m4s"'))
+        await get(node_server.port, with_cmcd("/v/p/page.m4s", f'nor="{name}.m4s"'))
     assert node.stats.prefetch_dropped == 1
     await settle(node)
     assert node.stats.prefetch_issued == 3
@@ -209,20 +209,20 @@ async def test_cmcd_headers_are_not_forwarded_on_fills(origin, start_node):
 async def test_a_closing_node_starts_no_more_prefetches(origin, start_node):
     """Queued prefetches are forgotten when the node stops: none reaches the parent after."""
     for name in ("slow-a", "slow-b"):
-        origin.set(f"/c/{name}.m4s", b"x" * 100, delay=0.3,
+        origin.set(f"/v/c/{name}.m4s", b"x" * 100, delay=0.3,
                    headers={"Cache-Control": "max-age=60"})
     node_server = await start_node(origin.url, prefetch_concurrency=1)
     node = node_server.node
     for name in ("slow-a", "slow-b"):  # one starts, one stays queued behind the cap of 1
-        await get(node_server.port, with_cmcd("/c/page.m4s", f'nor="{name}.m4s"'))
+        await get(node_server.port, with_cmcd("/v/c/page.m4s", f'nor="{name}.m4s"'))
     await asyncio.sleep(0.05)
     prefetcher = node.features.prefetcher
     assert prefetcher.pending == 2
     await node.close()
     assert prefetcher.pending == 0
-    assert not prefetcher.want("/c/slow-c.m4s", "127.0.0.1")
+    assert not prefetcher.want("/v/c/slow-c.m4s", "127.0.0.1", request_path="/v/c/page.m4s")
     await asyncio.sleep(0.5)
-    assert "/c/slow-b.m4s" not in origin.counts
+    assert "/v/c/slow-b.m4s" not in origin.counts
 
 
 @given(st.text(alphabet='ab=,"\\ 1-', max_size=40))

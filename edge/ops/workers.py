@@ -66,13 +66,16 @@ CACHE_SUMS = ("objects", "bytes", "capacity", "evictions", "inflight", "requests
 
 
 def worker_config(config: NodeConfig, count: int) -> NodeConfig:
-    """A worker's share of the node: ``cache_memory`` and ``cache_disk`` are the node's total
-    budgets, so each of ``count`` workers gets an equal part and the node as a whole stays
-    within them (each worker's disk tier has its own run directory under ``cache_dir``)."""
+    """A worker's share of the node: ``cache_memory``, ``cache_disk`` and
+    ``prefetch_bytes_per_second`` are the node's total budgets, so each of ``count`` workers
+    gets an equal part and the node as a whole stays within them (each worker's disk tier has
+    its own run directory under ``cache_dir``). ``prefetch_client_bytes_per_second`` stays
+    whole: a player's connection lands on one worker, which must give it the full rate."""
     return dataclasses.replace(
         config,
         cache_memory=config.cache_memory // count,
         cache_disk=config.cache_disk // count,
+        prefetch_bytes_per_second=max(1, config.prefetch_bytes_per_second // count),
     )
 
 

@@ -8,8 +8,10 @@ answer (None, written synchronously, or an awaitable) when it took the request.
 - ``/v/{id}/master.m3u8`` and ``/v/{id}/{rendition}/(index|iframes).m3u8`` go to the
   playlist renderer (edge/video/playlists.py) when ``render_playlists`` is on (default: edges).
 - CMCD (edge/video/cmcd.py) is read from the ``CMCD`` query argument and headers; ``nor`` asks the
-  prefetcher (edge/video/prefetch.py) for the next object; ``su``/``bs``/``bl``/``mtp``/``sid`` go
-  to the metrics and the debug log.
+  prefetcher (edge/video/prefetch.py) for the next object, which it fetches only if it is a
+  segment of the request's own video, within the client's and the node's byte budgets
+  (edge/video/prefetch_bounds.py); ``su``/``bs``/``bl``/``mtp``/``sid`` go to the metrics and
+  the debug log. The hook runs after the token gate: a refused request prefetches nothing.
 - A request for an object a prefetch brought (or is bringing) counts that prefetch as used.
 """
 
@@ -90,7 +92,8 @@ class EdgeFeatures:
         if data.nor and self.node.config.prefetch_cmcd:
             target = resolve(req.path, data.nor)
             if target is not None:
-                self.prefetcher.want(target, req.client_ip, self._host(req))
+                self.prefetcher.want(target, req.client_ip, self._host(req),
+                                     request_path=req.path)
 
     def after_media_playlist(
         self, req: Request, video: str, meta: VideoMeta, rendition: str
@@ -106,8 +109,8 @@ class EdgeFeatures:
         base = f"/v/{video}/{rendition}/"  # the URL's id: the objects sit beside the playlist
         uris = [media.init.uri] + [segment.uri for segment in media.segments[:count]]
         host = self._host(req)
-        for uri in dict.fromkeys(uris):
-            self.prefetcher.want(base + uri, req.client_ip, host)
+        for uri in dict.fromkeys(uris):  # the same bounds as a nor: a meta.json names the URIs
+            self.prefetcher.want(base + uri, req.client_ip, host, request_path=req.path)
 
     def _host(self, req: Request) -> str | None:
         """The host that joins prefetch keys (``host_in_key``), as in the client's own key."""

@@ -7,8 +7,17 @@ through its parents, so a prefetched object is fetched, stored and counted exact
 miss, and a client asking for it while the prefetch is under way joins that fetch through the
 coalescer instead of starting a second one.
 
-Bounds, so that prefetch can only help:
+Bounds, so that prefetch can only help and a client cannot turn it against the CDN (the rules
+and why: edge/video/prefetch_bounds.py):
 
+- only objects of the request's own video (``/v/{id}/...``), and only init sections and
+  segments (by suffix), with no query left in the key: anything else is refused and counted
+  by reason. The request itself was authorised: ``CacheNode.receive`` runs the token gate
+  before the features, and a refused request never reaches them;
+- byte budgets: per client (IPv4 address, IPv6 /64) and for the node, token buckets of bytes
+  per second (``prefetch_client_bytes_per_second``, ``prefetch_bytes_per_second``); a
+  prefetch's bytes are charged when its fill ends, and a bucket below zero refuses new
+  prefetches (asked for, or queued and about to start) until it refills;
 - a capped queue (``prefetch_queue``): beyond it requests are dropped and counted;
 - deduplication: a key already queued, in flight (client or prefetch) or fresh in the store is
   not queued again;
@@ -18,7 +27,8 @@ Bounds, so that prefetch can only help:
 
 Measured (``/metrics``): prefetches issued; used (a client asked for the object while it was
 being prefetched, or later got it as a HIT); wasted (the object left the cache, evicted or
-expired, before any client asked); dropped (queue full). Use is noted by the request hook
+expired, before any client asked); dropped (queue full); refused, by reason (other_video,
+not_media, query, client_budget, node_budget). Use is noted by the request hook
 (``note_request``, one dict lookup), waste by a sweep over the objects still unused.
 """
 
@@ -34,6 +44,16 @@ from urllib.parse import urljoin, urlsplit
 from reelcdn.edge.cache.keys import host_of
 from reelcdn.edge.cache.store import CacheEntry, MemoryStore
 from reelcdn.edge.fetch.coalescer import Fetch
+from reelcdn.edge.video.prefetch_bounds import (
+    CLIENT_BURST_SECONDS,
+    NODE_BURST_SECONDS,
+    ByteBucket,
+    ClientBudgets,
+    client_key,
+    is_media_object,
+    keyed_query,
+    same_video,
+)
 from reelcdn.extensions.message import Request
 from reelcdn.extensions.target import BadPath
 
@@ -78,6 +98,9 @@ class Prefetcher:
         self._pump_scheduled = False
         self._last_sweep = 0.0
         self.closed = False
+        # Byte budgets (prefetch_bounds.py): per client, and the node's (made on first use).
+        self._clients = ClientBudgets()
+        self._node_bucket: ByteBucket | None = None
 
     # -- what the request hook calls --------------------------------------------------------
     def note_request(self, primary: str) -> None:
@@ -91,22 +114,36 @@ class Prefetcher:
             if entry is not None:
                 self.node.stats.prefetch_used += 1
 
-    def want(self, target: str, client_ip: str, host: str | None = None) -> bool:
-        """Queue ``target`` (``/path[?query]``) for prefetch; False when not queued (already
-        there, or the queue is full). ``host`` is the Host of the request that asked for it
+    def want(
+        self, target: str, client_ip: str, host: str | None = None, *, request_path: str
+    ) -> bool:
+        """Queue ``target`` (``/path[?query]``) for prefetch; False when not queued: refused
+        by the bounds (counted by reason), already there, or the queue is full.
+        ``request_path`` is the (canonical) path of the request that asked for it: only
+        objects of its video are prefetched. ``host`` is that request's Host
         (``request_host``): with ``host_in_key`` it is part of the key, so the prefetched
         object is stored where that site's clients look it up."""
         if self.closed:
             return False
-        config = self.node.config
+        node = self.node
+        config = node.config
         try:
-            key = self.node.keys.for_target(target, host)
+            key = node.keys.for_target(target, host)
         except BadPath:
             return False
-        if key in self._queued or key in self._running or self.node.coalescer.get(key):
+        path = node.keys.rule_path(key)  # canonical, as the fill will ask for it
+        if not same_video(request_path, path):
+            return self._refuse("other_video")
+        if not is_media_object(path):
+            return self._refuse("not_media")
+        if keyed_query(key):
+            return self._refuse("query")
+        if key in self._queued or key in self._running or node.coalescer.get(key):
             return False
-        entry = self.node.store.lookup(key, {})
+        entry = node.store.lookup(key, {})
         if entry is not None and entry.is_fresh(time.time()):
+            return False
+        if not self._within_budgets(client_ip):
             return False
         if len(self._queue) >= config.prefetch_queue:
             self.node.stats.prefetch_dropped += 1
@@ -117,6 +154,41 @@ class Prefetcher:
             self._pump_scheduled = True
             asyncio.get_running_loop().call_soon(self._pump)
         return True
+
+    # -- the bounds ---------------------------------------------------------------------------
+    def _refuse(self, reason: str) -> bool:
+        refused = self.node.stats.prefetch_refused
+        refused[reason] = refused.get(reason, 0) + 1
+        return False
+
+    def _within_budgets(self, client_ip: str) -> bool:
+        """Whether neither the client's byte bucket nor the node's is below zero (a refusal
+        is counted)."""
+        config = self.node.config
+        now = time.monotonic()
+        rate = config.prefetch_client_bytes_per_second
+        if not self._clients.allows(client_key(client_ip), now, rate,
+                                    rate * CLIENT_BURST_SECONDS):
+            return self._refuse("client_budget")
+        bucket = self._node_bucket
+        rate = config.prefetch_bytes_per_second
+        if bucket is not None and not bucket.allows(now, rate, rate * NODE_BURST_SECONDS):
+            return self._refuse("node_budget")
+        return True
+
+    def _charge(self, client_ip: str, size: int) -> None:
+        """A prefetch fetched ``size`` bytes (stored or not, they travelled): charge them to
+        the client that asked and to the node."""
+        config = self.node.config
+        now = time.monotonic()
+        rate = config.prefetch_client_bytes_per_second
+        self._clients.charge(client_key(client_ip), size, now, rate,
+                             rate * CLIENT_BURST_SECONDS)
+        rate = config.prefetch_bytes_per_second
+        burst = rate * NODE_BURST_SECONDS
+        if self._node_bucket is None:
+            self._node_bucket = ByteBucket(burst, now)
+        self._node_bucket.charge(size, now, rate, burst)
 
     # -- the queue ----------------------------------------------------------------------------
     def _pump(self) -> None:
@@ -134,13 +206,16 @@ class Prefetcher:
             entry = node.store.lookup(key, {})
             if entry is not None and entry.is_fresh(time.time()):
                 continue
+            if not self._within_budgets(client_ip):
+                continue  # spent while it waited in the queue
             order = node.fill_order_for(key, client_ip, PREFETCH_FIELDS)
             fetch = node.start_fill(key, key, order, None)
             self._running[key] = fetch
             node.stats.prefetch_issued += 1
             assert fetch.task is not None
-            fetch.task.add_done_callback(lambda _task, key=key, fetch=fetch: self._done(key,
-                                                                                        fetch))
+            fetch.task.add_done_callback(
+                lambda _task, key=key, fetch=fetch, client_ip=client_ip:
+                self._done(key, fetch, client_ip))
         self.sweep()
 
     def close(self) -> None:
@@ -150,8 +225,9 @@ class Prefetcher:
         self._queue.clear()
         self._queued.clear()
 
-    def _done(self, key: str, fetch: Fetch) -> None:
+    def _done(self, key: str, fetch: Fetch, client_ip: str) -> None:
         self._running.pop(key, None)
+        self._charge(client_ip, fetch.size)
         used = key in self._used_inflight
         self._used_inflight.discard(key)
         if not used and fetch.error is None:
