@@ -76,6 +76,8 @@ parents = ["regional-1"]
 prefetch_segments = {segments}
 prefetch_cmcd = {cmcd}
 prefetch_concurrency = {concurrency}
+# every player of the bench connects from 127.0.0.1: one client to the per-client budget
+prefetch_client_bytes_per_second = "1GiB"
 """
 _PLAYER_ID = re.compile(r"^/v/([A-Za-z0-9_-]+?)-p\d+/")
 
