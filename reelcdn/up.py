@@ -286,6 +286,13 @@ def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None
     for edge in edges:
         for video in video_ids or ["<video id>"]:
             lines.append(f"  http://{edge.listen_host}:{edge.listen_port}/v/{video}/master.m3u8")
+    signed = [edge.name for edge in edges if edge.tokens is not None]
+    if signed:
+        lines.append(f"Signed URLs are required at {', '.join(signed)}: "
+                     f"reelcdn sign --config {topology.file} URL --ttl 1h")
+    else:
+        lines.append("Signed URLs: off (anyone can play). To require them, add a "
+                     "[defaults.tokens] table to the topology and reload (docs/tokens.md).")
     lines.append("Admin (health, /metrics, /cache/stats, POST /purge, POST /prewarm):")
     for node in topology.nodes.values():
         if node.admin_host and node.admin_port:

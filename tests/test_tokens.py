@@ -353,3 +353,14 @@ async def test_rendered_playlists_carry_the_viewers_token() -> None:
     config = _edge(1)
     assert "token" in config.carried_query_params
     await asyncio.sleep(0)
+
+
+def test_the_signed_example_checks_tokens_at_the_edge_only() -> None:
+    from pathlib import Path
+
+    from reelcdn.edge.config import load_topology
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "signed.toml"
+    nodes = load_topology(example).nodes
+    assert nodes["edge-a"].tokens is not None and nodes["edge-a"].tokens.current_key == "k2"
+    assert nodes["regional-1"].tokens is None and nodes["shield-1"].tokens is None
