@@ -248,6 +248,8 @@ upstream = "http://127.0.0.1:2"
             "node.e.tokens.sources[0]",
         'format = "native"\nkeys = {k1 = "0123456789abcdef"}\nprotect = ["v/*"]':
             "node.e.tokens.protect[0]",
+        'format = "nginx_md5"\nkeys = {k1 = "0123456789abcdef"}\n'
+        'expression = "$uri $request_uri $secret"': "node.e.tokens.expression",
     }
     for text, key in cases.items():
         with pytest.raises(ConfigError) as caught:
@@ -364,3 +366,20 @@ def test_the_signed_example_checks_tokens_at_the_edge_only() -> None:
     nodes = load_topology(example).nodes
     assert nodes["edge-a"].tokens is not None and nodes["edge-a"].tokens.current_key == "k2"
     assert nodes["regional-1"].tokens is None and nodes["shield-1"].tokens is None
+
+
+def test_the_gate_checks_an_nginx_link_and_keys_its_grants_by_the_signed_fields() -> None:
+    from reelcdn.edge.auth import nginx_md5
+
+    expression = "$secure_link_expires$uri$remote_addr$http_x_viewer $secret"
+    gate = TokenGate(TokenConfig(format="nginx_md5", keys={"k1": K1},
+                                 options={"expression": expression}))
+    params = nginx_md5.sign("/v/a/x.m4s", NOW + 60, K1, expression, client_ip="203.0.113.7",
+                            headers={"x-viewer": "ann"})
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    ann = request("/v/a/x.m4s", query)
+    ann.headers[b"x-viewer"] = b"ann"
+    assert isinstance(gate.check(ann, NOW), Grant)
+    bob = request("/v/a/x.m4s", query)
+    bob.headers[b"x-viewer"] = b"bob"  # another signed field: not ann's remembered grant
+    assert gate.check(bob, NOW) == Refusal("bad-signature")

@@ -125,10 +125,12 @@ class TokenGate:
         self.cache = VerifiedCache()
         self.refused: dict[str, int] = {}
         # Request fields an nginx expression signs ($http_NAME): part of the cache key too.
-        expression = str(config.options.get("expression", ""))
-        self._signed_fields = tuple(
-            name.replace("_", "-").lower().encode()
-            for name in re.findall(r"\$\{?http_([A-Za-z0-9_]+)", expression))
+        self._signed_fields: tuple[bytes, ...] = ()
+        if config.format == "nginx_md5":
+            from reelcdn.edge.auth.nginx_md5 import Expression
+
+            expression = Expression.parse(str(config.options["expression"]))
+            self._signed_fields = tuple(name.lower().encode() for name in expression.headers)
 
     def applies(self, path: str) -> bool:
         """Whether ``path`` needs a token."""

@@ -655,9 +655,17 @@ def _build_tokens(merged: dict[str, Sourced], where: str, file: str) -> TokenCon
             options[name] = value
         elif name not in ("format", "keys"):
             values[name] = value
-    if fmt == "nginx_md5" and "expression" not in options:
-        raise ConfigError(file, f"{where}.expression", "missing: nginx_md5 needs the "
-                          'expression nginx hashes, e.g. "$secure_link_expires$uri $secret"')
+    if fmt == "nginx_md5":
+        if "expression" not in options:
+            raise ConfigError(file, f"{where}.expression", "missing: nginx_md5 needs the "
+                              'expression nginx hashes, e.g. "$secure_link_expires$uri '
+                              '$remote_addr $secret"')
+        from reelcdn.edge.auth.nginx_md5 import Expression
+
+        try:
+            Expression.parse(options["expression"])
+        except ValueError as exc:
+            raise ConfigError(file, merged["expression"][1], str(exc)) from None
     current = values.get("current_key")
     if current is not None and current not in keys:
         raise ConfigError(file, merged["current_key"][1], f"{quote(current)} is not one of the "
