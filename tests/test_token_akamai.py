@@ -373,6 +373,11 @@ def test_sign_refuses_what_verify_would() -> None:
         with pytest.raises(ValueError):
             akamai.secret_from_hex(key)
     assert akamai.secret_from_hex("00FF") == b"\x00\xff"
+    # the ring's form of a key (decoded bytes) signs as its hex text does
+    assert akamai.sign(bytes.fromhex(KEY), acl="/a", exp=NOW) == akamai.sign(KEY, acl="/a",
+                                                                            exp=NOW)
+    with pytest.raises(ValueError):
+        akamai.sign(b"", acl="/a", exp=NOW)
 
 
 # -- properties -----------------------------------------------------------------------------

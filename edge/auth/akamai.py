@@ -314,17 +314,20 @@ def verify(request: TokenRequest, ring: KeyRing, *, clock_skew: float = 0.0,
 
 # -- minting -----------------------------------------------------------------------------------
 
-def sign(key: str, *, exp: int, acl: str | Sequence[str] | None = None, url: str | None = None,
-         st: int | None = None, ip: str | None = None, session_id: str | None = None,
-         data: str | None = None, algorithm: str = "sha256", escape_early: bool = False,
-         salt: str = "") -> str:
+def sign(key: str | bytes, *, exp: int, acl: str | Sequence[str] | None = None,
+         url: str | None = None, st: int | None = None, ip: str | None = None,
+         session_id: str | None = None, data: str | None = None, algorithm: str = "sha256",
+         escape_early: bool = False, salt: str = "") -> str:
     """A token for ``reelcdn sign``, byte for byte what ``akamai.edgeauth.EdgeAuth(key=key,
     start_time=st, end_time=exp, ip=ip, session_id=session_id, payload=data,
     algorithm=algorithm, escape_early=escape_early, salt=salt)`` gives from
-    ``generate_acl_token(acl)`` or ``generate_url_token(url)``. ``key`` is hex. Refuses
+    ``generate_acl_token(acl)`` or ``generate_url_token(url)``. ``key`` is the hex text
+    EdgeAuth takes, or the decoded secret (``bytes``, as a :class:`KeyRing` holds it). Refuses
     (``ValueError``) what the verifier would refuse: no or both of ``acl``/``url``, ``~`` in a
     value, ``!`` or nothing in an ACL entry, ``exp`` not after ``st``."""
-    secret = secret_from_hex(key)
+    secret = key if isinstance(key, bytes) else secret_from_hex(key)
+    if not secret:
+        raise ValueError("an empty EdgeAuth key")
     _algorithm(algorithm)
     if (acl is None) == (url is None):
         raise ValueError("give exactly one of acl and url")
