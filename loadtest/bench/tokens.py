@@ -484,6 +484,7 @@ def headline(all_series: Sequence[TokenSeries]) -> str:
     if ratio is None:
         return "Headline: no ratio (a series has no runs)."
     verdict = "met" if ratio >= TARGET_RATIO else "**missed**"
+    text = f"{ratio:.3f}" + text[4:]  # three decimals: 0.899 is not shown as a missed 0.90
     return (
         f"Headline: HIT 2 KiB with a valid native token ÷ the same HIT without one, same node: "
         f"**{text}** on req/s (target ≥ {TARGET_RATIO}: {verdict}); "
