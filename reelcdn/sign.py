@@ -93,7 +93,9 @@ def sign_url(tokens: TokenConfig, request: SignRequest, now: float | None = None
     if tokens.format == "akamai":
         from reelcdn.edge.auth import akamai
 
-        token = akamai.sign(secret, acl=acl, expires=expires, start=nbf, ip=request.ip,
+        # Akamai's ACLs are globs with no prefix form: /v/abc/ grants /v/abc/* there.
+        token = akamai.sign(secret, acl=acl + "*" if acl.endswith("/") else acl,
+                            exp=expires, st=nbf, ip=request.ip,
                             algorithm=tokens.options.get("algorithm", "sha256"))
         name = tokens.query_param or ("__token__" if request.cookie else "hdnts")
         if request.cookie:

@@ -383,3 +383,61 @@ def test_the_gate_checks_an_nginx_link_and_keys_its_grants_by_the_signed_fields(
     bob = request("/v/a/x.m4s", query)
     bob.headers[b"x-viewer"] = b"bob"  # another signed field: not ann's remembered grant
     assert gate.check(bob, NOW) == Refusal("bad-signature")
+
+
+def test_akamai_tokens_minted_by_edgeauth_pass_a_node_configured_with_the_hex_key(
+        tmp_path: Any) -> None:
+    """The configured EdgeAuth key is hex, as Akamai's property manager shows it; the gate
+    verifies with the bytes it spells, as the reference library signs."""
+    from akamai.edgeauth import EdgeAuth
+
+    from reelcdn.cli import main
+
+    key = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
+    node = topology_from_text(f"""
+[node.e]
+role = "edge"
+listen = "127.0.0.1:1"
+upstream = "http://127.0.0.1:2"
+[node.e.tokens]
+format = "akamai"
+keys = {{ k1 = "{key}" }}
+""", base_dir=".").nodes["e"]
+    assert node.tokens is not None
+    gate = TokenGate(node.tokens)
+    import time as clock
+
+    token = EdgeAuth(key=key, window_seconds=300).generate_acl_token("/v/abc/*")
+    assert isinstance(gate.check(request("/v/abc/seg.m4s", f"hdnts={token}"), clock.time()),
+                      Grant)
+    assert gate.check(request("/v/abd/seg.m4s", f"hdnts={token}"), clock.time()) \
+        == Refusal("acl")
+    with pytest.raises(ConfigError, match="hex"):
+        topology_from_text("""
+[node.e]
+role = "edge"
+listen = "127.0.0.1:1"
+upstream = "http://127.0.0.1:2"
+[node.e.tokens]
+format = "akamai"
+keys = { k1 = "not-hex-not-hex-not-hex" }
+""", base_dir=".")
+    # reelcdn sign mints what the gate accepts
+    config = tmp_path / "t.toml"
+    config.write_text(f"""
+[node.e]
+role = "edge"
+listen = "127.0.0.1:1"
+upstream = "http://127.0.0.1:2"
+[node.e.tokens]
+format = "akamai"
+keys = {{ k1 = "{key}" }}
+""")
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["sign", "--config", str(config), "http://h/v/abc/master.m3u8"]) == 0
+    query = out.getvalue().strip().split("?", 1)[1]
+    assert isinstance(gate.check(request("/v/abc/x.m4s", query), clock.time()), Grant)

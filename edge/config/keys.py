@@ -644,7 +644,14 @@ def _build_tokens(merged: dict[str, Sourced], where: str, file: str) -> TokenCon
             raise ConfigError(file, f"{where}.{required}", "missing: [tokens] needs a format "
                               'and its keys, e.g. format = "native" and keys = { k1 = "…" }')
     fmt, _ = merged["format"]
-    keys, _ = merged["keys"]
+    keys, keys_key = merged["keys"]
+    if fmt == "akamai":  # EdgeAuth keys are hex: the HMAC key is the bytes they spell
+        from reelcdn.edge.auth.akamai import secret_from_hex
+
+        try:
+            keys = {kid: secret_from_hex(secret.decode()) for kid, secret in keys.items()}
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(file, keys_key, f"akamai: {exc}") from None
     values: dict[str, Any] = {"format": fmt, "keys": keys}
     options: dict[str, Any] = {}
     for name, (value, key) in merged.items():

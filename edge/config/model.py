@@ -144,7 +144,7 @@ class SteeringConfig:
 TOKEN_QUERY_PARAMS: dict[str, tuple[str, ...]] = {
     "native": ("token",),
     "akamai": ("hdnts", "__token__"),
-    "cloudfront": ("Expires", "Policy", "Signature", "Key-Pair-Id"),
+    "cloudfront": ("Expires", "Policy", "Signature", "Key-Pair-Id", "Hash-Algorithm"),
     "nginx_md5": ("md5", "expires"),
 }
 #: Formats whose query token grants more than one URL, so that a rendered playlist can copy
