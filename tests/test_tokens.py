@@ -214,7 +214,7 @@ def test_the_gate_protects_by_glob_and_remembers_only_grants() -> None:
     # Another address or path is another key: verified afresh.
     assert isinstance(gate.check(request("/v/a/y.m4s", f"token={token}", ip="10.0.0.1"), NOW),
                       Grant)
-    assert len(gate.cache) == 1  # the expired entry went when it was looked up
+    assert len(gate.cache) == 2  # (an expired entry stays until replaced or pushed out)
     cookie = gate.check(request("/v/a/x.m4s", cookie=f"reelcdn_token={token}"), NOW)
     assert isinstance(cookie, Grant)
 
@@ -441,3 +441,18 @@ keys = {{ k1 = "{key}" }}
         assert main(["sign", "--config", str(config), "http://h/v/abc/master.m3u8"]) == 0
     query = out.getvalue().strip().split("?", 1)[1]
     assert isinstance(gate.check(request("/v/abc/x.m4s", query), clock.time()), Grant)
+
+
+def test_a_grant_for_a_header_token_is_not_one_for_a_request_without_it() -> None:
+    """A token in a request field: the field is part of the remembered grant's key, so the
+    same path from the same address without the field is verified, and refused."""
+    gate = TokenGate(TokenConfig(format="native", keys={"k1": K1},
+                                 sources=("query", "cookie", "header")))
+    token = native.sign(K1, "k1", acl="/v/a/", expires=NOW + 60)
+    with_field = request("/v/a/x.m4s")
+    with_field.headers[b"reelcdn-token"] = token.encode()
+    assert isinstance(gate.check(with_field, NOW), Grant)
+    assert gate.check(request("/v/a/x.m4s"), NOW) == Refusal("missing")
+    other = request("/v/a/x.m4s")
+    other.headers[b"reelcdn-token"] = b"forged." + token.encode()[7:]
+    assert isinstance(gate.check(other, NOW), Refusal)

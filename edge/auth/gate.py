@@ -6,8 +6,8 @@ whose path is protected (a ``protect`` glob matches and no ``exempt`` one does) 
 becomes a 403 at the node, naming its reason.
 
 Verified tokens are remembered (:class:`VerifiedCache`): the key is everything a verdict
-depends on — the canonical path, the raw query, the Cookie field, the Host field and the
-client's address — and a grant is reused until the token's own expiry or for
+depends on — the canonical path, the raw query, the Cookie field, the Host field, the
+client's address, and the request fields a token may come in or an expression signs — and a grant is reused until the token's own expiry or for
 ``CACHE_SECONDS``, whichever comes first. So the same request again (a player's retries, a
 benchmark's loop, a playlist refreshed) costs a dictionary lookup instead of an HMAC or an RSA
 verification, and nothing is granted that a fresh verification would refuse: a different path,
@@ -84,25 +84,28 @@ class VerifiedCache:
     def __init__(self, capacity: int = CACHE_ENTRIES, seconds: float = CACHE_SECONDS) -> None:
         self.capacity = capacity
         self.seconds = seconds
-        self._entries: OrderedDict[tuple[str, ...], tuple[float, Grant]] = OrderedDict()
+        #: key → (deadline, grant); the gate reads it directly on its hot path.
+        self.entries: OrderedDict[tuple[Any, ...], tuple[float, Grant]] = OrderedDict()
 
-    def get(self, key: tuple[str, ...], now: float) -> Grant | None:
-        found = self._entries.get(key)
+    def get(self, key: tuple[Any, ...], now: float) -> Grant | None:
+        found = self.entries.get(key)
         if found is None:
             return None
         deadline, grant = found
         if now >= deadline:
-            del self._entries[key]
+            del self.entries[key]
             return None
         return grant
 
-    def put(self, key: tuple[str, ...], grant: Grant, now: float) -> None:
-        self._entries[key] = (min(grant.expires, now + self.seconds), grant)
-        if len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
+    def put(self, key: tuple[Any, ...], grant: Grant, now: float) -> None:
+        """Remember a grant; the entry put longest ago goes when full (first in, first out:
+        a hit does not refresh it, which keeps the lookup a plain dictionary read)."""
+        self.entries[key] = (min(grant.expires, now + self.seconds), grant)
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
 
 def _cookies(value: str) -> dict[str, str]:
@@ -124,13 +127,23 @@ class TokenGate:
         self._exempt = _globs(config.exempt)
         self.cache = VerifiedCache()
         self.refused: dict[str, int] = {}
-        # Request fields an nginx expression signs ($http_NAME): part of the cache key too.
-        self._signed_fields: tuple[bytes, ...] = ()
+        # Request fields a verdict depends on besides path, query, Cookie, Host and address:
+        # a token's own field (the header source) and the fields an nginx expression signs.
+        # They are part of a remembered grant's key, or a request without the token (or with
+        # other signed fields) would find the grant of one that had it.
+        key_fields: list[bytes] = []
+        if "header" in config.sources:
+            if config.format == "native":
+                key_fields.append((config.header or "reelcdn-token").lower().encode())
+            elif config.format == "akamai":
+                names = (config.query_param,) if config.query_param else ("hdnts", "__token__")
+                key_fields += [name.lower().encode() for name in names]
         if config.format == "nginx_md5":
             from reelcdn.edge.auth.nginx_md5 import Expression
 
             expression = Expression.parse(str(config.options["expression"]))
-            self._signed_fields = tuple(name.lower().encode() for name in expression.headers)
+            key_fields += [name.lower().encode() for name in expression.headers]
+        self._key_fields = tuple(dict.fromkeys(key_fields))
 
     def applies(self, path: str) -> bool:
         """Whether ``path`` needs a token."""
@@ -141,22 +154,25 @@ class TokenGate:
         return exempt is None or exempt.match(path) is None
 
     def check(self, req: Request, now: float) -> Grant | Refusal | None:
-        """None when the path needs no token; else the verdict."""
+        """None when the path needs no token; else the verdict.
+
+        A remembered grant is looked up first, under the request's key (a grant exists
+        only for a protected path, so the protect globs are matched only on the way to a
+        verification); the key is the raw bytes of what a verdict depends on."""
         path = req.path
+        headers = req.headers
+        key: tuple[Any, ...] = (path, req.query, headers.get(b"cookie"), headers.get(b"host"),
+                                req.client_ip)
+        if self._key_fields:
+            key += tuple(headers.get(name) for name in self._key_fields)
+        found = self.cache.entries.get(key)
+        if found is not None and now < found[0]:
+            return found[1]
         if not self.applies(path):
             return None
-        headers = req.headers
-        cookie = headers.get(b"cookie", b"").decode("latin-1")
-        host = headers.get(b"host", b"").decode("latin-1")
-        key = (path, req.query, cookie, host, req.client_ip)
-        if self._signed_fields:
-            key += tuple(headers.get(name, b"").decode("latin-1")
-                         for name in self._signed_fields)
-        grant = self.cache.get(key, now)
-        if grant is not None:
-            return grant
         fields = {name.decode("latin-1"): value.decode("latin-1")
                   for name, value in headers.items()}
+        cookie = fields.get("cookie", "")
         request = TokenRequest(path=path, query=req.query,
                                cookies=_cookies(cookie) if cookie else {}, headers=fields,
                                client_ip=req.client_ip, now=now)

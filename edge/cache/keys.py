@@ -105,11 +105,17 @@ def host_of(value: bytes | str) -> str:
     return text.split(":", 1)[0].lower()
 
 
+#: Normalised queries remembered per policy (a pure function of the query): players send the
+#: same query (a token, CMCD left aside) with every segment of a video.
+QUERY_MEMO = 4096
+
+
 class KeyPolicy:
     """How this node names stored objects: the ignored query parameters and whether the host
-    is part of the key. Built from a node's config; immutable."""
+    is part of the key. Built from a node's config; immutable (its memo of normalised
+    queries is a cache of a pure function, emptied when full)."""
 
-    __slots__ = ("ignored", "ignored_prefixes", "host_in_key")
+    __slots__ = ("ignored", "ignored_prefixes", "host_in_key", "_queries")
 
     def __init__(
         self,
@@ -120,6 +126,7 @@ class KeyPolicy:
         self.ignored = ignored
         self.ignored_prefixes = tuple(ignored_prefixes)
         self.host_in_key = host_in_key
+        self._queries: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, config: Any) -> KeyPolicy:
@@ -135,8 +142,17 @@ class KeyPolicy:
         """The primary key of a parsed request (its path is already canonical: the reader
         made it so)."""
         path = req.path
-        if not req.query and not self.host_in_key and "%" not in path:
-            return path  # what cache_key gives a plain path (pinned by test_cachekey)
+        if not self.host_in_key and "%" not in path:  # what cache_key gives (test_cachekey)
+            query = req.query
+            if not query:
+                return path
+            norm = self._queries.get(query)
+            if norm is None:
+                norm = normalise_query(query, self.ignored, self.ignored_prefixes)
+                if len(self._queries) >= QUERY_MEMO:
+                    self._queries.clear()
+                self._queries[query] = norm
+            return path + "?" + norm if norm else path
         return cache_key(path, req.query, self.ignored, self.ignored_prefixes,
                          self.host(req.headers))
 
