@@ -6,16 +6,16 @@ whose path is protected (a ``protect`` glob matches and no ``exempt`` one does) 
 becomes a 403 at the node, naming its reason.
 
 Verified tokens are remembered (:class:`VerifiedCache`): the key is everything a verdict
-depends on — the canonical path, the raw query, the Cookie field, the Host field, the
-client's address, and the request fields a token may come in or an expression signs — and a grant is reused until the token's own expiry or for
-``CACHE_SECONDS``, whichever comes first. So the same request again (a player's retries, a
-benchmark's loop, a playlist refreshed) costs a dictionary lookup instead of an HMAC or an RSA
-verification, and nothing is granted that a fresh verification would refuse: a different path,
-address or time-window position is a different key or an expired entry. Refusals are never
-remembered (a flood of forged tokens cannot evict the good ones, and a token that becomes
-valid — ``nbf`` — is seen at once). The cache belongs to one gate: a reload that changes the
-keys builds a new gate, so a retired key fails from that moment.
-"""
+depends on — the canonical path, the raw query, the Cookie field, the Host field, the client's
+address, and the request fields a token may come in or an expression signs — and a grant is
+reused until the token's own expiry or for ``CACHE_SECONDS``, whichever comes first. So the
+same request again (a player's retries, a benchmark's loop, a playlist refreshed) costs a
+dictionary lookup instead of an HMAC or an RSA verification, and nothing is granted that a
+fresh verification would refuse: a different path, address or time-window position is a
+different key or an expired entry. Refusals are never remembered (a flood of forged tokens
+cannot evict the good ones, and a token that becomes valid — ``nbf`` — is seen at once). The
+cache belongs to one gate: a reload that changes the keys builds a new gate, so a retired key
+fails from that moment. """
 
 from __future__ import annotations
 

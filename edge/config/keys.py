@@ -645,6 +645,14 @@ def _build_tokens(merged: dict[str, Sourced], where: str, file: str) -> TokenCon
                               'and its keys, e.g. format = "native" and keys = { k1 = "…" }')
     fmt, _ = merged["format"]
     keys, keys_key = merged["keys"]
+    if fmt == "cloudfront":  # public keys: a bad PEM is refused now, not on every request
+        from reelcdn.edge.auth.cloudfront import load_public_key
+
+        for kid, pem in keys.items():
+            try:
+                load_public_key(pem)
+            except ValueError as exc:
+                raise ConfigError(file, f"{keys_key}.{kid}", f"cloudfront: {exc}") from None
     if fmt == "akamai":  # EdgeAuth keys are hex: the HMAC key is the bytes they spell
         from reelcdn.edge.auth.akamai import secret_from_hex
 
