@@ -346,7 +346,7 @@ def test_missing_required_key(missing: str, key: str, message: str) -> None:
          'did you mean "first_byte"?'),
         ({"ttl": [{"match": "*", "ttl": 1, "stauses": [404]}]}, "node.edge-a.ttl[0].stauses",
          'did you mean "statuses"?'),
-        ({"zzz": 1}, "node.edge-a.zzz", "allowed keys are admin, admin_token, admin_token_env"),
+        ({"zzz": 1}, "node.edge-a.zzz", "allowed keys are admin, admin_advertise, admin_token"),
     ],
 )
 def test_unknown_keys_are_errors(table: dict[str, Any], key: str, message: str) -> None:

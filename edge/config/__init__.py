@@ -78,6 +78,8 @@ from reelcdn.edge.config.model import (
     TtlRule,
     UpstreamTimeouts,
     describe_upstream,
+    http_base,
+    reachable_host,
     token_query_params,
 )
 from reelcdn.edge.config.values import (
@@ -133,13 +135,6 @@ def _check_node_name(name: Any, file: str) -> str:
             file, f"node.{name}", f"bad node name {quote(str(name))}: use letters, digits, - and _"
         )
     return name
-
-
-def _parent_url(host: str, port: int) -> str:
-    """How a child reaches a node: its listen address, with a wildcard (listen everywhere)
-    replaced by the loopback of the same family, the one address sure to reach it locally."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _suggest(name: str, choices: Iterable[str]) -> str:
@@ -289,14 +284,16 @@ def _parent_refs(draft: _Draft, drafts: Mapping[str, _Draft], file: str) -> tupl
                 file, key, f"parent {quote(parent_name)} of node {quote(draft.name)} is "
                 f"{article(parent.role)}; a parent must be a regional or a shield"
             )
-        host, port = parent.merged["listen"][0]
+        # Children reach a parent at its advertise address (the listen address by default,
+        # with a wildcard as loopback: right only when parent and child share a host).
+        host, port = parent.merged.get("advertise", parent.merged["listen"])[0]
         if port == 0:
             raise ConfigError(
                 file, key, f"parent {quote(parent_name)} listens on port 0 (a free port picked "
                 f"at start), so its children cannot find it: give {parent.merged['listen'][1]} "
                 "a fixed port"
             )
-        refs.append(ParentRef(name=parent_name, url=_parent_url(host, port)))
+        refs.append(ParentRef(name=parent_name, url=http_base((reachable_host(host), port))))
     return tuple(refs)
 
 
@@ -312,6 +309,11 @@ def _build_node(
     values = {k: v for k, (v, _) in merged.items()}
     listen_host, listen_port = values.pop("listen")
     admin_host, admin_port = values.pop("admin", (None, None))
+    if "admin_advertise" in merged and admin_host is None:
+        raise ConfigError(
+            file, merged["admin_advertise"][1], "admin_advertise names where the admin API is "
+            'reached, but this node has none: set admin too (e.g. admin = "0.0.0.0:9100")'
+        )
     extra = values.pop("extra_ignore_query_params", frozenset())
     ignore = values.pop("ignore_query_params", DEFAULT_IGNORE_QUERY_PARAMS)
     build_nested(values, merged, file)  # limits, upstream_timeouts, steering: their dataclasses
@@ -338,7 +340,8 @@ def _build_node(
         source_file=file,
         **values,
     )
-    sources = {k: merged[k][1] for k in ("listen", "admin") if k in merged}
+    sources = {k: merged[k][1] for k in ("listen", "admin", "advertise", "admin_advertise")
+               if k in merged}
     return node, sources
 
 
@@ -396,18 +399,37 @@ def _clash(a: tuple[str, int], b: tuple[str, int]) -> bool:
     return False
 
 
+def _machine(node: NodeConfig) -> str | None:
+    """The host a node runs on, as far as the file tells: the host of its advertise address;
+    None for a loopback one (reachable only from its own host, so it shares a host with every
+    node that uses it). Nodes advertising different hosts run on different machines, so they
+    may listen on the same address (the same file on every host: ``0.0.0.0:8080`` each)."""
+    host = node.advertised()[0].lower()
+    if host == "localhost":
+        return None
+    try:
+        return None if ipaddress.ip_address(host).is_loopback else host
+    except ValueError:
+        return host
+
+
 def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], file: str) -> None:
-    """Refuse configs where two listeners share an address: the second node would fail to bind
-    at start-up, far from the line that caused it."""
+    """Refuse configs where two listeners share an address on one host: the second node would
+    fail to bind at start-up, far from the line that caused it; and configs where two nodes
+    advertise one address: a child would reach one of them under the other's name."""
     seen: list[tuple[tuple[str, int], str, str]] = []  # (address, node, dotted key)
     for name, (node, sources) in nodes.items():
         listeners = [((node.listen_host, node.listen_port), sources["listen"])]
         if node.admin_host is not None and node.admin_port is not None:
             listeners.append(((node.admin_host, node.admin_port), sources["admin"]))
+        machine = _machine(node)
         for address, where in listeners:
             for other_address, other_name, other_where in seen:
                 if not _clash(address, other_address):
                     continue
+                other_machine = _machine(nodes[other_name][0])
+                if machine is not None and other_machine is not None and machine != other_machine:
+                    continue  # different hosts: each binds its own
                 shown = format_address(*address)
                 key = f"node.{name}.{where.rsplit('.', 1)[1]}"
                 if other_name == name:
@@ -418,9 +440,32 @@ def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], fil
                 raise ConfigError(
                     file, key, f"address {shown} is used by both node {quote(other_name)} "
                     f"({other_where}) and node {quote(name)} ({where}); each listener needs "
-                    "its own address"
+                    "its own address (nodes on different hosts: set advertise to each "
+                    "node's own host)"
                 )
             seen.append((address, name, where))
+    advertised: dict[tuple[str, int], tuple[str, str]] = {}  # address → (node, dotted key)
+    for name, (node, sources) in nodes.items():
+        pairs = [(node.advertised(), sources.get("advertise", sources["listen"]))]
+        admin = node.admin_advertised()
+        if admin is not None:
+            pairs.append((admin, sources.get("admin_advertise", sources["admin"])))
+        for (host, port), where in pairs:
+            if port == 0:
+                continue  # a free port picked at start: never the same
+            address = (host.lower(), port)
+            if address in advertised:
+                other_name, other_where = advertised[address]
+                shown = format_address(host, port)
+                key = f"node.{name}.{where.rsplit('.', 1)[1]}"
+                owner = "itself" if other_name == name else f"node {quote(other_name)}"
+                raise ConfigError(
+                    file, key, f"node {quote(name)} is reached at {shown} ({where}), and so "
+                    f"is {owner} ({other_where}); every node (and admin API) needs an address "
+                    "of its own (nodes on different hosts: set advertise, or admin_advertise, "
+                    "to each one's own host)"
+                )
+            advertised[address] = (name, where)
 
 
 # --------------------------------------------------------------------------------------------

@@ -226,6 +226,24 @@ def _parse_address(value: Any, ctx: Context, key: str) -> tuple[str, int]:
     return parse_address(value, file=ctx.file, key=key)
 
 
+def _parse_advertise(value: Any, ctx: Context, key: str) -> tuple[str, int]:
+    """An address other hosts connect to: a fixed port, and a host that names one machine
+    (a wildcard is where a node listens, never where anyone can reach it)."""
+    host, port = parse_address(value, file=ctx.file, key=key)
+    if host in ("0.0.0.0", "::"):
+        raise ConfigError(
+            ctx.file, key, f"bad address {quote(value)}: {host} is not an address to connect "
+            "to; give the host name or IP other hosts reach this node at (e.g. "
+            f'"10.0.0.5:{port}")'
+        )
+    if port == 0:
+        raise ConfigError(
+            ctx.file, key, f"bad address {quote(value)}: other nodes connect to this port, so "
+            "it must be fixed (1..65535)"
+        )
+    return host, port
+
+
 def _parse_upstream(value: Any, ctx: Context, key: str) -> str:
     return parse_upstream_url(value, ctx.file, key)
 
@@ -772,6 +790,12 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
     _key("admin", _special(_parse_address, "host:port"),
          "Address of the admin API (health, metrics, purge, reload); none: no admin API.",
          default="none"),
+    _key("advertise", _special(_parse_advertise, "host:port"),
+         "Address other nodes (children) reach this node at, e.g. its host's name or IP.",
+         default="listen (0.0.0.0 / :: as loopback)"),
+    _key("admin_advertise", _special(_parse_advertise, "host:port"),
+         "Address other hosts' tools (the origin API's purge, loadtest) reach the admin API at.",
+         default="admin (0.0.0.0 / :: as loopback)"),
     _key("upstream", _special(_parse_upstream, "http://host:port"),
          "Fetch from this URL outside the file. Set one of upstream, parents, origins.",
          default="none", merge="source"),

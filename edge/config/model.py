@@ -9,6 +9,7 @@ table of keys that fills them and documents them is in ``reelcdn.edge.config.key
 from __future__ import annotations
 
 import heapq
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,8 @@ __all__ = [
     "TtlRule",
     "UpstreamTimeouts",
     "describe_upstream",
+    "http_base",
+    "reachable_host",
 ]
 
 
@@ -115,7 +118,8 @@ class OriginConfig:
 @dataclass(frozen=True, slots=True)
 class ParentRef:
     """A parent node as a child reaches it: its name (the HRW identity, so every child hashes
-    objects to the same parent) and its base URL, built from the parent's listen address."""
+    objects to the same parent) and its base URL, built from the parent's advertise address
+    (:meth:`NodeConfig.advertised`)."""
 
     name: str
     url: str                           # e.g. "http://127.0.0.1:8200"
@@ -243,6 +247,48 @@ class NodeConfig:
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
     steering: SteeringConfig | None = None  # content steering of rendered master playlists
     tokens: TokenConfig | None = None  # signed URLs checked before the cache
+    # Where other nodes and tools reach this node (another host's view of it), as written in
+    # the file; None: derived from listen / admin (see advertised(), admin_advertised()).
+    advertise: tuple[str, int] | None = None
+    admin_advertise: tuple[str, int] | None = None
+
+    def advertised(self) -> tuple[str, int]:
+        """The address other nodes use for this node's data plane: ``advertise``, else the
+        listen address with a wildcard host turned into the loopback of its family."""
+        if self.advertise is not None:
+            return self.advertise
+        return reachable_host(self.listen_host), self.listen_port
+
+    def admin_advertised(self) -> tuple[str, int] | None:
+        """The address other hosts' tools (the origin API's purge, the load harness's scrape)
+        use for the admin API: ``admin_advertise``; else the admin address, a wildcard host
+        taken as ``advertise``'s host (when of its family: the admin listens there too) or
+        else as loopback; None without an admin API."""
+        if self.admin_host is None or self.admin_port is None:
+            return None
+        if self.admin_advertise is not None:
+            return self.admin_advertise
+        host = self.admin_host
+        if host in ("0.0.0.0", "::") and self.advertise is not None:
+            try:
+                version = ipaddress.ip_address(self.advertise[0]).version
+            except ValueError:
+                version = 0  # a host name: the operator's to resolve
+            if version in (0, 4 if host == "0.0.0.0" else 6):
+                return self.advertise[0], self.admin_port
+        return reachable_host(host), self.admin_port
+
+
+def reachable_host(host: str) -> str:
+    """A host to connect to for a listener on ``host``: a wildcard (listen everywhere) becomes
+    the loopback of the same family, the one address sure to reach it from its own host."""
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+def http_base(address: tuple[str, int]) -> str:
+    """``http://host:port`` for an address (IPv6 in brackets)."""
+    host, port = address
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 #: Start order of the roles: the tiers closest to the origin first.
