@@ -66,9 +66,11 @@ from reelcdn.edge.config.model import (
     DEFAULT_FILL_HEADERS,
     DEFAULT_IGNORE_QUERY_PARAMS,
     DEFAULT_TTL_STATUSES,
+    HEALTH_PATH,
     ORIGIN_TYPES,
     ROLES,
     TOKEN_CARRIED_FORMATS,
+    HealthConfig,
     Limits,
     NodeConfig,
     OriginConfig,
@@ -100,6 +102,8 @@ __all__ = [
     "ROLES",
     "ORIGIN_TYPES",
     "ConfigError",
+    "HEALTH_PATH",
+    "HealthConfig",
     "Limits",
     "NodeConfig",
     "OriginConfig",
@@ -226,6 +230,7 @@ def _check_sources(
                     file, key, f"unknown parent {quote(parent)}: {hint}nodes in this file are: "
                     + ", ".join(drafts)
                 )
+        _check_fallback(draft, drafts, file)
         for i, origin in enumerate(draft.names("origins")):
             if origin not in origins:
                 key = draft.item_key("origins", i)
@@ -243,9 +248,42 @@ def _check_sources(
                 )
 
 
+def _check_fallback(draft: _Draft, drafts: Mapping[str, _Draft], file: str) -> None:
+    """``fallback`` names other nodes of the file, tried after the parents: so only a node with
+    parents has one, and it names neither the node itself nor one of its parents."""
+    if "fallback" not in draft.merged:
+        return
+    if "parents" not in draft.merged:
+        raise ConfigError(
+            file, draft.merged["fallback"][1], "fallback nodes are tried after the parents; "
+            f"{article(draft.role)} without parents has none (a shield's failover is its "
+            "origins list)"
+        )
+    parents = draft.names("parents")
+    for i, node in enumerate(draft.names("fallback")):
+        key = draft.item_key("fallback", i)
+        if node == draft.name:
+            raise ConfigError(file, key, f"node {quote(node)} lists itself as a fallback")
+        if node not in drafts:
+            raise ConfigError(
+                file, key, f"unknown fallback node {quote(node)}: {_suggest(node, drafts)}"
+                "nodes in this file are: " + ", ".join(drafts)
+            )
+        if node in parents:
+            raise ConfigError(
+                file, key, f"{quote(node)} is a parent already (a parent is tried before any "
+                "fallback); list it in one of parents and fallback"
+            )
+
+
+_UPSTREAM_NODE_KEYS = ("parents", "fallback")
+_CYCLE_WHAT = {"parents": "parents", "fallback": "parents and fallback nodes"}
+
+
 def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
-    """Refuse parents that lead back to the node: each request would loop through the tiers
-    until a timeout. The message spells out the whole loop, first node in file order first."""
+    """Refuse parents (or fallback nodes) that lead back to the node: each request would loop
+    through the tiers until a timeout. The message spells out the whole loop, first node in
+    file order first."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 
@@ -253,15 +291,16 @@ def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
         state[name] = 1
         path.append(name)
         draft = drafts[name]
-        for parent in draft.names("parents"):
+        for parent in (*draft.names("parents"), *draft.names("fallback")):
             if state.get(parent) == 1:
                 loop = [*path[path.index(parent):], parent]
                 first = drafts[loop[0]]
-                index = first.names("parents").index(loop[1])
+                what = next(k for k in _UPSTREAM_NODE_KEYS if loop[1] in first.names(k))
+                index = first.names(what).index(loop[1])
                 raise ConfigError(
-                    file, first.item_key("parents", index), "parents form a cycle: "
-                    + " → ".join(loop) + "; every parent must be closer to the origin than "
-                    "its children"
+                    file, first.item_key(what, index), f"{_CYCLE_WHAT[what]} form a cycle: "
+                    + " → ".join(loop) + "; every parent (and fallback node) must be closer to "
+                    "the origin than its children"
                 )
             if parent not in state:
                 visit(parent)
@@ -273,16 +312,20 @@ def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
             visit(name)
 
 
-def _parent_refs(draft: _Draft, drafts: Mapping[str, _Draft], file: str) -> tuple[ParentRef, ...]:
-    """Resolve parent names to URLs; a parent must be a tier closer to the origin."""
+def _parent_refs(
+    draft: _Draft, drafts: Mapping[str, _Draft], file: str, what: str = "parents"
+) -> tuple[ParentRef, ...]:
+    """Resolve parent (or fallback) names to URLs; a parent must be a tier closer to the
+    origin."""
     refs: list[ParentRef] = []
-    for i, parent_name in enumerate(draft.names("parents")):
-        key = draft.item_key("parents", i)
+    label = "parent" if what == "parents" else "fallback node"
+    for i, parent_name in enumerate(draft.names(what)):
+        key = draft.item_key(what, i)
         parent = drafts[parent_name]
         if parent.role not in ("regional", "shield"):
             raise ConfigError(
-                file, key, f"parent {quote(parent_name)} of node {quote(draft.name)} is "
-                f"{article(parent.role)}; a parent must be a regional or a shield"
+                file, key, f"{label} {quote(parent_name)} of node {quote(draft.name)} is "
+                f"{article(parent.role)}; a {label} must be a regional or a shield"
             )
         # Children reach a parent at its advertise address (the listen address by default,
         # with a wildcard as loopback: right only when parent and child share a host).
@@ -318,6 +361,7 @@ def _build_node(
     ignore = values.pop("ignore_query_params", DEFAULT_IGNORE_QUERY_PARAMS)
     build_nested(values, merged, file)  # limits, upstream_timeouts, steering: their dataclasses
     values["parents"] = _parent_refs(draft, drafts, file)
+    values["fallback"] = _parent_refs(draft, drafts, file, "fallback")
     values["origins"] = tuple(origins[name] for name in draft.names("origins"))
     tokens = values.get("tokens")
     if tokens is not None:

@@ -29,6 +29,7 @@ from typing import Any
 from reelcdn.edge.config.model import (
     ORIGIN_TYPES,
     ROLES,
+    HealthConfig,
     Limits,
     NodeConfig,
     OriginConfig,
@@ -60,6 +61,7 @@ from reelcdn.edge.config.values import (
 )
 
 __all__ = [
+    "HEALTH_KEY_TABLE",
     "LIMIT_DOCS",
     "NODE_KEYS",
     "NODE_KEY_TABLE",
@@ -426,6 +428,28 @@ UPSTREAM_TIMEOUT_KEY_TABLE: dict[str, Key] = _table(
     _key("connect", _TIMEOUT, "Time to open a connection upstream."),
     _key("first_byte", _TIMEOUT, "Time from sending a request to the response's first byte."),
     _key("idle", _TIMEOUT, "Time between two chunks of a response body."),
+)
+
+_HEALTH_PATH_RE = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]*")
+
+
+def _parse_health_path(value: Any, ctx: Context, key: str) -> str:
+    """The path (and query) a health check GETs: absolute, no spaces, quotes or fragment."""
+    if not isinstance(value, str) or not _HEALTH_PATH_RE.fullmatch(value):
+        raise type_error(ctx.file, key, 'an absolute path like "/__reelcdn/health"', value)
+    return value
+
+
+HEALTH_KEY_TABLE: dict[str, Key] = _table(
+    _key("checks", _flag(), "Check parents, fallback nodes and a shield's http origins actively; "
+         "false: only passive marking (parent_failures, parent_retry_after)."),
+    _key("path", _special(_parse_health_path, "path"),
+         "What a check GETs; a node answers it from its data plane without its cache "
+         "(other http origins: any answer below 500 passes)."),
+    _key("interval", _TIMEOUT, "Time between two checks of one upstream."),
+    _key("timeout", _TIMEOUT, "A check without an answer this long fails."),
+    _key("rise", _count(1), "Passed checks in a row that put a down upstream back."),
+    _key("fall", _count(1), "Failed checks in a row that take an upstream out."),
 )
 
 # Content steering (rfc8216bis §4.4.6.6). The same rules as reelcdn.manifests' Steering and
@@ -809,6 +833,12 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
          "How long a failed parent (or origin) is skipped."),
     _key("parent_failures", _count(1),
          "Consecutive errors or 5xx that mark a parent (or origin) down."),
+    _key("fallback", _name_list("fallback node", '["shield-1"]'),
+         "Regionals or shields of the file tried, in order, when no parent answers "
+         "(docs/failover.md).", default="`[]`"),
+    _key("health", _special(_subtable(lambda: HEALTH_KEY_TABLE), "table"),
+         "Active health checks of upstreams, see health below.", default="see below",
+         merge="fields", build=_build_fields(HealthConfig)),
     _key("cache_memory", _size(), "Memory for cached objects."),
     _key("max_object_size", _size(), "Larger responses are streamed through, not stored.",
          field="max_object_bytes"),
@@ -1192,6 +1222,8 @@ def reference_sections() -> list[tuple[str, str, list[tuple[str, str, str, str]]
          _rows(limit_key_table(), Limits)),
         ("upstream_timeouts", "`[defaults.upstream_timeouts]` and "
          "`[node.NAME.upstream_timeouts]`", _rows(UPSTREAM_TIMEOUT_KEY_TABLE, UpstreamTimeouts)),
+        ("health", "`[defaults.health]` and `[node.NAME.health]` (docs/failover.md)",
+         _rows(HEALTH_KEY_TABLE, HealthConfig)),
         ("steering", "`[defaults.steering]` and `[node.NAME.steering]`",
          _rows(STEERING_KEY_TABLE, None)),
         ("tokens", "`[defaults.tokens]` and `[node.NAME.tokens]` (docs/tokens.md)",

@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_FILL_HEADERS",
     "DEFAULT_IGNORE_QUERY_PARAMS",
     "DEFAULT_TTL_STATUSES",
+    "HEALTH_PATH",
+    "HealthConfig",
     "ORIGIN_TYPES",
     "ROLES",
     "Limits",
@@ -123,6 +125,26 @@ class ParentRef:
 
     name: str
     url: str                           # e.g. "http://127.0.0.1:8200"
+
+
+#: The path every node answers on its data plane for a child's health check, without its cache
+#: (``CacheNode.receive``): 200 while it serves, 503 while it drains.
+HEALTH_PATH = "/__reelcdn/health"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Active checks of a node's upstreams (``[node.NAME.health]``, docs/failover.md): a GET of
+    ``path`` on each parent and fallback node (and a shield's http origins) every ``interval``,
+    failed after ``timeout``; an upstream is taken out after ``fall`` failed checks in a row and
+    put back after ``rise`` passed ones (HAProxy's rise/fall)."""
+
+    checks: bool = True
+    path: str = HEALTH_PATH
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +252,10 @@ class NodeConfig:
     origins: tuple[OriginConfig, ...] = ()
     parent_retry_after: float = 10.0   # seconds a failed parent (or origin) is skipped
     parent_failures: int = 3           # consecutive errors/5xx that mark a parent down
+    # Nodes tried, in order, when no parent answered (docs/failover.md); active checks of
+    # parents and fallbacks.
+    fallback: tuple[ParentRef, ...] = ()
+    health: HealthConfig = field(default_factory=HealthConfig)
     workers: int = 1                   # processes sharing the listener (SO_REUSEPORT)
     # Edge features (edge/video/features.py). Query parameters copied to every URI of a rendered
     # playlist (tokens); they never enter a cache key (the loader adds them to the ignored).
@@ -328,7 +354,7 @@ class Topology:
         """
         index = {name: i for i, name in enumerate(self.nodes)}
         waiting = {
-            name: {p.name for p in node.parents if p.name in self.nodes}
+            name: {p.name for p in (*node.parents, *node.fallback) if p.name in self.nodes}
             for name, node in self.nodes.items()
         }
         children: dict[str, list[str]] = {name: [] for name in self.nodes}
@@ -359,5 +385,6 @@ def describe_upstream(node: NodeConfig) -> str:
     if node.origins:
         return "origins " + ", ".join(f"{o.name} ({o.type})" for o in node.origins)
     if node.parents:
-        return "parents " + ", ".join(p.name for p in node.parents)
+        fallback = "; fallback " + ", ".join(p.name for p in node.fallback) if node.fallback else ""
+        return "parents " + ", ".join(p.name for p in node.parents) + fallback
     return f"upstream {node.upstream}"
