@@ -534,10 +534,53 @@ def _parse_pathways(value: Any, ctx: Context, key: str) -> tuple[tuple[str, str]
     return tuple(pathways)
 
 
+def _parse_health_path(value: Any, ctx: Context, key: str) -> str:
+    """``health_path``: an absolute path (a query allowed) GET on each pathway's base."""
+    if not isinstance(value, str):
+        raise type_error(ctx.file, key, 'an absolute path like "/health.txt"', value)
+    text = value.strip()
+    if not text.startswith("/") or text.startswith("//") or _URI_UNSAFE_RE.search(text):
+        raise ConfigError(ctx.file, key, f"bad health path {quote(value)}: an absolute path "
+                          'like "/health.txt", without spaces, quotes or fragment')
+    return text
+
+
+def _parse_health_urls(value: Any, ctx: Context, key: str) -> tuple[tuple[str, str], ...]:
+    """``[….steering.health_urls]``: PATHWAY-ID → the URL its check GETs."""
+    file = ctx.file
+    if not isinstance(value, dict):
+        raise type_error(file, key, f"a table ([{key}]) of PATHWAY-ID = URL, e.g. "
+                         'backup = "https://cdn-b.example.com/health"', value)
+    urls = []
+    for pathway, url in value.items():
+        shown = pathway if _BARE_KEY_RE.fullmatch(pathway) else quote(pathway)
+        urls.append((pathway, parse_origin_url(url, file, f"{key}.{shown}",
+                                               what="health URL", allow_path=True)))
+    return tuple(urls)
+
+
 STEERING_KEY_TABLE: dict[str, Key] = _table(
     _key("server_uri", _special(_parse_steering_uri, "URI"),
-         "Where players fetch the steering manifest (`{video_id}` is replaced); none: no steering.",
+         "Where players fetch the steering manifest (`{video_id}` is replaced); none: no steering. "
+         "The node answers it at that path (docs/steering.md).",
          default="none"),
+    _key("ttl", _count(1, 3600),
+         "Seconds players wait before reloading the steering manifest (its TTL).", default="10"),
+    _key("health_path", _special(_parse_health_path, "path"),
+         "Path GET on each pathway's base to check its health (a base of `\"\"` or a path: "
+         "this node's listener); none: only pathways in health_urls are checked.",
+         default="none"),
+    _key("health_urls", _special(_parse_health_urls, "table PATHWAY-ID = URL"),
+         "A pathway's own health URL, instead of base + health_path.", default="none"),
+    _key("health_interval", _duration(zero_message="interval must be larger than 0"),
+         "Time between two health checks of a pathway.", default="2s"),
+    _key("health_timeout", _duration(zero_message="timeout must be larger than 0"),
+         "A health check not answered within this fails.", default="1s"),
+    _key("down_after", _count(1, 100),
+         "Failed checks in a row that put a pathway down (last in PATHWAY-PRIORITY).",
+         default="2"),
+    _key("up_after", _count(1, 100), "Passed checks in a row that put a down pathway up again.",
+         default="2"),
     _key("initial", _special(_parse_initial, "PATHWAY-ID"),
          "The pathway players start on; one of pathways.", default="the first pathway"),
     _key("pathways", _special(_parse_pathways, "table PATHWAY-ID = base"),
@@ -561,7 +604,16 @@ def _build_steering(merged: dict[str, Sourced], where: str, file: str) -> Steeri
             raise ConfigError(file, initial_key, f"initial pathway {quote(initial)} is not one "
                               "of the pathways: " + ", ".join(ids))
     server_uri = merged["server_uri"][0] if "server_uri" in merged else None
-    return SteeringConfig(pathways=pathways, server_uri=server_uri, initial=initial)
+    if "health_urls" in merged:
+        urls, urls_key = merged["health_urls"]
+        ids = [pathway for pathway, _ in pathways]
+        for pathway, _ in urls:
+            if pathway not in ids:
+                raise ConfigError(file, f"{urls_key}.{pathway}", f"{quote(pathway)} is not one "
+                                  "of the pathways: " + ", ".join(ids))
+    checks = {name: value for name, (value, _) in merged.items()
+              if name not in ("pathways", "initial", "server_uri")}
+    return SteeringConfig(pathways=pathways, server_uri=server_uri, initial=initial, **checks)
 
 
 # --------------------------------------------------------------------------------------------

@@ -159,11 +159,25 @@ class SteeringConfig:
     replaced); without it nothing is steered: the master carries no ``EXT-X-CONTENT-STEERING``
     and lists each variant once, as without pathways. ``initial`` is the PATHWAY-ID players
     start on (None: the first).
+
+    The node answers the steering manifest itself at ``server_uri``'s path (edge/video/
+    steering.py, docs/steering.md): players reload it every ``ttl`` seconds; each pathway's
+    health is a GET of ``health_urls[id]``, else of its base + ``health_path`` (None and no
+    URL: not checked, counted up), every ``health_interval``, failed after
+    ``health_timeout``; a pathway is down after ``down_after`` failures in a row and up again
+    after ``up_after`` successes.
     """
 
     pathways: tuple[tuple[str, str], ...]
     server_uri: str | None = None
     initial: str | None = None
+    ttl: int = 10
+    health_path: str | None = None
+    health_urls: tuple[tuple[str, str], ...] = ()
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    down_after: int = 2
+    up_after: int = 2
 
 
 #: The query parameters each token format may be carried in (case as viewers send them).
