@@ -67,6 +67,13 @@ class NodeStats:
         self.cmcd_buffer_reports = 0
         # Signed URLs (edge/auth): requests refused, by reason.
         self.token_refusals: dict[str, int] = {}
+        # Content steering (edge/video/steering.py), by PATHWAY-ID: manifests served, by the
+        # pathway ranked first; the players' _HLS_throughput reports (bit/s) on their pathway;
+        # each pathway's health as the node's checks see it (1 up, 0 down).
+        self.steering_manifests: dict[str, int] = {}
+        self.steering_throughput_sum: dict[str, int] = {}
+        self.steering_throughput_reports: dict[str, int] = {}
+        self.steering_pathway_up: dict[str, int] = {}
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
 
@@ -155,7 +162,27 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
         "ttfb_sum": stats.ttfb_sum,
         "token_refusals": dict(stats.token_refusals),
         "prefetch_refused": dict(stats.prefetch_refused),
+        "steering": {name: dict(getattr(stats, name)) for name in STEERING_SERIES},
     }
+
+
+# NodeStats' steering dicts, by PATHWAY-ID: summed over workers, except the health level,
+# where a pathway counts as up only when every worker's checks see it up (the minimum).
+STEERING_SERIES = ("steering_manifests", "steering_throughput_sum",
+                   "steering_throughput_reports", "steering_pathway_up")
+
+
+def _sum_steering(snapshots: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {name: {} for name in STEERING_SERIES}
+    for snap in snapshots:
+        for name, values in snap.get("steering", {}).items():
+            into = out.setdefault(name, {})
+            for pathway, value in values.items():
+                if name == "steering_pathway_up":
+                    into[pathway] = min(into.get(pathway, value), value)
+                else:
+                    into[pathway] = into.get(pathway, 0) + value
+    return out
 
 
 def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -168,6 +195,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     ttfb_sum = 0.0
     refusals: dict[str, int] = {}
     prefetch_refused: dict[str, int] = {}
+    snapshots = list(snapshots)
     for snap in snapshots:
         for reason, value in snap.get("token_refusals", {}).items():
             refusals[reason] = refusals.get(reason, 0) + value
@@ -195,6 +223,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "ttfb_sum": ttfb_sum,
         "token_refusals": refusals,
         "prefetch_refused": prefetch_refused,
+        "steering": _sum_steering(snapshots),
     }
 
 
@@ -229,6 +258,7 @@ def collect_families(
     for reason, value in sorted(stats.get("prefetch_refused", {}).items()):
         prefetch_refused.add_metric([node, reason], value)
     yield prefetch_refused
+    yield from _steering_families(node, stats.get("steering", {}))
 
     buckets = []
     cumulative = 0
@@ -279,6 +309,27 @@ def collect_families(
         for name, value in sorted(upstream_up.items()):
             up.add_metric([node, name], value)
         yield up
+
+
+def _steering_families(node: str, steering: dict[str, dict[str, int]]) -> Iterator[Any]:
+    """Content steering's series, labelled by PATHWAY-ID (docs/steering.md)."""
+    for name, metric, doc, family in (
+        ("steering_manifests", "reelcdn_steering_manifests",
+         "Steering manifests served, by the pathway ranked first", CounterMetricFamily),
+        ("steering_throughput_sum", "reelcdn_steering_throughput_bps_sum",
+         "Sum of the throughputs (bit/s) players reported with _HLS_throughput, by the "
+         "pathway they were on; divide by the reports count", CounterMetricFamily),
+        ("steering_throughput_reports", "reelcdn_steering_throughput_reports",
+         "Steering requests that reported a throughput, by the player's pathway",
+         CounterMetricFamily),
+        ("steering_pathway_up", "reelcdn_steering_pathway_up",
+         "1 while a steering pathway passes its health checks, 0 while it is down",
+         GaugeMetricFamily),
+    ):
+        series = family(metric, doc, labels=["node", "pathway"])
+        for pathway, value in sorted(steering.get(name, {}).items()):
+            series.add_metric([node, pathway], value)
+        yield series
 
 
 def upstream_up_values(health: dict[str, dict[str, Any]]) -> dict[str, float]:

@@ -198,6 +198,8 @@ class CacheNode:
 
     async def start(self) -> None:
         await self.upstream.start()
+        if self.features is not None:
+            self.features.start()  # the steering server's health checks
 
     async def close(self) -> None:
         if self.features is not None:

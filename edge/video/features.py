@@ -13,6 +13,8 @@ answer (None, written synchronously, or an awaitable) when it took the request.
   (edge/video/prefetch_bounds.py); ``su``/``bs``/``bl``/``mtp``/``sid`` go to the metrics and
   the debug log. The hook runs after the token gate: a refused request prefetches nothing.
 - A request for an object a prefetch brought (or is bringing) counts that prefetch as used.
+- The path of ``steering.server_uri`` is answered by the steering server
+  (edge/video/steering.py): a content-steering manifest ranking the pathways by health.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from reelcdn.edge.video import cmcd, playlists
 from reelcdn.edge.video.prefetch import Prefetcher, request_host, resolve
+from reelcdn.edge.video.steering import SteeringServer
 from reelcdn.extensions.message import Request
 from reelcdn.manifests.meta import VideoMeta
 
@@ -43,10 +46,16 @@ class EdgeFeatures:
         self.node = node
         self.playlists = playlists.PlaylistRenderer(node)
         self.prefetcher = Prefetcher(node)
+        self.steering = SteeringServer(node)
+
+    def start(self) -> None:
+        """The node is starting: the steering server's health checks begin."""
+        self.steering.start()
 
     def close(self) -> None:
-        """The node is stopping: no more prefetches."""
+        """The node is stopping: no more prefetches or health checks."""
         self.prefetcher.close()
+        self.steering.close()
 
     @property
     def rendering(self) -> bool:
@@ -73,6 +82,8 @@ class EdgeFeatures:
             where = playlists.route(req.path)
             if where is not None:
                 return self.playlists.receive(req, conn, where)
+        if self.steering.takes(req.path):
+            return self.steering.answer(req, conn)
         return CONTINUE
 
     def _cmcd(self, req: Request) -> None:

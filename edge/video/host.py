@@ -90,6 +90,11 @@ class FeatureHost(Protocol):
         ...
 
     @property
+    def upstream(self) -> object:
+        """The node's upstream: the steering server reads its ``health()`` view, if any."""
+        ...
+
+    @property
     def features(self) -> MediaPlaylistHook | None: ...
 
     def receive(
