@@ -117,30 +117,28 @@ def parse_metrics(text: str, role: str | None = None, name: str | None = None) -
 
 
 def endpoints_from_topology(path: str) -> list[Endpoint]:
-    """Admin endpoints of every node of a reelcdn topology file that has an admin listener."""
+    """Admin endpoints of every node of a reelcdn topology file that has an admin listener, at
+    their advertised addresses (``admin_advertise``)."""
     from reelcdn.edge.config import load_topology
+    from reelcdn.edge.config.model import http_base
 
     topology = load_topology(path)
     found = []
     for name, node in topology.nodes.items():
-        if node.admin_host and node.admin_port:
-            host = "127.0.0.1" if node.admin_host in ("0.0.0.0", "") else node.admin_host
-            found.append(Endpoint(f"http://{host}:{node.admin_port}", node.admin_token, name,
-                                  node.role))
+        admin = node.admin_advertised()
+        if admin is not None:
+            found.append(Endpoint(http_base(admin), node.admin_token, name, node.role))
     return found
 
 
 def edge_urls_from_topology(path: str) -> list[str]:
-    """Base URLs of the topology's edge nodes: where players connect."""
+    """Base URLs of the topology's edge nodes: where players connect (their advertise
+    addresses, since the harness may run on another host)."""
     from reelcdn.edge.config import load_topology
+    from reelcdn.edge.config.model import http_base
 
     topology = load_topology(path)
-    urls = []
-    for name in topology.edges():
-        node = topology.nodes[name]
-        host = "127.0.0.1" if node.listen_host in ("0.0.0.0", "") else node.listen_host
-        urls.append(f"http://{host}:{node.listen_port}")
-    return urls
+    return [http_base(topology.nodes[name].advertised()) for name in topology.edges()]
 
 
 def tier_roles_from_topology(path: str) -> list[str]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from reelcdn.edge.config import ConfigError, load_topology
 from reelcdn.edge.config.model import OriginConfig as StorageOrigin
-from reelcdn.edge.config.model import Topology
+from reelcdn.edge.config.model import Topology, http_base
 from reelcdn.edge.config.values import (
     check_keys,
     parse_address,
@@ -429,9 +429,9 @@ def services_from_topology(topology: Topology) -> OriginServices:
     if api["purge_nodes"]:
         for name in topology.order_for_start():
             node = topology.nodes[name]
-            if node.admin_host and node.admin_port:
-                host = f"[{node.admin_host}]" if ":" in node.admin_host else node.admin_host
-                purge.append((name, f"http://{host}:{node.admin_port}", node.admin_token))
+            admin = node.admin_advertised()  # the origin API may run on another host
+            if admin is not None:
+                purge.append((name, http_base(admin), node.admin_token))
     return OriginServices(
         file=file,
         data_dir=data_dir,

@@ -105,6 +105,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from reelcdn.edge.config import ConfigError, describe_upstream, load_topology
+    from reelcdn.edge.config.values import format_address
     from reelcdn.origin.config import services_from_topology
 
     try:
@@ -116,8 +117,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     nodes = topology.nodes
     for name, node in nodes.items():
         workers = f" ({node.workers} workers)" if node.workers > 1 else ""
-        print(f"{name}: {node.role} listen {node.listen_host}:{node.listen_port}{workers} "
-              f"{describe_upstream(node)}")
+        advertise = format_address(*node.advertised())
+        admin = node.admin_advertised()
+        admin_shown = f" admin {format_address(*admin)}" if admin is not None else ""
+        print(f"{name}: {node.role} listen {format_address(node.listen_host, node.listen_port)}"
+              f" advertise {advertise}{admin_shown}{workers} {describe_upstream(node)}")
     if services.publish is not None:
         print(f"origin services: API {services.api.listen[0]}:{services.api.listen[1]}, "
               f"{services.queue.type} queue, {services.catalog.type} catalog, publishing to "

@@ -33,6 +33,7 @@ from pathlib import Path
 import aiohttp
 
 from reelcdn.edge.config import Topology, default_topology_text, load_topology
+from reelcdn.edge.config.model import http_base
 from reelcdn.edge.config.values import format_address
 
 RESTART_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
@@ -153,8 +154,8 @@ class Supervisor:
         self.stopping = False
         for name in topology.order_for_start():
             node = topology.nodes[name]
-            admin = (f"http://{node.admin_host}:{node.admin_port}"
-                     if node.admin_host and node.admin_port else None)
+            admin_address = node.admin_advertised()
+            admin = http_base(admin_address) if admin_address is not None else None
             self.nodes[name] = NodeProcess(
                 name=name, role=node.role, admin_url=admin, admin_token=node.admin_token,
                 command=["node", "--config", str(config_file), "--name", name],
@@ -285,7 +286,7 @@ def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None
     edges = [n for n in topology.nodes.values() if n.role == "edge"]
     for edge in edges:
         for video in video_ids or ["<video id>"]:
-            lines.append(f"  http://{edge.listen_host}:{edge.listen_port}/v/{video}/master.m3u8")
+            lines.append(f"  {http_base(edge.advertised())}/v/{video}/master.m3u8")
     signed = [edge.name for edge in edges if edge.tokens is not None]
     if signed:
         lines.append(f"Signed URLs are required at {', '.join(signed)}: "
@@ -295,8 +296,9 @@ def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None
                      "[defaults.tokens] table to the topology and reload (docs/tokens.md).")
     lines.append("Admin (health, /metrics, /cache/stats, POST /purge, POST /prewarm):")
     for node in topology.nodes.values():
-        if node.admin_host and node.admin_port:
-            lines.append(f"  {node.name:<12} http://{node.admin_host}:{node.admin_port}/metrics")
+        admin_address = node.admin_advertised()
+        if admin_address is not None:
+            lines.append(f"  {node.name:<12} {http_base(admin_address)}/metrics")
     if token_file is not None:
         lines.append(f"Admin bearer token: in {token_file}")
     if services and data is not None:

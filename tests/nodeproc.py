@@ -17,12 +17,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def wait_health(admin: int, deadline: float = 15.0) -> None:
+async def wait_health(admin: int, deadline: float = 15.0, host: str = "127.0.0.1") -> None:
     end = time.monotonic() + deadline
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < end:
             try:
-                async with session.get(f"http://127.0.0.1:{admin}/health") as response:
+                async with session.get(f"http://{host}:{admin}/health") as response:
                     if response.status == 200:
                         return
             except aiohttp.ClientError:

@@ -86,6 +86,11 @@ class NodeServer:
         served = {f"{h}:{port}" for h in local | names} | names
         if port == 80:
             served |= local
+        if config.advertise is not None:  # the address other nodes know this node by
+            advertise_host, advertise_port = config.advertise[0].lower(), config.advertise[1]
+            served.add(f"{advertise_host}:{advertise_port}")
+            if advertise_port == 80:
+                served.add(advertise_host)
         return frozenset(served)
 
     @property
