@@ -67,6 +67,8 @@ class NodeStats:
         self.cmcd_buffer_reports = 0
         # Signed URLs (edge/auth): requests refused, by reason.
         self.token_refusals: dict[str, int] = {}
+        # Health of parents and origins (edge/fetch/health.py): changes, by (upstream, to).
+        self.upstream_state_changes: dict[tuple[str, str], int] = {}
         # Content steering (edge/video/steering.py), by PATHWAY-ID: manifests served, by the
         # pathway ranked first; the players' _HLS_throughput reports (bit/s) on their pathway;
         # each pathway's health as the node's checks see it (1 up, 0 down).
@@ -85,6 +87,10 @@ class NodeStats:
     def upstream(self, upstream: str, code: int) -> None:
         key = (upstream, code)
         self.upstream_requests[key] = self.upstream_requests.get(key, 0) + 1
+
+    def upstream_state(self, upstream: str, to: str) -> None:
+        key = (upstream, to)
+        self.upstream_state_changes[key] = self.upstream_state_changes.get(key, 0) + 1
 
     def observe_ttfb(self, seconds: float) -> None:
         self.ttfb_counts[bisect_left(TTFB_BUCKETS, seconds)] += 1
@@ -156,6 +162,8 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
     return {
         "requests": [[m, s, c, v] for (m, s, c), v in stats.requests.items()],
         "upstream_requests": [[u, c, v] for (u, c), v in stats.upstream_requests.items()],
+        "upstream_state_changes": [[u, t, v] for (u, t), v
+                                   in stats.upstream_state_changes.items()],
         "counters": {attr: getattr(stats, attr) for attr, _, _ in SIMPLE_COUNTERS},
         "levels": {attr: getattr(stats, attr) for attr, _, _ in STATS_GAUGES},
         "ttfb_counts": list(stats.ttfb_counts),
@@ -189,6 +197,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Add stats snapshots key by key (same labels → one series), for a node's workers."""
     requests: dict[tuple[str, str, int], int] = {}
     upstream: dict[tuple[str, int], int] = {}
+    changes: dict[tuple[str, str], int] = {}
     counters = {attr: 0 for attr, _, _ in SIMPLE_COUNTERS}
     levels = {attr: 0 for attr, _, _ in STATS_GAUGES}
     ttfb = [0] * (len(TTFB_BUCKETS) + 1)
@@ -207,6 +216,8 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         for name, code, value in snap["upstream_requests"]:
             ukey = (name, int(code))
             upstream[ukey] = upstream.get(ukey, 0) + value
+        for name, to, value in snap.get("upstream_state_changes", []):
+            changes[(name, to)] = changes.get((name, to), 0) + value
         for attr, value in snap["counters"].items():
             counters[attr] = counters.get(attr, 0) + value
         for attr, value in snap.get("levels", {}).items():
@@ -217,6 +228,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {
         "requests": [[m, s, c, v] for (m, s, c), v in requests.items()],
         "upstream_requests": [[u, c, v] for (u, c), v in upstream.items()],
+        "upstream_state_changes": [[u, t, v] for (u, t), v in changes.items()],
         "counters": counters,
         "levels": levels,
         "ttfb_counts": ttfb,
@@ -284,6 +296,14 @@ def collect_families(
     for name, code, value in sorted(stats["upstream_requests"]):
         upstream.add_metric([node, name, str(code)], value)
     yield upstream
+    changes = CounterMetricFamily(
+        "reelcdn_upstream_state_changes", "Health state changes of parents, fallback nodes and "
+        "origins, by the state entered (up, half_open, down; docs/failover.md)",
+        labels=["node", "upstream", "to"],
+    )
+    for name, to, value in sorted(stats.get("upstream_state_changes", [])):
+        changes.add_metric([node, name, to], value)
+    yield changes
 
     for attr, name, doc in SIMPLE_COUNTERS:
         family = CounterMetricFamily(name, doc, labels=["node"])
@@ -303,7 +323,8 @@ def collect_families(
     if upstream_up is not None:
         up = GaugeMetricFamily(
             "reelcdn_upstream_up",
-            "1 while a parent or origin is in rotation, 0 while it is skipped after failures",
+            "1 while a parent or origin is in rotation, 0 while it is down or half-open "
+            "(failed checks or requests; docs/failover.md)",
             labels=["node", "upstream"],
         )
         for name, value in sorted(upstream_up.items()):

@@ -44,7 +44,7 @@ from reelcdn.edge.cache.verdicts import (
     stale_while_revalidate,
     within_size,
 )
-from reelcdn.edge.config import NodeConfig
+from reelcdn.edge.config import HEALTH_PATH, NodeConfig
 from reelcdn.edge.delivery import Delivery
 from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
 from reelcdn.edge.fetch.contract import FetchFailed, Upstream
@@ -129,6 +129,8 @@ def _upstream_spec(config: NodeConfig) -> tuple[object, ...]:
         config.origins,
         config.upstream_timeouts,
         config.upstream_max_connections,
+        config.fallback,
+        config.health,
     )
 
 
@@ -154,6 +156,7 @@ class CacheNode:
         self.body_files = BodyFiles(config.sendfile_min_bytes, self.stats)
         self.store.configure_disk(config, self.stats)  # cache_disk > 0: memory's victims go there
         self.upstream.observe = self.stats.upstream
+        self.upstream.state_change = self.stats.upstream_state
         self.delivery = Delivery(config.name, self.stats, config.cmsd)
         self.features: EdgeFeatures | None = EdgeFeatures(self)
         # Signed URLs (edge/auth): None when the node checks no tokens.
@@ -180,6 +183,7 @@ class CacheNode:
         if _upstream_spec(config) != _upstream_spec(old):
             fresh = self._build_upstream(config)
             fresh.observe = self.stats.upstream
+            fresh.state_change = self.stats.upstream_state
             await fresh.start()
             retired, self.upstream = self.upstream, fresh
             task = asyncio.get_running_loop().create_task(self._retire(retired))
@@ -225,6 +229,8 @@ class CacheNode:
             conn.close_after_response()
             return None
         method = req.method
+        if req.path == HEALTH_PATH:
+            return self._health(req, conn)
         gate = self.tokens
         if gate is not None and method != "OPTIONS":
             verdict = gate.check(req, time.time())
@@ -261,6 +267,21 @@ class CacheNode:
                 self.stats.count(method, "stale", entry.status)
                 return None
         return self.miss(req, conn, primary, entry)
+
+    def _health(self, req: Request, conn: HttpConnection) -> None:
+        """A child's health check (docs/failover.md): 200 while this node serves, 503 once it
+        drains; answered here, before the token gate and the cache, and never forwarded."""
+        draining = conn.server.draining
+        body = b"draining\n" if draining else b"ok\n"
+        head = b"".join((
+            b"HTTP/1.1 503 Service Unavailable\r\n" if draining else b"HTTP/1.1 200 OK\r\n",
+            b"Content-Type: text/plain\r\nCache-Control: no-store\r\n",
+            b"Content-Length: %d\r\n" % len(body),
+            conn.connection_field(req),
+            b"\r\n",
+        ))
+        conn.write(head if req.method == "HEAD" else head + body)
+        return None
 
     def _refuse_token(self, req: Request, conn: HttpConnection, reason: str) -> None:
         """403 before the cache: the reason in ``Reelcdn-Token-Error`` and the body, never

@@ -37,6 +37,9 @@ def build_upstream(config: NodeConfig) -> Upstream:
             max_connections=config.upstream_max_connections,
             failures_to_down=config.parent_failures,
             retry_after=config.parent_retry_after,
+            fallback=config.fallback,
+            health=config.health,
+            node=config.name,
         )
     if not config.upstream:
         raise ValueError(f"node {config.name} has no upstream, parents or origins")

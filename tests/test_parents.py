@@ -51,7 +51,7 @@ async def test_down_parent_is_skipped_then_retried(origin):
             assert response.status in (200, 404)
             response.release()
         state = parents.parents["dead"]
-        assert state.errors == 2  # then marked down: the last two keys skipped it
+        assert state.health.errors == 2  # then marked down: the last two keys skipped it
         assert not parents.health()["dead"]["up"]
         assert ("dead", 502) in seen and ("live", 404) in seen or ("live", 200) in seen
         await asyncio.sleep(0.35)

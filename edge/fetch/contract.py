@@ -61,12 +61,15 @@ class Upstream:
 
     ``observe(source, status)`` is called for every answer or failure (status 502/504 for
     failures) with the name of the parent or origin involved: the node's metrics hook.
+    ``state_change(source, to)`` is called when a parent or origin changes health state
+    (``up``, ``half_open``, ``down``: ``edge/fetch/health.py``).
     """
 
     name: str = "upstream"
 
     def __init__(self) -> None:
         self.observe: Callable[[str, int], None] = _ignore
+        self.state_change: Callable[[str, str], None] = _ignore_change
 
     async def start(self) -> None:
         """Open pools and clients; called once the event loop runs."""
@@ -86,4 +89,8 @@ class Upstream:
 
 
 def _ignore(source: str, status: int) -> None:
+    return None
+
+
+def _ignore_change(source: str, to: str) -> None:
     return None

@@ -1,17 +1,32 @@
-"""Parent selection by rendezvous (highest-random-weight) hashing, with passive failover.
+"""Parent selection by rendezvous (highest-random-weight) hashing, fallback nodes, health and
+a retry before the first byte (docs/failover.md).
 
 Why HRW: each object should live on one parent so a tier's cache capacity adds up (two
 regionals of 256 MiB hold 512 MiB of distinct objects), and when a parent leaves only its
 own objects move. For a key, every parent gets a score ``hash(parent, key)``; parents are
-tried in descending score order. A parent that fails — connection refused, timeout, or a
-streak of 5xx answers — is marked down for ``retry_after`` seconds and skipped (the next
-parent in hash order takes its objects), then tried again. If every parent is down they are
-all tried anyway: a guess beats a certain failure.
+tried in descending score order, then the ``fallback`` nodes in their configured order.
+
+Each upstream has an ``UpstreamHealth`` (``health.py``): active checks (a GET of the health
+path every ``interval``; ``fall`` failures take it out, ``rise`` passes put it back) and a
+circuit breaker fed by the requests (open after ``failures`` errors or 5xx in a row, half-open
+after ``retry_after``: one request tries it). A request goes to the upstreams in rotation first
+(parents in hash order, then fallbacks); if none of them answers, the others are tried anyway,
+in the same order: a guess beats a certain failure.
+
+A request that fails before the response head (connect refused, reset, timeout, a 502/503/504
+answer) is sent to the next upstream of that order, each at most once, all within the
+``first_byte`` timeout counted from the first attempt, so a retried fill never waits longer
+than one attempt could. Only idempotent methods are sent again, and others only when the
+connection was refused (the request never left). The node and the coalesced readers see one
+answer: the retry happens before any head exists.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+import random
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -23,12 +38,18 @@ from reelcdn.edge.fetch.contract import (
     UpstreamResponse,
     UpstreamTimeouts,
 )
+from reelcdn.edge.fetch.health import UpstreamHealth
 from reelcdn.edge.fetch.upstream import HttpUpstream
 
 if TYPE_CHECKING:
-    from reelcdn.edge.config import ParentRef
+    from reelcdn.edge.config import HealthConfig, ParentRef
+
+log = logging.getLogger("reelcdn.health")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# Answers that say the upstream could not produce one (its own upstream failed, it is
+# overloaded or draining): another path may. A 500 is the origin's own answer, returned as is.
+RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 def hrw_score(parent: str, key: str) -> int:
@@ -43,21 +64,20 @@ def hrw_order(parents: Iterable[str], key: str) -> list[str]:
 
 
 class ParentState:
-    """Passive health of one parent."""
+    """One parent or fallback node: its connection pool and its health."""
 
-    __slots__ = ("name", "upstream", "failures", "down_until", "requests", "errors")
+    __slots__ = ("name", "upstream", "health", "fallback")
 
-    def __init__(self, name: str, upstream: HttpUpstream) -> None:
+    def __init__(self, name: str, upstream: HttpUpstream, health: UpstreamHealth,
+                 fallback: bool = False) -> None:
         self.name = name
         self.upstream = upstream
-        self.failures = 0
-        self.down_until = 0.0
-        self.requests = 0
-        self.errors = 0
+        self.health = health
+        self.fallback = fallback
 
 
 class ParentSet(Upstream):
-    """Several parents behind one ``Upstream``: HRW choice, skip-when-down, retry next."""
+    """Parents (HRW) and fallback nodes behind one ``Upstream``: health, retry, failover."""
 
     def __init__(
         self,
@@ -67,43 +87,98 @@ class ParentSet(Upstream):
         max_connections: int = 256,
         failures_to_down: int = 3,
         retry_after: float = 10.0,
+        fallback: Iterable[ParentRef] = (),
+        health: HealthConfig | None = None,
+        node: str = "",
     ) -> None:
         super().__init__()
-        self.parents = {
-            ref.name: ParentState(
-                ref.name,
-                HttpUpstream(ref.url, timeouts=timeouts, max_connections=max_connections,
-                             name=ref.name),
-            )
-            for ref in parents
-        }
+        self.node = node
+        self.timeouts = timeouts
+        self.checks = health if health is not None and health.checks else None
+        rise, fall = (health.rise, health.fall) if health is not None else (2, 3)
+
+        def state(ref: ParentRef, is_fallback: bool) -> ParentState:
+            upstream = HttpUpstream(ref.url, timeouts=timeouts, max_connections=max_connections,
+                                    name=ref.name)
+            watch = UpstreamHealth(ref.name, failures=failures_to_down, retry_after=retry_after,
+                                   rise=rise, fall=fall, notify=self._changed)
+            return ParentState(ref.name, upstream, watch, is_fallback)
+
+        self.parents = {ref.name: state(ref, False) for ref in parents}
         if not self.parents:
             raise ValueError("a ParentSet needs at least one parent")
+        self.fallbacks = {ref.name: state(ref, True) for ref in fallback
+                          if ref.name not in self.parents}
         self.name = ",".join(self.parents)
         self.failures_to_down = failures_to_down
         self.retry_after = retry_after
+        self._checkers: list[asyncio.Task[None]] = []
+
+    def _all(self) -> list[ParentState]:
+        return [*self.parents.values(), *self.fallbacks.values()]
+
+    def _changed(self, upstream: str, old: str, new: str, reason: str) -> None:
+        level = logging.INFO if new == "up" else logging.WARNING
+        log.log(level, "node %s: upstream %s %s -> %s (%s)", self.node, upstream, old, new,
+                reason)
+        self.state_change(upstream, new)
 
     async def start(self) -> None:
-        for state in self.parents.values():
+        for state in self._all():
             state.upstream.observe = self.observe
             await state.upstream.start()
+        if self.checks is not None:
+            loop = asyncio.get_running_loop()
+            self._checkers = [loop.create_task(self._check_loop(state)) for state in self._all()]
 
     async def close(self) -> None:
-        for state in self.parents.values():
+        for task in self._checkers:
+            task.cancel()
+        for task in self._checkers:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._checkers = []
+        for state in self._all():
             await state.upstream.close()
 
+    async def _check_loop(self, state: ParentState) -> None:
+        """Check one upstream every ``interval`` (the first after a random part of it, so
+        the checks of many upstreams and workers spread out), for as long as the set runs."""
+        checks = self.checks
+        assert checks is not None
+        await asyncio.sleep(random.uniform(0.0, checks.interval))
+        while True:
+            ok, reason = await state.upstream.probe(checks.path, checks.timeout)
+            state.health.checked(time.monotonic(), ok, reason)
+            await asyncio.sleep(checks.interval)
+
     def order(self, key: str, now: float | None = None) -> list[ParentState]:
-        """Parents to try for ``key``: healthy ones in hash order, then the down ones."""
+        """Upstreams to try for ``key``: parents in rotation in hash order, fallbacks in
+        rotation in configured order, then the others (parents, then fallbacks). Does not
+        claim a half-open upstream's probe (``request`` does)."""
         now = time.monotonic() if now is None else now
         ranked = [self.parents[name] for name in hrw_order(self.parents, key)]
-        healthy = [p for p in ranked if p.down_until <= now]
-        return healthy + [p for p in ranked if p.down_until > now]
+        ranked += list(self.fallbacks.values())
+        live = [p for p in ranked if p.health.status(now) != "down"]
+        return live + [p for p in ranked if p.health.status(now) == "down"]
 
-    def _failed(self, state: ParentState) -> None:
-        state.errors += 1
-        state.failures += 1
-        if state.failures >= self.failures_to_down:
-            state.down_until = time.monotonic() + self.retry_after
+    def _plan(self, key: str) -> tuple[list[ParentState], list[ParentState]]:
+        """The order of one request, and the half-open upstreams whose probe it holds."""
+        now = time.monotonic()
+        ranked = [self.parents[name] for name in hrw_order(self.parents, key)]
+        ranked += list(self.fallbacks.values())
+        admitted: list[ParentState] = []
+        probes: list[ParentState] = []
+        for state in ranked:
+            half_open = state.health.status(now) == "half_open"
+            if state.health.admit(now):
+                admitted.append(state)
+                if half_open:
+                    probes.append(state)
+        rest = [state for state in ranked if state not in admitted]
+        return admitted + rest, probes
 
     async def request(
         self,
@@ -113,39 +188,70 @@ class ParentSet(Upstream):
         body: bytes | None = None,
     ) -> UpstreamResponse:
         fields = list(headers)
+        idempotent = method in IDEMPOTENT
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.first_byte
+        order, probes = self._plan(target)
         last: FetchFailed | None = None
-        for state in self.order(target):
-            state.requests += 1
-            try:
-                response = await state.upstream.request(method, target, fields, body)
-            except TargetRefused:
-                raise
-            except FetchFailed as failure:
-                self._failed(state)
-                last = failure
-                # A request that may have reached the parent is only re-sent if repeating
-                # it is harmless; a refused connection never reached it.
-                if method in IDEMPOTENT or failure.retryable:
+        sent: set[str] = set()
+        try:
+            for index, state in enumerate(order):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                sent.add(state.name)
+                health = state.health
+                health.requests += 1
+                try:
+                    async with asyncio.timeout(remaining):
+                        response = await state.upstream.request(method, target, fields, body)
+                except TargetRefused:
+                    raise
+                except TimeoutError:
+                    failure = FetchFailed(504, f"{state.name} gave no head within the "
+                                          f"{self.timeouts.first_byte:g} s of the request")
+                    self.observe(state.name, 504)
+                    health.failed(time.monotonic(), failure.reason)
+                    last = failure
+                    break
+                except FetchFailed as failure:
+                    health.failed(time.monotonic(), failure.reason)
+                    last = failure
+                    # A request that may have reached the parent is only re-sent if repeating
+                    # it is harmless; a refused connection never reached it.
+                    if idempotent or failure.retryable:
+                        continue
+                    raise
+                if response.status < 500:
+                    health.answered(time.monotonic())
+                    return response
+                health.failed(time.monotonic(), f"answered {response.status}")
+                if (
+                    idempotent
+                    and response.status in RETRY_STATUSES
+                    and index < len(order) - 1
+                    and deadline - loop.time() > 0
+                ):
+                    response.close()  # not read: the next upstream answers instead
+                    last = FetchFailed(response.status, f"{state.name} answered "
+                                       f"{response.status}")
                     continue
-                raise
-            if response.status >= 500:
-                self._failed(state)
-            else:
-                state.failures = 0
-                state.down_until = 0.0
-            return response
-        assert last is not None
+                return response
+        finally:
+            for state in probes:
+                if state.name not in sent:
+                    state.health.release()
+        if last is None:
+            last = FetchFailed(504, "no upstream answered within the request's deadline")
         raise last
 
-    def health(self) -> dict[str, dict[str, float | int | bool]]:
-        """Per-parent state for the admin API and metrics."""
+    def health(self) -> dict[str, dict[str, float | int | bool | str]]:
+        """Per-upstream state for the admin API and metrics (fallback nodes included)."""
         now = time.monotonic()
-        return {
-            name: {
-                "up": state.down_until <= now,
-                "requests": state.requests,
-                "errors": state.errors,
-                "consecutive_failures": state.failures,
-            }
-            for name, state in self.parents.items()
-        }
+        views: dict[str, dict[str, float | int | bool | str]] = {}
+        for state in self._all():
+            view = state.health.view(now)
+            if state.fallback:
+                view["fallback"] = True
+            views[state.name] = view
+        return views

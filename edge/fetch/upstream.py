@@ -107,6 +107,30 @@ class HttpUpstream(Upstream):
             await self._session.close()
             self._session = None
 
+    async def probe(
+        self, path: str, timeout: float, *, any_answer: bool = False
+    ) -> tuple[bool, str]:
+        """One health check: GET ``path``; passed on 200 (or, with ``any_answer``, on any
+        status below 500: an origin that is no reelcdn node answers 404 just as well).
+        Returns (passed, what happened). Not counted in the request metrics."""
+        if self._session is None:
+            return False, "not started"
+        url = URL(self.base_url + path, encoded=True)
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._session.get(url, allow_redirects=False,
+                                             headers={"Cache-Control": "no-cache"}) as response:
+                    await response.read()
+                    status = response.status
+        except TimeoutError:
+            return False, f"no answer in {timeout:g} s"
+        except aiohttp.ClientConnectorError as exc:
+            return False, f"connect failed: {exc.os_error}"
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return False, f"{exc.__class__.__name__}: {exc}".rstrip(": ")
+        passed = status < 500 if any_answer else status == 200
+        return passed, f"answered {status}"
+
     async def request(
         self,
         method: str,
