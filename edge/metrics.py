@@ -401,6 +401,7 @@ GAUGE_HELP = {
     "reelcdn_inflight_fetches": "Upstream fetches in progress (each may feed many clients)",
     "reelcdn_open_connections": "Client connections open now",
     "reelcdn_workers": "Worker processes of the node (each with its own memory cache)",
+    "reelcdn_workers_up": "Worker processes serving now (answering their master, not draining)",
     "reelcdn_body_file_descriptors":
         "Descriptors held by cached bodies kept in memory files (one each)",
     "reelcdn_body_file_descriptors_budget":

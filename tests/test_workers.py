@@ -114,7 +114,7 @@ class MultiNode:
         except aiohttp.ClientError:
             return None
         if status == 200:
-            self.worker_pids.update(w["pid"] for w in body["workers"])
+            self.worker_pids.update(w["pid"] for w in body["workers"]["each"])
             return body
         return None
 
@@ -290,7 +290,7 @@ async def test_sighup_reload_reaches_every_worker(origin, multi_node):
     await wait_until(resized, what="both workers to take the new cache size")
     assert (await node.stats())["capacity"] == 32 * MiB
     assert node.stderr().count("reload failed") == 1
-    assert all(w["status"] == "ok" for w in (await node.healthy() or {})["workers"])
+    assert all(w["status"] == "ok" for w in (await node.healthy() or {})["workers"]["each"])
 
 
 async def test_killed_worker_is_restarted_and_counters_keep_going(origin, multi_node):
@@ -302,14 +302,14 @@ async def test_killed_worker_is_restarted_and_counters_keep_going(origin, multi_
     assert before == 50
     health = await node.healthy()
     assert health is not None
-    victim = health["workers"][0]["pid"]
+    victim = health["workers"]["each"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
 
     async def replaced() -> dict[str, Any] | None:
         body = await node.healthy()
         if body is None:
             return None
-        w0 = body["workers"][0]
+        w0 = body["workers"]["each"][0]
         return body if w0["pid"] != victim and w0["restarts"] == 1 else None
 
     await wait_until(replaced, what="worker 0 to be restarted")
@@ -319,6 +319,62 @@ async def test_killed_worker_is_restarted_and_counters_keep_going(origin, multi_
     assert all(r.status == 200 for r in responses)
     # The dead worker's counts are carried: the summed counter never goes backwards.
     assert total(await node.metrics(), "reelcdn_requests_total") == 90
+
+
+async def test_health_stays_200_degraded_while_a_killed_worker_restarts(origin, multi_node):
+    """A master whose worker is down still serves through the other: /health answers 200
+    "degraded" (a load balancer keeps the node), players keep getting 200, and
+    reelcdn_workers_up shows the gap; back to "ok" once the worker is restarted."""
+    path = "/d"
+    origin.set(path, b"d" * 3000, headers={"Cache-Control": "max-age=600"})
+    node = await multi_node(origin.url)
+    health = await node.healthy()
+    assert health is not None and health["status"] == "ok"
+    assert {k: v for k, v in health["workers"].items() if k != "each"} == {"up": 2, "total": 2}
+    victim = health["workers"]["each"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    await wait_until(lambda: not alive(victim), 5.0, "the killed worker to exit")
+
+    seen: list[tuple[int, str, int]] = []  # (health status, its "status", workers up)
+    workers_up: set[float] = set()
+    deadline = time.monotonic() + 30.0
+    while True:
+        assert time.monotonic() < deadline, f"worker 0 was not restarted: {seen[-3:]}"
+        status, body = await node.admin("GET", "/health")
+        seen.append((status, body["status"], body["workers"]["up"]))
+        assert status == 200, (status, body)
+        response = await get(node.port, path)
+        assert response.status == 200 and response.body == b"d" * 3000
+        workers_up.add((await node.metrics())[("reelcdn_workers_up", (("node", "edge-w"),))])
+        w0 = body["workers"]["each"][0]
+        if body["status"] == "ok" and w0["pid"] != victim:
+            break
+        await asyncio.sleep(0.05)
+    assert ("degraded", 1) in {(s, up) for _, s, up in seen}, seen
+    assert {s for _, s, _ in seen} <= {"degraded", "ok"}
+    assert 1 in workers_up
+    samples = await node.metrics()
+    assert samples[("reelcdn_workers_up", (("node", "edge-w"),))] == 2
+    assert samples[("reelcdn_workers", (("node", "edge-w"),))] == 2
+
+
+async def test_health_is_503_when_no_worker_serves(origin, multi_node):
+    node = await multi_node(origin.url)
+    health = await node.healthy()
+    assert health is not None
+    pids = [w["pid"] for w in health["workers"]["each"]]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+    async def down() -> dict[str, Any] | None:
+        status, body = await node.admin("GET", "/health")
+        return body if status == 503 else None
+
+    body = await wait_until(down, 5.0, "/health to answer 503")
+    assert body["status"] == "down" and body["workers"]["up"] == 0
+    assert body["workers"]["total"] == 2
+    # And back once the master restarts them.
+    await wait_until(node.healthy, 30.0, "the restarted workers")
 
 
 async def test_sigterm_stops_master_and_workers(origin, multi_node):

@@ -209,9 +209,10 @@ def node_gauges(server: ServedNode) -> dict[str, float]:
         "reelcdn_cache_capacity_bytes": node.store.capacity,
         "reelcdn_inflight_fetches": len(node.coalescer),
         "reelcdn_open_connections": len(server.connections),
-        # One per process; the master of a multi-worker node sums its workers' gauges, so
-        # there it counts the workers whose metrics are in the scrape.
+        # One per process; the master of a multi-worker node sets its own (workers.py:
+        # configured, and up: answering and not draining).
         "reelcdn_workers": 1,
+        "reelcdn_workers_up": 0 if server.draining else 1,
         # Descriptors are the process's (bodyfile.DESCRIPTORS), like the connections.
         "reelcdn_body_file_descriptors": DESCRIPTORS.held,
         "reelcdn_body_file_descriptors_budget": DESCRIPTORS.budget or 0,
@@ -266,7 +267,8 @@ class AdminBackend:
         raise NotImplementedError
 
     async def health(self) -> tuple[dict[str, Any], int]:
-        """The health document and its HTTP status (200 ok, 503 draining/starting/down)."""
+        """The health document and its HTTP status (200 ok or degraded: serving, some of a
+        node's workers down; 503 draining, starting or down)."""
         raise NotImplementedError
 
     async def metrics(self) -> bytes:

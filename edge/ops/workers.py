@@ -13,8 +13,10 @@ What that means for an operator:
   fetches instead of one — still bounded, and in a tiered topology the second fetch is a HIT
   at the parent.
 * **One node to the outside.** The master serves the node's configured admin address with the
-  API of a single node: ``/health`` (ok when every worker is), ``/metrics`` (the workers'
-  counters, histograms and gauges summed per label set, plus ``reelcdn_workers``),
+  API of a single node: ``/health`` (200 ``ok`` when every worker is, 200 ``degraded`` while
+  at least one serves — a worker restarting does not take the node out of a load balancer's
+  rotation — and 503 when none does), ``/metrics`` (the workers' counters, histograms and
+  gauges summed per label set, plus ``reelcdn_workers`` and ``reelcdn_workers_up``),
   ``/cache/stats`` (summed, with a per-worker list), ``POST /purge`` and ``POST /prewarm``
   (both sent to every worker, since each has its own cache). Workers serve their admin app on
   unix sockets in a private directory; the master reads ``/internal/stats`` from them and
@@ -145,14 +147,20 @@ class WorkersAdmin(AdminBackend):
                     if isinstance(body, dict) else str(status)}
 
         workers = await asyncio.gather(*(one(w) for w in master.workers))
+        up = sum(1 for w in workers if w["status"] == "ok")
         if master.stopping:
             status = "draining"
         elif not master.started:
             status = "starting"
+        elif up == 0:
+            status = "down"
         else:
-            status = "ok" if all(w["status"] == "ok" for w in workers) else "degraded"
+            # The workers share the listener: while one serves, the node answers players
+            # (a restarting worker's share of connections goes to the others).
+            status = "ok" if up == len(workers) else "degraded"
         return ({"status": status, "node": master.config.name, "role": master.config.role,
-                 "workers": list(workers)}, 200 if status == "ok" else 503)
+                 "workers": {"up": up, "total": len(workers), "each": list(workers)}},
+                200 if status in ("ok", "degraded") else 503)
 
     async def metrics(self) -> bytes:
         master = self.master
@@ -454,16 +462,20 @@ class Master:
                 stats.append(worker.last["stats"])
         gauges: dict[str, float] = {}
         upstream_up: dict[str, float] | None = None
+        serving = 0
         for body in fresh:
             if body is None:
                 continue
+            serving += not body.get("draining")
             for name, value in body["gauges"].items():
                 gauges[name] = gauges.get(name, 0) + value
             if body.get("upstream_up") is not None:
                 upstream_up = upstream_up or {}
                 for name, value in body["upstream_up"].items():
                     upstream_up[name] = min(upstream_up.get(name, 1.0), value)
-        gauges.setdefault("reelcdn_workers", 0)
+        # The workers the node runs, and those that answered serving (not draining).
+        gauges["reelcdn_workers"] = self.count
+        gauges["reelcdn_workers_up"] = serving
         return {"node": self.config.name, "stats": sum_snapshots(stats), "gauges": gauges,
                 "upstream_up": upstream_up}
 
