@@ -65,9 +65,10 @@ parents = ["regional-1"]
 """
 
 
-def synthesise(root: Path) -> Path:
-    """The origin folder with ``demo-1`` (two renditions, three segments each)."""
-    synthesise_demo_videos(root, count=1, duration=DURATION, renditions=LADDER,
+def synthesise(root: Path, duration: float = DURATION) -> Path:
+    """The origin folder with ``demo-1`` (two renditions, three 2 s segments each by
+    default)."""
+    synthesise_demo_videos(root, count=1, duration=duration, renditions=LADDER,
                            log=lambda _message: None)
     return root
 
@@ -107,15 +108,17 @@ class DemoTiers:
 
     ``tokens`` (a dict of ``[tokens]`` keys) makes the edge check signed URLs; ``text`` is
     the topology as written, ``edge_config(tokens=...)`` the edge's config with other tokens
-    (same ports: for a reload)."""
+    (same ports: for a reload). ``more_nodes`` is TOML appended to the topology (another
+    edge under ``regional-1``, say)."""
 
     def __init__(self, root: Path, meta_ttl: str = "2s", tokens: dict[str, Any] | None = None,
-                 **edge_keys: Any) -> None:
+                 more_nodes: str = "", **edge_keys: Any) -> None:
         shield, regional, edge = free_ports(3)
         self._root = root
         self._fields = dict(root=root, shield=shield, regional=regional, edge=edge,
                             meta_ttl=meta_ttl)
         self._edge_keys = edge_keys
+        self._more_nodes = more_nodes
         self.text = self._text(tokens)
         self.topology = topology_from_text(self.text, base_dir=str(root))
         self.servers: dict[str, NodeServer] = {}
@@ -124,7 +127,7 @@ class DemoTiers:
         extra = "\n".join(f"{k} = {_toml_value(v)}" for k, v in self._edge_keys.items())
         if tokens is not None:
             extra += "\n" + _tokens_table(tokens)
-        return TOPOLOGY.format(edge_extra=extra, **self._fields)
+        return TOPOLOGY.format(edge_extra=extra, **self._fields) + self._more_nodes
 
     def edge_config(self, tokens: dict[str, Any] | None) -> NodeConfig:
         """The edge's config as it would read with ``tokens`` instead (a reload's input)."""

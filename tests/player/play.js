@@ -18,6 +18,9 @@ async function main() {
       "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
       "--disable-background-networking", "--disable-component-update", "--disable-sync",
       "--autoplay-policy=no-user-gesture-required",
+      // PLAY_CROSS_ORIGIN=1: pathways on other origins (other ports) than the page's, which
+      // the edges serve without CORS headers (tests/test_steering_player.py).
+      ...(process.env.PLAY_CROSS_ORIGIN === "1" ? ["--disable-web-security"] : []),
     ],
   });
   let result;
