@@ -161,3 +161,12 @@ def test_a_single_node_from_a_dict_takes_advertise() -> None:
     node = node_config_from_dict("a", {"listen": "0.0.0.0:1", "advertise": "a.example:80",
                                        "upstream": "http://o:80"})
     assert node.advertise == ("a.example", 80) and node.advertised() == ("a.example", 80)
+
+
+def test_a_node_serves_absolute_targets_naming_its_advertise_address() -> None:
+    from reelcdn.edge.ops.server import NodeServer
+
+    node = node_config_from_dict("a", {"listen": "0.0.0.0:8080", "advertise": "A.example:9000",
+                                       "upstream": "http://o:80"})
+    served = NodeServer._served_hosts(node, 8080)
+    assert "a.example:9000" in served and "a.example:8080" not in served
