@@ -19,6 +19,11 @@ answer) is sent to the next upstream of that order, each at most once, all withi
 than one attempt could. Only idempotent methods are sent again, and others only when the
 connection was refused (the request never left). The node and the coalesced readers see one
 answer: the retry happens before any head exists.
+
+A GET answered 200 with a strong ETag and a Content-Length whose body then breaks after N
+bytes is resumed from the upstreams after the one that answered, in the same order, with
+``Range: bytes=N-`` and ``If-Range`` (``resume.py``): the readers get the rest of the same
+bytes, or, when no upstream answers a matching 206, the cut body they got before.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from reelcdn.edge.fetch.contract import (
     UpstreamTimeouts,
 )
 from reelcdn.edge.fetch.health import UpstreamHealth
+from reelcdn.edge.fetch.resume import Attempt, ResumingResponse, resume_identity
 from reelcdn.edge.fetch.upstream import HttpUpstream
 
 if TYPE_CHECKING:
@@ -224,7 +230,8 @@ class ParentSet(Upstream):
                     raise
                 if response.status < 500:
                     health.answered(time.monotonic())
-                    return response
+                    return self._resumable(method, target, fields, response, state,
+                                           order[index + 1:])
                 health.failed(time.monotonic(), f"answered {response.status}")
                 if (
                     idempotent
@@ -244,6 +251,50 @@ class ParentSet(Upstream):
         if last is None:
             last = FetchFailed(504, "no upstream answered within the request's deadline")
         raise last
+
+    def _resumable(
+        self,
+        method: str,
+        target: str,
+        fields: list[tuple[bytes | str, bytes | str]],
+        response: UpstreamResponse,
+        source: ParentState,
+        rest: list[ParentState],
+    ) -> UpstreamResponse:
+        """``response``, wrapped so that a body breaking mid-way is resumed from ``rest``
+        (``resume.py``) when it can be: a GET of the whole object (no Range of its own)
+        answered 200 with a strong ETag and a Content-Length, and an upstream left to ask."""
+        if method != "GET" or not rest:
+            return response
+        if any(name.lower() in ("range", b"range") for name, _ in fields):
+            return response
+        identity = resume_identity(response.status, response.headers)
+        if identity is None:
+            return response
+        attempts = [self._resume_attempt(state, target) for state in rest]
+        return ResumingResponse(response, source.name, fields, identity, attempts,
+                                self.timeouts.first_byte)
+
+    def _resume_attempt(self, state: ParentState, target: str) -> Attempt:
+        """One upstream's Range request for a resume, counted in its health like any other."""
+
+        async def send(fields: list[tuple[bytes, bytes]]) -> UpstreamResponse:
+            health = state.health
+            health.requests += 1
+            try:
+                response = await state.upstream.request("GET", target, fields)
+            except TargetRefused:
+                raise
+            except FetchFailed as failure:
+                health.failed(time.monotonic(), failure.reason)
+                raise
+            if response.status < 500:
+                health.answered(time.monotonic())
+            else:
+                health.failed(time.monotonic(), f"answered {response.status}")
+            return response
+
+        return state.name, send
 
     def health(self) -> dict[str, dict[str, float | int | bool | str]]:
         """Per-upstream state for the admin API and metrics (fallback nodes included)."""
