@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from reelcdn.edge.auth.gate import TokenGate
 from reelcdn.edge.auth.verdict import Refusal
+from reelcdn.edge.cache.backoff import FailureBackoff
 from reelcdn.edge.cache.bodyfile import BodyFiles, FileBody
 from reelcdn.edge.cache.freshness import Freshness, current_age, decide
 from reelcdn.edge.cache.keys import KeyPolicy
@@ -42,9 +43,10 @@ from reelcdn.edge.cache.verdicts import (
     shareable,
     stale_on_error,
     stale_while_revalidate,
+    upstream_served_stale,
     within_size,
 )
-from reelcdn.edge.config import HEALTH_PATH, NodeConfig
+from reelcdn.edge.config import HEALTH_PATH, NodeConfig, TtlRule
 from reelcdn.edge.delivery import Delivery
 from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
 from reelcdn.edge.fetch.contract import FetchFailed, Upstream
@@ -122,6 +124,19 @@ def _merge_304(
     return kept + [(n, v) for n, v in fresh if n.lower() in replaced]
 
 
+# Server errors a node caches for ``negative_ttl_5xx`` (501 is cacheable on its own terms).
+NEGATIVE_5XX = frozenset(range(500, 600)) - {501}
+
+
+def _ttl_rules(config: NodeConfig) -> tuple[TtlRule, ...]:
+    """The operator's TTL rules, then negative caching of upstream 5xx answers: a last rule,
+    so an operator's own rule for a 5xx comes first, and not forcing, so an answer marked
+    no-store or private is still not stored."""
+    if config.negative_ttl_5xx <= 0:
+        return config.ttl_rules
+    return config.ttl_rules + (TtlRule("*", config.negative_ttl_5xx, NEGATIVE_5XX),)
+
+
 def _upstream_spec(config: NodeConfig) -> tuple[object, ...]:
     return (
         config.upstream,
@@ -162,6 +177,9 @@ class CacheNode:
         # Signed URLs (edge/auth): None when the node checks no tokens.
         self.tokens: TokenGate | None = TokenGate(config.tokens) if config.tokens else None
         self._pass_until: dict[str, float] = {}
+        # Keys whose revalidation failed lately: not asked upstream again before their time.
+        self.backoff = FailureBackoff(config.failure_backoff_base, config.failure_backoff_max)
+        self._ttl_rules = _ttl_rules(config)
         self._background: set[asyncio.Task[None]] = set()
 
     async def apply_config(self, config: NodeConfig) -> None:
@@ -178,6 +196,9 @@ class CacheNode:
         self.body_files.min_bytes = config.sendfile_min_bytes
         self.store.configure_disk(config, self.stats)
         self.delivery.configure(config.name, config.cmsd)
+        self.backoff.base = config.failure_backoff_base
+        self.backoff.cap = config.failure_backoff_max
+        self._ttl_rules = _ttl_rules(config)
         if config.tokens != old.tokens:  # a new gate: a retired key fails from now on
             self.tokens = TokenGate(config.tokens) if config.tokens else None
         if _upstream_spec(config) != _upstream_spec(old):
@@ -264,6 +285,15 @@ class CacheNode:
             if stale_while_revalidate(entry, now):
                 self.revalidate_in_background(req, primary, entry)
                 self.deliver_entry(req, conn, entry, now, b"hit; detail=stale-while-revalidate")
+                self.stats.count(method, "stale", entry.status)
+                return None
+            backoff = self.backoff
+            if entry.key in backoff and stale_on_error(entry, now, config.stale_if_error_max):
+                # Its upstream failed lately: the stale copy, and at most one revalidation
+                # per back-off period, in the background (docs/failover.md).
+                if not backoff.blocked(entry.key, now):
+                    self.revalidate_in_background(req, primary, entry)
+                self.deliver_entry(req, conn, entry, now, b"hit; detail=stale-if-error")
                 self.stats.count(method, "stale", entry.status)
                 return None
         return self.miss(req, conn, primary, entry)
@@ -459,7 +489,7 @@ class CacheNode:
     ) -> None:
         """Serve stale within stale-if-error (RFC 5861) or answer 502/504 with the reason."""
         now = time.time()
-        if stale is not None and stale_on_error(stale, now):
+        if stale is not None and stale_on_error(stale, now, self.config.stale_if_error_max):
             member = fwd + b"; fwd-status=%d; detail=stale-if-error" % failure.status
             self.deliver_entry(req, conn, stale, now, member)
             self.stats.count(req.method, "stale", stale.status)
@@ -564,8 +594,12 @@ class CacheNode:
                 merged = _merge_304(stale.headers, response.headers, response_time)
                 hmap = _header_map(merged)
                 freshness = self._decide(stale.status, hmap, primary)
-                age = current_age(hmap.get("age"), hmap.get("date"), request_time, response_time)
+                # The 304's own Age (RFC 9111 §4.3.4, §5.1): a parent answering from its cache
+                # says how old its copy is; the merged fields never carry Age.
+                age = current_age(_header_map(response.headers).get("age"), hmap.get("date"),
+                                  request_time, response_time)
                 stale.refresh(merged, freshness, response_time, age)
+                self._note_answer(fetch.key, freshness.lifetime, age, response_time)
                 if self.store.peek(stale.key) is stale:
                     # Re-filed so the budget counts its new header block now, not later.
                     self.stats.evictions += self.store.insert(stale)
@@ -573,13 +607,20 @@ class CacheNode:
                 fetch.finish()
                 return
             hmap = _header_map(response.headers)
-            if response.status >= 500 and stale_on_error(stale, response_time):
+            if response.status >= 500 and stale_on_error(stale, response_time,
+                                                          self.config.stale_if_error_max):
+                self.backoff.failed(fetch.key, response_time)
                 fetch.fail(FetchFailed(response.status, f"upstream answered {response.status}"))
                 return
             fetch.set_head(self._fetch_head(response.status, headers, hmap, primary,
                                             request_time, response_time))
             head = fetch.head
             assert head is not None
+            if response.status < 500:
+                self._note_answer(fetch.key, head.freshness.lifetime, head.initial_age,
+                                  response_time)
+            elif stale is not None:
+                self.backoff.failed(fetch.key, response_time)
             if stale is not None and not head.storable:
                 self.store.remove(stale.key)  # the new answer replaces it, even uncached
             if not head.shareable:
@@ -597,6 +638,8 @@ class CacheNode:
                 self._store(fetch, head, primary)
         except FetchFailed as failure:
             self.stats.upstream_failures += 1
+            if stale is not None:
+                self.backoff.failed(fetch.key, time.time())
             fetch.fail(failure)
             if response is not None:
                 response.close()
@@ -612,6 +655,15 @@ class CacheNode:
             if response is not None:
                 response.release()
 
+    def _note_answer(self, key: str, lifetime: float, age: float, now: float) -> None:
+        """An upstream answered for ``key``: its back-off ends, unless the answer arrived
+        already stale (a parent riding out its own upstream's failure), which counts as one
+        more failure so this tier too stops asking on every request."""
+        if upstream_served_stale(lifetime, age):
+            self.backoff.failed(key, now, grow=False)
+        elif key in self.backoff:
+            self.backoff.succeeded(key)
+
     def _decide(self, status: int, hmap: dict[str, str], path: str) -> Freshness:
         """Freshness of a response for the object keyed ``path`` (a cache key: with
         ``host_in_key`` the host comes first, and TTL rules match the path after it)."""
@@ -622,7 +674,7 @@ class CacheNode:
             hmap,
             self.keys.rule_path(path),
             request_has_authorization=False,
-            ttl_rules=config.ttl_rules,
+            ttl_rules=self._ttl_rules,
             now=time.time(),
             heuristic_fraction=config.heuristic_fraction,
             heuristic_max=config.heuristic_max,

@@ -4,6 +4,7 @@ and body; a heuristically cacheable status is stored on Last-Modified alone."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import pytest
@@ -58,6 +59,28 @@ async def test_other_final_status_with_explicit_freshness_is_a_hit(
 @pytest.mark.parametrize(("status", "headers"), [
     (500, {"Cache-Control": "max-age=300"}),            # server errors: a TTL rule's decision
     (503, {"Cache-Control": "s-maxage=300"}),
+])
+async def test_server_errors_are_stored_only_for_negative_ttl_5xx(
+    origin: TestOrigin, start_node, status: int, headers: dict[str, str]
+) -> None:
+    """A 5xx's own freshness is ignored; ``negative_ttl_5xx`` (a last TTL rule) stores it for
+    that long, and 0 not at all."""
+    origin.set("/s", b"x", status=status, headers=headers)
+    off = await start_node(origin.url, negative_ttl_5xx=0)
+    for _ in range(2):
+        assert (await get(off.port, "/s")).status == status
+    assert origin.counts["/s"] == 2
+    # (Date has whole seconds, so a stored answer is up to 1 s old on arrival)
+    short = await start_node(origin.url, name="edge-n", negative_ttl_5xx="1500ms")
+    for _ in range(3):
+        assert (await get(short.port, "/s")).status == status
+    assert origin.counts["/s"] == 3  # one fill, then two hits
+    await asyncio.sleep(1.6)
+    assert (await get(short.port, "/s")).status == status
+    assert origin.counts["/s"] == 4  # its 1.5 s are over, not the origin's 300 s
+
+
+@pytest.mark.parametrize(("status", "headers"), [
     (299, {"Cache-Control": "must-understand, max-age=300"}),
     (299, {"Last-Modified": "Thu, 01 Jan 2015 00:00:00 GMT", "ETag": '"v"'}),  # no explicit
     (400, {"ETag": '"v"'}),

@@ -255,6 +255,10 @@ def test_every_key() -> None:
             "honor_client_no_cache": True,
             "heuristic_fraction": 0,
             "heuristic_max": "1h",
+            "stale_if_error_max": "10m",
+            "failure_backoff_base": "500ms",
+            "failure_backoff_max": "1m",
+            "negative_ttl_5xx": 0,
             "ignore_query_params": ["CMCD", "Token", "cmcd"],
             "extra_ignore_query_params": ["Session"],
             "ignore_query_prefixes": ["UTM_"],
@@ -285,6 +289,8 @@ def test_every_key() -> None:
     assert node.host_in_key and node.honor_client_no_cache
     assert node.heuristic_fraction == 0.0
     assert node.heuristic_max == 3600.0
+    assert (node.stale_if_error_max, node.failure_backoff_base, node.failure_backoff_max,
+            node.negative_ttl_5xx) == (600.0, 0.5, 60.0, 0.0)
     assert node.ignore_query_params == {"cmcd", "token", "session"}
     assert node.ignore_query_prefixes == ("utm_",)
     assert node.server_names == ("cdn.example.com", "::1")
@@ -390,6 +396,12 @@ def test_unknown_keys_are_errors(table: dict[str, Any], key: str, message: str) 
         ({"admin_token": ""}, "node.edge-a.admin_token", "must not be empty"),
         ({"admin_token": "two words"}, "node.edge-a.admin_token", "must not contain spaces"),
         ({"admin_token": 123}, "node.edge-a.admin_token", "expected a string, got integer 123"),
+        ({"failure_backoff_base": 0}, "node.edge-a.failure_backoff_base",
+         "must be larger than 0"),
+        ({"failure_backoff_max": "0s"}, "node.edge-a.failure_backoff_max",
+         "must be larger than 0"),
+        ({"negative_ttl_5xx": "soon"}, "node.edge-a.negative_ttl_5xx", 'bad duration "soon"'),
+        ({"stale_if_error_max": -1}, "node.edge-a.stale_if_error_max", ""),
         ({"limits": {"max_headers": 0}}, "node.edge-a.limits.max_headers",
          "must be at least 1"),
         ({"limits": {"max_head_bytes": 0}}, "node.edge-a.limits.max_head_bytes",

@@ -3,17 +3,28 @@ no-cache, and the one precondition entry point."""
 
 from __future__ import annotations
 
+import pytest
+
+from reelcdn.edge.cache.backoff import FailureBackoff
 from reelcdn.edge.cache.entry import CacheEntry
 from reelcdn.edge.cache.freshness import decide
-from reelcdn.edge.cache.verdicts import client_wants_fresh, stale_on_error, stale_while_revalidate
+from reelcdn.edge.cache.verdicts import (
+    client_wants_fresh,
+    failure_backoff,
+    stale_on_error,
+    stale_while_revalidate,
+    upstream_served_stale,
+)
+from reelcdn.edge.config import TtlRule
 from reelcdn.edge.http.conditional import request_verdict
 
 
-def entry(cache_control: str, now: float = 1000.0) -> CacheEntry:
+def entry(cache_control: str, now: float = 1000.0, status: int = 200) -> CacheEntry:
     fields = {"cache-control": cache_control}
-    freshness = decide("GET", 200, fields, "/x", request_has_authorization=False, ttl_rules=(),
-                       now=now, heuristic_fraction=0.1, heuristic_max=86400.0)
-    return CacheEntry(key="/x", primary="/x", status=200,
+    rules = (TtlRule("*", 1.0, frozenset({503})),)
+    freshness = decide("GET", status, fields, "/x", request_has_authorization=False,
+                       ttl_rules=rules, now=now, heuristic_fraction=0.1, heuristic_max=86400.0)
+    return CacheEntry(key="/x", primary="/x", status=status,
                       headers=[(b"Cache-Control", cache_control.encode())], body=b"x",
                       freshness=freshness, response_time=now, initial_age=0.0, vary=())
 
@@ -25,6 +36,52 @@ def test_stale_on_error_within_the_allowance_only() -> None:
     assert not stale_on_error(entry("max-age=10, stale-if-error=20, must-revalidate"), 1015)
     assert not stale_on_error(entry("max-age=10"), 1011)
     assert not stale_on_error(None, 1000)
+
+
+def test_the_node_allowance_applies_where_the_origin_said_nothing() -> None:
+    assert stale_on_error(entry("max-age=10"), 1000 + 10 + 3599, default_allowance=3600)
+    assert not stale_on_error(entry("max-age=10"), 1000 + 10 + 3601, default_allowance=3600)
+    # the origin's own stale-if-error wins, shorter or longer
+    assert not stale_on_error(entry("max-age=10, stale-if-error=5"), 1016, default_allowance=3600)
+    assert stale_on_error(entry("max-age=10, stale-if-error=9000"), 5000, default_allowance=60)
+    # never against must-revalidate, s-maxage, no-cache, nor for a stored server error
+    for cc in ("max-age=10, must-revalidate", "s-maxage=10", "no-cache"):
+        assert not stale_on_error(entry(cc), 1011, default_allowance=3600), cc
+    assert not stale_on_error(entry("", status=503), 1002, default_allowance=3600)
+    # 0 turns it off
+    assert not stale_on_error(entry("max-age=10"), 1011, default_allowance=0)
+
+
+def test_failure_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
+    assert [failure_backoff(n, 1.0, 30.0, 0.999999) for n in (1, 2, 3, 4, 5)] == pytest.approx(
+        [1, 2, 4, 8, 16], rel=1e-5)
+    assert failure_backoff(6, 1.0, 30.0, 0.0) == 15.0
+    assert failure_backoff(100, 1.0, 30.0, 0.5) == 22.5
+    assert failure_backoff(10_000, 1.0, 30.0, 0.0) == 15.0  # no overflow
+    assert failure_backoff(0, 2.0, 30.0, 0.0) == 1.0
+
+
+def test_an_answer_already_stale_counts_as_a_failure() -> None:
+    assert upstream_served_stale(60.0, 61.0)
+    assert upstream_served_stale(60.0, 60.0)
+    assert not upstream_served_stale(60.0, 10.0)
+    assert not upstream_served_stale(0.0, 500.0)  # stored on a validator: stale by design
+
+
+def test_failure_backoff_table() -> None:
+    table = FailureBackoff(1.0, 30.0, limit=3, rand=lambda: 0.0)
+    assert not table.blocked("/a", 0.0)
+    assert table.failed("/a", 100.0) == 100.5
+    assert table.blocked("/a", 100.4) and not table.blocked("/a", 100.5)
+    assert table.failed("/a", 101.0) == 102.0  # the second failure in a row: 2 s, jittered
+    assert table.failures("/a") == 2
+    table.failed("/a", 103.0, grow=False)  # a parent's stale answer: the first back-off
+    assert table.failures("/a") == 1 and not table.blocked("/a", 103.5)
+    table.succeeded("/a")
+    assert "/a" not in table and table.failures("/a") == 0
+    for key in ("/1", "/2", "/3", "/4"):  # bounded: the oldest key is forgotten
+        table.failed(key, 0.0)
+    assert len(table) == 3 and "/1" not in table and "/4" in table
 
 
 def test_stale_while_revalidate_window() -> None:

@@ -17,14 +17,42 @@ if TYPE_CHECKING:
 PASS_MARK_SECONDS = 30.0
 
 
-def stale_on_error(entry: CacheEntry | None, now: float) -> bool:
+def stale_on_error(entry: CacheEntry | None, now: float, default_allowance: float = 0.0) -> bool:
     """Whether ``entry`` may answer instead of an upstream failure (5xx or none at all):
-    within its ``stale-if-error`` allowance (RFC 5861 §4) and not ``must-revalidate``."""
+    within its ``stale-if-error`` allowance (RFC 5861 §4) and not ``must-revalidate``.
+
+    ``default_allowance`` is the node's ``stale_if_error_max``: the allowance of an entry
+    whose origin sent no ``stale-if-error`` (an origin's own value always wins). It never
+    applies to ``no-cache`` (every reuse needs a successful validation) nor to a stored
+    server error (a negatively cached 5xx must not outlive its short TTL)."""
     if entry is None:
         return False
     freshness = entry.freshness
+    if freshness.must_revalidate:
+        return False
     allowance = freshness.stale_if_error
-    return allowance > 0 and not freshness.must_revalidate and entry.ttl(now) > -allowance
+    if allowance <= 0 and not freshness.no_cache and entry.status < 500:
+        allowance = default_allowance
+    return allowance > 0 and entry.ttl(now) > -allowance
+
+
+def failure_backoff(failures: int, base: float, cap: float, rand: float) -> float:
+    """Seconds a node waits before asking upstream again for an object whose revalidation
+    failed ``failures`` times in a row (>= 1): ``base × 2^(failures−1)`` capped at ``cap``,
+    then "equal jitter" (``rand`` in [0, 1) picks a point in the upper half), so the children
+    of one failing parent do not come back in step. Never below ``base / 2``."""
+    exponent = min(max(failures, 1) - 1, 62)
+    delay = min(cap, base * (2.0**exponent))
+    return delay * (0.5 + 0.5 * rand)
+
+
+def upstream_served_stale(lifetime: float, age: float) -> bool:
+    """Whether an upstream's answer arrived already stale: an object with a freshness
+    lifetime whose age is past it. A parent answers so only when it could not reach its own
+    upstream (stale-if-error), so the node counts it as a failure for its back-off rather
+    than revalidating through every tier on each request. An object without a lifetime
+    (stored on a validator alone) is always stale by design and does not count."""
+    return lifetime > 0 and age >= lifetime
 
 
 def stale_while_revalidate(entry: CacheEntry, now: float) -> bool:

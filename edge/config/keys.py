@@ -915,6 +915,20 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
     _key("heuristic_fraction", _fraction(),
          "Heuristic freshness: this fraction of the age given by Last-Modified."),
     _key("heuristic_max", _duration(), "Upper bound of heuristic freshness."),
+    _key("stale_if_error_max", _duration(),
+         "Serve a stale copy this long past its freshness when the upstream fails, where the "
+         "origin sent no stale-if-error (never for must-revalidate/no-cache); 0: only the "
+         "origin's stale-if-error."),
+    _key("failure_backoff_base",
+         _duration(zero_message="must be larger than 0 (the first back-off of a failing object)"),
+         "After a failed revalidation, ask upstream for that object again only after this, "
+         "doubled per further failure, jittered (docs/failover.md)."),
+    _key("failure_backoff_max",
+         _duration(zero_message="must be larger than 0 (the longest back-off)"),
+         "Upper bound of the per-object failure back-off."),
+    _key("negative_ttl_5xx", _duration(),
+         "Cache an upstream's 5xx answer this long (coalesced fills share it); 0: not cached. "
+         "TTL rules for 5xx codes come first."),
     _key("ignore_query_params", _query_names("parameter", as_set=True),
          "Query parameters left out of the cache key (replaces the default list)."),
     _key("extra_ignore_query_params", _query_names("parameter", as_set=True),

@@ -255,6 +255,14 @@ class NodeConfig:
     honor_client_no_cache: bool = False
     heuristic_fraction: float = 0.1
     heuristic_max: float = 86_400.0
+    # Failing upstreams (docs/failover.md#a-failing-origin): the stale-if-error allowance of
+    # objects whose origin sent none (0: only the origin's), the per-object back-off between
+    # revalidations of a failing object (base × 2^n, jittered, capped), and how long an
+    # upstream 5xx is cached when nothing else stores it (0: not cached).
+    stale_if_error_max: float = 3600.0
+    failure_backoff_base: float = 1.0
+    failure_backoff_max: float = 30.0
+    negative_ttl_5xx: float = 2.0
     # hosts accepted in absolute-form targets (besides the listen host)
     server_names: tuple[str, ...] = ()
     admin_token: str | None = None
