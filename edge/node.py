@@ -599,7 +599,8 @@ class CacheNode:
                 age = current_age(_header_map(response.headers).get("age"), hmap.get("date"),
                                   request_time, response_time)
                 stale.refresh(merged, freshness, response_time, age)
-                self._note_answer(fetch.key, freshness.lifetime, age, response_time)
+                self._note_answer(fetch.key, freshness.lifetime, age, response_time,
+                                  _header_map(response.headers).get("cache-status"))
                 if self.store.peek(stale.key) is stale:
                     # Re-filed so the budget counts its new header block now, not later.
                     self.stats.evictions += self.store.insert(stale)
@@ -618,7 +619,7 @@ class CacheNode:
             assert head is not None
             if response.status < 500:
                 self._note_answer(fetch.key, head.freshness.lifetime, head.initial_age,
-                                  response_time)
+                                  response_time, hmap.get("cache-status"))
             elif stale is not None:
                 self.backoff.failed(fetch.key, response_time)
             if stale is not None and not head.storable:
@@ -655,11 +656,12 @@ class CacheNode:
             if response is not None:
                 response.release()
 
-    def _note_answer(self, key: str, lifetime: float, age: float, now: float) -> None:
+    def _note_answer(self, key: str, lifetime: float, age: float, now: float,
+                     cache_status: str | None) -> None:
         """An upstream answered for ``key``: its back-off ends, unless the answer arrived
         already stale (a parent riding out its own upstream's failure), which counts as one
         more failure so this tier too stops asking on every request."""
-        if upstream_served_stale(lifetime, age):
+        if upstream_served_stale(lifetime, age, cache_status):
             self.backoff.failed(key, now, grow=False)
         elif key in self.backoff:
             self.backoff.succeeded(key)

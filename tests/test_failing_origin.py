@@ -29,6 +29,7 @@ TOPOLOGY = """
 cache_memory = "64MiB"
 failure_backoff_base = "{base}s"
 failure_backoff_max = "{cap}s"
+negative_ttl_5xx = "2s"
 # Requests count as upstream failures too (docs/failover.md): with the default of 3 the origin's
 # breaker would open and shield it on its own. Kept out of the way to measure the back-off.
 parent_failures = 1000
@@ -81,6 +82,9 @@ class SwitchOrigin:
         if self.down:
             response = web.Response(status=503, text="origin down\n",
                                     headers={"Retry-After": "1"})
+        elif request.path.startswith("/old/"):  # already older than its lifetime on arrival
+            response = web.Response(body=b"old", headers={
+                "ETag": '"v1"', "Cache-Control": f"max-age={MAX_AGE}", "Age": "3600"})
         elif request.headers.get("If-None-Match") == '"v1"':
             response = web.Response(status=304, headers={
                 "ETag": '"v1"', "Cache-Control": f"max-age={MAX_AGE}"})
@@ -225,7 +229,8 @@ async def test_a_parents_304_makes_the_childs_copy_fresh_for_what_remains(chain)
 
 async def test_a_5xx_is_cached_briefly_and_fills_are_coalesced(chain) -> None:
     """No stored copy and a failing origin: concurrent clients share one fill per tier, and
-    the 503 is kept for ``negative_ttl_5xx`` (2 s) rather than asked again per request."""
+    the 503 is kept for ``negative_ttl_5xx`` (2 s here; off by default) rather than asked again
+    per request."""
     origin, servers = chain
     edge = servers["edge-a"].port
     origin.down = True
@@ -239,3 +244,14 @@ async def test_a_5xx_is_cached_briefly_and_fills_are_coalesced(chain) -> None:
 def test_most_attempts() -> None:
     assert most_attempts(0.1, 1.0, 30.0) == 1
     assert most_attempts(30.0, 1.0, 30.0) == 6  # gaps ≥ 0.5, 1, 2, 4, 8, then 15
+
+
+async def test_an_answer_old_on_arrival_is_no_failure_and_is_asked_again(chain) -> None:
+    """An origin's answer already past its lifetime (its own Age) is an ordinary answer, not a
+    parent riding out a failure: the next request asks upstream again instead of being
+    served the stale copy under a back-off (RFC 9111 §4.2; cache-tests freshness-*-age-*)."""
+    origin, servers = chain
+    edge = servers["edge-a"].port
+    for _ in range(3):
+        assert (await get(edge, "/old/x.m4s")).status == 200
+    assert len(origin.requests("/old/x.m4s", 0)) == 3

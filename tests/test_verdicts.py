@@ -62,10 +62,15 @@ def test_failure_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> N
 
 
 def test_an_answer_already_stale_counts_as_a_failure() -> None:
-    assert upstream_served_stale(60.0, 61.0)
-    assert upstream_served_stale(60.0, 60.0)
-    assert not upstream_served_stale(60.0, 10.0)
-    assert not upstream_served_stale(0.0, 500.0)  # stored on a validator: stale by design
+    marked = "shield-1; hit; detail=stale-if-error"
+    assert upstream_served_stale(60.0, 61.0, marked)
+    assert upstream_served_stale(60.0, 60.0, marked)
+    assert not upstream_served_stale(60.0, 10.0, marked)
+    assert not upstream_served_stale(0.0, 500.0, marked)  # stored on a validator
+    # Old on arrival but not served on an error (an origin's Age, a slow Date): an ordinary
+    # answer, revalidated next time, never a reason to hold on to it.
+    assert not upstream_served_stale(60.0, 61.0, None)
+    assert not upstream_served_stale(60.0, 61.0, "shield-1; fwd=miss; stored")
 
 
 def test_failure_backoff_table() -> None:

@@ -46,13 +46,16 @@ def failure_backoff(failures: int, base: float, cap: float, rand: float) -> floa
     return delay * (0.5 + 0.5 * rand)
 
 
-def upstream_served_stale(lifetime: float, age: float) -> bool:
-    """Whether an upstream's answer arrived already stale: an object with a freshness
-    lifetime whose age is past it. A parent answers so only when it could not reach its own
-    upstream (stale-if-error), so the node counts it as a failure for its back-off rather
-    than revalidating through every tier on each request. An object without a lifetime
-    (stored on a validator alone) is always stale by design and does not count."""
-    return lifetime > 0 and age >= lifetime
+def upstream_served_stale(lifetime: float, age: float, cache_status: str | None) -> bool:
+    """Whether an upstream's answer is a parent's stale copy served because *its* upstream
+    failed: past its freshness lifetime *and* marked so by the parent (its ``Cache-Status``
+    member says ``stale-if-error``). The node then counts it as a failure for its back-off
+    rather than revalidating through every tier on each request. An answer that is merely
+    old on arrival (an origin's ``Age``, a slow ``Date``) is an ordinary answer: stale at
+    once, revalidated at the next request, never a reason to keep serving it (RFC 9111 §4.2).
+    An object without a lifetime (stored on a validator alone) never counts."""
+    return (lifetime > 0 and age >= lifetime and cache_status is not None
+            and "stale-if-error" in cache_status)
 
 
 def stale_while_revalidate(entry: CacheEntry, now: float) -> bool:

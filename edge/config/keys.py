@@ -927,8 +927,8 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
          _duration(zero_message="must be larger than 0 (the longest back-off)"),
          "Upper bound of the per-object failure back-off."),
     _key("negative_ttl_5xx", _duration(),
-         "Cache an upstream's 5xx answer this long (coalesced fills share it); 0: not cached. "
-         "TTL rules for 5xx codes come first."),
+         "Cache an upstream's 5xx answer this long (coalesced fills share it); 0: not cached, "
+         "as RFC 9111 has it for a 5xx without freshness. TTL rules for 5xx codes come first."),
     _key("ignore_query_params", _query_names("parameter", as_set=True),
          "Query parameters left out of the cache key (replaces the default list)."),
     _key("extra_ignore_query_params", _query_names("parameter", as_set=True),

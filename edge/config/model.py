@@ -262,7 +262,7 @@ class NodeConfig:
     stale_if_error_max: float = 3600.0
     failure_backoff_base: float = 1.0
     failure_backoff_max: float = 30.0
-    negative_ttl_5xx: float = 2.0
+    negative_ttl_5xx: float = 0.0
     # hosts accepted in absolute-form targets (besides the listen host)
     server_names: tuple[str, ...] = ()
     admin_token: str | None = None
