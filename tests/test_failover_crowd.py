@@ -99,6 +99,7 @@ async def crowd_through_a_killed_regional(
     dead = False
     paths = list(digests)
     start = time.monotonic()
+    window: list[float | None] = [None]  # when regional-1 was dead (its kill completed)
 
     async def client(index: int) -> None:
         nonlocal sent, corrupted, broken
@@ -111,6 +112,7 @@ async def crowd_through_a_killed_regional(
             # A query the key keeps: every request is a miss at every tier, so each goes
             # through a regional (or the fallback) to the origin.
             target = f"{path}?c={index}-{n}"
+            sent_at = time.monotonic()
             try:
                 if writer is None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", ports["edge"])
@@ -125,9 +127,10 @@ async def crowd_through_a_killed_regional(
             if response.status == 200 and hashlib.sha256(response.body).hexdigest() != \
                     digests[path]:
                 corrupted += 1
-            if dead:
-                # Cache-Status lists the tiers shield first, edge last: the one before the
-                # edge's member is the upstream that answered it.
+            if dead and window[0] is not None and sent_at >= window[0]:
+                # Sent once regional-1 was dead, answered before its restart began: who
+                # answered it. Cache-Status lists the tiers shield first, edge last: the one
+                # before the edge's member is the upstream that answered it.
                 names = [member.split(";")[0].strip()
                          for member in (response.header("cache-status") or "").split(",")]
                 served_by_while_dead[names[-2] if len(names) >= 2 else "?"] += 1
@@ -139,11 +142,12 @@ async def crowd_through_a_killed_regional(
         await asyncio.sleep(KILL_AT)
         procs["regional-1"].send_signal(signal.SIGKILL)
         await procs["regional-1"].wait()
+        window[0] = time.monotonic()
         dead = True
         await asyncio.sleep(RESTART_AT - KILL_AT)
+        dead = False  # from here on regional-1 may answer again: not counted
         procs["regional-1"] = await start_node(config, "regional-1")
         await wait_health(ports["r1_admin"])
-        dead = False
 
     try:
         await asyncio.gather(chaos(), *(client(i) for i in range(CLIENTS)))
