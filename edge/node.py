@@ -596,11 +596,12 @@ class CacheNode:
                 freshness = self._decide(stale.status, hmap, primary)
                 # The 304's own Age (RFC 9111 §4.3.4, §5.1): a parent answering from its cache
                 # says how old its copy is; the merged fields never carry Age.
-                age = current_age(_header_map(response.headers).get("age"), hmap.get("date"),
-                                  request_time, response_time)
+                answered = _header_map(response.headers)
+                age = current_age(answered.get("age"), hmap.get("date"), request_time,
+                                  response_time)
                 stale.refresh(merged, freshness, response_time, age)
                 self._note_answer(fetch.key, freshness.lifetime, age, response_time,
-                                  _header_map(response.headers).get("cache-status"))
+                                  answered.get("cache-status"))
                 if self.store.peek(stale.key) is stale:
                     # Re-filed so the budget counts its new header block now, not later.
                     self.stats.evictions += self.store.insert(stale)
