@@ -84,7 +84,7 @@ class VerifiedCache:
     def __init__(self, capacity: int = CACHE_ENTRIES, seconds: float = CACHE_SECONDS) -> None:
         self.capacity = capacity
         self.seconds = seconds
-        #: key → (deadline, grant); the gate reads it directly on its hot path.
+        #: key → (deadline, grant).
         self.entries: OrderedDict[tuple[Any, ...], tuple[float, Grant]] = OrderedDict()
 
     def get(self, key: tuple[Any, ...], now: float) -> Grant | None:
@@ -126,7 +126,6 @@ class TokenGate:
         self._protect = _globs(config.protect)
         self._exempt = _globs(config.exempt)
         self.cache = VerifiedCache()
-        self.refused: dict[str, int] = {}
         # Request fields a verdict depends on besides path, query, Cookie, Host and address:
         # a token's own field (the header source) and the fields an nginx expression signs.
         # They are part of a remembered grant's key, or a request without the token (or with
@@ -165,9 +164,9 @@ class TokenGate:
                                 req.client_ip)
         if self._key_fields:
             key += tuple(headers.get(name) for name in self._key_fields)
-        found = self.cache.entries.get(key)
-        if found is not None and now < found[0]:
-            return found[1]
+        grant = self.cache.get(key, now)
+        if grant is not None:
+            return grant
         if not self.applies(path):
             return None
         fields = {name.decode("latin-1"): value.decode("latin-1")
@@ -179,6 +178,4 @@ class TokenGate:
         verdict = self.verify(request)
         if isinstance(verdict, Grant):
             self.cache.put(key, verdict, now)
-        else:
-            self.refused[verdict.reason] = self.refused.get(verdict.reason, 0) + 1
         return verdict
