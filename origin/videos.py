@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS videos (
     updated REAL NOT NULL,
     timings TEXT
 );
-CREATE INDEX IF NOT EXISTS videos_owner ON videos (owner, created)
+CREATE INDEX IF NOT EXISTS videos_owner ON videos (owner, created);
+CREATE INDEX IF NOT EXISTS videos_status ON videos (status, created)
 """
 
 
@@ -115,6 +116,12 @@ class Catalog(Protocol):
     def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
         """An owner's rows, newest ``created`` first, at most ``limit`` (0: none; negative:
         all). On a shared catalog it may lag the latest writes by a moment (an index)."""
+        ...
+
+    def newest(self, status: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Rows in ``status``, newest ``created`` first, at most ``limit`` (0: none; negative:
+        all): the feeds' pool of videos. On a shared catalog it may lag the latest writes by
+        a moment, and it may cost a read of the whole table (DynamoDB: a Scan)."""
         ...
 
     def record_timings(self, video_id: str, timings: Mapping[str, float]) -> None:
@@ -240,6 +247,14 @@ class VideoCatalog:
             rows = self._conn.execute(
                 "SELECT * FROM videos WHERE owner = ? ORDER BY created DESC LIMIT ?",
                 (owner, limit),
+            ).fetchall()
+        return [_as_dict(row) for row in rows]
+
+    def newest(self, status: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM videos WHERE status = ? ORDER BY created DESC, id DESC LIMIT ?",
+                (status, limit),
             ).fetchall()
         return [_as_dict(row) for row in rows]
 

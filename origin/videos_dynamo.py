@@ -17,6 +17,7 @@ get             ``GetItem`` with ``ConsistentRead``: a host sees every write ack
                 before, its own or another's
 by_owner        ``Query`` on the index ``owner-created``, newest first, paged up to ``limit``
 count_by_status ``Scan`` of ``status`` alone, eventually consistent, paged (below)
+newest          ``Scan`` filtered on ``status``, eventually consistent, sorted here (below)
 ==============  ===========================================================================
 
 The table (``docs/origin.md`` has it for an operator's IaC): partition key ``id`` (S); a global
@@ -38,6 +39,13 @@ What DynamoDB gives differently, and why it is acceptable:
   counter items would cost no Scan, but put every write of every host on one hot item and
   need a read and a transaction per status change, where now the rule that keeps ``ready``
   is one conditional write.
+- **newest reads the whole table** too: the feeds' pool of ready videos, newest first, is a
+  Scan filtered on ``status`` and sorted here (a filter saves bandwidth, not read units). The
+  feed service calls it in the background, once per refresh of its pool (``[api]
+  feed_refresh``), never per request; at 100 000 videos of 0.5 KB that is about 6 000 read
+  units per refresh and API host. An index that serves it by key (a sparse global secondary
+  index on the ready videos, its partition key sharded by day so that no partition is hot)
+  is not built: until it is, the feed on DynamoDB is for catalogs of that size.
 - **an empty owner is refused** (ValueError): DynamoDB does not allow an empty string as an
   index key. The API only passes user names, which are never empty.
 
@@ -294,6 +302,22 @@ class DynamoCatalog:
                     for rendition, seconds in item["timings"]["M"].items():
                         samples.setdefault(rendition, []).append(float(seconds["N"]))
         return samples
+
+    def newest(self, status: str, limit: int = 100) -> list[dict[str, Any]]:
+        """Rows in ``status``, newest first, at most ``limit`` (0: none, negative: all): an
+        eventually consistent Scan with a filter, sorted here (see the module's docstring)."""
+        if limit == 0:
+            return []
+        rows: list[dict[str, Any]] = []
+        with self._errors():
+            pages = self.client.get_paginator("scan").paginate(
+                TableName=self.table, FilterExpression="#status = :status",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":status": {"S": status}})
+            for page in pages:
+                rows.extend(_row(item) for item in page.get("Items", []))
+        rows.sort(key=lambda row: (row["created"] or 0.0, row["id"]), reverse=True)
+        return rows if limit < 0 else rows[:limit]
 
     def by_owner(self, owner: str, limit: int = 100) -> list[dict[str, Any]]:
         """An owner's videos, newest first, at most ``limit`` (0: none, negative: all, as

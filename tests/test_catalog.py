@@ -93,7 +93,7 @@ def in_status(catalog: Catalog, video_id: str, status: str, owner: str = "alice"
 # ---------------------------------------------------------------------------------------------
 
 PROTOCOL_METHODS = ("create", "set_status", "get", "count_by_status", "by_owner", "close",
-                    "record_timings", "publish_times")
+                    "record_timings", "publish_times", "newest")
 
 
 @pytest.mark.parametrize("implementation", [VideoCatalog, DynamoCatalog])
@@ -246,6 +246,23 @@ def test_by_owner_newest_first_and_limit(catalog: Catalog) -> None:
     assert [row["id"] for row in catalog.by_owner("alice", limit=-1)] == newest_first
     assert {row["owner"] for row in catalog.by_owner("bob")} == {"bob"}
     assert catalog.by_owner("carol") == []
+
+
+def test_newest_lists_a_status_newest_first(catalog: Catalog) -> None:
+    """The feeds' pool: rows in one status, newest created first, at most ``limit``."""
+    for n in range(5):
+        in_status(catalog, f"VID{n}", "ready", owner=f"user{n % 2}")
+        time.sleep(0.002)  # created is the host's clock: keep the order unambiguous
+    in_status(catalog, "VIDP", "processing")
+    in_status(catalog, "VIDD", "deleted")
+    ready = catalog.newest("ready", 10)
+    assert [row["id"] for row in ready] == ["VID4", "VID3", "VID2", "VID1", "VID0"]
+    assert set(ready[0]) == ROW_KEYS and ready[0]["owner"] == "user0"
+    assert [row["id"] for row in catalog.newest("ready", 2)] == ["VID4", "VID3"]
+    assert len(catalog.newest("ready", -1)) == 5
+    assert catalog.newest("ready", 0) == []
+    assert [row["id"] for row in catalog.newest("processing", 10)] == ["VIDP"]
+    assert catalog.newest("failed", 10) == []
 
 
 def test_count_by_status(catalog: Catalog) -> None:
