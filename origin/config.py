@@ -21,6 +21,7 @@ the worker make them the same way.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +138,23 @@ def _part_size(value: Any, file: str, key: str) -> int:
     return size
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MIN_PLAYS_TOKEN = 16
+
+
+def _plays_token(value: Any, file: str, key: str) -> str:
+    if not isinstance(value, str) or len(value.strip()) < MIN_PLAYS_TOKEN:
+        raise type_error(file, key, f"a string of at least {MIN_PLAYS_TOKEN} characters", value)
+    return value.strip()
+
+
+def _env_name(value: Any, file: str, key: str) -> str:
+    text = _string(value, file, key)
+    if not _ENV_NAME.fullmatch(text):
+        raise ConfigError(file, key, f"expected an environment variable's name, got {text!r}")
+    return text
+
+
 def _rungs(value: Any, file: str, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
         raise type_error(file, key, "an array of tables ([[transcode.rungs]])", value)
@@ -195,6 +213,24 @@ SECTIONS: dict[str, dict[str, Row]] = {
             "the S3 API endpoint of that bucket (default: AWS's); clients must reach it"),
         Row("direct_region", _string, None, "string", "that bucket's region"),
         Row("direct_part_size", _part_size, 8 << 20, "size ≥ 5MiB", "the parts' size"),
+        Row("plays_token", _plays_token, None, "string ≥ 16 chars",
+            "the edges' bearer token for `POST /api/v1/plays` (play counts); the route "
+            "answers 404 `plays_disabled` when neither this nor `plays_token_env` is set"),
+        Row("plays_token_env", _env_name, None, "env var name",
+            "the environment variable holding that token (instead of `plays_token`)"),
+        Row("trending_interval", _duration, 60.0, "duration",
+            "the trending ranking and the feeds' pool of ready videos are recomputed this "
+            "often, in the background"),
+        Row("trending_window", _duration, 48 * 3600.0, "duration",
+            "views older than this do not count for trending"),
+        Row("trending_half_life", _duration, 6 * 3600.0, "duration",
+            "a view counts half as much for trending this long after it"),
+        Row("feed_pool", _count(1, 100_000), 5000, "integer 1..100000",
+            "the newest ready videos the for_you feed ranks"),
+        Row("feed_depth", _count(10, 5000), 500, "integer 10..5000",
+            "items of one feed session (a first page and its next pages)"),
+        Row("feed_cursor_ttl", _duration, 3600.0, "duration",
+            "a feed session's cursors expire this long after its first page"),
     )},
     "queue": {r.name: r for r in (
         Row("type", _choice("sqlite", "sqs"), "sqlite", '"sqlite" or "sqs"',
@@ -318,6 +354,14 @@ class ApiSettings:
     direct_endpoint_url: str | None
     direct_region: str | None
     direct_part_size: int
+    plays_token: str | None = None
+    plays_token_env: str | None = None
+    trending_interval: float = 60.0
+    trending_window: float = 48 * 3600.0
+    trending_half_life: float = 6 * 3600.0
+    feed_pool: int = 5000
+    feed_depth: int = 500
+    feed_cursor_ttl: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -368,7 +412,25 @@ class OriginServices:
             s3_bucket=api.direct_bucket, s3_prefix=api.direct_prefix,
             s3_endpoint_url=api.direct_endpoint_url, s3_region=api.direct_region,
             s3_part_size=api.direct_part_size, max_attempts=self.queue.max_attempts,
+            plays_token=self.plays_token(), trending_interval=api.trending_interval,
+            trending_window=api.trending_window, trending_half_life=api.trending_half_life,
+            feed_pool=api.feed_pool, feed_depth=api.feed_depth,
+            feed_cursor_ttl=api.feed_cursor_ttl,
         )
+
+    def plays_token(self) -> str | None:
+        """The edges' play-count token: ``plays_token``, or the value of the environment
+        variable ``plays_token_env`` names (read now); None when neither is set."""
+        name = self.api.plays_token_env
+        if name is None:
+            return self.api.plays_token
+        value = os.environ.get(name, "").strip()
+        if len(value) < MIN_PLAYS_TOKEN:
+            raise ConfigError(self.file, "api.plays_token_env",
+                              f"the environment variable {name} is "
+                              + ("not set" if not value else
+                                 f"shorter than {MIN_PLAYS_TOKEN} characters"))
+        return value
 
 
 def _resolve(base: str, path: str) -> Path:
@@ -406,6 +468,9 @@ def services_from_topology(topology: Topology) -> OriginServices:
                                                           "transcode"))
     base = topology.base_dir
     data_dir = _resolve(base, api.pop("data_dir"))
+    if api["plays_token"] is not None and api["plays_token_env"] is not None:
+        raise ConfigError(file, "api.plays_token_env", "set plays_token or plays_token_env, "
+                          "not both")
     if queue["type"] == "sqs" and not queue["name"]:
         raise ConfigError(file, "queue.name", 'required with type = "sqs"')
     if catalog["type"] == "dynamodb" and not catalog["table"]:

@@ -74,6 +74,14 @@ class OriginConfig:
     s3_region: str | None = None
     s3_part_size: int = 8 << 20         # at least 5 MiB (S3's smallest part but the last)
     max_attempts: int = 3               # runs of a transcoding job before it is dead-lettered
+    # The feed service (origin/feed/, docs/feed.md). No plays_token: POST /api/v1/plays 404s.
+    plays_token: str | None = None
+    trending_interval: float = 60.0     # trending and the feeds' pool recomputed this often
+    trending_window: float = 48 * 3600.0
+    trending_half_life: float = 6 * 3600.0
+    feed_pool: int = 5000               # newest ready videos for_you ranks
+    feed_depth: int = 500               # items of one feed session
+    feed_cursor_ttl: float = 3600.0     # a feed session lasts this long
 
 
 #: Upper bounds (seconds) of the publish-time histogram's buckets: a first rung of a short

@@ -42,7 +42,7 @@ What DynamoDB gives differently, and why it is acceptable:
 - **newest reads the whole table** too: the feeds' pool of ready videos, newest first, is a
   Scan filtered on ``status`` and sorted here (a filter saves bandwidth, not read units). The
   feed service calls it in the background, once per refresh of its pool (``[api]
-  feed_refresh``), never per request; at 100 000 videos of 0.5 KB that is about 6 000 read
+  trending_interval``), never per request; at 100 000 videos of 0.5 KB that is about 6 000 read
   units per refresh and API host. An index that serves it by key (a sparse global secondary
   index on the ready videos, its partition key sharded by day so that no partition is hot)
   is not built: until it is, the feed on DynamoDB is for catalogs of that size.
