@@ -69,6 +69,9 @@ class NodeStats:
         self.token_refusals: dict[str, int] = {}
         # Health of parents and origins (edge/fetch/health.py): changes, by (upstream, to).
         self.upstream_state_changes: dict[tuple[str, str], int] = {}
+        # Bodies that broke mid-way and could be resumed (edge/fetch/resume.py), by outcome:
+        # resumed, refused (an upstream answered other bytes: the validator changed), failed.
+        self.upstream_resumes: dict[str, int] = {}
         # Content steering (edge/video/steering.py), by PATHWAY-ID: manifests served, by the
         # pathway ranked first; the players' _HLS_throughput reports (bit/s) on their pathway;
         # each pathway's health as the node's checks see it (1 up, 0 down).
@@ -91,6 +94,9 @@ class NodeStats:
     def upstream_state(self, upstream: str, to: str) -> None:
         key = (upstream, to)
         self.upstream_state_changes[key] = self.upstream_state_changes.get(key, 0) + 1
+
+    def upstream_resume(self, outcome: str) -> None:
+        self.upstream_resumes[outcome] = self.upstream_resumes.get(outcome, 0) + 1
 
     def observe_ttfb(self, seconds: float) -> None:
         self.ttfb_counts[bisect_left(TTFB_BUCKETS, seconds)] += 1
@@ -170,6 +176,7 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
         "ttfb_sum": stats.ttfb_sum,
         "token_refusals": dict(stats.token_refusals),
         "prefetch_refused": dict(stats.prefetch_refused),
+        "upstream_resumes": dict(stats.upstream_resumes),
         "steering": {name: dict(getattr(stats, name)) for name in STEERING_SERIES},
     }
 
@@ -204,8 +211,11 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     ttfb_sum = 0.0
     refusals: dict[str, int] = {}
     prefetch_refused: dict[str, int] = {}
+    resumes: dict[str, int] = {}
     snapshots = list(snapshots)
     for snap in snapshots:
+        for outcome, value in snap.get("upstream_resumes", {}).items():
+            resumes[outcome] = resumes.get(outcome, 0) + value
         for reason, value in snap.get("token_refusals", {}).items():
             refusals[reason] = refusals.get(reason, 0) + value
         for reason, value in snap.get("prefetch_refused", {}).items():
@@ -235,6 +245,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "ttfb_sum": ttfb_sum,
         "token_refusals": refusals,
         "prefetch_refused": prefetch_refused,
+        "upstream_resumes": resumes,
         "steering": _sum_steering(snapshots),
     }
 
@@ -304,6 +315,16 @@ def collect_families(
     for name, to, value in sorted(stats.get("upstream_state_changes", [])):
         changes.add_metric([node, name, to], value)
     yield changes
+    resumes = CounterMetricFamily(
+        "reelcdn_upstream_resumes", "Bodies from parents or origins that broke mid-way and "
+        "could be resumed (a strong ETag and a Content-Length), by outcome: resumed (the rest "
+        "came with Range + If-Range), refused (an upstream answered other bytes: the validator "
+        "changed), failed (no upstream could answer); docs/failover.md",
+        labels=["node", "outcome"],
+    )
+    for outcome, value in sorted(stats.get("upstream_resumes", {}).items()):
+        resumes.add_metric([node, outcome], value)
+    yield resumes
 
     for attr, name, doc in SIMPLE_COUNTERS:
         family = CounterMetricFamily(name, doc, labels=["node"])

@@ -172,6 +172,7 @@ class CacheNode:
         self.store.configure_disk(config, self.stats)  # cache_disk > 0: memory's victims go there
         self.upstream.observe = self.stats.upstream
         self.upstream.state_change = self.stats.upstream_state
+        self.upstream.resume_outcome = self.stats.upstream_resume
         self.delivery = Delivery(config.name, self.stats, config.cmsd)
         self.features: EdgeFeatures | None = EdgeFeatures(self)
         # Signed URLs (edge/auth): None when the node checks no tokens.
@@ -205,6 +206,7 @@ class CacheNode:
             fresh = self._build_upstream(config)
             fresh.observe = self.stats.upstream
             fresh.state_change = self.stats.upstream_state
+            fresh.resume_outcome = self.stats.upstream_resume
             await fresh.start()
             retired, self.upstream = self.upstream, fresh
             task = asyncio.get_running_loop().create_task(self._retire(retired))

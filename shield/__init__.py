@@ -89,9 +89,24 @@ def build_origin(config: Any) -> Upstream:
 
 
 def build_origin_chain(
-    configs: Iterable[Any], retry_after: float = 10.0, failures: int = 3
+    configs: Iterable[Any],
+    retry_after: float = 10.0,
+    failures: int = 3,
+    *,
+    checks: bool = True,
+    node: str = "",
 ) -> OriginChain:
-    """The shield's upstream: every configured origin, in order, with failover."""
+    """The shield's upstream: every configured origin, in order, with failover. ``checks``
+    (the node's ``health.checks``) turns on the active checks of its http origins, each with
+    its own ``health`` settings; fs and s3 origins have passive health only."""
+    configs = list(configs)
+    checked = {
+        config.name: config.health
+        for config in configs
+        if checks and getattr(config, "type", None) == "http"
+        and getattr(config, "health", None) is not None
+    }
     return OriginChain(
-        [build_origin(config) for config in configs], retry_after=retry_after, failures=failures
+        [build_origin(config) for config in configs], retry_after=retry_after,
+        failures=failures, checks=checked, node=node,
     )

@@ -29,6 +29,8 @@ def build_upstream(config: NodeConfig) -> Upstream:
             origins,
             retry_after=config.parent_retry_after,
             failures=config.parent_failures,
+            checks=config.health.checks,
+            node=config.name,
         )
     if parents:
         return ParentSet(

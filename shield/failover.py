@@ -14,50 +14,74 @@ Non-idempotent requests (POST, PATCH) are only sent again when the failure says 
 never reached the origin (``retryable``: connection refused), and a 5xx answer to them is
 returned, not retried: the origin may have acted on it.
 
-Passive health, as for parents (``reelcdn.edge.fetch.parents``): an origin that failed ``failures``
-times in a row is skipped for ``retry_after`` seconds, so requests stop paying its timeout.
-Skipped origins are still tried after the healthy ones have failed, in configured order —
-which covers "all down: try them all anyway", since a guess beats a certain failure. After
-``retry_after`` one request tries the origin again: an answer closes the circuit, one more
-failure opens it for another ``retry_after``.
+Health is the parents' (``reelcdn.edge.fetch.health``, one ``UpstreamHealth`` per origin): a
+circuit breaker fed by the requests (open after ``failures`` errors or 5xx in a row, half-open
+after ``retry_after``: one request tries the origin) and, for http origins with checks, active
+checks (a GET of the origin's health path every ``interval``; ``fall`` failed checks take it
+out, ``rise`` passed ones put it back; any answer below 500 passes). Origins marked down are
+still tried after the others have failed, in configured order — a guess beats a certain
+failure.
+
+A GET answered 200 with a strong ETag and a Content-Length whose body breaks mid-way is resumed
+(``reelcdn.edge.fetch.resume``) from the next origins of the chain and then the same one, with
+``Range`` + ``If-Range``: the node's readers get the rest of the same bytes and it stores the
+object whole, or the cut body they got before.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from reelcdn.edge.fetch.contract import FetchFailed, Upstream, UpstreamResponse
+from reelcdn.edge.fetch.contract import (
+    FetchFailed,
+    TargetRefused,
+    Upstream,
+    UpstreamResponse,
+    UpstreamTimeouts,
+)
+from reelcdn.edge.fetch.health import UpstreamHealth, check_loop, plan
+from reelcdn.edge.fetch.resume import Attempt, ResumingResponse, resume_identity
 
 from .paths import OriginRefused
 
+if TYPE_CHECKING:
+    from reelcdn.edge.config.model import HealthConfig
+
 __all__ = ["OriginChain", "OriginState"]
 
+log = logging.getLogger("reelcdn.health")
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_DEFAULT_TIMEOUTS = UpstreamTimeouts()
 
 
 class OriginState:
-    """Counters and passive health of one origin of a chain."""
+    """One origin of a chain: the connector, its health and, for a checked http origin, its
+    check settings."""
 
-    __slots__ = ("origin", "requests", "failures", "consecutive", "down_until")
+    __slots__ = ("origin", "health", "checks")
 
-    def __init__(self, origin: Upstream) -> None:
+    def __init__(self, origin: Upstream, health: UpstreamHealth,
+                 checks: HealthConfig | None) -> None:
         self.origin = origin
-        self.requests = 0
-        self.failures = 0
-        self.consecutive = 0
-        self.down_until = 0.0
+        self.health = health
+        self.checks = checks
 
     @property
     def name(self) -> str:
         return self.origin.name
 
-    def up(self, now: float) -> bool:
-        return self.down_until <= now
+
+def _health_of(state: OriginState) -> UpstreamHealth:
+    return state.health
 
 
 class OriginChain(Upstream):
-    """Origins tried in order, with per-origin counters and skip-when-down."""
+    """Origins tried in order, with per-origin health, checks and resumed bodies."""
 
     def __init__(
         self,
@@ -65,36 +89,74 @@ class OriginChain(Upstream):
         *,
         retry_after: float = 10.0,
         failures: int = 3,
+        checks: Mapping[str, HealthConfig] | None = None,
+        node: str = "",
     ) -> None:
+        """``checks``: origin name → its active checks (origins without an entry, or whose
+        connector has no ``probe``, have passive health only)."""
         super().__init__()
         if not origins:
             raise ValueError("an origin chain needs at least one origin")
         names = [origin.name for origin in origins]
         if len(set(names)) != len(names):
             raise ValueError(f"origin names must be unique (metrics use them): {names}")
-        self.states = [OriginState(origin) for origin in origins]
+        checks = checks or {}
+        self.node = node
+        self.states = []
+        for origin in origins:
+            config = checks.get(origin.name)
+            if config is not None and (not config.checks or not hasattr(origin, "probe")):
+                config = None
+            rise, fall = (config.rise, config.fall) if config is not None else (2, 3)
+            watch = UpstreamHealth(origin.name, failures=failures, retry_after=retry_after,
+                                   rise=rise, fall=fall, notify=self._changed)
+            self.states.append(OriginState(origin, watch, config))
         self.name = ",".join(names)
         self.retry_after = retry_after
         self.failures_to_down = failures
+        self._checkers: list[asyncio.Task[None]] = []
+        # What a resume after a break may take (resume.py): the longest first_byte of the
+        # origins, since any of them may be asked.
+        self.resume_within = max(
+            getattr(origin, "timeouts", _DEFAULT_TIMEOUTS).first_byte for origin in origins)
 
     @property
     def origins(self) -> list[Upstream]:
         return [state.origin for state in self.states]
 
+    def _changed(self, upstream: str, old: str, new: str, reason: str) -> None:
+        level = logging.INFO if new == "up" else logging.WARNING
+        log.log(level, "node %s: origin %s %s -> %s (%s)", self.node, upstream, old, new, reason)
+        self.state_change(upstream, new)
+
     async def start(self) -> None:
         for state in self.states:
             state.origin.observe = self.observe
             await state.origin.start()
+        loop = asyncio.get_running_loop()
+        self._checkers = [
+            loop.create_task(check_loop(state.health, _prober(state), state.checks.interval))
+            for state in self.states if state.checks is not None
+        ]
 
     async def close(self) -> None:
+        for task in self._checkers:
+            task.cancel()
+        for task in self._checkers:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._checkers = []
         for state in self.states:
             await state.origin.close()
 
     def order(self, now: float | None = None) -> list[OriginState]:
-        """Origins to try: the healthy ones in configured order, then the skipped ones."""
+        """Origins to try: those in rotation in configured order, then the others. Does not
+        claim a half-open origin's probe (``request`` does)."""
         now = time.monotonic() if now is None else now
-        healthy = [state for state in self.states if state.up(now)]
-        return healthy + [state for state in self.states if not state.up(now)]
+        live = [state for state in self.states if state.health.status(now) != "down"]
+        return live + [state for state in self.states if state.health.status(now) == "down"]
 
     async def request(
         self,
@@ -106,55 +168,113 @@ class OriginChain(Upstream):
         """The first answer that is not a failure, else the last origin's answer or failure."""
         fields = list(headers)  # tried more than once: an iterator would be used up
         idempotent = method in IDEMPOTENT
-        order = self.order()
+        order, probes = plan(self.states, _health_of, time.monotonic())
+        sent: set[str] = set()
         last: FetchFailed | None = None
-        for index, state in enumerate(order):
-            state.requests += 1
-            try:
-                response = await state.origin.request(method, target, fields, body)
-            except OriginRefused:
-                # The request itself is bad; every origin would refuse it. Not the origin's
-                # fault: hostile requests must not mark origins down.
-                raise
-            except FetchFailed as failure:
-                self._failed(state)
-                last = failure
-                if idempotent or failure.retryable:
-                    continue
-                raise
-            if response.status < 500:
-                self._answered(state)
-                return response
-            self._failed(state)
-            if not idempotent or index == len(order) - 1:
-                return response
-            response.close()  # not read: the next origin answers instead
-            last = FetchFailed(502, f"{state.name} answered {response.status}")
+        try:
+            for index, state in enumerate(order):
+                health = state.health
+                sent.add(state.name)
+                health.requests += 1
+                try:
+                    response = await state.origin.request(method, target, fields, body)
+                except (OriginRefused, TargetRefused):
+                    # The request itself is bad; every origin would refuse it. Not the
+                    # origin's fault: hostile requests must not mark origins down (nor spend
+                    # a half-open origin's probe).
+                    health.release()
+                    raise
+                except FetchFailed as failure:
+                    health.failed(time.monotonic(), failure.reason)
+                    last = failure
+                    if idempotent or failure.retryable:
+                        continue
+                    raise
+                if response.status < 500:
+                    health.answered(time.monotonic())
+                    return self._resumable(method, fields, target, response, state, order)
+                health.failed(time.monotonic(), f"answered {response.status}")
+                if not idempotent or index == len(order) - 1:
+                    return response
+                response.close()  # not read: the next origin answers instead
+                last = FetchFailed(502, f"{state.name} answered {response.status}")
+        finally:
+            for state in probes:
+                if state.name not in sent:
+                    state.health.release()
         assert last is not None
         raise last
 
-    def _failed(self, state: OriginState) -> None:
-        state.failures += 1
-        state.consecutive += 1
-        if state.consecutive >= self.failures_to_down:
-            state.down_until = time.monotonic() + self.retry_after
+    def _resumable(
+        self,
+        method: str,
+        fields: list[tuple[bytes | str, bytes | str]],
+        target: str,
+        response: UpstreamResponse,
+        source: OriginState,
+        order: list[OriginState],
+    ) -> UpstreamResponse:
+        """``response``, wrapped so that a body breaking mid-way is resumed (``resume.py``)
+        from the origins after ``source`` in this request's order, then ``source`` itself:
+        an origin that cut one connection (a restart behind a load balancer, an idle reset)
+        often answers the next. Only a GET of the whole object answered 200 with a strong
+        ETag and a Content-Length."""
+        if method != "GET":
+            return response
+        if any(name.lower() in ("range", b"range") for name, _ in fields):
+            return response
+        identity = resume_identity(response.status, response.headers)
+        if identity is None:
+            return response
+        at = order.index(source)
+        attempts = [_resume_attempt(state, target) for state in (*order[at + 1:], source)]
+        return ResumingResponse(response, source.name, fields, identity, attempts,
+                                self.resume_within, self._resume_outcome)
 
-    @staticmethod
-    def _answered(state: OriginState) -> None:
-        state.consecutive = 0
-        state.down_until = 0.0
+    def _resume_outcome(self, outcome: str) -> None:
+        self.resume_outcome(outcome)
 
-    def counters(self) -> dict[str, dict[str, int | bool]]:
-        """Per-origin counters for metrics and the admin API, keyed by origin name."""
+    def health(self) -> dict[str, dict[str, float | int | bool | str]]:
+        """Per-origin state for metrics and the admin API, keyed by origin name: the view of
+        ``UpstreamHealth`` (``failures`` is its ``errors``), with ``checked`` telling whether
+        active checks run."""
         now = time.monotonic()
-        return {
-            state.name: {
-                "requests": state.requests,
-                "failures": state.failures,
-                "consecutive_failures": state.consecutive,
-                "up": state.up(now),
-            }
-            for state in self.states
-        }
+        views: dict[str, dict[str, float | int | bool | str]] = {}
+        for state in self.states:
+            view = state.health.view(now)
+            view["failures"] = view["errors"]
+            view["checked"] = state.checks is not None
+            views[state.name] = view
+        return views
 
-    health = counters  # the name ParentSet uses for the same view
+    counters = health  # the older name of the same view
+
+
+def _prober(state: OriginState) -> Callable[[], Awaitable[tuple[bool, str]]]:
+    """One check of an http origin: any answer below 500 passes (it is no reelcdn node)."""
+    checks = state.checks
+    assert checks is not None
+    probe = state.origin.probe  # type: ignore[attr-defined]
+    return lambda: probe(checks.path, checks.timeout, any_answer=True)
+
+
+def _resume_attempt(state: OriginState, target: str) -> Attempt:
+    """One origin's Range request for a resume, counted in its health like any other."""
+
+    async def send(fields: list[tuple[bytes, bytes]]) -> UpstreamResponse:
+        health = state.health
+        health.requests += 1
+        try:
+            response = await state.origin.request("GET", target, fields)
+        except (OriginRefused, TargetRefused):
+            raise
+        except FetchFailed as failure:
+            health.failed(time.monotonic(), failure.reason)
+            raise
+        if response.status < 500:
+            health.answered(time.monotonic())
+        else:
+            health.failed(time.monotonic(), f"answered {response.status}")
+        return response
+
+    return state.name, send

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reelcdn.edge.config.model import (
+    ORIGIN_HEALTH,
     ORIGIN_TYPES,
     ROLES,
     HealthConfig,
@@ -1124,6 +1125,13 @@ def _parse_origin_timeouts(value: Any, ctx: Context, key: str) -> UpstreamTimeou
     return UpstreamTimeouts(**{k: v for k, (v, _) in parsed.items()})
 
 
+def _parse_origin_health(value: Any, ctx: Context, key: str) -> HealthConfig:
+    """``[origin.NAME.health]``: the keys of ``[node.NAME.health]``; unset ones take
+    ``ORIGIN_HEALTH``'s values (path "/": any answer below 500 passes)."""
+    parsed = _subtable(lambda: HEALTH_KEY_TABLE)(value, ctx, key)
+    return dataclasses.replace(ORIGIN_HEALTH, **{k: v for k, (v, _) in parsed.items()})
+
+
 def _parse_origin_type(value: Any, ctx: Context, key: str) -> str:
     if not isinstance(value, str):
         raise type_error(ctx.file, key, " | ".join(ORIGIN_TYPES), value)
@@ -1148,6 +1156,11 @@ ORIGIN_KEY_TABLE: dict[str, Key] = _table(
          "fs: the directory holding the objects (relative to the file).", default="required"),
     _key("url", _special(_parse_http_origin_url, "http(s) URL"),
          "http: base URL, request paths are appended to it.", default="required"),
+    _key("health", _special(_parse_origin_health, "table"),
+         "http: active checks of the origin, keys as in health (path: any answer below 500 "
+         "passes); off with the shield's health.checks = false. fs and s3 origins have "
+         "passive health only (docs/failover.md).",
+         default='path `"/"`, else as health'),
     _key("bucket", _special(_parse_bucket, "bucket name"), "s3: the bucket.",
          default="required"),
     _key("prefix", _special(_parse_prefix, "key prefix"),
@@ -1162,7 +1175,7 @@ ORIGIN_KEY_TABLE: dict[str, Key] = _table(
 )
 _ORIGIN_KEYS_BY_TYPE: dict[str, tuple[str, ...]] = {
     "fs": ("root",),
-    "http": ("url",),
+    "http": ("url", "health"),
     "s3": ("bucket", "prefix", "endpoint_url", "region", "profile"),
 }
 _ORIGIN_COMMON = ("type", "timeouts")

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_IGNORE_QUERY_PARAMS",
     "DEFAULT_TTL_STATUSES",
     "HEALTH_PATH",
+    "ORIGIN_HEALTH",
     "HealthConfig",
     "ORIGIN_TYPES",
     "ROLES",
@@ -94,6 +95,31 @@ class Limits:
     shutdown_grace: float = 10.0             # seconds to finish in-flight responses on shutdown
 
 
+#: The path every node answers on its data plane for a child's health check, without its cache
+#: (``CacheNode.receive``): 200 while it serves, 503 while it drains.
+HEALTH_PATH = "/__reelcdn/health"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """Active checks of a node's upstreams (``[node.NAME.health]``, docs/failover.md): a GET of
+    ``path`` on each parent and fallback node (and a shield's http origins) every ``interval``,
+    failed after ``timeout``; an upstream is taken out after ``fall`` failed checks in a row and
+    put back after ``rise`` passed ones (HAProxy's rise/fall)."""
+
+    checks: bool = True
+    path: str = HEALTH_PATH
+    interval: float = 2.0
+    timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+
+
+#: What an http origin's check GETs unless its ``[origin.NAME.health]`` says otherwise: the
+#: origin is no reelcdn node, so any answer below 500 passes (docs/failover.md).
+ORIGIN_HEALTH = HealthConfig(path="/")
+
+
 @dataclass(frozen=True, slots=True)
 class OriginConfig:
     """One ``[origin.NAME]``: where a shield finds the objects.
@@ -115,6 +141,7 @@ class OriginConfig:
     region: str | None = None
     profile: str | None = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    health: HealthConfig = ORIGIN_HEALTH   # http: active checks ([origin.NAME.health])
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,26 +152,6 @@ class ParentRef:
 
     name: str
     url: str                           # e.g. "http://127.0.0.1:8200"
-
-
-#: The path every node answers on its data plane for a child's health check, without its cache
-#: (``CacheNode.receive``): 200 while it serves, 503 while it drains.
-HEALTH_PATH = "/__reelcdn/health"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthConfig:
-    """Active checks of a node's upstreams (``[node.NAME.health]``, docs/failover.md): a GET of
-    ``path`` on each parent and fallback node (and a shield's http origins) every ``interval``,
-    failed after ``timeout``; an upstream is taken out after ``fall`` failed checks in a row and
-    put back after ``rise`` passed ones (HAProxy's rise/fall)."""
-
-    checks: bool = True
-    path: str = HEALTH_PATH
-    interval: float = 2.0
-    timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
 
 
 @dataclass(frozen=True, slots=True)

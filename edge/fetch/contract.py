@@ -62,7 +62,9 @@ class Upstream:
     ``observe(source, status)`` is called for every answer or failure (status 502/504 for
     failures) with the name of the parent or origin involved: the node's metrics hook.
     ``state_change(source, to)`` is called when a parent or origin changes health state
-    (``up``, ``half_open``, ``down``: ``edge/fetch/health.py``).
+    (``up``, ``half_open``, ``down``: ``edge/fetch/health.py``). ``resume_outcome(outcome)``
+    is called when a body that broke mid-way was resumed or not (``resumed``, ``refused``,
+    ``failed``: ``edge/fetch/resume.py``).
     """
 
     name: str = "upstream"
@@ -70,6 +72,7 @@ class Upstream:
     def __init__(self) -> None:
         self.observe: Callable[[str, int], None] = _ignore
         self.state_change: Callable[[str, str], None] = _ignore_change
+        self.resume_outcome: Callable[[str], None] = _ignore_outcome
 
     async def start(self) -> None:
         """Open pools and clients; called once the event loop runs."""
@@ -93,4 +96,8 @@ def _ignore(source: str, status: int) -> None:
 
 
 def _ignore_change(source: str, to: str) -> None:
+    return None
+
+
+def _ignore_outcome(outcome: str) -> None:
     return None

@@ -16,12 +16,20 @@ pass, the one probe request may go) or ``down``. Each change is reported once, w
 to ``notify(upstream, old, new, reason)``: the owner logs it and counts it in
 ``reelcdn_upstream_state_changes_total``.
 
-Pure bookkeeping: no I/O, the caller passes the clock (``time.monotonic()``).
+``UpstreamHealth`` is pure bookkeeping (no I/O, the caller passes the clock,
+``time.monotonic()``). Beside it, the two rules every owner of upstreams shares — the parents
+(``parents.py``) and a shield's origin chain (``reelcdn.shield.failover``): ``plan`` (which
+upstreams a request tries, in which order, and which half-open probes it holds) and
+``check_loop`` (the periodic active check of one upstream).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 UP = "up"
 DOWN = "down"
@@ -169,3 +177,38 @@ class UpstreamHealth:
         if new != self.state:
             old, self.state = self.state, new
             self.notify(self.name, old, new, reason)
+
+
+S = TypeVar("S")
+
+
+def plan(ranked: Sequence[S], health_of: Callable[[S], UpstreamHealth],
+         now: float) -> tuple[list[S], list[S]]:
+    """The order of one request over ``ranked`` upstreams: those that admit it (up, or
+    half-open with the probe claimed here) in ``ranked`` order, then the others, in the same
+    order — an upstream marked down is tried last, not never (a guess beats a certain
+    failure). Also returns the half-open upstreams whose probe this request holds: the
+    caller must ``release`` those it does not send to."""
+    admitted: list[S] = []
+    probes: list[S] = []
+    for state in ranked:
+        health = health_of(state)
+        half_open = health.status(now) == HALF_OPEN
+        if health.admit(now):
+            admitted.append(state)
+            if half_open:
+                probes.append(state)
+    rest = [state for state in ranked if state not in admitted]
+    return admitted + rest, probes
+
+
+async def check_loop(health: UpstreamHealth, probe: Callable[[], Awaitable[tuple[bool, str]]],
+                     interval: float) -> None:
+    """Check one upstream every ``interval`` for as long as its owner runs (cancel to stop):
+    the first check after a random part of ``interval``, so that the checks of many
+    upstreams and workers spread out. ``probe`` bounds its own time (the check timeout)."""
+    await asyncio.sleep(random.uniform(0.0, interval))
+    while True:
+        ok, reason = await probe()
+        health.checked(time.monotonic(), ok, reason)
+        await asyncio.sleep(interval)

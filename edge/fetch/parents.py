@@ -31,9 +31,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from reelcdn.edge.fetch.contract import (
@@ -43,7 +42,7 @@ from reelcdn.edge.fetch.contract import (
     UpstreamResponse,
     UpstreamTimeouts,
 )
-from reelcdn.edge.fetch.health import UpstreamHealth
+from reelcdn.edge.fetch.health import UpstreamHealth, check_loop, plan
 from reelcdn.edge.fetch.resume import Attempt, ResumingResponse, resume_identity
 from reelcdn.edge.fetch.upstream import HttpUpstream
 
@@ -80,6 +79,10 @@ class ParentState:
         self.upstream = upstream
         self.health = health
         self.fallback = fallback
+
+
+def _health_of(state: ParentState) -> UpstreamHealth:
+    return state.health
 
 
 class ParentSet(Upstream):
@@ -135,7 +138,16 @@ class ParentSet(Upstream):
             await state.upstream.start()
         if self.checks is not None:
             loop = asyncio.get_running_loop()
-            self._checkers = [loop.create_task(self._check_loop(state)) for state in self._all()]
+            interval = self.checks.interval
+            self._checkers = [
+                loop.create_task(check_loop(state.health, self._prober(state), interval))
+                for state in self._all()
+            ]
+
+    def _prober(self, state: ParentState) -> Callable[[], Awaitable[tuple[bool, str]]]:
+        checks = self.checks
+        assert checks is not None
+        return lambda: state.upstream.probe(checks.path, checks.timeout)
 
     async def close(self) -> None:
         for task in self._checkers:
@@ -149,17 +161,6 @@ class ParentSet(Upstream):
         for state in self._all():
             await state.upstream.close()
 
-    async def _check_loop(self, state: ParentState) -> None:
-        """Check one upstream every ``interval`` (the first after a random part of it, so
-        the checks of many upstreams and workers spread out), for as long as the set runs."""
-        checks = self.checks
-        assert checks is not None
-        await asyncio.sleep(random.uniform(0.0, checks.interval))
-        while True:
-            ok, reason = await state.upstream.probe(checks.path, checks.timeout)
-            state.health.checked(time.monotonic(), ok, reason)
-            await asyncio.sleep(checks.interval)
-
     def order(self, key: str, now: float | None = None) -> list[ParentState]:
         """Upstreams to try for ``key``: parents in rotation in hash order, fallbacks in
         rotation in configured order, then the others (parents, then fallbacks). Does not
@@ -172,19 +173,9 @@ class ParentSet(Upstream):
 
     def _plan(self, key: str) -> tuple[list[ParentState], list[ParentState]]:
         """The order of one request, and the half-open upstreams whose probe it holds."""
-        now = time.monotonic()
         ranked = [self.parents[name] for name in hrw_order(self.parents, key)]
         ranked += list(self.fallbacks.values())
-        admitted: list[ParentState] = []
-        probes: list[ParentState] = []
-        for state in ranked:
-            half_open = state.health.status(now) == "half_open"
-            if state.health.admit(now):
-                admitted.append(state)
-                if half_open:
-                    probes.append(state)
-        rest = [state for state in ranked if state not in admitted]
-        return admitted + rest, probes
+        return plan(ranked, _health_of, time.monotonic())
 
     async def request(
         self,
@@ -212,6 +203,7 @@ class ParentSet(Upstream):
                     async with asyncio.timeout(remaining):
                         response = await state.upstream.request(method, target, fields, body)
                 except TargetRefused:
+                    health.release()  # refused before sending: a held probe is not spent
                     raise
                 except TimeoutError:
                     failure = FetchFailed(504, f"{state.name} gave no head within the "
@@ -273,7 +265,10 @@ class ParentSet(Upstream):
             return response
         attempts = [self._resume_attempt(state, target) for state in rest]
         return ResumingResponse(response, source.name, fields, identity, attempts,
-                                self.timeouts.first_byte)
+                                self.timeouts.first_byte, self._resume_outcome)
+
+    def _resume_outcome(self, outcome: str) -> None:
+        self.resume_outcome(outcome)  # read when it happens: the node sets the hook later
 
     def _resume_attempt(self, state: ParentState, target: str) -> Attempt:
         """One upstream's Range request for a resume, counted in its health like any other."""

@@ -12,9 +12,11 @@ ends the body as before (the readers see it cut, nothing is stored).
 
 ``ResumingResponse`` wraps the first ``UpstreamResponse`` and does this inside ``chunks``,
 so the coalescer, the node and every reader see one body. It asks each upstream that
-``ParentSet`` would have tried next, at most once, and all the attempts for one break within
-``first_byte`` counted from the break. Pure parsing helpers live here too; nothing imports the
-node.
+its owner lists — ``ParentSet`` the upstreams it would have tried next, a shield's
+``OriginChain`` the next origins and then the same one — at most once each, and all the
+attempts for one break within ``first_byte`` counted from the break; each break's outcome
+(resumed, refused, failed) goes to the owner's ``resume_outcome`` hook, which the node counts.
+Pure parsing helpers live here too; nothing imports the node or the shield.
 """
 
 from __future__ import annotations
@@ -39,6 +41,18 @@ _CONTENT_RANGE = re.compile(rb"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})")
 
 # One resume attempt: (upstream name, request) → the response head, or FetchFailed.
 Attempt = tuple[str, Callable[[list[tuple[bytes, bytes]]], Awaitable[UpstreamResponse]]]
+
+# How a break ended (``reelcdn_upstream_resumes_total{outcome}``): the body went on from an
+# upstream; an upstream answered, but not with the rest of the same bytes (the validator
+# changed there, other bytes); or no upstream could answer (refused, reset, timeout, 5xx, none
+# left to ask, no time left).
+RESUMED = "resumed"
+REFUSED = "refused"
+FAILED = "failed"
+
+
+def _ignore(outcome: str) -> None:
+    return None
 
 
 def _field(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -102,7 +116,7 @@ class ResumingResponse(UpstreamResponse):
     """A ``200`` whose body, if it breaks, is continued from the next upstreams."""
 
     __slots__ = ("status", "headers", "_current", "_fields", "_etag", "_total", "_source",
-                 "_attempts", "_first_byte", "resumes")
+                 "_attempts", "_first_byte", "_outcome", "resumes")
 
     def __init__(
         self,
@@ -112,7 +126,9 @@ class ResumingResponse(UpstreamResponse):
         identity: tuple[bytes, int],
         attempts: Sequence[Attempt],
         first_byte: float,
+        outcome: Callable[[str], None] = _ignore,
     ) -> None:
+        """``outcome`` is told how each break ended: ``RESUMED``, ``REFUSED`` or ``FAILED``."""
         self.status = response.status
         self.headers = response.headers
         self._current = response
@@ -121,6 +137,7 @@ class ResumingResponse(UpstreamResponse):
         self._etag, self._total = identity
         self._attempts = list(attempts)  # each upstream once, in the order of the request
         self._first_byte = first_byte
+        self._outcome = outcome
         self.resumes: list[str] = []  # the upstreams that continued the body
 
     async def chunks(self, idle_timeout: float) -> AsyncIterator[bytes]:
@@ -151,6 +168,11 @@ class ResumingResponse(UpstreamResponse):
 
     async def _resume(self, offset: int, broke: FetchFailed) -> bool:
         """Ask the next upstreams for the rest; True once one answers a matching 206."""
+        outcome = await self._ask(offset, broke)
+        self._outcome(outcome)
+        return outcome == RESUMED
+
+    async def _ask(self, offset: int, broke: FetchFailed) -> str:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._first_byte
         fields = resume_fields(self._fields, self._etag, offset)
@@ -163,7 +185,7 @@ class ResumingResponse(UpstreamResponse):
                 async with asyncio.timeout(remaining):
                     response = await send(fields)
             except TargetRefused:
-                return False
+                return FAILED
             except (FetchFailed, TimeoutError) as failure:
                 log.info("body from %s broke at %d of %d bytes (%s); resume from %s failed: %s",
                          self._source, offset, self._total, broke.reason, name,
@@ -180,14 +202,16 @@ class ResumingResponse(UpstreamResponse):
                 response.close()
                 log.warning("body from %s broke at %d of %d bytes (%s); %s %s: not resumed",
                             self._source, offset, self._total, broke.reason, name, why)
-                return False
+                return REFUSED
             log.info("body from %s broke at %d of %d bytes (%s); resumed from %s",
                      self._source, offset, self._total, broke.reason, name)
             self._current = response
             self._source = name
             self.resumes.append(name)
-            return True
-        return False
+            return RESUMED
+        log.info("body from %s broke at %d of %d bytes (%s); no upstream left to resume from",
+                 self._source, offset, self._total, broke.reason)
+        return FAILED
 
     def release(self) -> None:
         self._current.release()
