@@ -79,6 +79,19 @@ class NodeStats:
         self.steering_throughput_sum: dict[str, int] = {}
         self.steering_throughput_reports: dict[str, int] = {}
         self.steering_pathway_up: dict[str, int] = {}
+        # View counts (edge/video/plays.py): plays and completions counted here, batches
+        # posted to plays_url, and what could not be (dropped: the queue overflowed or the
+        # node stopped with batches unsent; rejected: a permanent 4xx); the unsent backlog.
+        self.plays_started = 0
+        self.plays_completed = 0
+        self.plays_batches_sent = 0
+        self.plays_batches_retried = 0
+        self.plays_batches_duplicate = 0
+        self.plays_batches_dropped = 0
+        self.plays_batches_rejected = 0
+        self.plays_lost = 0
+        self.plays_pending_batches = 0
+        self.plays_pending_bytes = 0
         self.ttfb_counts = [0] * (len(TTFB_BUCKETS) + 1)
         self.ttfb_sum = 0.0
 
@@ -138,6 +151,22 @@ SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
      "Sum of the CMCD buffer lengths (bl, ms) reported; divide by the reports count"),
     ("cmcd_buffer_reports", "reelcdn_cmcd_buffer_length_reports",
      "CMCD requests that reported a buffer length (bl)"),
+    ("plays_started", "reelcdn_plays_started",
+     "Plays counted: a session's first media segment of a video delivered (docs/plays.md)"),
+    ("plays_completed", "reelcdn_plays_completed",
+     "Completions counted: a rendition's last segment delivered to a session"),
+    ("plays_batches_sent", "reelcdn_plays_batches_sent",
+     "Play batches the origin accepted (200, a duplicate included)"),
+    ("plays_batches_retried", "reelcdn_plays_batches_retried",
+     "Play batch posts retried after a 5xx, 408, 429, timeout or connection error"),
+    ("plays_batches_duplicate", "reelcdn_plays_batches_duplicate",
+     "Play batches the origin said it had already counted (a retry after a lost answer)"),
+    ("plays_batches_dropped", "reelcdn_plays_batches_dropped",
+     "Play batches dropped unsent: the queue exceeded plays_max_pending, or the node stopped"),
+    ("plays_batches_rejected", "reelcdn_plays_batches_rejected",
+     "Play batches the origin refused for good (a 4xx other than 408/429: not retried)"),
+    ("plays_lost", "reelcdn_plays_lost",
+     "Plays and completions in dropped or rejected batches"),
     ("disk_hits", "reelcdn_disk_hits",
      "Memory misses answered by the disk tier (the entry moved back into memory)"),
     ("disk_writes", "reelcdn_disk_writes", "Bodies of memory victims written to the disk tier"),
@@ -155,6 +184,10 @@ STATS_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("disk_bytes", "reelcdn_disk_bytes", "Bytes of files in the disk tier (whole 4 KiB blocks)"),
     ("disk_objects", "reelcdn_disk_objects", "Objects in the disk tier"),
     ("disk_capacity", "reelcdn_disk_capacity_bytes", "The disk tier's configured budget"),
+    ("plays_pending_batches", "reelcdn_plays_pending_batches",
+     "Play batches waiting to be posted (retrying, or behind one that is)"),
+    ("plays_pending_bytes", "reelcdn_plays_pending_bytes",
+     "Bytes of the play batches waiting to be posted (at most plays_max_pending)"),
 )
 
 

@@ -153,12 +153,16 @@ class CacheNode:
     """One cache node (edge, regional or shield): store, coalescer, upstream, policy."""
 
     def __init__(
-        self, config: NodeConfig, build_upstream: Callable[[NodeConfig], Upstream]
+        self,
+        config: NodeConfig,
+        build_upstream: Callable[[NodeConfig], Upstream],
+        worker_index: int | None = None,
     ) -> None:
         """``build_upstream`` makes the node's upstream from a config (and again on a reload
         that changes it): the parents, an origin chain or a URL. It comes from the place that
         composes a node (``reelcdn.shield.connectors.build_upstream``), so the edge never imports
-        the origin connectors."""
+        the origin connectors. ``worker_index``: this process is that worker of the node
+        (its play batches say so)."""
         self.config = config
         self.name = config.name
         self._build_upstream = build_upstream
@@ -174,7 +178,7 @@ class CacheNode:
         self.upstream.state_change = self.stats.upstream_state
         self.upstream.resume_outcome = self.stats.upstream_resume
         self.delivery = Delivery(config.name, self.stats, config.cmsd)
-        self.features: EdgeFeatures | None = EdgeFeatures(self)
+        self.features: EdgeFeatures | None = EdgeFeatures(self, worker_index)
         # Signed URLs (edge/auth): None when the node checks no tokens.
         self.tokens: TokenGate | None = TokenGate(config.tokens) if config.tokens else None
         self._pass_until: dict[str, float] = {}
@@ -200,6 +204,8 @@ class CacheNode:
         self.backoff.base = config.failure_backoff_base
         self.backoff.cap = config.failure_backoff_max
         self._ttl_rules = _ttl_rules(config)
+        if self.features is not None:
+            self.features.apply_config(config)
         if config.tokens != old.tokens:  # a new gate: a retired key fails from now on
             self.tokens = TokenGate(config.tokens) if config.tokens else None
         if _upstream_spec(config) != _upstream_spec(old):
@@ -231,6 +237,7 @@ class CacheNode:
     async def close(self) -> None:
         if self.features is not None:
             self.features.close()
+            await self.features.flush()  # the plays counted so far (bounded in time)
         for task in list(self._background):
             task.cancel()
         self.store.close()  # the disk tier's files go now, not at exit

@@ -538,6 +538,50 @@ def test_admin_token_env_errors(table: dict[str, Any], message: str) -> None:
     assert message in err.message
 
 
+# --- play counts (plays_*) ---------------------------------------------------------------------
+
+
+def test_plays_keys() -> None:
+    node = node_config_from_dict(
+        "a",
+        {"listen": "127.0.0.1:1", "upstream": "http://o:80",
+         "plays_url": "https://origin.example/api/v1/plays", "plays_token_env": "TOK",
+         "plays_flush_interval": "2s", "plays_max_pending": "1MiB"},
+        environ={"TOK": "s3cret"},
+    )
+    assert (node.plays_url, node.plays_token) == ("https://origin.example/api/v1/plays", "s3cret")
+    assert (node.plays_flush_interval, node.plays_max_pending) == (2.0, 1 << 20)
+    off = node_config_from_dict("a", {"listen": "127.0.0.1:1", "upstream": "http://o:80",
+                                      "plays_url": ""})
+    assert off.plays_url is None and off.plays_flush_interval == 5.0
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "message"),
+    [
+        ({"plays_url": "ftp://o/plays", "plays_token": "t"}, "plays_url",
+         "use an http:// or https:// URL"),
+        ({"plays_url": "http:///plays", "plays_token": "t"}, "plays_url", "missing host"),
+        ({"plays_url": "http://u:p@o/plays", "plays_token": "t"}, "plays_url",
+         "credentials are not allowed"),
+        ({"plays_url": 5}, "plays_url", "expected a URL"),
+        ({"plays_url": "http://o/plays"}, "plays_url", "needs a token: set plays_token"),
+        ({"plays_token": "a b"}, "plays_token", "without spaces"),
+        ({"plays_token": ""}, "plays_token", "must not be empty"),
+        ({"plays_token_env": "NOPE"}, "plays_token_env", "NOPE is not set"),
+        ({"plays_token": "a", "plays_token_env": "X"}, "plays_token_env",
+         "either plays_token or plays_token_env"),
+        ({"plays_flush_interval": 0}, "plays_flush_interval", "must be larger than 0"),
+        ({"plays_flush_interval": "soon"}, "plays_flush_interval", ""),
+        ({"plays_max_pending": 0}, "plays_max_pending", "must be larger than 0"),
+    ],
+)
+def test_plays_key_errors(table: dict[str, Any], key: str, message: str) -> None:
+    err = node_error(table, environ={"X": "x"})
+    assert err.key == f"node.edge-a.{key}"
+    assert message in err.message
+
+
 # --- files --------------------------------------------------------------------------------------
 
 

@@ -357,6 +357,12 @@ def _build_node(
             file, merged["admin_advertise"][1], "admin_advertise names where the admin API is "
             'reached, but this node has none: set admin too (e.g. admin = "0.0.0.0:9100")'
         )
+    if (values.get("plays_url") and values.get("role", "edge") == "edge"
+            and not values.get("plays_token")):
+        raise ConfigError(
+            file, merged["plays_url"][1], "an edge posting plays needs a token: set plays_token "
+            "or plays_token_env (the origin answers 401 without one)"
+        )
     extra = values.pop("extra_ignore_query_params", frozenset())
     ignore = values.pop("ignore_query_params", DEFAULT_IGNORE_QUERY_PARAMS)
     build_nested(values, merged, file)  # limits, upstream_timeouts, steering: their dataclasses

@@ -319,6 +319,63 @@ def _parse_admin_token_env(value: Any, ctx: Context, key: str) -> str:
     return check_token(ctx.environ[value], ctx.file, key)
 
 
+def _parse_plays_url(value: Any, ctx: Context, key: str) -> str | None:
+    """Where an edge posts its play counts: an http(s) URL with a host and a path (the
+    origin's ingest endpoint, e.g. ``http://127.0.0.1:8300/api/v1/plays``); empty: off."""
+    if not isinstance(value, str):
+        raise type_error(ctx.file, key, 'a URL like "http://127.0.0.1:8300/api/v1/plays"', value)
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        url = urllib.parse.urlsplit(text)
+        url.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise ConfigError(ctx.file, key, f"bad URL {quote(value)}: {exc}") from None
+    if url.scheme.lower() not in ("http", "https"):
+        raise ConfigError(ctx.file, key, f"bad URL {quote(value)}: use an http:// or https:// "
+                          'URL, e.g. "http://127.0.0.1:8300/api/v1/plays"')
+    if not url.hostname:
+        raise ConfigError(ctx.file, key, f"bad URL {quote(value)}: missing host")
+    if url.username is not None or url.password is not None:
+        raise ConfigError(ctx.file, key, f"bad URL {quote(value)}: credentials are not allowed "
+                          "in the URL (set plays_token or plays_token_env)")
+    if url.fragment:
+        raise ConfigError(ctx.file, key, f"bad URL {quote(value)}: a fragment is not sent")
+    return text
+
+
+def _plays_token(token: str, ctx: Context, key: str) -> str:
+    if not token:
+        raise ConfigError(ctx.file, key, "plays token must not be empty")
+    if any(c.isspace() or not c.isprintable() or not c.isascii() for c in token):
+        raise ConfigError(
+            ctx.file, key, "plays token must be printable ASCII without spaces (it is sent in an "
+            "Authorization: Bearer header)"
+        )
+    return token
+
+
+def _parse_plays_token(value: Any, ctx: Context, key: str) -> str:
+    if not isinstance(value, str):
+        raise type_error(ctx.file, key, "a string", value)
+    return _plays_token(value, ctx, key)
+
+
+def _parse_plays_token_env(value: Any, ctx: Context, key: str) -> str:
+    """The plays token, read from the environment variable named here (not the name)."""
+    if not isinstance(value, str):
+        raise type_error(ctx.file, key, "the name of an environment variable", value)
+    if not _ENV_NAME_RE.fullmatch(value):
+        raise ConfigError(ctx.file, key, f"{quote(value)} is not an environment variable name")
+    if value not in ctx.environ:
+        raise ConfigError(
+            ctx.file, key, f"environment variable {value} is not set (it should hold the plays "
+            "token)"
+        )
+    return _plays_token(ctx.environ[value], ctx, key)
+
+
 def _parse_fill_headers(value: Any, ctx: Context, key: str) -> frozenset[str]:
     names = parse_str_list(value, ctx.file, key, field_name_checker(ctx.file))
     return frozenset(name.lower() for name in names)
@@ -973,6 +1030,19 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
     _key("tokens", _special(_subtable(lambda: TOKEN_KEY_TABLE), "table"),
          "Signed URLs and cookies checked before the cache, see tokens below.",
          default="none", merge="fields", build=_build_tokens),
+    _key("plays_url", _special(_parse_plays_url, "http(s) URL"),
+         "An edge counts plays and posts them in batches here (docs/plays.md); empty: off.",
+         default="none (off)"),
+    _key("plays_token", _special(_parse_plays_token, "string"),
+         "Bearer token of the plays_url POSTs; prefer plays_token_env.", default="none"),
+    _key("plays_token_env", _special(_parse_plays_token_env, "environment variable name"),
+         "Read the plays token from this environment variable.", field="plays_token",
+         default="none"),
+    _key("plays_flush_interval",
+         _duration(zero_message="must be larger than 0 (plays are sent this often)"),
+         "Plays counted are posted as one batch this often."),
+    _key("plays_max_pending", _size(positive=True),
+         "Bytes of unsent play batches kept while plays_url fails; the oldest go beyond."),
 )
 
 #: Every key a ``[defaults]`` or ``[node.NAME]`` table accepts.
@@ -982,7 +1052,7 @@ NODE_KEYS: tuple[str, ...] = tuple(NODE_KEY_TABLE)
 SOURCE_KEYS: tuple[str, ...] = tuple(k.name for k in NODE_KEY_TABLE.values() if k.merge == "source")
 _NESTED_FIELDS = frozenset(k.field for k in NODE_KEY_TABLE.values() if k.merge == "fields")
 #: Pairs of keys a table may not set together: (first, second); the second is blamed.
-_EXCLUSIVE = (("admin_token", "admin_token_env"),)
+_EXCLUSIVE = (("admin_token", "admin_token_env"), ("plays_token", "plays_token_env"))
 
 
 def parse_layer(

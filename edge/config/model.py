@@ -302,6 +302,12 @@ class NodeConfig:
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
     steering: SteeringConfig | None = None  # content steering of rendered master playlists
     tokens: TokenConfig | None = None  # signed URLs checked before the cache
+    # View counts (edge/video/plays.py, docs/plays.md): an edge counts plays and completions
+    # and posts them in batches to this URL with this bearer token; None: not counted.
+    plays_url: str | None = None
+    plays_token: str | None = None
+    plays_flush_interval: float = 5.0      # a batch every this many seconds
+    plays_max_pending: int = 4 * 1024 * 1024  # bytes of unsent batches kept (oldest dropped)
     # Where other nodes and tools reach this node (another host's view of it), as written in
     # the file; None: derived from listen / admin (see advertised(), admin_advertised()).
     advertise: tuple[str, int] | None = None

@@ -57,7 +57,7 @@ class NodeServer:
         SO_REUSEPORT (a worker; with it, a private loopback listener too). ``admin_socket``:
         serve admin (with ``/internal/stats``) on this unix socket instead of the configured
         TCP address."""
-        self.node = CacheNode(config, build_upstream)
+        self.node = CacheNode(config, build_upstream, worker_index)
         self.reuse_port = reuse_port
         self.admin_socket = admin_socket
         self.worker_index = worker_index

@@ -15,6 +15,9 @@ answer (None, written synchronously, or an awaitable) when it took the request.
 - A request for an object a prefetch brought (or is bringing) counts that prefetch as used.
 - The path of ``steering.server_uri`` is answered by the steering server
   (edge/video/steering.py): a content-steering manifest ranking the pathways by health.
+- On an edge with ``plays_url``, media segment GETs go by the play counter
+  (edge/video/plays.py): a session's first segment of a video (and a rendition's last) is
+  counted once its answer is out; the counts are posted to the origin in batches.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from reelcdn.edge.video import cmcd, playlists
+from reelcdn.edge.video.plays import NOT_TAKEN, PLAY_SUFFIXES, Plays
 from reelcdn.edge.video.prefetch import Prefetcher, request_host, resolve
 from reelcdn.edge.video.steering import SteeringServer
 from reelcdn.extensions.message import Request
 from reelcdn.manifests.meta import VideoMeta
 
 if TYPE_CHECKING:
+    from reelcdn.edge.config import NodeConfig
     from reelcdn.edge.http.connection import HttpConnection
     from reelcdn.edge.video.host import FeatureHost
 
@@ -42,11 +47,17 @@ CONTINUE = object()
 class EdgeFeatures:
     """Playlist rendering, CMCD and prefetch of one node."""
 
-    def __init__(self, node: FeatureHost) -> None:
+    def __init__(self, node: FeatureHost, worker: int | None = None) -> None:
         self.node = node
         self.playlists = playlists.PlaylistRenderer(node)
         self.prefetcher = Prefetcher(node)
         self.steering = SteeringServer(node)
+        self.plays = Plays(node, self.playlists, worker)
+        self.counting = _counts_plays(node.config)
+
+    def apply_config(self, config: NodeConfig) -> None:
+        """A reload: plays are counted from now on only if the new config says so."""
+        self.counting = _counts_plays(config)
 
     def start(self) -> None:
         """The node is starting: the steering server's health checks begin."""
@@ -54,8 +65,14 @@ class EdgeFeatures:
 
     def close(self) -> None:
         """The node is stopping: no more prefetches or health checks."""
+        self.counting = False
         self.prefetcher.close()
         self.steering.close()
+
+    async def flush(self) -> None:
+        """The node is stopping gracefully: post the plays counted (bounded in time)."""
+        self.counting = False
+        await self.plays.aclose()
 
     @property
     def rendering(self) -> bool:
@@ -73,23 +90,30 @@ class EdgeFeatures:
             prefetcher.note_request(primary)
         query = req.query
         headers = req.headers
+        sid = None
         if (query and ("CMCD" in query or "cmcd" in query)) or (
             b"cmcd-request" in headers or b"cmcd-object" in headers
             or b"cmcd-session" in headers or b"cmcd-status" in headers
         ):
-            self._cmcd(req)
-        if req.path.endswith(".m3u8") and self.rendering:
-            where = playlists.route(req.path)
+            sid = self._cmcd(req)
+        path = req.path
+        if path.endswith(".m3u8") and self.rendering:
+            where = playlists.route(path)
             if where is not None:
                 return self.playlists.receive(req, conn, where)
-        if self.steering.takes(req.path):
+        if self.counting and req.method == "GET" and path.endswith(PLAY_SUFFIXES):
+            answer = self.plays.receive(req, conn, sid)
+            if answer is not NOT_TAKEN:
+                return answer
+        if self.steering.takes(path):
             return self.steering.answer(req, conn)
         return CONTINUE
 
-    def _cmcd(self, req: Request) -> None:
+    def _cmcd(self, req: Request) -> str | None:
+        """Record the request's CMCD; return its session id (``sid``), if any."""
         data = cmcd.from_request(req.query, req.headers)
         if data is None:
-            return
+            return None
         stats = self.node.stats
         stats.cmcd_requests += 1
         if data.starving:
@@ -105,6 +129,7 @@ class EdgeFeatures:
             if target is not None:
                 self.prefetcher.want(target, req.client_ip, self._host(req),
                                      request_path=req.path)
+        return data.sid
 
     def after_media_playlist(
         self, req: Request, video: str, meta: VideoMeta, rendition: str
@@ -126,3 +151,9 @@ class EdgeFeatures:
     def _host(self, req: Request) -> str | None:
         """The host that joins prefetch keys (``host_in_key``), as in the client's own key."""
         return request_host(req) if self.node.config.host_in_key else None
+
+
+def _counts_plays(config: NodeConfig) -> bool:
+    """Plays are counted by edges (players' requests), never by parents, which see only the
+    edges' fills; and only with somewhere to send them."""
+    return config.role == "edge" and config.plays_url is not None

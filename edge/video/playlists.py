@@ -209,6 +209,15 @@ class PlaylistRenderer:
             member += b"; collapsed"
         self._answer(req, conn, where, options, meta, member, prior)
 
+    def stored_meta(self, video: str, req: Request) -> VideoMeta | None:
+        """The parsed meta of ``video`` as this node holds it (fresh or stale), for the
+        request's host; None when not stored. Never fetches (the play counter's look)."""
+        node = self.node
+        meta_key = node.keys.for_target(f"/v/{video}/meta.json",
+                                         host_of(req.headers.get(b"host", b"")))
+        entry = node.store.lookup(meta_key, {})
+        return None if entry is None else self._meta_of(meta_key, entry)
+
     def _meta_of(self, meta_key: str, entry: CacheEntry) -> VideoMeta | None:
         """The parsed meta of a stored meta.json entry (parsed once per entry), or None when
         it is not a 200 or does not validate."""
