@@ -9,7 +9,9 @@ Public routes (``Authorization: Bearer <user token>`` on every request but OPTIO
 - ``/api/v1/videos``: GET (an owner's videos); POST, with an S3 upload bucket configured, a
   direct-to-bucket upload: presigned part URLs (``origin/direct.py``; rate-limited like tus);
 - ``/api/v1/videos/{video_id}``: GET, the video's state; DELETE;
-- ``/api/v1/videos/{video_id}/complete``: POST, the direct upload's parts are all in.
+- ``/api/v1/videos/{video_id}/complete``: POST, the direct upload's parts are all in;
+- the feed service's routes (``origin/feed/api.py``): ``/api/v1/feed``, likes, follows,
+  sessions, and ``/api/v1/plays`` (the edges' play counts, with their own token).
 
 ``X-HTTP-Method-Override`` on a POST names the method, as tus 1.0.0 asks. Every error is JSON,
 ``{"error": CODE, "detail": TEXT}``, with its status (tus statuses as ``origin/tus.py`` says);
@@ -30,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.origin import direct as direct_mod
 from reelcdn.origin import tus
+from reelcdn.origin.feed import api as feed_api
 from reelcdn.origin.logs import USER, fields
 from reelcdn.origin.uploads import (
     EXPIRED,
@@ -69,7 +72,8 @@ def _error_response(status: int, code: str, detail: str,
 async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     service = request.app[SERVICE]
     try:
-        if request.method != "OPTIONS":
+        # A handler marked own_auth checks its own credentials (the edges' plays token).
+        if request.method != "OPTIONS" and not getattr(handler, "own_auth", False):
             request[USER] = _authenticate(request, service)
         return await handler(request)
     except tus.TusError as exc:
@@ -674,6 +678,7 @@ def build_app(service: OriginState) -> web.Application:
     app.router.add_route("*", "/api/v1/videos", videos)
     app.router.add_route("*", "/api/v1/videos/{video_id}", video)
     app.router.add_route("*", "/api/v1/videos/{video_id}/complete", complete_direct)
+    feed_api.register(app, service)  # the feed, likes, follows, play counts: docs/feed.md
     app.on_response_prepare.append(_on_prepare)
     return app
 

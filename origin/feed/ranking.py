@@ -1,0 +1,201 @@
+"""The feeds' ranking: pure functions over records, no I/O, no clock (``now`` is an argument).
+
+Three orders (docs/feed.md has the formulas with their reasons):
+
+- ``following``: the viewer's followed creators' videos, newest first (:func:`following`);
+- ``trending``: views with exponential time decay over a window (:func:`trending_score`,
+  :func:`trending`), computed from hourly view counts;
+- ``for_you``: a weighted sum of recency, engagement and the viewer's affinity to the video's
+  creator and hashtags (:func:`for_you_score`, :func:`for_you`), with the videos the viewer has
+  played, and their own, left out.
+
+Every order breaks ties by video id, so a ranking of the same inputs is always the same list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+__all__ = [
+    "HOUR",
+    "Video",
+    "Viewer",
+    "Weights",
+    "completion_rate",
+    "creator_affinity",
+    "engagement",
+    "following",
+    "for_you",
+    "for_you_score",
+    "hashtag_affinity",
+    "like_rate",
+    "popularity",
+    "recency",
+    "tag_weights",
+    "trending",
+    "trending_score",
+]
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Video:
+    """What ranking knows of a video: its catalog fields and its engagement counters
+    (``views`` = play starts, ``completions`` = plays watched to the end)."""
+
+    id: str
+    owner: str
+    created: float
+    hashtags: tuple[str, ...] = ()
+    views: int = 0
+    likes: int = 0
+    completions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """What ranking knows of the viewer: whom they follow, how many videos of each creator
+    they liked, their hashtag weights (:func:`tag_weights`) and what they have played."""
+
+    name: str
+    follows: frozenset[str] = frozenset()
+    liked_owners: Mapping[str, int] = field(default_factory=dict)
+    tags: Mapping[str, float] = field(default_factory=dict)
+    seen: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    """The for_you blend. The five weights sum to 1, so a score is in [0, 1]."""
+
+    recency: float = 0.30
+    engagement: float = 0.30
+    follows: float = 0.15
+    creator: float = 0.10
+    hashtags: float = 0.15
+    recency_half_life: float = 24 * HOUR  # a day-old video's recency is 0.5
+    views_scale: float = 10_000.0         # views at which popularity reaches 1
+    like_rate_full: float = 0.10          # a like rate at which it counts in full
+
+
+# -- the pieces --------------------------------------------------------------------------------
+
+def recency(age: float, half_life: float) -> float:
+    """1 for a video just published, halved every ``half_life`` seconds (an age below 0, a
+    clock skew, counts as 0)."""
+    return 0.5 ** (max(0.0, age) / half_life)
+
+
+def popularity(views: int, scale: float) -> float:
+    """``log(1 + views) / log(1 + scale)``, at most 1: the tenth view counts more than the
+    ten-thousandth."""
+    if views <= 0:
+        return 0.0
+    return min(1.0, math.log1p(views) / math.log1p(scale))
+
+
+def like_rate(likes: int, views: int) -> float:
+    """Likes per view, smoothed with 10 views of prior (``likes / (views + 10)``), at most 1:
+    one like on one view is not a 100 % rate."""
+    return min(1.0, max(0, likes) / (max(0, views) + 10))
+
+
+def completion_rate(starts: int, completions: int) -> float:
+    """Share of plays watched to the end, Laplace-smoothed (``(c + 1) / (s + 2)``: 0.5 with
+    no data), at most 1 (a batch may carry the completion of a play started in the last)."""
+    return min(1.0, (max(0, completions) + 1) / (max(0, starts) + 2))
+
+
+def engagement(video: Video, weights: Weights = Weights()) -> float:
+    """``0.4 popularity + 0.3 min(1, like_rate / like_rate_full) + 0.3 completion_rate``."""
+    rate = min(1.0, like_rate(video.likes, video.views) / weights.like_rate_full)
+    return (0.4 * popularity(video.views, weights.views_scale) + 0.3 * rate
+            + 0.3 * completion_rate(video.views, video.completions))
+
+
+def tag_weights(liked: Iterable[Sequence[str]], seen: Iterable[Sequence[str]]
+                ) -> dict[str, float]:
+    """The viewer's hashtag weights: 2 for each liked video carrying the tag, 1 for each
+    played one (tags compared case-insensitively)."""
+    weights: dict[str, float] = {}
+    for tags, weight in ((t, 2.0) for t in liked):
+        for tag in {t.lower() for t in tags}:
+            weights[tag] = weights.get(tag, 0.0) + weight
+    for tags in seen:
+        for tag in {t.lower() for t in tags}:
+            weights[tag] = weights.get(tag, 0.0) + 1.0
+    return weights
+
+
+def hashtag_affinity(hashtags: Sequence[str], tags: Mapping[str, float]) -> float:
+    """The video's tags' weights summed, over the viewer's heaviest tag's, at most 1."""
+    if not tags or not hashtags:
+        return 0.0
+    heaviest = max(tags.values())
+    if heaviest <= 0:
+        return 0.0
+    total = sum(tags.get(tag, 0.0) for tag in {t.lower() for t in hashtags})
+    return min(1.0, total / heaviest)
+
+
+def creator_affinity(owner: str, liked_owners: Mapping[str, int]) -> float:
+    """``n / (n + 1)`` for a creator ``n`` of whose videos the viewer liked."""
+    n = max(0, liked_owners.get(owner, 0))
+    return n / (n + 1)
+
+
+# -- for_you -----------------------------------------------------------------------------------
+
+def for_you_score(video: Video, viewer: Viewer, now: float,
+                  weights: Weights = Weights()) -> float:
+    """The weighted sum, in [0, 1] with weights summing to 1."""
+    return (weights.recency * recency(now - video.created, weights.recency_half_life)
+            + weights.engagement * engagement(video, weights)
+            + weights.follows * (1.0 if video.owner in viewer.follows else 0.0)
+            + weights.creator * creator_affinity(video.owner, viewer.liked_owners)
+            + weights.hashtags * hashtag_affinity(video.hashtags, viewer.tags))
+
+
+def for_you(videos: Iterable[Video], viewer: Viewer, now: float,
+            weights: Weights = Weights(), limit: int | None = None) -> list[str]:
+    """Video ids by score, highest first (ties by id), without the viewer's own videos and
+    those they have played."""
+    scored = [(-for_you_score(video, viewer, now, weights), video.id) for video in videos
+              if video.id not in viewer.seen and video.owner != viewer.name]
+    scored.sort()
+    return [video_id for _, video_id in scored[:limit]]
+
+
+# -- trending ----------------------------------------------------------------------------------
+
+def trending_score(hourly: Iterable[tuple[float, int]], now: float, window: float,
+                   half_life: float) -> float:
+    """``Σ views_h · 0.5 ^ (age_h / half_life)`` over the hourly buckets ``(hour start,
+    views)`` whose hour started less than ``window`` seconds ago; ``age_h`` is measured from
+    the bucket's middle (at least 0)."""
+    total = 0.0
+    for start, views in hourly:
+        if views <= 0 or now - start >= window:
+            continue
+        age = max(0.0, now - (start + HOUR / 2))
+        total += views * 0.5 ** (age / half_life)
+    return total
+
+
+def trending(scores: Mapping[str, float], limit: int | None = None) -> list[str]:
+    """Video ids by trending score, highest first (ties by id); zero scores left out."""
+    ranked = sorted((-score, video_id) for video_id, score in scores.items() if score > 0)
+    return [video_id for _, video_id in ranked[:limit]]
+
+
+# -- following ---------------------------------------------------------------------------------
+
+def following(videos: Iterable[Video], follows: frozenset[str] | set[str],
+              limit: int | None = None) -> list[str]:
+    """The followed creators' videos, newest first (ties by id, highest first)."""
+    chosen = sorted(((video.created, video.id) for video in videos if video.owner in follows),
+                    reverse=True)
+    return [video_id for _, video_id in chosen[:limit]]

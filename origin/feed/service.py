@@ -1,0 +1,316 @@
+"""The feed service's state beside the origin's: the engagement store, the pool of ready
+videos and the trending ranking (recomputed in the background every ``trending_interval``),
+feed sessions (snapshots of a ranking, paged by signed cursors), and the feed's metrics.
+
+The scoring is ``ranking.py``'s (pure); this module gathers its inputs — the catalog through
+the :class:`~reelcdn.origin.videos.Catalog` protocol, engagement through
+:class:`~reelcdn.origin.feed.store.EngagementStore` — and keeps what it computed.
+
+Why a snapshot per feed session: the ranked feeds' scores move (views arrive, time passes,
+the trending ranking is recomputed), so neither an offset nor a ``(score, id)`` keyset into a
+live ranking is stable: an item whose score rises past the cursor is skipped, one that falls
+past it is shown twice. The first page takes the ranking as it is (at most ``feed_depth``
+ids), keeps it in the store, and every cursor is a position in that immutable list. New
+videos go to the next session; a video deleted or no longer ready meanwhile is passed over.
+Trending sessions share the snapshot of one recompute; for_you and following sessions have
+their own (personal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from reelcdn.origin.feed import ranking
+from reelcdn.origin.feed.cursors import Cursor, CursorError, make_cursor, open_cursor
+from reelcdn.origin.feed.store import Counters, EngagementStore, SqliteEngagementStore
+from reelcdn.origin.logs import fields
+from reelcdn.origin.users import Keys
+from reelcdn.origin.videos import Catalog
+
+__all__ = ["FEED_TYPES", "FeedMetrics", "FeedService", "FeedSettings", "Page"]
+
+log = logging.getLogger("reelcdn.origin.feed")
+
+FEED_TYPES = ("for_you", "following", "trending")
+#: Videos whose plays count: a processing video already plays its first rendition.
+PLAYABLE = ("processing", "ready")
+SESSION_TTL = 24 * 3600.0        # a registered CMCD session id maps to its user this long
+CLEANUP_EVERY = 600.0
+MAX_FOLLOWEES = 200              # the following feed reads the 200 most recently followed
+LIKES_READ = 50                  # liked and played videos read for a viewer's affinities
+SEEN_EXCLUDED = 5000             # played videos left out of for_you (the most recent)
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    keys: Keys
+    trending_interval: float = 60.0
+    trending_window: float = 48 * 3600.0
+    trending_half_life: float = 6 * 3600.0
+    pool: int = 5000
+    depth: int = 500
+    cursor_ttl: float = 3600.0
+    weights: ranking.Weights = ranking.Weights()
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class FeedMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("reelcdn_origin_feed_requests", "feed pages served, by type",
+                                ["feed_type"], registry=registry)
+        self.recompute = Histogram(
+            "reelcdn_origin_feed_recompute_seconds",
+            "seconds to recompute the trending ranking and the feeds' pool",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+            registry=registry)
+        self.recompute_errors = Counter("reelcdn_origin_feed_recompute_errors",
+                                        "recomputes that failed (the last ranking is kept)",
+                                        registry=registry)
+        self.plays = Counter("reelcdn_origin_plays_ingested",
+                             "play starts counted from the edges' batches", registry=registry)
+        self.completions = Counter("reelcdn_origin_play_completions_ingested",
+                                   "play completions counted from the edges' batches",
+                                   registry=registry)
+        self.batches = Counter("reelcdn_origin_play_batches",
+                               "play batches received, by result (counted, duplicate)",
+                               ["result"], registry=registry)
+        self.unknown = Counter("reelcdn_origin_plays_unknown_videos",
+                               "entries of counted batches naming no playable video",
+                               registry=registry)
+
+
+class FeedService:
+    def __init__(self, settings: FeedSettings, catalog: Catalog, store: EngagementStore,
+                 registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.store = store
+        self.clock = clock
+        self.metrics = FeedMetrics(registry)
+        self._lock = threading.Lock()
+        self.pool: dict[str, dict[str, Any]] = {}      # ready rows, newest feed_pool
+        self.pool_counters: dict[str, Counters] = {}
+        self.trending_ids: list[str] = []
+        self.trending_version = ""
+        self.trending_rows: dict[str, dict[str, Any]] = {}
+        self._known: OrderedDict[str, None] = OrderedDict()  # playable ids seen by ingest
+        self._last_cleanup = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def open(cls, config: Any, catalog: Catalog, registry: CollectorRegistry,
+             clock: Callable[[], float]) -> FeedService:
+        """The feed service of an origin's config (``OriginConfig``): SQLite in its data
+        dir."""
+        settings = FeedSettings(
+            keys=config.keys, trending_interval=config.trending_interval,
+            trending_window=config.trending_window,
+            trending_half_life=config.trending_half_life, pool=config.feed_pool,
+            depth=config.feed_depth, cursor_ttl=config.feed_cursor_ttl)
+        store = SqliteEngagementStore(config.data_dir / "feed.sqlite")
+        return cls(settings, catalog, store, registry, clock)
+
+    # -- the background recompute --------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._recompute_logged()
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.store.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.trending_interval)
+            await self._recompute_logged()
+
+    async def _recompute_logged(self) -> None:
+        try:
+            await asyncio.to_thread(self.recompute)
+        except Exception:
+            self.metrics.recompute_errors.inc()
+            log.exception("feed recompute failed; the last ranking is kept")
+
+    def recompute(self) -> None:
+        """Read the pool of ready videos and rank trending; drop old rows now and then."""
+        started = time.perf_counter()
+        settings, now = self.settings, self.clock()
+        rows = self.catalog.newest("ready", settings.pool)
+        pool = {row["id"]: row for row in rows}
+        counters = self.store.counters(pool)
+        hourly = self.store.hourly_views(now - settings.trending_window)
+        scores = {video: ranking.trending_score(buckets, now, settings.trending_window,
+                                                settings.trending_half_life)
+                  for video, buckets in hourly.items()}
+        ranked, trending_rows = [], {}
+        for video in ranking.trending(scores)[:settings.depth * 2]:  # bounded catalog reads
+            row = pool.get(video) or self.catalog.get(video)
+            if row is not None and row["status"] == "ready":
+                ranked.append(video)
+                trending_rows[video] = row
+                if len(ranked) >= settings.depth:
+                    break
+        version = f"trending:{int(now * 1000):x}:{secrets.token_hex(4)}"
+        with self._lock:
+            self.pool, self.pool_counters = pool, counters
+            self.trending_ids, self.trending_version = ranked, version
+            self.trending_rows = trending_rows
+        if now - self._last_cleanup >= CLEANUP_EVERY:
+            dropped = self.store.cleanup(now, now - settings.trending_window)
+            self._last_cleanup = now
+            if any(dropped.values()):
+                log.info("feed cleanup", extra=fields(event="feed_cleanup", **dropped))
+        seconds = time.perf_counter() - started
+        self.metrics.recompute.observe(seconds)
+        log.debug("feed recomputed", extra=fields(event="feed_recomputed", pool=len(pool),
+                                                  trending=len(ranked),
+                                                  seconds=round(seconds, 3)))
+
+    # -- rows ----------------------------------------------------------------------------------
+
+    def _row(self, video: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.pool.get(video) or self.trending_rows.get(video)
+        return row if row is not None else self.catalog.get(video)
+
+    def playable(self, video: str) -> bool:
+        """Whether plays of ``video`` count (it exists and plays: processing or ready)."""
+        if video in self._known:
+            return True
+        with self._lock:
+            pooled = video in self.pool
+        row = None if pooled else self.catalog.get(video)
+        if pooled or (row is not None and row["status"] in PLAYABLE):
+            self._known[video] = None
+            while len(self._known) > 100_000:
+                self._known.popitem(last=False)
+            return True
+        return False
+
+    # -- feeds ---------------------------------------------------------------------------------
+
+    def page(self, user: str, feed_type: str, limit: int, cursor_text: str | None) -> Page:
+        """A page of a feed: from a new snapshot without a cursor, else from the cursor's.
+        Raises CursorError for a bad cursor (one whose snapshot is gone is expired)."""
+        now = self.clock()
+        if cursor_text is None:
+            snapshot_id, items, expires = self._new_session(user, feed_type, now)
+            position = 0
+        else:
+            cursor = open_cursor(cursor_text, self.settings.keys, user, feed_type, now)
+            found = self.store.snapshot(cursor.snapshot, now)
+            if found is None:
+                raise CursorError("cursor_expired",
+                                  "the feed session has expired: start again without a cursor")
+            snapshot_id, items, expires = cursor.snapshot, found, cursor.expires
+            position = cursor.position
+        page, position = self._rows_from(items, position, limit)
+        next_cursor = None
+        if position < len(items):
+            next_cursor = make_cursor(Cursor(user, feed_type, snapshot_id, position,
+                                             int(expires)), self.settings.keys)
+        counters = self.store.counters(row["id"] for row in page)
+        self.metrics.requests.labels(feed_type).inc()
+        return Page([item_view(row, counters.get(row["id"], Counters())) for row in page],
+                    next_cursor)
+
+    def _rows_from(self, items: Sequence[str], position: int, limit: int,
+                   ) -> tuple[list[dict[str, Any]], int]:
+        """Up to ``limit`` rows still ready from ``position`` on, and the position after the
+        last id looked at (at most ``4 * limit`` ids are looked at: a page of many videos
+        deleted since is short rather than slow)."""
+        page: list[dict[str, Any]] = []
+        end = min(len(items), position + 4 * limit)
+        while position < end and len(page) < limit:
+            row = self._row(items[position])
+            position += 1
+            if row is not None and row["status"] == "ready":
+                page.append(row)
+        return page, position
+
+    def _new_session(self, user: str, feed_type: str, now: float,
+                     ) -> tuple[str, list[str], float]:
+        expires = now + self.settings.cursor_ttl
+        if feed_type == "trending":
+            with self._lock:
+                snapshot_id, items = self.trending_version, list(self.trending_ids)
+        else:
+            snapshot_id = f"{feed_type}:{secrets.token_hex(12)}"
+            items = (self._following(user) if feed_type == "following"
+                     else self._for_you(user, now))
+        if items:
+            self.store.save_snapshot(snapshot_id, items, expires)
+        return snapshot_id, items, expires
+
+    def _following(self, user: str) -> list[str]:
+        followees = self.store.follows_of(user, MAX_FOLLOWEES)
+        videos = [_video(row) for followee in followees
+                  for row in self.catalog.by_owner(followee, self.settings.depth)
+                  if row["status"] == "ready"]
+        return ranking.following(videos, set(followees), limit=self.settings.depth)
+
+    def viewer(self, user: str) -> ranking.Viewer:
+        """What ranking knows of ``user``: follows, liked creators, hashtag weights, seen."""
+        follows = frozenset(self.store.follows_of(user, 10_000))
+        liked = [row for row in map(self._row, self.store.likes_of(user, LIKES_READ)) if row]
+        seen = self.store.seen_of(user, SEEN_EXCLUDED)
+        seen_rows = [row for row in map(self._row, seen[:LIKES_READ]) if row]
+        liked_owners: dict[str, int] = {}
+        for row in liked:
+            liked_owners[row["owner"]] = liked_owners.get(row["owner"], 0) + 1
+        tags = ranking.tag_weights([row["hashtags"] for row in liked],
+                                   [row["hashtags"] for row in seen_rows])
+        return ranking.Viewer(user, follows, liked_owners, tags, frozenset(seen))
+
+    def _for_you(self, user: str, now: float) -> list[str]:
+        viewer = self.viewer(user)
+        with self._lock:
+            rows = {**self.trending_rows, **self.pool}
+            counters = self.pool_counters
+        missing = [video for video in rows if video not in counters]
+        if missing:
+            counters = {**counters, **self.store.counters(missing)}
+        videos = [_video(row, counters.get(video)) for video, row in rows.items()]
+        return ranking.for_you(videos, viewer, now, self.settings.weights,
+                               limit=self.settings.depth)
+
+
+def _video(row: dict[str, Any], counters: Counters | None = None) -> ranking.Video:
+    counters = counters or Counters()
+    return ranking.Video(row["id"], row["owner"], float(row["created"] or 0.0),
+                         tuple(row["hashtags"]), counters.views, counters.likes,
+                         counters.completions)
+
+
+def item_view(row: dict[str, Any], counters: Counters) -> dict[str, Any]:
+    """A feed item: the video's text, owner, poster and playback paths, duration, stats."""
+    video = row["id"]
+    return {
+        "id": video, "title": row["title"], "caption": row["caption"],
+        "hashtags": row["hashtags"], "owner": row["owner"],
+        "poster": f"/v/{video}/poster.jpg",
+        "playback": f"/v/{video}/master.m3u8" if row["renditions"] else None,
+        "duration": row["duration"], "created": row["created"],
+        "stats": {"views": counters.views, "likes": counters.likes},
+    }
