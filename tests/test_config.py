@@ -556,6 +556,14 @@ def test_plays_keys() -> None:
     assert off.plays_url is None and off.plays_flush_interval == 5.0
 
 
+def test_plays_node_name_fits_the_batch_id() -> None:
+    name = "e" * 65
+    with pytest.raises(ConfigError, match="longer than 64 characters") as info:
+        node_config_from_dict(name, {"listen": "127.0.0.1:1", "upstream": "http://o:80",
+                                     "plays_url": "http://o/plays", "plays_token": "t"})
+    assert info.value.key == f"node.{name}.plays_url"
+
+
 @pytest.mark.parametrize(
     ("table", "key", "message"),
     [

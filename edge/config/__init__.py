@@ -363,6 +363,11 @@ def _build_node(
             file, merged["plays_url"][1], "an edge posting plays needs a token: set plays_token "
             "or plays_token_env (the origin answers 401 without one)"
         )
+    if values.get("plays_url") and values.get("role", "edge") == "edge" and len(draft.name) > 64:
+        raise ConfigError(
+            file, merged["plays_url"][1], f"node name {quote(draft.name)} is longer than 64 "
+            "characters: the origin refuses play batches from such a node (it names the batch)"
+        )
     extra = values.pop("extra_ignore_query_params", frozenset())
     ignore = values.pop("ignore_query_params", DEFAULT_IGNORE_QUERY_PARAMS)
     build_nested(values, merged, file)  # limits, upstream_timeouts, steering: their dataclasses
