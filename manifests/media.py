@@ -3,7 +3,10 @@
 A ``ready`` video gets a VOD playlist with EXT-X-ENDLIST: complete and immutable, cacheable for
 long. A ``processing`` one gets an EVENT playlist listing only the segments already in
 meta.json (the transcoder adds a segment there once it is written and validated), without
-EXT-X-ENDLIST, so players reload it and playback starts before transcoding ends.
+EXT-X-ENDLIST, so players reload it and playback starts before transcoding ends. It carries
+``EXT-X-START:TIME-OFFSET=0``: a player treats a playlist without ENDLIST as live and would
+otherwise start near its end (hls.js: three target durations back), skipping the beginning
+of a video someone just uploaded.
 
 Byte ranges are written with an explicit offset except when a segment continues the previous
 one in the same file (RFC 8216 §4.3.2.2 allows omitting it then, and requires it otherwise).
@@ -82,6 +85,8 @@ def _playlist(meta: VideoMeta, init: InitSection, entries: Sequence[_Entry], *,
         body.append(uri_slot(entry.uri))
     head = ["#EXTM3U", "", f"#EXT-X-TARGETDURATION:{target}", "#EXT-X-MEDIA-SEQUENCE:0",
             f"#EXT-X-PLAYLIST-TYPE:{'VOD' if meta.ready else 'EVENT'}"]
+    if not meta.ready:
+        head.append("#EXT-X-START:TIME-OFFSET=0")  # (any version may carry it)
     if iframes_only:
         features.add("EXT-X-I-FRAMES-ONLY")
         head.append("#EXT-X-I-FRAMES-ONLY")

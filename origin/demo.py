@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from reelcdn.manifests.meta import (
@@ -137,22 +137,49 @@ def _tail(text: str, lines: int = 25, chars: int = 4000) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])[-chars:]
 
 
-def run_ffmpeg(exe: str, args: Sequence[str], *, timeout: float, what: str) -> None:
-    """Run ffmpeg quietly (errors only) and raise DemoError with its stderr when it fails."""
+def run_ffmpeg(exe: str, args: Sequence[str], *, timeout: float, what: str,
+               while_running: Callable[[], object] | None = None,
+               interval: float = 0.2) -> None:
+    """Run ffmpeg quietly (errors only) and raise DemoError with its stderr when it fails.
+
+    *while_running* is called every *interval* seconds while ffmpeg runs, and once more after
+    it exits successfully (the transcoder publishes what ffmpeg has finished so far); if it
+    raises, ffmpeg is killed and the exception propagates.
+    """
     cmd = [exe, "-nostdin", "-hide_banner", "-loglevel", "error", *args]
-    try:
-        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        stderr = (exc.stderr or b"").decode(errors="replace")
-        raise DemoError(f"{what}: ffmpeg did not finish within {timeout:.0f} s",
-                        _tail(stderr)) from None
-    except OSError as exc:
-        raise DemoError(f"{what}: cannot run ffmpeg ({exe}): {exc}") from exc
-    if proc.returncode != 0:
-        stderr = proc.stderr.decode(errors="replace")
-        raise DemoError(f"{what}: ffmpeg exited with status {proc.returncode}",
-                        _tail(stderr) or "(no output)")
+    deadline = time.monotonic() + timeout
+    with tempfile.TemporaryFile() as stderr_file:  # a file, not a pipe: never a full buffer
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr_file)
+        except OSError as exc:
+            raise DemoError(f"{what}: cannot run ffmpeg ({exe}): {exc}") from exc
+
+        def stderr_text() -> str:
+            stderr_file.seek(0)
+            return stderr_file.read().decode(errors="replace")
+
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DemoError(f"{what}: ffmpeg did not finish within {timeout:.0f} s",
+                                    _tail(stderr_text()))
+                try:
+                    proc.wait(timeout=min(left, interval) if while_running else left)
+                    break
+                except subprocess.TimeoutExpired:
+                    if while_running is not None:
+                        while_running()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise DemoError(f"{what}: ffmpeg exited with status {proc.returncode}",
+                            _tail(stderr_text()) or "(no output)")
+    if while_running is not None:
+        while_running()
 
 
 @functools.cache
@@ -429,12 +456,15 @@ def render_master_playlist(meta: VideoMeta) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_rendition(rendition_dir: Path, name: str, frame_rate: float) -> Rendition:
+def build_rendition(rendition_dir: Path, name: str, frame_rate: float,
+                    known: Mapping[str, Segment] | None = None) -> Rendition:
     """Describe an encoded rendition directory (index.m3u8 + init + segments) for meta.json.
 
     Durations come from the media playlist's EXTINF values (what the muxer measured), sizes and
     digests from the files, codecs/dimensions from the init segment, independence from each
-    segment's first video sample.
+    segment's first video sample. *known*: segments already described by uri (a growing
+    rendition described again as ffmpeg adds to it), reused when the playlist gives the same
+    duration, so each file is read and hashed once.
     """
     playlist = parse_media_playlist((rendition_dir / "index.m3u8").read_text())
     if playlist.init_uri is None:
@@ -447,6 +477,10 @@ def build_rendition(rendition_dir: Path, name: str, frame_rate: float) -> Rendit
         raise ValueError(f"{rendition_dir}/{playlist.init_uri} has no video track")
     segments = []
     for uri, duration in playlist.segments:
+        seen = known.get(uri) if known else None
+        if seen is not None and seen.duration == duration:
+            segments.append(seen)
+            continue
         data = (rendition_dir / uri).read_bytes()  # a few MB at most: read once, use twice
         segments.append(Segment(uri=uri, duration=duration, size=len(data),
                                 digest=sha256_digest(data),
@@ -538,7 +572,7 @@ def _filtergraph(video_id: str, pattern: _Pattern, rungs: Sequence[LadderRung], 
 
 def hls_rung_args(rung: LadderRung, out: Path, *, video: str, audio: str | None, gop: int,
                   segment_seconds: float, preset: str, duration: float | None = None,
-                  x264_params: str | None = None) -> list[str]:
+                  x264_params: str | None = None, growing: bool = False) -> list[str]:
     """ffmpeg output options encoding one rung into *out* as CMAF/fMP4 HLS.
 
     H.264 + AAC-LC, ``index.m3u8`` + ``init.mp4`` + ``seg_%05d.m4s``; keyframes forced at every
@@ -546,6 +580,11 @@ def hls_rung_args(rung: LadderRung, out: Path, *, video: str, audio: str | None,
     the same timeline, in one run or several, switch cleanly at every segment boundary.
     *video* / *audio* are ``-map`` specifiers (``[v0]``, ``0:a``; *audio* None for none).
     Shared by the demo synthesiser and the transcoder (``reelcdn.origin.transcode``).
+
+    *growing*: for a reader that takes segments while ffmpeg still runs. A VOD playlist is
+    written only at the end; an EVENT one after every segment is closed, and ``temp_file``
+    makes each segment (and the playlist) appear under its name only once whole. The playlist
+    ends ``EVENT`` + ``EXT-X-ENDLIST`` (:func:`as_vod_playlist` turns it into VOD).
     """
     args = [
         "-map", video, *(["-map", audio] if audio else []),
@@ -563,13 +602,23 @@ def hls_rung_args(rung: LadderRung, out: Path, *, video: str, audio: str | None,
     if duration is not None:
         args += ["-t", f"{duration:.3f}"]
     args += [
-        "-f", "hls", "-hls_time", f"{segment_seconds:g}", "-hls_playlist_type", "vod",
+        "-f", "hls", "-hls_time", f"{segment_seconds:g}",
+        "-hls_playlist_type", "event" if growing else "vod",
         "-hls_segment_type", "fmp4", "-hls_fmp4_init_filename", "init.mp4",
-        "-hls_flags", "independent_segments",
+        "-hls_flags", "independent_segments+temp_file" if growing else "independent_segments",
         "-hls_segment_filename", str(out / "seg_%05d.m4s"),
         str(out / "index.m3u8"),
     ]
     return args
+
+
+def as_vod_playlist(path: Path) -> None:
+    """Rewrite a finished EVENT playlist (``growing`` above) as the VOD playlist it now is:
+    the same lines, ``EXT-X-PLAYLIST-TYPE:VOD``; a playlist without ENDLIST is left alone."""
+    text = path.read_text()
+    if "#EXT-X-ENDLIST" in text and "#EXT-X-PLAYLIST-TYPE:EVENT\n" in text:
+        path.write_text(text.replace("#EXT-X-PLAYLIST-TYPE:EVENT\n",
+                                     "#EXT-X-PLAYLIST-TYPE:VOD\n", 1))
 
 
 def _ffmpeg_args(video_id: str, pattern: _Pattern, rungs: Sequence[LadderRung], out: Path, *,

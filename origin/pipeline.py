@@ -5,12 +5,13 @@ committed: the video's catalog row goes to ``processing`` and one ``transcode`` 
 (idempotent by video id and step, so a hook called twice queues once). A
 :class:`TranscodeWorker` — any number of them, ``reelcdn worker`` — leases jobs, keeps the lease
 alive while ffmpeg runs (a heartbeat thread), and runs :func:`reelcdn.origin.transcode.transcode`,
-which publishes the lowest rendition first. The catalog follows: ``processing`` listing the
-first rendition as soon as it is playable, then ``ready``; a source that is not a usable video
-ends ``failed`` at once with the prober's reason (retrying cannot help), while an encoding
-failure is retried with backoff and, after the queue's ``max_attempts``, dead-lettered with the
-video ``failed``. A worker killed mid-job loses nothing: its lease expires and another worker
-runs the job again (transcode is idempotent: same keys, same bytes).
+which publishes the lowest rendition segment by segment as it is encoded. The catalog follows:
+``processing`` listing the first rendition as soon as it is playable, then ``ready``; a source
+that is not a usable video ends ``failed`` at once with the prober's reason (retrying cannot
+help), while an encoding failure is retried with backoff and, after the queue's
+``max_attempts``, dead-lettered with the video ``failed``. A worker killed mid-job loses
+nothing: its lease expires and another worker runs the job again (transcode is idempotent:
+same keys, same bytes).
 
 A direct-to-bucket upload (``origin/direct.py``) is queued by :func:`enqueue_on_direct_upload`
 with ``{"source_s3": {"bucket", "key"}}`` instead of a local path: the worker downloads the

@@ -9,18 +9,26 @@ Steps, each visible to players as soon as it is done (the early publish):
 1. :func:`~reelcdn.origin.probe.probe` and :func:`~reelcdn.origin.probe.validate` the source
    (:class:`~reelcdn.origin.probe.InvalidSource` with a reason for the uploader).
 2. :meth:`Ladder.for_source` picks the rungs: never upscaled.
-3. The **lowest rung** and the poster are encoded first (one ffmpeg run), the rendition is
-   published (:meth:`~reelcdn.origin.storage.ObjectStore.publish_dir`), then ``meta.json``
-   with ``state: "processing"`` listing only it (``Cache-Control: max-age=2``), and
-   ``on_publish(meta)`` is called: the video plays from here on, at the lowest quality.
-4. The other rungs are encoded in one ffmpeg run (the source decoded once, split per rung),
-   published, and ``meta.json`` is rewritten ``ready`` with the whole ladder
-   (``Cache-Control: max-age=86400``: not ``immutable``, a deleted video's meta must go).
+3. The whole ladder and the poster are encoded in **one ffmpeg run** (the source decoded once,
+   split per rung). While it runs, the **lowest rung** is published segment by segment as
+   ffmpeg closes each one (:class:`_EarlyPublisher`): its files, then ``meta.json`` with
+   ``state: "processing"`` listing only that rung as far as it goes (``Cache-Control:
+   max-age=2``); ``on_publish(meta)`` is called at the first one. The edge renders that rung
+   as an EVENT playlist, so players start at the lowest quality seconds after the upload and
+   reload it as it grows.
+4. When ffmpeg is done, every rung is published whole
+   (:meth:`~reelcdn.origin.storage.ObjectStore.publish_dir`) and ``meta.json`` is rewritten
+   ``ready`` with the whole ladder (``Cache-Control: max-age=86400``: not ``immutable``, a
+   deleted video's meta must go).
+
+Why one run rather than the lowest rung first in a run of its own: decoding the source is
+paid once, so the pipeline costs what one ffmpeg command for the ladder costs, and the first
+segment is out after about one segment's worth of encoding rather than after the whole rung.
 
 Every rung is H.264/AAC-LC CMAF (fMP4) HLS, ``init.mp4`` + ``seg_NNNNN.m4s`` + ``index.m3u8``,
 with keyframes forced at every multiple of the segment duration (2 s) of the same timeline on
 every rung (closed GOPs, no scene-cut keyframes), so a player can switch rendition at any
-segment boundary even though the rungs come from two ffmpeg runs. The encoder options are the
+segment boundary. The encoder options are the
 demo synthesiser's (:func:`reelcdn.origin.demo.hls_rung_args`) and the rendition description
 (:func:`reelcdn.origin.demo.build_rendition`) too, plus a Merkle root per rendition over its
 segment digests (:mod:`reelcdn.manifests.merkle`).
@@ -39,12 +47,12 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from reelcdn.manifests import merkle
-from reelcdn.manifests.meta import Rendition, VideoMeta, renditions_sorted
+from reelcdn.manifests.meta import Rendition, Segment, VideoMeta, renditions_sorted
 from reelcdn.origin.cache_control import (
     MEDIA_CACHE,
     META_CACHE_PROCESSING,
@@ -58,6 +66,7 @@ from reelcdn.origin.demo import (
     SEGMENT_SECONDS,
     DemoError,
     LadderRung,
+    as_vod_playlist,
     build_rendition,
     ffmpeg_exe,
     hls_rung_args,
@@ -207,7 +216,8 @@ class TranscodeResult:
     """From the call to the processing meta.json being written (the video playable)."""
     total_seconds: float
     published: dict[str, float] = dataclasses.field(default_factory=dict)
-    """Rendition name → seconds from the call to that rendition being published."""
+    """Rendition name → seconds from the call to that rendition being published (the lowest:
+    its first segments, when the video became playable; the others: whole)."""
 
 
 def _filtergraph(rungs: Sequence[LadderRung], fps_filter: str, poster_at: float | None) -> str:
@@ -223,15 +233,16 @@ def _filtergraph(rungs: Sequence[LadderRung], fps_filter: str, poster_at: float 
 
 def _encode(exe: str, source: Path, rungs: Sequence[LadderRung], out: Path, info: SourceInfo,
             ladder: Ladder, *, poster: bool, timeout: float, what: str,
-            decode_args: Sequence[str] = ()) -> None:
-    """One ffmpeg run: the source decoded once (with *decode_args*), split to *rungs* (and
-    the poster)."""
+            growing: Collection[str] = (),
+            while_running: Callable[[], object] | None = None) -> None:
+    """One ffmpeg run: the source decoded once, split to *rungs* (and the poster). The rungs
+    named in *growing* are written so they can be read while ffmpeg runs (see
+    :func:`~reelcdn.origin.demo.hls_rung_args`); *while_running* is called meanwhile."""
     fps = ladder.output_frame_rate(info)
     fps_filter = f"fps={fps:.6g}," if info.frame_rate > ladder.max_frame_rate else ""
     gop = max(1, round(ladder.segment_seconds * fps))
     poster_at = min(1.0, info.duration / 2) if poster else None
-    args = [*decode_args, "-i", str(source), "-filter_complex",
-            _filtergraph(rungs, fps_filter, poster_at)]
+    args = ["-i", str(source), "-filter_complex", _filtergraph(rungs, fps_filter, poster_at)]
     for i, rung in enumerate(rungs):
         (out / rung.name).mkdir(parents=True)
         # -g twice the segment: the forced keyframes make the GOPs; keyint is a safety net
@@ -239,31 +250,21 @@ def _encode(exe: str, source: Path, rungs: Sequence[LadderRung], out: Path, info
         args += hls_rung_args(rung, out / rung.name, video=f"[v{i}]",
                               audio="0:a:0" if info.has_audio else None, gop=2 * gop,
                               segment_seconds=ladder.segment_seconds, preset=ladder.preset,
-                              x264_params=X264_PARAMS)
+                              x264_params=X264_PARAMS, growing=rung.name in growing)
     if poster_at is not None:
+        # atomic_writing: the file appears whole (it is published while ffmpeg runs).
         args += ["-map", "[poster]", "-frames:v", "1", "-q:v", "3", "-update", "1",
-                 str(out / "poster.jpg")]
+                 "-atomic_writing", "1", str(out / "poster.jpg")]
     try:
-        run_ffmpeg(exe, args, timeout=timeout, what=what)
+        run_ffmpeg(exe, args, timeout=timeout, what=what, while_running=while_running)
     except DemoError as exc:
         raise TranscodeError(str(exc).split("\n---", 1)[0], exc.stderr) from None
 
 
-def early_decode_args(info: SourceInfo, rung: LadderRung) -> tuple[str, ...]:
-    """Decoder options for the early run of the lowest rung, the one decode of the source the
-    ladder pays twice: without the deblocking filter (about a quarter of H.264 or HEVC
-    decoding) when the rung is at most half the source's size, where the downscale averages
-    away the block edges the filter would smooth. The poster comes from this run too and is
-    downscaled as much or more."""
-    halved = 2 * _short_side(rung) <= min(info.width, info.height)
-    if info.video_codec in ("h264", "hevc") and halved:
-        return ("-skip_loop_filter", "all")
-    return ()
-
-
-def _describe(rendition_dir: Path, rung: LadderRung, fps: float) -> Rendition:
+def _describe(rendition_dir: Path, rung: LadderRung, fps: float,
+              known: Mapping[str, Segment] | None = None) -> Rendition:
     try:
-        r = build_rendition(rendition_dir, rung.name, fps)
+        r = build_rendition(rendition_dir, rung.name, fps, known)
     except (OSError, ValueError) as exc:
         raise TranscodeError(f"{rung.name}: ffmpeg's output is not what was expected: "
                              f"{exc}") from exc
@@ -275,6 +276,79 @@ def _existing_meta(store: ObjectStore, key: str) -> VideoMeta | None:
         return VideoMeta.from_json(store.get_bytes(key))
     except (KeyError, ValueError):
         return None
+
+
+class _EarlyPublisher:
+    """Publishes the lowest rung segment by segment while ffmpeg is still encoding the ladder.
+
+    Called between waits on ffmpeg (and once after it exits): when ffmpeg's EVENT playlist of
+    the rung lists new segments, their files go to the store (init first, the poster once it
+    exists), then ``meta.json`` with ``state: "processing"`` listing the rung as far as it
+    goes — the edge renders it as an EVENT playlist, so players start on it and reload it.
+    Files before the meta that lists them: a reader never sees a segment it cannot fetch.
+    """
+
+    def __init__(self, store: ObjectStore, base: str, rung: LadderRung, rung_dir: Path,
+                 poster: Path, fps: float, publish_meta: Callable[[VideoMeta], None],
+                 ready: VideoMeta | None, on_publish: Callable[[VideoMeta], object] | None,
+                 started: float) -> None:
+        self.store, self.base, self.rung, self.rung_dir = store, base, rung, rung_dir
+        self.poster, self.fps, self.publish_meta = poster, fps, publish_meta
+        self.ready, self.on_publish, self.started = ready, on_publish, started
+        self.segments: dict[str, Segment] = {}
+        self.poster_published = False
+        self.first_publish: float | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def poll(self) -> None:
+        index = self.rung_dir / "index.m3u8"
+        try:
+            stat = index.stat()
+        except FileNotFoundError:
+            return  # no segment closed yet
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            rendition = build_rendition(self.rung_dir, self.rung.name, self.fps, self.segments)
+        except (OSError, ValueError):
+            return  # caught between two writes of ffmpeg: the next poll reads it whole
+        self._stamp = stamp
+        new = [s for s in rendition.segments if s.uri not in self.segments]
+        if not new:
+            return
+        if self.ready is None:  # a rerun of a ready video publishes at the end only
+            self._publish_files(rendition, new)
+        self.segments.update((s.uri, s) for s in new)
+        if self.first_publish is not None:
+            if self.ready is None:
+                self.publish_meta(self._meta(rendition))
+            return
+        meta = self.ready or self._meta(rendition)
+        if self.ready is None:
+            self.publish_meta(meta)
+        self.first_publish = time.monotonic() - self.started
+        if self.on_publish is not None:
+            self.on_publish(meta)
+
+    def _publish_files(self, rendition: Rendition, new: Sequence[Segment]) -> None:
+        prefix = f"{self.base}/{self.rung.name}"
+        if not self.segments:
+            self.store.put_file(f"{prefix}/{rendition.init.uri}",
+                                self.rung_dir / rendition.init.uri, cache_control=MEDIA_CACHE)
+        for segment in new:
+            self.store.put_file(f"{prefix}/{segment.uri}", self.rung_dir / segment.uri,
+                                cache_control=MEDIA_CACHE)
+        if not self.poster_published and self.poster.is_file():
+            self.store.put_file(f"{self.base}/poster.jpg", self.poster,
+                                cache_control=POSTER_CACHE)
+            self.poster_published = True
+
+    def _meta(self, rendition: Rendition) -> VideoMeta:
+        return VideoMeta(video_id=self.base.rsplit("/", 1)[-1], state="processing",
+                         duration=round(rendition.duration, 6),
+                         poster="poster.jpg" if self.poster_published else None,
+                         renditions=(rendition,))
 
 
 def transcode(
@@ -293,9 +367,10 @@ def transcode(
 
     *workdir* is local scratch space (a subdirectory is made and removed). *on_publish* is
     called once, with the first ``meta.json`` that makes the video playable (``processing``
-    with the lowest rung; on a rerun of a ``ready`` video, the ``ready`` meta already there).
-    Raises InvalidSource for a source to refuse, TranscodeError when encoding fails, ValueError
-    for a bad *video_id*. *timeout* bounds each ffmpeg run (default: 120 s + 20 × duration).
+    with the lowest rung's first segments; on a rerun of a ``ready`` video, the ``ready`` meta
+    already there). Raises InvalidSource for a source to refuse, TranscodeError when encoding
+    fails, ValueError for a bad *video_id*. *timeout* bounds the ffmpeg run (default: 120 s +
+    20 × duration).
     """
     started = time.monotonic()
     ladder = ladder or Ladder()
@@ -320,43 +395,34 @@ def transcode(
     published: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix=f"{video_id}-", dir=workdir))
     try:
-        lowest, rest = rungs[0], rungs[1:]
-        first = work / "first"
-        _encode(exe, source, [lowest], first, info, ladder, poster=True, timeout=timeout,
-                what=f"{video_id}: encoding {lowest.name}",
-                decode_args=early_decode_args(info, lowest) if rest else ())
-        low = _describe(first / lowest.name, lowest, fps)
-        if not (first / "poster.jpg").is_file():
-            raise TranscodeError(f"{video_id}: ffmpeg wrote no poster")
-        store.publish_dir(first / lowest.name, f"{base}/{lowest.name}", media_cache)
-        store.put_file(f"{base}/poster.jpg", first / "poster.jpg", cache_control=POSTER_CACHE)
-        published[lowest.name] = time.monotonic() - started
+        lowest = rungs[0]
         existing = _existing_meta(store, meta_key)
-        if existing is not None and existing.ready:
-            early = existing  # a rerun: never set a ready video back to processing
-        else:
-            early = VideoMeta(video_id=video_id, state="processing",
-                              duration=round(low.duration, 6), poster="poster.jpg",
-                              renditions=(low,))
-            publish_meta(early, META_CACHE_PROCESSING)
-        first_publish = time.monotonic() - started
-        if on_publish is not None:
-            on_publish(early)
-
-        renditions = [low]
-        if rest:
-            others = work / "rest"
-            _encode(exe, source, rest, others, info, ladder, poster=False, timeout=timeout,
-                    what=f"{video_id}: encoding {', '.join(r.name for r in rest)}")
-            described = [_describe(others / r.name, r, fps) for r in rest]
-            for rung in rest:
-                store.publish_dir(others / rung.name, f"{base}/{rung.name}", media_cache)
+        early = _EarlyPublisher(
+            store, base, lowest, work / lowest.name, work / "poster.jpg", fps,
+            lambda meta: publish_meta(meta, META_CACHE_PROCESSING),
+            existing if existing is not None and existing.ready else None, on_publish, started)
+        _encode(exe, source, rungs, work, info, ladder, poster=True, timeout=timeout,
+                what=f"{video_id}: encoding {', '.join(r.name for r in rungs)}",
+                growing={lowest.name}, while_running=early.poll)
+        if early.first_publish is None:
+            raise TranscodeError(f"{video_id}: ffmpeg wrote no segment of {lowest.name}")
+        if not (work / "poster.jpg").is_file():
+            raise TranscodeError(f"{video_id}: ffmpeg wrote no poster")
+        as_vod_playlist(work / lowest.name / "index.m3u8")
+        renditions = [_describe(work / rung.name, rung, fps, early.segments if i == 0 else None)
+                      for i, rung in enumerate(rungs)]
+        published[lowest.name] = early.first_publish  # playable from then on, growing
+        for rung in rungs:
+            store.publish_dir(work / rung.name, f"{base}/{rung.name}", media_cache)
+            if rung is not lowest:
                 published[rung.name] = time.monotonic() - started
-            renditions += described
+        if not early.poster_published:
+            store.put_file(f"{base}/poster.jpg", work / "poster.jpg", cache_control=POSTER_CACHE)
         final = VideoMeta(video_id=video_id, state="ready",
                           duration=round(max(r.duration for r in renditions), 6),
                           poster="poster.jpg", renditions=renditions_sorted(renditions))
         publish_meta(final, META_CACHE_READY)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return TranscodeResult(final, info, first_publish, time.monotonic() - started, published)
+    return TranscodeResult(final, info, early.first_publish, time.monotonic() - started,
+                           published)

@@ -417,6 +417,9 @@ def test_vod_when_ready_event_with_validated_segments_while_processing() -> None
     event = render_media(processing, "a")
     assert "#EXT-X-PLAYLIST-TYPE:EVENT\n" in event and "ENDLIST" not in event
     assert event.count("#EXTINF:") == 2
+    # players join a playlist without ENDLIST near its end unless told where to start
+    assert "#EXT-X-START:TIME-OFFSET=0\n" in event and "EXT-X-START" not in ready
+    assert m3u8.loads(event).start.time_offset == 0
     check_everything(processing, RenderOptions())
     assert names(render_master(processing)) == ["a"]  # b has nothing to play yet
     with pytest.raises(NotReady):

@@ -183,6 +183,32 @@ async def test_hlsjs_plays_an_uploaded_video_while_processing_and_once_ready(tmp
         await service.stop()
 
 
+async def test_hlsjs_starts_a_processing_video_at_its_beginning(tmp_path):
+    """A video still transcoding is an EVENT playlist without ENDLIST, which players treat as
+    live and would join near its end (hls.js: three target durations back); the rendered
+    playlist's EXT-X-START:TIME-OFFSET=0 makes them start at the first segment."""
+    from reelcdn.manifests.meta import VideoMeta
+
+    chromium_or_skip()
+    root = synthesise(tmp_path / "origin", duration=16.0)
+    path = root / "v" / VIDEO / "meta.json"
+    ready = VideoMeta.read(path)
+    ready.replace(state="processing", renditions=ready.renditions[:1]).write(path)
+    (root / "v" / VIDEO / ".headers" / "meta.json").write_text("Cache-Control: max-age=2\n")
+    tiers = await DemoTiers(root).start()
+    try:
+        media = await get(tiers.port, f"/v/{VIDEO}/{ready.renditions[0].name}/index.m3u8")
+        assert "#EXT-X-START:TIME-OFFSET=0\n" in media.body.decode()
+        assert "#EXT-X-ENDLIST" not in media.body.decode()
+        src = quote(f"/v/{VIDEO}/master.m3u8", safe="")
+        result = await play_in_chromium(f"{tiers.base()}/player/page.html?src={src}")
+        assert result["playing"], result
+        media_urls = [u for u in result["urls"] if not u.endswith("/init.mp4")]
+        assert media_urls[0].endswith("/seg_00000.m4s"), result["urls"]
+    finally:
+        await tiers.stop()
+
+
 async def test_tus_js_client_uploads_from_a_browser(tmp_path):
     """tus-js-client in Chromium, from a page of another origin (CORS), in 256 KiB chunks:
     the origin API keeps every byte and queues the video."""

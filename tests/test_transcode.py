@@ -165,6 +165,9 @@ class RecordingStore(FsStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.log: list[tuple[str, ...]] = []
+        # Per meta.json written: its state and, per rendition, whether each segment it lists
+        # was already in the store at that moment.
+        self.listed: list[tuple[str, dict[str, list[bool]]]] = []
 
     def publish_dir(self, local_dir: Any, key_prefix: str,
                     cache_control: dict[str, str] | None = None) -> list[str]:
@@ -174,7 +177,12 @@ class RecordingStore(FsStore):
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None,
                   cache_control: str | None = None) -> None:
         if key.endswith("meta.json"):
-            self.log.append(("meta", VideoMeta.from_json(data).state, cache_control or ""))
+            meta = VideoMeta.from_json(data)
+            self.log.append(("meta", meta.state, cache_control or ""))
+            video = key.rsplit("/", 1)[0]
+            self.listed.append((meta.state, {
+                r.name: [self.exists(f"{video}/{r.name}/{s.uri}") for s in r.segments]
+                for r in meta.renditions}))
         super().put_bytes(key, data, content_type, cache_control)
 
 
@@ -251,7 +259,7 @@ def test_keyframes_are_aligned_across_rungs(run: Run) -> None:
         times[r.name] = keyframe_times(run.root / r.name)
     first = times["180p"]
     assert len(first) == 3 and [round(t - first[0], 3) for t in first] == [0.0, 2.0, 4.0]
-    assert times["360p"] == first  # two ffmpeg runs, one timeline
+    assert times["360p"] == first  # one timeline on every rung
 
 
 @pytest.mark.slow
@@ -266,18 +274,27 @@ def test_a_segment_decodes_with_pyav(run: Run) -> None:
 
 
 @pytest.mark.slow
-def test_the_lowest_rung_is_published_first(run: Run) -> None:
+def test_the_lowest_rung_is_published_first_as_it_is_encoded(run: Run) -> None:
     assert [m.state for m in run.published] == ["processing"]
     early = run.published[0]
     assert [r.name for r in early.renditions] == ["180p"] and early.renditions[0].segments
+    assert early.renditions[0].merkle_root is None  # a growing rung has no root yet
     assert run.dirs_at_publish == [".headers", "180p", "master.m3u8", "meta.json", "poster.jpg"]
-    assert run.store.log == [
-        ("publish", "v/clip/180p"),
-        ("meta", "processing", META_CACHE_PROCESSING),
-        ("on_publish",),
-        ("publish", "v/clip/360p"),
-        ("meta", "ready", META_CACHE_READY),
-    ]
+    metas = [e for e in run.store.log if e[0] == "meta"]
+    assert metas[-1] == ("meta", "ready", META_CACHE_READY)
+    assert metas[:-1] and set(metas[:-1]) == {("meta", "processing", META_CACHE_PROCESSING)}
+    # every processing meta lists only the lowest rung, more of it each time, and only
+    # segments already in the store: a player never asks for one that is not there yet
+    growing = [listed for state, listed in run.store.listed if state == "processing"]
+    assert all(list(listed) == ["180p"] and all(listed["180p"]) for listed in growing)
+    counts = [len(listed["180p"]) for listed in growing]
+    assert counts == sorted(set(counts))
+    # the whole renditions are published after the last processing meta, before ready
+    last_processing = max(i for i, e in enumerate(run.store.log) if e[1:2] == ("processing",))
+    assert run.store.log[last_processing + 1:] == [
+        ("publish", "v/clip/180p"), ("publish", "v/clip/360p"),
+        ("meta", "ready", META_CACHE_READY)]
+    assert "#EXT-X-PLAYLIST-TYPE:VOD\n" in (run.root / "180p" / "index.m3u8").read_text()
 
 
 @pytest.mark.slow
@@ -319,22 +336,3 @@ def test_a_poison_source_publishes_nothing(tmp_path: Path) -> None:
     with pytest.raises(InvalidSource, match="not a media file"):
         transcode(bad, "bad", store, LADDER, workdir=tmp_path / "work")
     assert not store.exists("v/bad/meta.json")
-
-
-def test_the_early_run_skips_deblocking_only_where_the_downscale_hides_it() -> None:
-    """The lowest rung's run decodes the source a second time; it skips H.264's loop filter
-    only for a rung at most half the source's size (portrait sources by their short side)."""
-    from reelcdn.origin.demo import LadderRung as Rung
-    from reelcdn.origin.probe import SourceInfo
-    from reelcdn.origin.transcode import early_decode_args
-
-    rung = Rung("360p", 640, 360, 600_000, 96_000, "main")
-
-    def info(width: int, height: int, codec: str = "h264") -> SourceInfo:
-        return SourceInfo(True, width, height, 10.0, 30.0, True, video_codec=codec)
-
-    assert early_decode_args(info(1920, 1080), rung) == ("-skip_loop_filter", "all")
-    assert early_decode_args(info(1080, 1920), rung) == ("-skip_loop_filter", "all")
-    assert early_decode_args(info(1280, 720), rung) == ("-skip_loop_filter", "all")
-    assert early_decode_args(info(1024, 576), rung) == ()  # 1.6x: the filter stays on
-    assert early_decode_args(info(1920, 1080, "vp9"), rung) == ()

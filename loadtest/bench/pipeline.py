@@ -8,9 +8,9 @@ default ladder (360p, 720p, 1080p; the transcoder's encoder options) two ways, a
 * **by hand**: one ffmpeg command encoding every rendition (the transcoder's own argument
   builder, all rungs and the poster in one run), nothing else;
 * **through the pipeline**: a job enqueued on the SQLite queue, leased by a
-  ``TranscodeWorker`` (heartbeat thread), probed, encoded lowest rendition first and the rest
-  in a second ffmpeg run, segments digested, Merkle roots computed, published atomically into
-  a filesystem store, the catalog moved to ``ready``.
+  ``TranscodeWorker`` (heartbeat thread), probed, encoded in one ffmpeg run while the lowest
+  rendition is published segment by segment, segments digested, Merkle roots computed, the
+  renditions published atomically into a filesystem store, the catalog moved to ``ready``.
 
 It prints the medians, the ratio (target: the pipeline at most 10 % slower) and when the first
 rendition was published. Both run in this process's machine: alternate runs, medians, so a
