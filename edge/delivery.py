@@ -49,17 +49,21 @@ def sf_token(name: str) -> str:
 class Delivery:
     """The writing side of one node: its identity in heads and the writers that use it."""
 
-    __slots__ = ("stats", "member", "via_hop", "cmsd_line")
+    __slots__ = ("stats", "member", "via_hop", "cmsd_line", "cors_line", "own_lines")
 
-    def __init__(self, name: str, stats: NodeStats, with_cmsd: bool) -> None:
+    def __init__(self, name: str, stats: NodeStats, with_cmsd: bool,
+                 cors_line: bytes = b"") -> None:
         self.stats = stats
         self.member = sf_token(name).encode()
         self.via_hop = b"1.1 " + name.encode()
-        self.cmsd_line = cmsd.node_block(name) if with_cmsd else b""
+        self.configure(name, with_cmsd, cors_line)
 
-    def configure(self, name: str, with_cmsd: bool) -> None:
-        """A reload: the CMSD line follows ``cmsd``."""
+    def configure(self, name: str, with_cmsd: bool, cors_line: bytes = b"") -> None:
+        """A reload: the CMSD line follows ``cmsd``, the CORS line ``cors_origins``
+        (``CorsPolicy.head_line``); both are built here once, not per head."""
         self.cmsd_line = cmsd.node_block(name) if with_cmsd else b""
+        self.cors_line = cors_line
+        self.own_lines = self.cmsd_line + cors_line
 
     def head(
         self,
@@ -78,10 +82,11 @@ class Delivery:
         """Status line, stored fields, then what this node adds: Age, Cache-Status, Via,
         framing (Content-Length or chunked) and Connection (``head.build_head``, compiled
         when built). ``cmsd_block`` replaces this node's shared ``CMSD-Dynamic`` line (a
-        rendered playlist's carries its connection's measures)."""
-        cmsd_line = self.cmsd_line if cmsd_block is None else cmsd_block
+        rendered playlist's carries its connection's measures). The node's CORS fields
+        (``cors.py``) come with it."""
+        own = self.own_lines if cmsd_block is None else cmsd_block + self.cors_line
         return heads.build_head(
-            status, header_block + cmsd_line, None if age is None else int(age), prior[0],
+            status, header_block + own, None if age is None else int(age), prior[0],
             self.member, member, None if ttl is None else int(ttl), prior[1], self.via_hop,
             length, chunked, close,
         )

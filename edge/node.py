@@ -52,6 +52,7 @@ from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
 from reelcdn.edge.fetch.contract import FetchFailed, Upstream
 from reelcdn.edge.fetch.order import FillOrder
 from reelcdn.edge.http import conditional
+from reelcdn.edge.http.cors import CorsPolicy
 from reelcdn.edge.http.dates import format_http_date, http_date_now_bytes
 from reelcdn.edge.http.message import (
     HOP_BY_HOP,
@@ -177,7 +178,11 @@ class CacheNode:
         self.upstream.observe = self.stats.upstream
         self.upstream.state_change = self.stats.upstream_state
         self.upstream.resume_outcome = self.stats.upstream_resume
-        self.delivery = Delivery(config.name, self.stats, config.cmsd)
+        # CORS (edge/http/cors.py): the constant fields go into every head Delivery builds;
+        # with a list of origins, receive also hands the connection the origin to echo.
+        self.cors = CorsPolicy(config.cors_origins)
+        self._cors_echo: CorsPolicy | None = self.cors if self.cors.per_request else None
+        self.delivery = Delivery(config.name, self.stats, config.cmsd, self.cors.head_line)
         self.features: EdgeFeatures | None = EdgeFeatures(self, worker_index)
         # Signed URLs (edge/auth): None when the node checks no tokens.
         self.tokens: TokenGate | None = TokenGate(config.tokens) if config.tokens else None
@@ -200,7 +205,9 @@ class CacheNode:
         self.stats.evictions += self.store.resize(config.cache_memory)
         self.body_files.min_bytes = config.sendfile_min_bytes
         self.store.configure_disk(config, self.stats)
-        self.delivery.configure(config.name, config.cmsd)
+        self.cors = CorsPolicy(config.cors_origins)
+        self._cors_echo = self.cors if self.cors.per_request else None
+        self.delivery.configure(config.name, config.cmsd, self.cors.head_line)
         self.backoff.base = config.failure_backoff_base
         self.backoff.cap = config.failure_backoff_max
         self._ttl_rules = _ttl_rules(config)
@@ -259,6 +266,8 @@ class CacheNode:
             conn.close_after_response()
             return None
         method = req.method
+        if self._cors_echo is not None:  # a list of cors_origins: echo the allowed one
+            conn.cors_allow = self._cors_echo.allow_line(req.headers.get(b"origin"))
         if req.path == HEALTH_PATH:
             return self._health(req, conn)
         gate = self.tokens
@@ -267,6 +276,9 @@ class CacheNode:
             if verdict is not None and verdict.__class__ is Refusal:
                 return self._refuse_token(req, conn, verdict.reason)  # type: ignore[union-attr]
         if method != "GET" and method != "HEAD":
+            if (method == "OPTIONS" and self.cors.enabled and b"origin" in req.headers
+                    and b"access-control-request-method" in req.headers):
+                return self._preflight(req, conn)
             if req.path == "*":
                 return self._options_asterisk(req, conn)
             return self.pass_(req, conn, "method")
@@ -332,6 +344,15 @@ class CacheNode:
                                   extra=b"Reelcdn-Token-Error: " + reason.encode() + b"\r\n"))
         self.stats.token_refusals[reason] = self.stats.token_refusals.get(reason, 0) + 1
         self.stats.count(req.method, "error", 403)
+        return None
+
+    def _preflight(self, req: Request, conn: HttpConnection) -> None:
+        """A CORS preflight, answered here from the node's policy (``cors.py``): nothing is
+        looked up or sent upstream. The echoed origin, if any, is in the head already."""
+        conn.cors_allow = b""
+        conn.write(self.cors.preflight_head(req.headers.get(b"origin"),
+                                            conn.connection_field(req)))
+        self.stats.count(req.method, "preflight", 204)
         return None
 
     def _options_asterisk(self, req: Request, conn: HttpConnection) -> None:

@@ -385,6 +385,28 @@ def _parse_server_names(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
     return parse_str_list(value, ctx.file, key, server_name_checker(ctx.file))
 
 
+_CORS_ORIGIN_RE = re.compile(r"https?://[a-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?")
+
+
+def _parse_cors_origins(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
+    """``cors_origins``: ``["*"]`` alone, or origins as browsers send them in ``Origin``
+    (scheme, host and port only, lower case: no path, no trailing slash)."""
+
+    def check(item: str, item_key: str) -> str:
+        if item == "*" or _CORS_ORIGIN_RE.fullmatch(item):
+            return item
+        hint = ""
+        if _CORS_ORIGIN_RE.fullmatch(item.lower().rstrip("/")):
+            hint = f' (write {quote(item.lower().rstrip("/"))}: browsers send it so)'
+        raise ConfigError(ctx.file, item_key, f"bad origin {quote(item)}: \"*\" or "
+                          f'scheme://host[:port] like "https://www.example.com"{hint}')
+
+    origins = parse_str_list(value, ctx.file, key, check)
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError(ctx.file, key, '"*" allows every origin: list it alone or not at all')
+    return origins
+
+
 def _parse_carried(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
     return parse_carried(value, ctx.file, key)
 
@@ -1024,6 +1046,10 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
          "Bytes the node may prefetch per second for all clients (a burst of 1 s; with "
          "workers, each takes its share)."),
     _key("cmsd", _flag(), "Add a CMSD-Dynamic header naming this node (CTA-5006)."),
+    _key("cors_origins", _special(_parse_cors_origins, "array of origins"),
+         'Pages that may play through this node cross-origin (CORS, docs/cors.md): ["*"] any '
+         'page, or origins like "https://www.example.com"; [] adds no CORS field.',
+         default='`["*"]`'),
     _key("steering", _special(_subtable(lambda: STEERING_KEY_TABLE), "table"),
          "Content steering of rendered master playlists, see steering below.", default="none",
          merge="fields", build=_build_steering),

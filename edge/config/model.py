@@ -300,6 +300,9 @@ class NodeConfig:
     prefetch_client_bytes_per_second: int = 8 * 1024 * 1024
     prefetch_bytes_per_second: int = 256 * 1024 * 1024
     cmsd: bool = True                      # add CMSD-Dynamic (CTA-5006) naming this node
+    # CORS on the data plane (edge/http/cors.py, docs/cors.md): "*" (any page), a list of
+    # origins ("https://www.example.com", echoed with Vary: Origin), or () for none.
+    cors_origins: tuple[str, ...] = ("*",)
     steering: SteeringConfig | None = None  # content steering of rendered master playlists
     tokens: TokenConfig | None = None  # signed URLs checked before the cache
     # View counts (edge/video/plays.py, docs/plays.md): an edge counts plays and completions

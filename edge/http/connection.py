@@ -155,6 +155,14 @@ WRITE_SENDING_FILE = "sending file"
 _FAILED_AT: set[tuple[type, str, int]] = set()  # where a request failed: tracebacks logged once
 
 
+def _with_field(head: bytes | memoryview, line: bytes) -> bytes | memoryview:
+    """``head`` (a response's first bytes) with ``line`` after its status line."""
+    if type(head) is not bytes or not head.startswith(b"HTTP/"):
+        return head
+    end = head.find(b"\r\n") + 2
+    return head[:end] + line + head[end:] if end > 1 else head
+
+
 def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {str(exc)[:200]}"
 
@@ -208,6 +216,7 @@ class HttpConnection(asyncio.Protocol):
         "_expect_continue",
         "_socket",
         "_file_send",
+        "cors_allow",
     )
 
     def __init__(self, server: ConnectionOwner) -> None:
@@ -237,6 +246,10 @@ class HttpConnection(asyncio.Protocol):
         self._socket: socket.socket | None = None
         # The rest of a body that sendfile(2) could not send at once (see write_file).
         self._file_send: _FileSend | None = None
+        # The response's Access-Control-Allow-Origin line when the node echoes the origin
+        # (a list of cors_origins, edge/http/cors.py): set by the node for each request,
+        # written into the response's head by its first write.
+        self.cors_allow = b""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -485,9 +498,11 @@ class HttpConnection(asyncio.Protocol):
 
     # -- what the node uses ------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
-        if self._ttfb_start:
+        if self._ttfb_start:  # the response's first write: its head
             self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
             self._ttfb_start = 0.0
+            if self.cors_allow:
+                data = _with_field(data, self.cors_allow)
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
@@ -503,6 +518,8 @@ class HttpConnection(asyncio.Protocol):
         if self._ttfb_start:
             self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
             self._ttfb_start = 0.0
+            if self.cors_allow:
+                head = _with_field(head, self.cors_allow)  # type: ignore[assignment]
         transport = self.transport
         if self.closed or transport is None:
             return

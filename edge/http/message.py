@@ -99,7 +99,9 @@ def render_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, tuple[byte
     """Header pairs as one block of ``Name: value\\r\\n`` lines, with the upstream tiers'
     ``Cache-Status`` and ``Via`` taken out (returned as ``prior``): the node sends each of
     those as one line with its own member appended, since many clients read only the first
-    (or last) line of a repeated field."""
+    (or last) line of a repeated field. An upstream's ``Access-Control-*`` fields are dropped:
+    the node adds its own CORS fields when it writes (``cors.py``), so a stored answer never
+    carries one page's permission to another."""
     parts = []
     statuses = []
     vias = []
@@ -109,7 +111,7 @@ def render_fields(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, tuple[byte
             statuses.append(value)
         elif lower == b"via":
             vias.append(value)
-        else:
+        elif lower[:15] != b"access-control-":  # CORS is the node's own (cors.py)
             parts.append(name + b": " + value + b"\r\n")
     return b"".join(parts), (b", ".join(statuses), b", ".join(vias))
 
