@@ -183,6 +183,53 @@ async def test_hlsjs_plays_an_uploaded_video_while_processing_and_once_ready(tmp
         await service.stop()
 
 
+async def test_hlsjs_plays_a_video_to_its_end_while_it_is_still_being_encoded(tmp_path):
+    """The browser starts at the first published segment and plays on while ffmpeg adds the
+    rest (an EVENT playlist it reloads), to the end once the video is ready: no fatal error,
+    every segment of the lowest rendition fetched in order."""
+    import threading
+
+    from media import make_clip
+
+    from reelcdn.manifests.meta import VideoMeta
+    from reelcdn.origin.storage import FsStore
+    from reelcdn.origin.transcode import Ladder, transcode
+
+    chromium_or_skip()
+    root = tmp_path / "origin"
+    root.mkdir()
+    clip = make_clip(tmp_path / "clip.mp4", size="1280x720", seconds=12.0)
+    tiers = await DemoTiers(root, meta_ttl="1s").start()
+    first: list[VideoMeta] = []
+    published = threading.Event()
+
+    def on_publish(meta: VideoMeta) -> None:
+        first.append(meta)
+        published.set()
+
+    encoding = asyncio.ensure_future(asyncio.to_thread(
+        transcode, clip, "growing", FsStore(root), Ladder(), workdir=tmp_path / "work",
+        on_publish=on_publish))
+    try:
+        assert await asyncio.to_thread(published.wait, 120)
+        assert first[0].state == "processing"
+        listed_at_start = len(first[0].renditions[0].segments)
+        src = quote("/v/growing/master.m3u8", safe="")
+        result = await play_in_chromium(
+            f"{tiers.base()}/player/page.html?src={src}&until=1000", timeout_ms=90000)
+        final = (await encoding).meta
+        assert result["ended"], result
+        assert not [e for e in result["errors"] if "fatal" in e], result["errors"]
+        lowest = final.renditions[0]
+        fetched = [u.rsplit("/", 1)[1] for u in result["urls"] if "/seg_" in u]
+        assert fetched == [s.uri for s in lowest.segments], (fetched, listed_at_start)
+        assert listed_at_start < len(lowest.segments)  # it really grew under the player
+    finally:
+        await tiers.stop()
+        if not encoding.done():
+            await asyncio.wait([encoding], timeout=120)
+
+
 async def test_hlsjs_starts_a_processing_video_at_its_beginning(tmp_path):
     """A video still transcoding is an EVENT playlist without ENDLIST, which players treat as
     live and would join near its end (hls.js: three target durations back); the rendered
