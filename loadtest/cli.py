@@ -155,6 +155,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--slo", type=_type(parse_slos, "SLOs"),
                      help="objectives, e.g. ttff_p95=200ms,vsf=0.5%%,rebuffer_ratio=1%%; a "
                      "violated one makes the exit status 1")
+    out.add_argument("--verify", metavar="SOURCE",
+                     help="check every init and media segment body against the size and "
+                     "sha256 of its meta.json: SOURCE is the origin directory (its "
+                     "v/ID/meta.json files) or 'cdn' (meta.json fetched through the first "
+                     "target); a corrupted body makes the exit status 1")
     out.add_argument("--report", metavar="DIR", help="write summary.json, players.jsonl and "
                      "report.html (with plots) here")
     out.add_argument("--scrape-interval", type=_type(_positive_seconds, "a duration"),
@@ -168,6 +173,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "nginx as equivalent 3-tier topologies in front of it, run the same "
                         "workload against each, report both and their ratios (--report DIR)")
     parser.add_argument("--nginx", metavar="PATH", help="nginx binary for --compare-nginx")
+
+
+def _verify_line(verify: dict[str, Any] | None) -> list[str]:
+    if not verify or not verify["bodies"]:
+        return []
+    return [f"verified bodies {verify['bodies']} ({verify['bytes']} bytes): corrupted "
+            f"{verify['corrupted_bodies']} ({verify['corrupted_bytes']} bytes)"]
 
 
 def text_summary(summary: dict[str, Any]) -> str:
@@ -186,6 +198,7 @@ def text_summary(summary: dict[str, Any]) -> str:
         f"VSF {pct(summary['vsf'])}, EBVS {pct(summary['ebvs'])}, VPF {pct(summary['vpf'])}; "
         f"rebuffer ratio {pct(summary['rebuffer']['ratio'])} "
         f"({summary['rebuffer']['events']} events); switches {summary['switches']}",
+        *_verify_line(summary.get("verify")),
         f"player requests {summary['client']['requests']} "
         f"({summary['client']['failures']} without answer), "
         f"origin fetch ratio {pct(summary['origin_fetch_ratio'])}",
@@ -232,6 +245,9 @@ def main_args(args: argparse.Namespace) -> int:
 
     try:
         outcome = asyncio.run(run(options, log=lambda line: print(line, file=sys.stderr)))
+    except ValueError as exc:   # --verify: the reference digests could not be read
+        print(f"reelcdn loadtest: --verify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (RuntimeError, OSError) as exc:
         print(f"reelcdn loadtest: the run failed: {exc}", file=sys.stderr)
         return EXIT_FAILED

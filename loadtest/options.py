@@ -83,5 +83,5 @@ def build_options(args: argparse.Namespace) -> Any:
     return RunOptions(
         workload=workload, endpoints=endpoints, cache=args.cache, processes=args.processes,
         scrape_interval=args.scrape_interval, slos=args.slo or [], progress=progress,
-        tier_roles=tier_roles, label=args.label,
+        tier_roles=tier_roles, label=args.label, verify=getattr(args, "verify", None),
     )

@@ -31,6 +31,7 @@ import asyncio
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,9 +42,12 @@ from . import cmcd
 from .cachestatus import Tally
 from .hls import MediaPlaylist, PlaylistError, Variant, parse_master, parse_media
 from .network import Link
+from .verify import BodyCheck, Digests
 
 READ_CHUNK = 64 * 1024
 PACED_CHUNK = 16 * 1024     # smaller reads on capped links, so pacing is smooth
+MAX_ABORTS = 3              # aborted-and-reissued downloads of one request, at most
+CORRUPTION_EXAMPLES = 5     # kept per session
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,7 @@ class PlayerOptions:
     watch: float | None = None      # media seconds to watch (None: the whole video)
     request_timeout: float = 10.0
     retries: int = 1                # per request, on 5xx and connection errors
+    segment_retries: int | None = None   # init and media segments (None: ``retries``)
     retry_delay: float = 0.25
     send_cmcd: bool = True
 
@@ -71,6 +76,10 @@ class RequestFailed(Exception):
         self.url = url
         self.status = status
         self.reason = reason
+
+
+class Aborted(Exception):
+    """A download the player itself abandoned mid-body (``abort`` hook): reissued at once."""
 
 
 @dataclass
@@ -97,6 +106,16 @@ class PlayerResult:
     played_seconds: float = 0.0         # media played (wall time × time scale)
     bitrate_seconds: float = 0.0        # Σ variant bandwidth × segment duration
     cut_by_deadline: bool = False
+    # body verification against meta.json (docs/meta-json.md), when the run has digests
+    verified: int = 0                   # bodies checked
+    verified_bytes: int = 0
+    corrupted: int = 0                  # bodies that differ from meta.json (size or sha256)
+    corrupted_bytes: int = 0            # their bytes, whole (a digest does not say which)
+    corruptions: list[dict[str, Any]] = field(default_factory=list)
+    aborted: int = 0                    # downloads abandoned mid-body by the abort hook
+    # timeline (seconds since the run started)
+    failures_at: list[float] = field(default_factory=list)   # each failed request attempt
+    rebuffers_at: list[float] = field(default_factory=list)  # when each stall ended
 
     @property
     def average_bitrate(self) -> float | None:
@@ -172,8 +191,12 @@ class Player:
     """One session: ``await player.run()``; ``player.result`` is valid even if cancelled."""
 
     def __init__(self, player_id: int, master_url: str, video: str, options: PlayerOptions,
-                 link: Link, tally: Tally, run_started: float) -> None:
+                 link: Link, tally: Tally, run_started: float,
+                 digests: Digests | None = None,
+                 abort: Callable[[str], bool] | None = None) -> None:
         self.master_url = master_url
+        self.digests = digests
+        self.abort = abort
         self.options = options
         self.link = link
         self.tally = tally
@@ -197,25 +220,37 @@ class Player:
     async def fetch(self, session: aiohttp.ClientSession, url: str, data: cmcd.CmcdRequest | None,
                     keep_body: bool) -> tuple[bytes, float, float, int]:
         """GET ``url``; (body if kept, TTFB s, total s, size) with the retries applied."""
-        attempt = 0
+        attempt = aborts = 0
+        # Playlists are kept (parsed); init and media segments are not: hls.js retries the
+        # latter more (6 by default) than playlists (1-2).
+        retries = self.options.retries if keep_body or self.options.segment_retries is None \
+            else self.options.segment_retries
         while True:
             try:
-                return await self._fetch_once(session, url, data, keep_body)
+                return await self._fetch_once(session, url, data, keep_body,
+                                              may_abort=aborts < MAX_ABORTS)
+            except Aborted:
+                aborts += 1
+                continue
             except RequestFailed as failure:
                 retryable = failure.status == 0 or failure.status >= 500
-                if not retryable or attempt >= self.options.retries:
+                if not retryable or attempt >= retries:
                     raise
                 attempt += 1
                 await asyncio.sleep(self.options.retry_delay)
 
     async def _fetch_once(self, session: aiohttp.ClientSession, url: str,
-                          data: cmcd.CmcdRequest | None,
-                          keep_body: bool) -> tuple[bytes, float, float, int]:
+                          data: cmcd.CmcdRequest | None, keep_body: bool,
+                          may_abort: bool = False) -> tuple[bytes, float, float, int]:
         started = time.monotonic()
         self.result.requests += 1
         target = cmcd.with_cmcd(url, data if self.options.send_cmcd else None)
         chunks: list[bytes] = []
         size = 0
+        path = urlsplit(url).path
+        expected = self.digests.get(path) if self.digests is not None else None
+        check = BodyCheck(expected) if expected is not None else None
+        abort = self.abort is not None and may_abort and self.abort(path)
         try:
             await self.link.round_trip()
             timeout = aiohttp.ClientTimeout(total=self.options.request_timeout)
@@ -227,6 +262,14 @@ class Player:
                     size += len(chunk)
                     if keep_body:
                         chunks.append(chunk)
+                    if check is not None:
+                        check.feed(chunk)
+                    if abort and response.status == 200:
+                        # The viewer abandons this download mid-body (a seek, an emergency
+                        # down-switch): the connection is dropped, the request reissued.
+                        response.close()
+                        self.result.aborted += 1
+                        raise Aborted(url)
                     if paced:
                         await self.link.deliver(len(chunk))
                 total = time.monotonic() - started
@@ -234,14 +277,36 @@ class Player:
                 cache_status = ", ".join(response.headers.getall("Cache-Status", [])) or None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             self.tally.failures += 1
+            self.result.failures_at.append(time.monotonic() - self.run_started)
             reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
             raise RequestFailed(url, 0, reason[:200]) from None
         self.tally.record(status, cache_status, size,
-                          int(time.monotonic() - self.run_started), urlsplit(url).path)
+                          int(time.monotonic() - self.run_started), path)
         self.result.bytes += size
         if status >= 400:
+            self.result.failures_at.append(time.monotonic() - self.run_started)
             raise RequestFailed(url, status, f"HTTP {status}")
+        if check is not None and status == 200:
+            self._verified(check, path, cache_status)
         return b"".join(chunks), ttfb, total, size
+
+    def _verified(self, check: BodyCheck, path: str, cache_status: str | None) -> None:
+        """Count a checked body; a corrupted one is a failed request (a player could not
+        decode it), so it is retried like a 5xx."""
+        result = self.result
+        result.verified += 1
+        result.verified_bytes += check.size
+        problem = check.problem()
+        if problem is None:
+            return
+        result.corrupted += 1
+        result.corrupted_bytes += check.size
+        now = time.monotonic() - self.run_started
+        result.failures_at.append(now)
+        if len(result.corruptions) < CORRUPTION_EXAMPLES:
+            result.corruptions.append({"path": path, "at": round(now, 3), "problem": problem,
+                                       "cache_status": cache_status})
+        raise RequestFailed(path, 0, f"corrupted body: {problem}")
 
     def _cmcd(self, ot: str, **keys: Any) -> cmcd.CmcdRequest:
         return cmcd.CmcdRequest(sid=self.sid, cid=self.cid, ot=ot, **keys)
@@ -266,6 +331,7 @@ class Player:
         self._advance(now)
         if self.stall_since is not None:
             self.result.rebuffers.append(now - self.stall_since)
+            self.result.rebuffers_at.append(now - self.run_started)
             self.stall_since = None
         self.level += duration
         self.playing = True

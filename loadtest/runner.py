@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -50,6 +51,13 @@ class RunOptions:
     tier_roles: list[str] | None = None
     label: str = "reelcdn loadtest"
     settle: float = 0.3                 # before the last scrape: let nodes finish counting
+    # verify bodies against meta.json: an origin directory, or "cdn" (meta.json fetched
+    # through the first target); None: no verification unless workload.digests is set
+    verify: str | None = None
+    # in-process runs only (processes = 1): asked before each download (see run_share)
+    abort_body: Callable[[str], bool] | None = None
+    # called once with the run's start (time.monotonic()) as players begin
+    on_start: Callable[[float], None] | None = None
 
 
 @dataclass
@@ -257,7 +265,10 @@ async def _run_shares(options: RunOptions, run_started: float,
             progress.cpu = (time.process_time() - cpu0) / max(time.monotonic() - wall0, 1e-3)
             progress.refresh()
 
-        return [await run_share(workload, 0, 1, run_started, on_live=on_live)]
+        return [await run_share(workload, 0, 1, run_started, on_live=on_live,
+                                abort=options.abort_body)]
+    if options.abort_body is not None:
+        raise RuntimeError("an abort hook needs the players in this process (processes = 1)")
 
     context = multiprocessing.get_context("spawn")
     messages = context.Queue()
@@ -302,9 +313,37 @@ async def _run_shares(options: RunOptions, run_started: float,
 
 # ------------------------------------------------------------------------- the run
 
+async def load_digests(options: RunOptions) -> RunOptions:
+    """Options whose workload carries the reference digests ``options.verify`` names."""
+    from .verify import digests_from_dir, fetch_digests
+
+    workload = options.workload
+    if options.verify is None:
+        return options
+    masters = [video.path for video in workload.catalog]
+    if options.verify == "cdn":
+        base = workload.targets[0] if workload.targets else ""
+        if not base:
+            raise ValueError("--verify cdn needs a --target or --topology")
+        digests = await fetch_digests(base, masters)
+    else:
+        digests = digests_from_dir(Path(options.verify), masters)
+    return dataclasses.replace(options, workload=dataclasses.replace(workload, digests=digests))
+
+
+def verify_verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """The implicit objective of a verified run: not one corrupted byte."""
+    corrupted = summary["verify"]["corrupted_bytes"]
+    return {"slo": "corrupted_bytes=0", "key": "corrupted_bytes", "target": 0,
+            "measured": corrupted, "met": corrupted == 0}
+
+
 async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOutcome:
+    options = await load_digests(options)
     workload = options.workload
     warnings: list[str] = []
+    if workload.digests is not None:
+        log(f"verifying bodies: {len(workload.digests)} objects with meta.json digests")
     if options.cache == "warm":
         fetched, failed = await warm_caches(workload)
         log(f"warm-up: {fetched} objects fetched through {len(workload.targets) or 1} "
@@ -321,6 +360,8 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
             warnings.extend(errors[:5])
 
     run_started = time.monotonic()
+    if options.on_start is not None:
+        options.on_start(run_started)
     machine0 = machine_cpu_ticks()
     async with Scraper(options.endpoints, run_started) as scraper:
         before = await scraper.scrape()
@@ -355,6 +396,8 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
     warnings.extend(summary["harness"]["warnings"])
     summary["run"] = describe(options, wall)
     verdicts = check_slos(summary, options.slos)
+    if workload.digests is not None:
+        verdicts.append(verify_verdict(summary))
     summary["slo"] = verdicts
     summary["warnings"] = warnings
     return RunOutcome(summary, players, tally, scraper.scrapes, verdicts, warnings)

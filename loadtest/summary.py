@@ -22,6 +22,7 @@ from typing import Any
 from .cachestatus import Tally
 from .player import PlayerResult
 from .scrape import NodeCounters, origin_requests
+from .verify import summary_of as verify_summary
 
 PERCENTILES = (50, 90, 95, 99)
 PHASES = ("master", "media_playlist", "init", "first_segment_ttfb", "first_segment")
@@ -123,6 +124,7 @@ def summarise(players: list[PlayerResult], tally: Tally,
     if tally.with_cache_status:
         ratio = tally.origin_fetches / tally.responses if tally.responses else None
         summary["client"]["origin_fetch_ratio"] = ratio
+    summary["verify"] = verify_summary(players)
     summary["server"] = server_view(server) if server else None
     source = summary["server"] if summary["server"] else summary["client"]
     ratio = source.get("origin_fetch_ratio")

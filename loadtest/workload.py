@@ -16,13 +16,14 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .cachestatus import Tally
 from .catalog import Video, Zipf, master_url
 from .network import Distribution, Link
 from .player import Player, PlayerOptions, PlayerResult
+from .verify import Expected
 
 SCENARIOS = ("steady", "flash-crowd")
 
@@ -44,6 +45,8 @@ class Workload:
     rtt: Distribution = Distribution("fixed", (0.0,), "0")
     seed: int = 1
     max_sessions: int = 1_000_000
+    # path → size and sha256 from meta.json: every body with an entry is verified (verify.py)
+    digests: Mapping[str, Expected] | None = None
 
 
 @dataclass
@@ -79,8 +82,10 @@ def split(total: int, shares: int, index: int) -> int:
 
 
 class ShareRunner:
-    def __init__(self, workload: Workload, share: int, shares: int, run_started: float) -> None:
+    def __init__(self, workload: Workload, share: int, shares: int, run_started: float,
+                 abort: Callable[[str], bool] | None = None) -> None:
         self.workload = workload
+        self.abort = abort
         self.share = share
         self.shares = shares
         self.run_started = run_started
@@ -107,7 +112,8 @@ class ShareRunner:
         link = Link(workload.bandwidth.sample(self.rng), workload.rtt.sample(self.rng))
         self.sessions += 1
         player = Player(number, master_url(video, target or None), video.video,
-                        workload.player, link, self.result.tally, self.run_started)
+                        workload.player, link, self.result.tally, self.run_started,
+                        digests=workload.digests, abort=self.abort)
         self.players.append(player)
         return player
 
@@ -251,9 +257,12 @@ class ShareRunner:
 
 async def run_share(workload: Workload, share: int, shares: int, run_started: float,
                     on_live: Callable[[LiveCounts], None] | None = None,
-                    interval: float = 0.5) -> ShareResult:
-    """Run one share; call ``on_live`` every ``interval`` seconds with progress counts."""
-    runner = ShareRunner(workload, share, shares, run_started)
+                    interval: float = 0.5,
+                    abort: Callable[[str], bool] | None = None) -> ShareResult:
+    """Run one share; call ``on_live`` every ``interval`` seconds with progress counts.
+    ``abort(path)``, when given, is asked before each download: True makes the player
+    abandon it mid-body and reissue it (the chaos soak's ``abort_clients``)."""
+    runner = ShareRunner(workload, share, shares, run_started, abort)
     task = asyncio.ensure_future(runner.run())
     while not task.done():
         await asyncio.wait({task}, timeout=interval)
