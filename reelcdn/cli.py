@@ -154,6 +154,14 @@ def _cmd_loadtest(args: argparse.Namespace) -> int:
     return main_args(args)
 
 
+def _cmd_soak(args: argparse.Namespace) -> int:
+    from reelcdn.edge.ops.server import install_uvloop
+    from reelcdn.loadtest.chaos.cli import main_args
+
+    install_uvloop()
+    return main_args(args)
+
+
 def _load_services(args: argparse.Namespace, command: str) -> Any:
     """The topology's service sections, or None after printing the config error."""
     from reelcdn.edge.config import ConfigError
@@ -378,6 +386,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_loadtest_arguments(loadtest)
     loadtest.set_defaults(func=_cmd_loadtest)
+
+    from reelcdn.loadtest.chaos.cli import add_arguments as add_soak_arguments
+
+    soak = sub.add_parser(
+        "soak", help="chaos soak: players through the default topology while a plan kills "
+        "nodes and breaks the origin; every body verified; report (docs/chaos.md)",
+    )
+    add_soak_arguments(soak)
+    soak.set_defaults(func=_cmd_soak)
 
     origin = sub.add_parser(
         "origin", help="run the origin API: tus uploads and the video API, from the [api], "
