@@ -283,7 +283,7 @@ plays.own_auth = True  # type: ignore[attr-defined]  # the plays token, not a us
 def register(app: web.Application, state: OriginState) -> FeedService:
     """Add the feed's routes to the origin API's application, its service (started and
     stopped with the application) and its metrics (in the origin's registry)."""
-    service = FeedService.open(state.config, state.catalog, state.metrics.registry,
+    service = FeedService.open(state.config, lambda: state.catalog, state.metrics.registry,
                                state.clock)
     app[FEED] = service
     app[PLAYS_TOKEN] = state.config.plays_token

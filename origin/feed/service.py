@@ -96,10 +96,14 @@ class FeedMetrics:
 
 
 class FeedService:
-    def __init__(self, settings: FeedSettings, catalog: Catalog, store: EngagementStore,
-                 registry: CollectorRegistry, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: FeedSettings, catalog: Catalog | Callable[[], Catalog],
+                 store: EngagementStore, registry: CollectorRegistry,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``catalog``: the catalog, or a callable answering the one in use now (the origin's
+        state may be given another catalog after the application is built)."""
         self.settings = settings
-        self.catalog = catalog
+        self._catalog_of: Callable[[], Catalog] = (
+            catalog if callable(catalog) else lambda: catalog)
         self.store = store
         self.clock = clock
         self.metrics = FeedMetrics(registry)
@@ -113,8 +117,13 @@ class FeedService:
         self._last_cleanup = 0.0
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def catalog(self) -> Catalog:
+        return self._catalog_of()
+
     @classmethod
-    def open(cls, config: Any, catalog: Catalog, registry: CollectorRegistry,
+    def open(cls, config: Any, catalog: Catalog | Callable[[], Catalog],
+             registry: CollectorRegistry,
              clock: Callable[[], float]) -> FeedService:
         """The feed service of an origin's config (``OriginConfig``): SQLite in its data
         dir."""
@@ -196,15 +205,14 @@ class FeedService:
 
     def playable(self, video: str) -> bool:
         """Whether plays of ``video`` count (it exists and plays: processing or ready)."""
-        if video in self._known:
-            return True
         with self._lock:
-            pooled = video in self.pool
+            pooled = video in self.pool or video in self._known
         row = None if pooled else self.catalog.get(video)
         if pooled or (row is not None and row["status"] in PLAYABLE):
-            self._known[video] = None
-            while len(self._known) > 100_000:
-                self._known.popitem(last=False)
+            with self._lock:
+                self._known[video] = None
+                while len(self._known) > 100_000:
+                    self._known.popitem(last=False)
             return True
         return False
 
