@@ -265,3 +265,22 @@ def test_feed_keys(tmp_path: Path) -> None:
     assert "api.feed_depth" in config_error("[api]\nfeed_depth = 5\n", tmp_path)
     assert "api.trending_interval" in config_error('[api]\ntrending_interval = "0s"\n',
                                                    tmp_path)
+
+
+async def test_batches_as_the_edge_builds_them(origin: Origin,
+                                               http: aiohttp.ClientSession) -> None:
+    """The edge's own encoder (``edge/video/plays.py``): its batches are accepted as sent."""
+    from reelcdn.edge.video.plays import build_batches
+
+    vid = origin.video("bob")
+    items = [{"video_id": vid, "starts": 2, "completions": 1, "sessions": ["sid-a", "sid-b"]},
+             {"video_id": "unknown-video", "starts": 1, "completions": 0}]
+    for worker in (None, 3):
+        for batch in build_batches("edge-a", worker, items):
+            async with http.post(f"{origin.url}/api/v1/plays", data=batch.body,
+                                 headers={"Authorization": f"Bearer {PLAYS_TOKEN}",
+                                          "Content-Type": "application/json"}) as resp:
+                assert resp.status == 200, await resp.text()
+                assert await resp.json() == {"batch": batch.id, "duplicate": False,
+                                             "unknown": 1}
+    assert views(origin, vid) == (4, 2)

@@ -47,8 +47,8 @@ MAX_LIMIT = 50
 MAX_PLAYS_BODY = 1 << 20      # bytes of a play batch
 MAX_PLAYS = 10_000            # entries of a play batch
 MAX_COUNT = 1_000_000_000     # starts or completions of one entry
-_BATCH = re.compile(r"[A-Za-z0-9_-]{1,64}:[0-9a-fA-F]{32}")
-_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_BATCH = re.compile(r"[A-Za-z0-9_-]{1,200}:[0-9a-fA-F]{32}")
+_NODE = re.compile(r"[A-Za-z0-9_-]{1,200}")
 _SID = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]{1,64}")  # CMCD sid: printable, no " or \
 _NO_STORE = {"Cache-Control": "no-store"}
 
@@ -202,7 +202,7 @@ def parse_batch(raw: bytes) -> tuple[str, str, list[tuple[str, int, int, tuple[s
     if not isinstance(batch, str) or not _BATCH.fullmatch(batch):
         raise _error(400, "bad_batch", 'batch must be "<node-name>:<32 hex digits>"')
     if not isinstance(node, str) or not _NODE.fullmatch(node):
-        raise _error(400, "bad_node", "node must be a node name (1-64 of A-Z a-z 0-9 _ -)")
+        raise _error(400, "bad_node", "node must be a node name (1-200 of A-Z a-z 0-9 _ -)")
     if not isinstance(plays, list):
         raise _error(400, "bad_plays", "plays must be a list")
     if len(plays) > MAX_PLAYS:
@@ -220,8 +220,7 @@ def parse_batch(raw: bytes) -> tuple[str, str, list[tuple[str, int, int, tuple[s
         sessions = entry.get("sessions", [])
         if sessions is None:
             sessions = []
-        if not isinstance(sessions, list) or not all(
-                isinstance(s, str) and len(s) <= 256 for s in sessions):
+        if not isinstance(sessions, list) or not all(isinstance(s, str) for s in sessions):
             raise _error(400, "bad_plays", f"{where}.sessions must be a list of strings")
         entries.append((video, starts, completions, tuple(sessions)))
     return batch, node, entries
