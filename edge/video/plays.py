@@ -93,7 +93,8 @@ POST_TIMEOUT = 10.0           # one POST, connect to answer
 RETRY_BASE = 1.0              # first back-off of a failed batch, doubled per failure ...
 RETRY_MAX = 60.0              # ... up to this, jittered to 50-100 %
 RETRY_AFTER_MAX = 300.0       # the most of a Retry-After honoured
-STOP_FLUSH_SECONDS = 5.0      # a graceful stop posts what is left for at most this long
+STOP_FLUSH_SECONDS = 3.0      # a graceful stop posts what is left for at most this long (within
+#                               the 5 s a workers' master allows past shutdown_grace)
 _VIDEO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
@@ -109,8 +110,9 @@ class _Seen:
     def __init__(self, expires: float) -> None:
         self.expires = expires
         self.completed = False
-        # rendition -> its last segment's URI, from the stored meta.json; None: not known yet
-        self.lasts: dict[str, str] | None = None
+        # "{rendition}/{last segment URI}" of the video's renditions, from the stored
+        # meta.json; None: not known yet
+        self.lasts: frozenset[str] | None = None
         self.meta_retry = 0.0
 
 
@@ -358,23 +360,34 @@ class Plays:
         self.playlists = playlists
         self.counter = PlayCounter()
         self.reporter = PlaysReporter(node, self.counter, worker)
-        self._lasts: OrderedDict[str, dict[str, str]] = OrderedDict()  # meta version -> lasts
+        self._lasts: OrderedDict[str, frozenset[str]] = OrderedDict()  # meta version -> lasts
 
     def receive(self, req: Request, conn: HttpConnection, sid: str | None) -> Any:
         """``NOT_TAKEN``, or the node's answer to a request that may count (taken here to see
-        its status). The caller checked: counting is on, GET, a segment suffix."""
-        parts = req.path.split("/")
-        if len(parts) != 5 or parts[1] != "v" or parts[4].startswith("init."):
+        its status). The caller checked: counting is on, GET, a segment suffix.
+
+        Every segment request comes here, so the common case (a pair already counted, not
+        at its last segment) is written out: one find, two slices, a dict get, a
+        ``move_to_end``, a set lookup."""
+        path = req.path
+        if path[:3] != "/v/":
             return NOT_TAKEN
-        video = parts[2]
+        cut = path.find("/", 3)
+        if cut < 0:
+            return NOT_TAKEN
+        video = path[3:cut]
         if sid is None or len(sid) > MAX_SID_LENGTH:
             sid = None
             pair: tuple[Any, ...] = (req.client_ip, hash(req.headers.get(b"user-agent")), video)
         else:
             pair = (sid, video)
+        tail = path[cut + 1:]  # "{rendition}/{file}"
         now = time.monotonic()
-        seen = self.counter.lookup(pair, now)
-        if seen is not None:
+        counter = self.counter
+        seen = counter.seen.get(pair)
+        if seen is not None and seen.expires > now:
+            seen.expires = now + counter.ttl  # active: the pair's TTL slides
+            counter.seen.move_to_end(pair)
             if seen.completed:
                 return NOT_TAKEN
             lasts = seen.lasts
@@ -385,26 +398,29 @@ class Plays:
                 lasts = seen.lasts = self._lasts_of(video, req)
                 if lasts is None:
                     return NOT_TAKEN
-            if lasts.get(parts[3]) != parts[4]:
+            if tail not in lasts:
                 return NOT_TAKEN
-        elif _VIDEO_ID.fullmatch(video) is None:
-            return NOT_TAKEN
+        else:
+            _, slash, name = tail.partition("/")
+            if (not slash or "/" in name or name.startswith("init.")
+                    or _VIDEO_ID.fullmatch(video) is None):
+                return NOT_TAKEN
         if b"sec-purpose" in req.headers and b"prefetch" in req.headers[b"sec-purpose"]:
             return NOT_TAKEN
         tap = _StatusTap(conn)
         answer = self.node.receive(req, tap, hooks=False)  # type: ignore[arg-type]
         if answer is None:
-            self._count(tap.status, pair, video, parts[3], parts[4], sid, req)
+            self._count(tap.status, pair, video, tail, sid, req)
             return None
-        return self._count_after(answer, tap, pair, video, parts[3], parts[4], sid, req)
+        return self._count_after(answer, tap, pair, video, tail, sid, req)
 
     async def _count_after(self, answer: Awaitable[None], tap: _StatusTap,
-                           pair: tuple[Any, ...], video: str, rendition: str, name: str,
-                           sid: str | None, req: Request) -> None:
+                           pair: tuple[Any, ...], video: str, tail: str, sid: str | None,
+                           req: Request) -> None:
         await answer
-        self._count(tap.status, pair, video, rendition, name, sid, req)
+        self._count(tap.status, pair, video, tail, sid, req)
 
-    def _count(self, status: int, pair: tuple[Any, ...], video: str, rendition: str, name: str,
+    def _count(self, status: int, pair: tuple[Any, ...], video: str, tail: str,
                sid: str | None, req: Request) -> None:
         """The answer went out with ``status``: count the play and/or the completion (again
         checked here: two first segments of one session may be answered at once)."""
@@ -423,23 +439,25 @@ class Plays:
                 self.reporter.cut()
             self.reporter.ensure_running()
         lasts = seen.lasts
-        if lasts is not None and lasts.get(rendition) == name and counter.complete(seen, video):
+        if lasts is not None and tail in lasts and counter.complete(seen, video):
             stats.plays_completed += 1
             self.reporter.ensure_running()
 
-    def _lasts_of(self, video: str, req: Request) -> dict[str, str] | None:
-        """Rendition -> last segment URI of ``video``, from the meta.json this edge holds
-        (fresh or stale; never fetched for this); None when not at hand or still processing.
-        Renditions in one file (byte ranges) are left out: their segments share one URI."""
+    def _lasts_of(self, video: str, req: Request) -> frozenset[str] | None:
+        """``{rendition}/{last segment URI}`` of each rendition of ``video``, from the
+        meta.json this edge holds (fresh or stale; never fetched for this); None when not at
+        hand or still processing. Renditions in one file (byte ranges) are left out: their
+        segments share one URI."""
         meta = self.playlists.stored_meta(video, req)
         if meta is None or not meta.ready:
             return None
         lasts = self._lasts.get(meta.version)
         if lasts is None:
-            lasts = {}
-            for media in (*meta.renditions, *meta.audio):
-                if media.segments and media.segments[-1].byterange is None:
-                    lasts[media.name] = media.segments[-1].uri
+            lasts = frozenset(
+                f"{media.name}/{media.segments[-1].uri}"
+                for media in (*meta.renditions, *meta.audio)
+                if media.segments and media.segments[-1].byterange is None
+            )
             self._lasts[meta.version] = lasts
             if len(self._lasts) > 256:
                 self._lasts.popitem(last=False)
