@@ -11,13 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from aiohttp import web
+from nodeproc import wait_health
 from player.demo_tiers import VIDEO, DemoTiers, free_ports, synthesise
 from prometheus_client import generate_latest
 from rawhttp import get
@@ -402,3 +407,46 @@ async def test_a_graceful_stop_posts_what_was_counted(origin_root, segments, rec
     finally:
         await tiers.stop()
     assert receiver.starts == {VIDEO: 1} and receiver.sessions[VIDEO] == ["before-stop"]
+
+
+@pytest.mark.slow
+async def test_each_worker_posts_its_own_batches_and_the_master_sums_them(
+        origin, receiver, tmp_path):
+    """``workers = 2``: batches from both workers (their tag in the id), every play counted
+    once at the origin, and the master's /metrics the sum."""
+    origin.set("/v/demo-1/360p/seg_00000.m4s", b"s" * 2048,
+               headers={"Cache-Control": "max-age=3600"})
+    port, admin = free_ports(2)
+    config = tmp_path / "node.toml"
+    config.write_text(f"""
+[node.edge-w]
+listen = "127.0.0.1:{port}"
+admin = "127.0.0.1:{admin}"
+upstream = "{origin.url}"
+workers = 2
+plays_url = "{receiver.url}"
+plays_token = "{TOKEN}"
+plays_flush_interval = "200ms"
+""")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "reelcdn.cli", "node", "--config", str(config), "--name",
+        "edge-w", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await wait_health(admin, deadline=30.0)
+        for i in range(40):  # a connection each: the kernel spreads them over the workers
+            response = await get(port, "/v/demo-1/360p/seg_00000.m4s", cmcd(f"w-{i}"))
+            assert response.status == 200
+        await eventually(lambda: receiver.starts["demo-1"] == 40, timeout=20)
+        tags = {batch.split(":")[1][:2] for batch in receiver.batches}
+        assert tags == {"01", "02"}
+        async with aiohttp.ClientSession() as session, session.get(
+                f"http://127.0.0.1:{admin}/metrics") as answer:
+            text = await answer.text()
+        assert 'reelcdn_plays_started_total{node="edge-w"} 40.0' in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 20)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
