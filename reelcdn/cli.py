@@ -317,6 +317,30 @@ def _cmd_user_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Every node of a topology from its admin API: a live table, or one JSON snapshot."""
+    from pathlib import Path
+
+    from reelcdn.edge.config import ConfigError, load_topology
+    from reelcdn.status import Options, run, targets_of
+
+    if args.interval <= 0 or args.timeout <= 0 or (args.count is not None and args.count < 1):
+        print("reelcdn: status: --interval, --timeout and --count must be positive",
+              file=sys.stderr)
+        return 2
+    config = args.config
+    if config is None:  # what `reelcdn up` wrote (with its admin token), else the default
+        written = Path(args.data_dir) / "topology.toml"
+        config = str(written) if written.is_file() else None
+    try:
+        targets = targets_of(load_topology(config, data_dir=args.data_dir))
+    except ConfigError as exc:
+        print(f"reelcdn: status: config error: {exc}", file=sys.stderr)
+        return 2
+    return run(targets, Options(interval=args.interval, timeout=args.timeout, json=args.json,
+                                once=args.once, count=args.count))
+
+
 def _cmd_sign(args: argparse.Namespace) -> int:
     """Print a signed URL (or the cookies) for the tokens of a node of a topology."""
     from pathlib import Path
@@ -456,6 +480,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print the cookie(s) to send instead of a URL")
     sign.add_argument("--private-key", help="cloudfront: the key pair's private key (PEM)")
     sign.set_defaults(func=_cmd_sign)
+
+    status = sub.add_parser(
+        "status", help="every node of a topology from its admin API: up/down, requests/s, "
+        "hit ratio, bytes/s, upstreams, cache fill, the origin queue (docs/operations.md)")
+    status.add_argument("--config", help="the topology file (default: DATA_DIR/topology.toml "
+                        "as reelcdn up writes it, else the embedded default)")
+    status.add_argument("--data-dir", default="./data",
+                        help="where reelcdn up keeps its topology (./data)")
+    status.add_argument("--interval", type=float, default=2.0,
+                        help="seconds between samples; rates are over it (2)")
+    status.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds each admin request may take (2)")
+    status.add_argument("--json", action="store_true",
+                        help="print one snapshot as JSON (two samples --interval apart)")
+    status.add_argument("--once", action="store_true",
+                        help="print the table once (two samples --interval apart) and exit")
+    status.add_argument("--count", type=int,
+                        help="live view: stop after this many refreshes (default: until Ctrl-C)")
+    status.set_defaults(func=_cmd_status)
 
     validate = sub.add_parser("validate", help="check a config file and report problems")
     validate.add_argument("config", help="the TOML file")
