@@ -145,7 +145,9 @@ def cython_extensions() -> list[Extension]:
 setup(
     packages=list(PACKAGE_DIR),
     package_dir=PACKAGE_DIR,
-    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"]},
+    package_data={"": ["*.toml", "*.tmpl", "*.js", "*.html", "*.lua", "*.pyi"],
+                  # the web page's style sheet and its vendored libraries (docs/web.md)
+                  "reelcdn.origin.web": ["*.css", "vendor/*"]},
     include_package_data=True,
     ext_modules=cython_extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

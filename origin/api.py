@@ -44,6 +44,7 @@ from reelcdn.origin.uploads import (
 )
 from reelcdn.origin.users import BadToken, RateLimiter, valid_name, verify
 from reelcdn.origin.videos import CatalogUnavailable
+from reelcdn.origin.web import routes as web_routes
 
 if TYPE_CHECKING:
     from reelcdn.origin.state import OriginState
@@ -679,6 +680,7 @@ def build_app(service: OriginState) -> web.Application:
     app.router.add_route("*", "/api/v1/videos/{video_id}", video)
     app.router.add_route("*", "/api/v1/videos/{video_id}/complete", complete_direct)
     feed_api.register(app, service)  # the feed, likes, follows, play counts: docs/feed.md
+    web_routes.register(app, service)  # the web page at /, its files, /api/v1/config: docs/web.md
     app.on_response_prepare.append(_on_prepare)
     return app
 

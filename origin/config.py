@@ -231,6 +231,9 @@ SECTIONS: dict[str, dict[str, Row]] = {
             "items of one feed session (a first page and its next pages)"),
         Row("feed_cursor_ttl", _duration, 3600.0, "duration",
             "a feed session's cursors expire this long after its first page"),
+        Row("playback_base", _url, None, "URL",
+            "the edge the web page (`/`) plays and shows posters from; default: the file's "
+            "first `role = \"edge\"` node"),
     )},
     "queue": {r.name: r for r in (
         Row("type", _choice("sqlite", "sqs"), "sqlite", '"sqlite" or "sqs"',
@@ -362,6 +365,7 @@ class ApiSettings:
     feed_pool: int = 5000
     feed_depth: int = 500
     feed_cursor_ttl: float = 3600.0
+    playback_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -415,7 +419,7 @@ class OriginServices:
             plays_token=self.plays_token(), trending_interval=api.trending_interval,
             trending_window=api.trending_window, trending_half_life=api.trending_half_life,
             feed_pool=api.feed_pool, feed_depth=api.feed_depth,
-            feed_cursor_ttl=api.feed_cursor_ttl,
+            feed_cursor_ttl=api.feed_cursor_ttl, playback_base=api.playback_base,
         )
 
     def plays_token(self) -> str | None:
@@ -490,6 +494,9 @@ def services_from_topology(topology: Topology) -> OriginServices:
     if "api" in topology.services or any(o.type in ("fs", "s3")
                                          for o in topology.origins.values()):
         publish = _publish_origin_of(file, topology.origins, publish_to)
+    if api["playback_base"] is None:  # the web page plays from the first edge of the file
+        edge = next((n for n in topology.nodes.values() if n.role == "edge"), None)
+        api["playback_base"] = http_base(edge.advertised()) if edge is not None else None
     purge: list[tuple[str, str, str | None]] = []
     if api["purge_nodes"]:
         for name in topology.order_for_start():

@@ -82,6 +82,8 @@ class OriginConfig:
     feed_pool: int = 5000               # newest ready videos for_you ranks
     feed_depth: int = 500               # items of one feed session
     feed_cursor_ttl: float = 3600.0     # a feed session lasts this long
+    # The web page (origin/web/): the edge base URL it plays and shows posters from.
+    playback_base: str | None = None
 
 
 #: Upper bounds (seconds) of the publish-time histogram's buckets: a first rung of a short
