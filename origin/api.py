@@ -356,8 +356,9 @@ async def video(request: web.Request) -> web.StreamResponse:
     direct = await asyncio.to_thread(_direct_upload, service, video_id)
     if direct is not None:
         return await _direct_video(request, service, direct)
-    entry = (await asyncio.to_thread(service.catalog.get, video_id)
-             if valid_video_id(video_id) else None)
+    # A GET reads the row through the cache (ready rows); a DELETE reads it as of now.
+    read = service.video_row if request.method in ("GET", "HEAD") else service.catalog.get
+    entry = await asyncio.to_thread(read, video_id) if valid_video_id(video_id) else None
     if entry is not None and service.store.get(video_id) is None:
         # Uploaded through another API host sharing the catalog (or its upload record is
         # gone): the catalog row is the video.
@@ -424,6 +425,8 @@ async def _delete_video(service: OriginState, video_id: str,
     await asyncio.to_thread(service.store.end, video_id, TERMINATED, service.clock())
     if entry is not None:
         await asyncio.to_thread(service.catalog.set_status, video_id, "deleted")
+    await asyncio.to_thread(service.cache.delete, "video", [video_id])
+    await asyncio.to_thread(service.cache.delete, "counters", [video_id])
     log.info("video deleted", extra=fields(event="video_deleted", video=video_id,
                                            objects=objects, purged=purged))
     return web.json_response({"deleted": video_id, "objects": objects, "purged": purged},

@@ -1,5 +1,5 @@
-"""The origin services' configuration: the ``[api]``, ``[queue]``, ``[catalog]`` and
-``[transcode]`` sections of the topology file, validated.
+"""The origin services' configuration: the ``[api]``, ``[queue]``, ``[catalog]``,
+``[transcode]`` and ``[cache]`` sections of the topology file, validated.
 
 One file describes a deployment: its nodes, its origins (``[origin.NAME]``) and the services
 that fill those origins. ``reelcdn origin --config FILE`` and ``reelcdn worker --config FILE``
@@ -40,6 +40,8 @@ from reelcdn.edge.config.values import (
     parse_str_list,
     type_error,
 )
+from reelcdn.origin.cache import CacheSettings
+from reelcdn.origin.nodes import AdminTarget
 from reelcdn.origin.probe import MAX_DURATION, MAX_SIZE
 from reelcdn.origin.transcode import Ladder
 from reelcdn.origin.users import Keys, load_keys
@@ -47,6 +49,7 @@ from reelcdn.origin.users import Keys, load_keys
 __all__ = [
     "SECTIONS",
     "ApiSettings",
+    "CacheSettings",
     "CatalogSettings",
     "ConfigError",
     "OriginServices",
@@ -155,6 +158,34 @@ def _env_name(value: Any, file: str, key: str) -> str:
     return text
 
 
+def _servers(value: Any, file: str, key: str) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, list):
+        raise type_error(file, key, 'an array of "HOST:PORT" strings', value)
+    out: dict[tuple[str, int], None] = {}
+    for index, item in enumerate(value):
+        out[_address(item, file, f"{key}[{index}]")] = None
+    return tuple(out)
+
+
+_KEY_PREFIX = re.compile(r"[!-~]{1,50}")  # memcached keys: printable ASCII, no space
+
+
+def _key_prefix(value: Any, file: str, key: str) -> str:
+    if not isinstance(value, str) or not _KEY_PREFIX.fullmatch(value):
+        raise type_error(file, key, "1-50 printable ASCII characters, no space", value)
+    return value
+
+
+def _short(maximum: float) -> Parser:
+    def parse(value: Any, file: str, key: str) -> float:
+        seconds = _duration(value, file, key)
+        if seconds > maximum:
+            raise ConfigError(file, key, f"must be at most {maximum:g} s (got {seconds:g} s)")
+        return seconds
+
+    return parse
+
+
 def _rungs(value: Any, file: str, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
         raise type_error(file, key, "an array of tables ([[transcode.rungs]])", value)
@@ -260,6 +291,34 @@ SECTIONS: dict[str, dict[str, Row]] = {
         Row("endpoint_url", _url, None, "URL", "dynamodb: the API endpoint (default: AWS's)"),
         Row("region", _string, None, "string", "dynamodb: the region"),
         Row("create", _flag, False, "boolean", "dynamodb: create the table when missing"),
+    )},
+    "cache": {r.name: r for r in (
+        Row("servers", _servers, (), "array of HOST:PORT",
+            "memcached servers (a cluster by consistent hashing: pymemcache's HashClient); "
+            "empty: no memcached, every read goes to the database"),
+        Row("prefix", _key_prefix, "reelcdn:", "string",
+            "prefix of every key (deployments sharing a memcached keep theirs apart)"),
+        Row("connect_timeout", _short(10.0), 0.05, "duration ≤ 10s",
+            "connecting to a server gives up after this long (then it is taken out)"),
+        Row("timeout", _short(10.0), 0.05, "duration ≤ 10s",
+            "a call to a server gives up after this long (then it is taken out)"),
+        Row("retry_attempts", _count(0, 10), 0, "integer 0..10",
+            "failed calls before a server is taken out of the ring (0: at the first); calls "
+            "meanwhile read as misses"),
+        Row("dead_timeout", _duration, 10.0, "duration",
+            "a server taken out is tried again after this long"),
+        Row("page_ttl", _duration, 30.0, "duration", "feed pages stay fresh this long"),
+        Row("video_ttl", _duration, 300.0, "duration",
+            "video rows (ready ones) stay fresh this long"),
+        Row("counters_ttl", _duration, 5.0, "duration",
+            "views and likes shown on feed items stay fresh this long"),
+        Row("stale_ttl", _duration, 60.0, "duration",
+            "a page past its TTL is kept this much longer, served while one caller recomputes"),
+        Row("lock_ttl", _short(60.0), 2.0, "duration ≤ 1m",
+            "the recompute lock of a hot key expires after this long (a caller that died)"),
+        Row("lock_wait", _short(10.0), 0.5, "duration ≤ 10s",
+            "callers without a stale copy wait this long for another's recompute, then read "
+            "the database"),
     )},
     "transcode": {r.name: r for r in (
         Row("lease", _duration, 60.0, "duration",
@@ -383,6 +442,9 @@ class OriginServices:
     transcode: TranscodeSettings
     #: The nodes a deleted video is purged from: (name, admin URL, token), parents first.
     purge_targets: tuple[tuple[str, str, str | None], ...] = ()
+    #: Every node with an admin listener (trending videos are pre-warmed into them).
+    admin_nodes: tuple[AdminTarget, ...] = ()
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def publish_origin(self) -> StorageOrigin:
         """Where videos are published; a ConfigError when the file names none."""
@@ -470,6 +532,7 @@ def services_from_topology(topology: Topology) -> OriginServices:
               for section in SECTIONS}
     api, queue, catalog, transcode = (parsed[s] for s in ("api", "queue", "catalog",
                                                           "transcode"))
+    cache = parsed["cache"]
     base = topology.base_dir
     data_dir = _resolve(base, api.pop("data_dir"))
     if api["plays_token"] is not None and api["plays_token_env"] is not None:
@@ -497,13 +560,16 @@ def services_from_topology(topology: Topology) -> OriginServices:
     if api["playback_base"] is None:  # the web page plays from the first edge of the file
         edge = next((n for n in topology.nodes.values() if n.role == "edge"), None)
         api["playback_base"] = http_base(edge.advertised()) if edge is not None else None
-    purge: list[tuple[str, str, str | None]] = []
-    if api["purge_nodes"]:
-        for name in topology.order_for_start():
-            node = topology.nodes[name]
-            admin = node.admin_advertised()  # the origin API may run on another host
-            if admin is not None:
-                purge.append((name, http_base(admin), node.admin_token))
+    admins: list[AdminTarget] = []
+    for name in topology.order_for_start():  # parents first
+        node = topology.nodes[name]
+        admin = node.admin_advertised()  # the origin API may run on another host
+        if admin is not None:
+            renders = (node.render_playlists if node.render_playlists is not None
+                       else node.role == "edge")
+            admins.append(AdminTarget(name, node.role, http_base(admin), node.admin_token,
+                                      renders))
+    purge = [(a.name, a.url, a.token) for a in admins] if api["purge_nodes"] else []
     return OriginServices(
         file=file,
         data_dir=data_dir,
@@ -516,6 +582,8 @@ def services_from_topology(topology: Topology) -> OriginServices:
         transcode=TranscodeSettings(ladder=ladder, workdir=_resolve(base, workdir) if workdir
                                     else data_dir / "work", **transcode),
         purge_targets=tuple(purge),
+        admin_nodes=tuple(admins),
+        cache=CacheSettings(**cache),
     )
 
 

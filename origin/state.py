@@ -35,6 +35,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from reelcdn.origin import nodes
+from reelcdn.origin.cache import CacheSettings, ReadThrough, open_cache
 from reelcdn.origin.direct import MAX_URL_TTL, DirectUploads, S3Source
 from reelcdn.origin.pipeline import enqueue_on_direct_upload, enqueue_on_upload
 from reelcdn.origin.queue import JobQueue, SqliteQueue
@@ -82,6 +84,15 @@ class OriginConfig:
     feed_pool: int = 5000               # newest ready videos for_you ranks
     feed_depth: int = 500               # items of one feed session
     feed_cursor_ttl: float = 3600.0     # a feed session lasts this long
+    # memcached ([cache]; origin/cache.py): None or no servers, every read is the database's.
+    cache: CacheSettings | None = None
+    # Trending pre-warm (origin/feed/prewarm.py): the nodes (every one with an admin
+    # listener, parents first) and what of the top prewarm_top trending videos goes to them.
+    prewarm_targets: tuple[nodes.AdminTarget, ...] = ()
+    prewarm_top: int = 10
+    prewarm_rungs: int = 2
+    prewarm_segments: int = 2
+    prewarm_timeout: float = 30.0
     # The web page (origin/web/): the edge base URL it plays and shows posters from.
     playback_base: str | None = None
 
@@ -203,6 +214,13 @@ class OriginState:
                                                            config.max_attempts)
         self.locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.cache: ReadThrough = open_cache(config.cache, self.metrics.registry)
+
+    def video_row(self, video_id: str) -> dict[str, Any] | None:
+        """The catalog's row of a video through the cache (ready rows are cached: a row
+        still moving, uploading or processing, is read from the catalog each time)."""
+        return self.cache.get("video", video_id, lambda: self.catalog.get(video_id),
+                              store_if=lambda row: row is not None and row["status"] == "ready")
 
     # -- the completion hook -------------------------------------------------------------------
 
@@ -247,22 +265,7 @@ class OriginState:
     async def purge_video(self, video_id: str) -> dict[str, Any]:
         """Purge a video from every node of the topology through their admin APIs, parents
         first; each node's answer (objects purged) or its error."""
-        import aiohttp
-
-        results: dict[str, Any] = {}
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            for name, url, token in self.config.purge_targets:
-                headers = {"Authorization": f"Bearer {token}"} if token else {}
-                try:
-                    async with session.post(f"{url}/purge", json={"video": video_id},
-                                            headers=headers) as response:
-                        body = await response.json(content_type=None)
-                        results[name] = (body.get("purged") if response.status == 200
-                                         else {"error": f"status {response.status}"})
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    results[name] = {"error": str(exc) or exc.__class__.__name__}
-        return results
+        return await nodes.purge_video(self.config.purge_targets, video_id)
 
     # -- expiry --------------------------------------------------------------------------------
 
@@ -292,6 +295,7 @@ class OriginState:
                 await task
 
     def close(self) -> None:
+        self.cache.close()
         self.store.close()
         if self.direct is not None:
             self.direct.close()

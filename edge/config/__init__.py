@@ -555,7 +555,7 @@ def _parse_origins(value: Any, ctx: Context) -> dict[str, OriginConfig]:
 
 #: Sections of the origin services (``reelcdn origin``, ``reelcdn worker``): kept as written
 #: in :attr:`Topology.services` and validated by ``reelcdn.origin.config``.
-SERVICE_SECTIONS = ("api", "queue", "catalog", "transcode")
+SERVICE_SECTIONS = ("api", "queue", "catalog", "transcode", "cache")
 _TOP_KEYS = ("defaults", "node", "origin", *SERVICE_SECTIONS)
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 

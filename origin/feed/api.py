@@ -108,8 +108,7 @@ async def like(request: web.Request) -> web.StreamResponse:
         await asyncio.to_thread(service.store.like, user, video, now)
     else:
         await asyncio.to_thread(service.store.unlike, user, video)
-    counters = await asyncio.to_thread(service.store.counters, [video])
-    likes = counters[video].likes if video in counters else 0
+    likes = (await asyncio.to_thread(service.counted, video)).likes  # the cache's copy too
     return web.json_response({"video": video, "liked": request.method == "POST",
                               "likes": likes}, headers=_NO_STORE)
 
@@ -283,7 +282,7 @@ def register(app: web.Application, state: OriginState) -> FeedService:
     """Add the feed's routes to the origin API's application, its service (started and
     stopped with the application) and its metrics (in the origin's registry)."""
     service = FeedService.open(state.config, lambda: state.catalog, state.metrics.registry,
-                               state.clock)
+                               state.clock, cache=state.cache, published=lambda: state.published)
     app[FEED] = service
     app[PLAYS_TOKEN] = state.config.plays_token
     app.router.add_route("*", "/api/v1/feed", feed)

@@ -31,8 +31,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from reelcdn.origin.cache import NoCache, ReadThrough
 from reelcdn.origin.feed import ranking
 from reelcdn.origin.feed.cursors import Cursor, CursorError, make_cursor, open_cursor
+from reelcdn.origin.feed.prewarm import Prewarmer
 from reelcdn.origin.feed.store import Counters, EngagementStore, SqliteEngagementStore
 from reelcdn.origin.logs import fields
 from reelcdn.origin.users import Keys
@@ -98,10 +100,15 @@ class FeedMetrics:
 class FeedService:
     def __init__(self, settings: FeedSettings, catalog: Catalog | Callable[[], Catalog],
                  store: EngagementStore, registry: CollectorRegistry,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, cache: ReadThrough | None = None,
+                 prewarmer: Prewarmer | None = None) -> None:
         """``catalog``: the catalog, or a callable answering the one in use now (the origin's
-        state may be given another catalog after the application is built)."""
+        state may be given another catalog after the application is built). ``cache``: the
+        read-through cache of pages, rows and counters (``origin/cache.py``; none by
+        default). ``prewarmer``: what each recompute pre-warms into the nodes (none: off)."""
         self.settings = settings
+        self.cache: ReadThrough = cache if cache is not None else NoCache()
+        self.prewarmer = prewarmer
         self._catalog_of: Callable[[], Catalog] = (
             catalog if callable(catalog) else lambda: catalog)
         self.store = store
@@ -124,16 +131,24 @@ class FeedService:
     @classmethod
     def open(cls, config: Any, catalog: Catalog | Callable[[], Catalog],
              registry: CollectorRegistry,
-             clock: Callable[[], float]) -> FeedService:
+             clock: Callable[[], float], *, cache: ReadThrough | None = None,
+             published: Callable[[], Any] | None = None) -> FeedService:
         """The feed service of an origin's config (``OriginConfig``): SQLite in its data
-        dir."""
+        dir; pre-warm into the config's nodes when it names any and ``prewarm_top`` > 0
+        (``published``: the store videos are published into, where meta.json is read)."""
         settings = FeedSettings(
             keys=config.keys, trending_interval=config.trending_interval,
             trending_window=config.trending_window,
             trending_half_life=config.trending_half_life, pool=config.feed_pool,
             depth=config.feed_depth, cursor_ttl=config.feed_cursor_ttl)
         store = SqliteEngagementStore(config.data_dir / "feed.sqlite")
-        return cls(settings, catalog, store, registry, clock)
+        prewarmer = None
+        if config.prewarm_targets and config.prewarm_top > 0 and published is not None:
+            prewarmer = Prewarmer(config.prewarm_targets, published, registry,
+                                  top=config.prewarm_top, rungs=config.prewarm_rungs,
+                                  segments=config.prewarm_segments,
+                                  timeout=config.prewarm_timeout)
+        return cls(settings, catalog, store, registry, clock, cache=cache, prewarmer=prewarmer)
 
     # -- the background recompute --------------------------------------------------------------
 
@@ -147,6 +162,8 @@ class FeedService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.prewarmer is not None:
+            await self.prewarmer.stop()
         self.store.close()
 
     async def _loop(self) -> None:
@@ -160,6 +177,15 @@ class FeedService:
         except Exception:
             self.metrics.recompute_errors.inc()
             log.exception("feed recompute failed; the last ranking is kept")
+            return
+        if self.prewarmer is not None:  # in the background: never holds the feed up
+            with self._lock:
+                ranked = list(self.trending_ids)
+            self.prewarmer.schedule(ranked)
+
+    async def refresh(self) -> None:
+        """Recompute now, as the background loop does (and pre-warm after it)."""
+        await self._recompute_logged()
 
     def recompute(self) -> None:
         """Read the pool of ready videos and rank trending; drop old rows now and then."""
@@ -201,7 +227,30 @@ class FeedService:
     def _row(self, video: str) -> dict[str, Any] | None:
         with self._lock:
             row = self.pool.get(video) or self.trending_rows.get(video)
-        return row if row is not None else self.catalog.get(video)
+        return row if row is not None else self.video_row(video)
+
+    def video_row(self, video: str) -> dict[str, Any] | None:
+        """The catalog's row through the cache (ready rows only are cached)."""
+        return self.cache.get("video", video, lambda: self.catalog.get(video),
+                              store_if=lambda row: row is not None and row["status"] == "ready")
+
+    def counters(self, videos: Sequence[str]) -> dict[str, Counters]:
+        """The videos' counters through the cache (``counters_ttl``: eventually consistent);
+        a video never counted is all zeros."""
+
+        def read(missing: list[str]) -> dict[str, list[int]]:
+            found = self.store.counters(missing)
+            return {v: list(_counts(found.get(v, Counters()))) for v in missing}
+
+        cached = self.cache.get_many("counters", list(videos), read)
+        return {video: Counters(*values) for video, values in cached.items()}
+
+    def counted(self, video: str) -> Counters:
+        """A video's counters as of now (after a like): read from the store and written
+        into the cache, so the next page shows them."""
+        counters = self.store.counters([video]).get(video, Counters())
+        self.cache.set("counters", video, list(_counts(counters)))
+        return counters
 
     def playable(self, video: str) -> bool:
         """Whether plays of ``video`` count (it exists and plays: processing or ready)."""
@@ -222,26 +271,57 @@ class FeedService:
         """A page of a feed: from a new snapshot without a cursor, else from the cursor's.
         Raises CursorError for a bad cursor (one whose snapshot is gone is expired)."""
         now = self.clock()
-        if cursor_text is None:
+        if cursor_text is None and feed_type == "trending":
+            # Every trending session starts on the same snapshot: its first page is the
+            # hottest key of the feed (cached, one recompute at a time).
+            with self._lock:
+                snapshot_id, ranked = self.trending_version, list(self.trending_ids)
+            expires, position = now + self.settings.cursor_ttl, 0
+
+            def first_page() -> dict[str, Any]:
+                if ranked:  # kept past the cursors' expiry by as long as a copy may be served
+                    self.store.save_snapshot(snapshot_id, ranked, expires + self._page_margin())
+                return self._page_ids(ranked, 0, limit)
+
+            cut = self.cache.get("page", f"{snapshot_id}:0:{limit}", first_page, hot=True)
+        elif cursor_text is None:
             snapshot_id, items, expires = self._new_session(user, feed_type, now)
             position = 0
+            cut = self._page_ids(items, 0, limit)
         else:
             cursor = open_cursor(cursor_text, self.settings.keys, user, feed_type, now)
-            found = self.store.snapshot(cursor.snapshot, now)
-            if found is None:
-                raise CursorError("cursor_expired",
-                                  "the feed session has expired: start again without a cursor")
-            snapshot_id, items, expires = cursor.snapshot, found, cursor.expires
-            position = cursor.position
-        page, position = self._rows_from(items, position, limit)
+            snapshot_id, expires, position = cursor.snapshot, cursor.expires, cursor.position
+
+            def next_page() -> dict[str, Any]:
+                found = self.store.snapshot(snapshot_id, now)
+                if found is None:
+                    raise CursorError("cursor_expired", "the feed session has expired: start "
+                                      "again without a cursor")
+                return self._page_ids(found, position, limit)
+
+            cut = self.cache.get("page", f"{snapshot_id}:{position}:{limit}", next_page,
+                                 hot=True)
+        rows = [row for row in map(self._row, cut["ids"])
+                if row is not None and row["status"] == "ready"]  # deleted since: passed over
         next_cursor = None
-        if position < len(items):
-            next_cursor = make_cursor(Cursor(user, feed_type, snapshot_id, position,
+        if cut["next"] < cut["total"]:
+            next_cursor = make_cursor(Cursor(user, feed_type, snapshot_id, cut["next"],
                                              int(expires)), self.settings.keys)
-        counters = self.store.counters(row["id"] for row in page)
+        counters = self.counters([row["id"] for row in rows])
         self.metrics.requests.labels(feed_type).inc()
-        return Page([item_view(row, counters.get(row["id"], Counters())) for row in page],
+        return Page([item_view(row, counters.get(row["id"], Counters())) for row in rows],
                     next_cursor)
+
+    def _page_margin(self) -> float:
+        settings = self.cache.settings
+        return settings.page_ttl + settings.stale_ttl if not isinstance(self.cache,
+                                                                        NoCache) else 0.0
+
+    def _page_ids(self, items: Sequence[str], position: int, limit: int) -> dict[str, Any]:
+        """What a page is (and what the cache keeps of it): its ids, the position after it,
+        and the snapshot's length."""
+        rows, after = self._rows_from(items, position, limit)
+        return {"ids": [row["id"] for row in rows], "next": after, "total": len(items)}
 
     def _rows_from(self, items: Sequence[str], position: int, limit: int,
                    ) -> tuple[list[dict[str, Any]], int]:
@@ -302,6 +382,10 @@ class FeedService:
         videos = [_video(row, counters.get(video)) for video, row in rows.items()]
         return ranking.for_you(videos, viewer, now, self.settings.weights,
                                limit=self.settings.depth)
+
+
+def _counts(counters: Counters) -> tuple[int, int, int]:
+    return counters.views, counters.likes, counters.completions
 
 
 def _video(row: dict[str, Any], counters: Counters | None = None) -> ranking.Video:
