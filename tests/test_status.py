@@ -281,6 +281,7 @@ def test_bad_options_and_config_errors_exit_2(tmp_path) -> None:
     assert status(tmp_path / "missing.toml", "--interval", "0").returncode == 2
 
 
+@pytest.mark.slow
 def test_the_health_of_a_live_node_matches_the_topologys_token(topology) -> None:
     """The fixture's nodes do ask for the token (the 401 test depends on it)."""
     assert get(topology.admin("edge-a") + "/health")[0] == 401
