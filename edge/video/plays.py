@@ -18,11 +18,11 @@ the features hook (edge/video/features.py):
   video), when the edge holds the video's ``meta.json`` (read where the playlist renderer
   keeps it, never fetched for this) and the video is ``ready``.
 
-Cost on the request path: a segment of a (session, video) already counted costs a path split,
-one dict lookup and a ``move_to_end``. Only a request that could count (the pair's first
-segment, or the rendition's last) takes the request: the node answers it as usual through a
-thin wrapper of the connection that reads the status line of what is written, and the count is
-made once that status is known.
+Cost on the request path: a segment of a (session, video) already counted costs a ``find``,
+two slices, a dict lookup, a ``move_to_end`` and a set lookup. Only a request that could count
+(the pair's first segment, or the rendition's last) takes the request: the node answers it as
+usual through a thin wrapper of the connection that reads the status line of what is written,
+and the count is made once that status is known.
 
 Sending (``PlaysReporter``, a background task per node process): every
 ``plays_flush_interval`` the pending counts are cut into batches (``{"batch": "<node>:<32
