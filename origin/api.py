@@ -425,8 +425,7 @@ async def _delete_video(service: OriginState, video_id: str,
     await asyncio.to_thread(service.store.end, video_id, TERMINATED, service.clock())
     if entry is not None:
         await asyncio.to_thread(service.catalog.set_status, video_id, "deleted")
-    await asyncio.to_thread(service.cache.delete, "video", [video_id])
-    await asyncio.to_thread(service.cache.delete, "counters", [video_id])
+    await asyncio.to_thread(service.video_deleted, video_id)
     log.info("video deleted", extra=fields(event="video_deleted", video=video_id,
                                            objects=objects, purged=purged))
     return web.json_response({"deleted": video_id, "objects": objects, "purged": purged},

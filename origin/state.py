@@ -215,6 +215,15 @@ class OriginState:
         self.locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.cache: ReadThrough = open_cache(config.cache, self.metrics.registry)
+        # Called with a deleted video's id (the feed forgets its copies of the row).
+        self.on_video_deleted: list[Callable[[str], None]] = []
+
+    def video_deleted(self, video_id: str) -> None:
+        """Drop every cached copy of a deleted video's row and counters."""
+        self.cache.delete("video", [video_id])
+        self.cache.delete("counters", [video_id])
+        for hook in self.on_video_deleted:
+            hook(video_id)
 
     def video_row(self, video_id: str) -> dict[str, Any] | None:
         """The catalog's row of a video through the cache (ready rows are cached: a row

@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 echo "== installing reelcdn and its test dependencies"
 "$PYTHON" -m pip install --quiet --disable-pip-version-check -e ".[test]"
 
-echo "== Debian packages the tests use: chromium + node (hls.js player), nginx (side-by-side loadtest), promtool"
+echo "== Debian packages the tests use: chromium + node (hls.js player), nginx (side-by-side loadtest), promtool, memcached"
 # tests/test_player.py plays rendered playlists with hls.js in headless chromium (driven by
 # playwright-core with executablePath /usr/bin/chromium: no browser is ever downloaded).
 missing_debs=()
@@ -21,6 +21,8 @@ command -v npm >/dev/null 2>&1 || missing_debs+=(nodejs npm)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing_debs+=(nginx)
 # tests/test_dashboard.py checks the Prometheus rules and the dashboard's queries with promtool.
 command -v promtool >/dev/null 2>&1 || missing_debs+=(prometheus)
+# tests/test_feed_cache.py and test_feed_prewarm.py start their own memcached processes.
+command -v memcached >/dev/null 2>&1 || [ -x /usr/bin/memcached ] || missing_debs+=(memcached)
 if [ "${#missing_debs[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         apt-get update -qq

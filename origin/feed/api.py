@@ -284,6 +284,7 @@ def register(app: web.Application, state: OriginState) -> FeedService:
     service = FeedService.open(state.config, lambda: state.catalog, state.metrics.registry,
                                state.clock, cache=state.cache, published=lambda: state.published)
     app[FEED] = service
+    state.on_video_deleted.append(service.forget)
     app[PLAYS_TOKEN] = state.config.plays_token
     app.router.add_route("*", "/api/v1/feed", feed)
     app.router.add_route("*", "/api/v1/videos/{video_id}/like", like)

@@ -229,6 +229,13 @@ class FeedService:
             row = self.pool.get(video) or self.trending_rows.get(video)
         return row if row is not None else self.video_row(video)
 
+    def forget(self, video: str) -> None:
+        """A deleted video: out of the pool and trending rows now, not at the next
+        recompute (its cached row is dropped by the caller)."""
+        with self._lock:
+            self.pool.pop(video, None)
+            self.trending_rows.pop(video, None)
+
     def video_row(self, video: str) -> dict[str, Any] | None:
         """The catalog's row through the cache (ready rows only are cached)."""
         return self.cache.get("video", video, lambda: self.catalog.get(video),
