@@ -10,14 +10,17 @@ follow, an upload with tus-js-client followed until it plays.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
 import re
+import shutil
 from pathlib import Path
 
 import aiohttp
 import pytest
+from player.demo_tiers import DURATION, VIDEO, DemoTiers, synthesise
 from rawhttp import get
 
 from reelcdn.edge.config import ConfigError, topology_from_text
@@ -217,3 +220,130 @@ def test_every_file_of_the_page_is_package_data():
     shipped = {path.relative_to(WEB_DIR).as_posix() for p in patterns for path in WEB_DIR.glob(p)}
     _, static = load_assets()
     assert {*static, "index.html"} <= shipped, "add a package_data pattern in setup.py"
+
+
+# -- the page in Chromium ---------------------------------------------------------------------
+
+SEEDED = 30   # pages more than a window holds
+PAGE = 6      # the page's ?limit=
+
+
+def seed_videos(root: Path, catalog, count: int) -> list[str]:
+    """``count`` ready videos in the catalog, each a copy of demo-1 under its own id in the
+    origin folder (the feed lists catalog ids; the edge serves them from the folder)."""
+    from feed_fixtures import video_id
+
+    ids = []
+    for n in range(count):
+        vid = video_id(10_000 + n)
+        target = root / "v" / vid
+        shutil.copytree(root / "v" / VIDEO, target)
+        meta = json.loads((target / "meta.json").read_text())
+        meta["video_id"] = vid
+        (target / "meta.json").write_text(json.dumps(meta))
+        catalog.create(vid, ("alice", "bob")[n % 2], {
+            "title": f"clip {n:02d}", "caption": "c", "hashtags": "#demo"})
+        catalog.set_status(vid, "ready", duration=DURATION, renditions=["360p", "720p"])
+        ids.append(vid)
+    return ids
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> Path:
+    return synthesise(tmp_path_factory.mktemp("web"))
+
+
+@pytest.mark.slow
+async def test_the_page_in_chromium_feed_scroll_play_like_follow_upload(tmp_path, demo_root):
+    from media import make_clip
+    from test_player import chromium_or_skip
+
+    from reelcdn.origin.feed.api import FEED
+    from reelcdn.origin.pipeline import TranscodeWorker
+    from reelcdn.origin.storage import FsStore
+
+    chromium_or_skip()
+    root = tmp_path / "origin"
+    shutil.copytree(demo_root, root)
+    tiers = await DemoTiers(root, meta_ttl="1s").start()
+    service = OriginService(OriginConfig(data_dir=tmp_path / "data", keys=KEYS,
+                                         playback_base=tiers.base(), trending_interval=3600.0))
+    port, _ = await service.start("127.0.0.1", 0)
+    worker = TranscodeWorker(service.queue, FsStore(root), service.catalog,
+                             workdir=tmp_path / "work")
+    clip = make_clip(tmp_path / "upload.mp4", size="640x360", seconds=4.0)
+    stop = asyncio.Event()
+
+    async def transcode() -> None:  # a worker polling the queue while the browser runs
+        while not stop.is_set():
+            if not await asyncio.to_thread(worker.run_one):
+                await asyncio.sleep(0.3)
+
+    running = asyncio.ensure_future(transcode())
+    try:
+        ids = seed_videos(root, service.catalog, SEEDED)
+        await asyncio.to_thread(service.app[FEED].recompute)
+        process = await asyncio.create_subprocess_exec(
+            "node", str(PLAYER_DIR / "web.js"), f"http://127.0.0.1:{port}/?limit={PAGE}",
+            mint("viewer", KEYS, 600), str(clip), "40000",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 240)
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        result = json.loads(stdout)
+        steps = result["steps"]
+        assert "failure" not in result, (result.get("failure"), steps, result["console"][-20:])
+        assert not result["errors"], result["errors"]  # no CSP violation, no script error
+
+        # Signed in; the first page of cards, with posters from the edge.
+        assert result["signedInAtStart"] is False and result["username"] == "viewer"
+        assert PAGE <= result["cardsBeforeScroll"] < SEEDED, result
+        first = result["firstCard"]
+        assert first["poster"].startswith(tiers.base() + "/v/")
+        assert first["owner"] in ("@alice", "@bob") and first["title"].startswith("clip ")
+        assert first["stats"] == "0 views · ♡ 0 likes"
+        assert all(width > 0 for width in result["postersLoaded"]), result["postersLoaded"]
+        # Scrolling loaded the rest, page by page, with no card twice.
+        assert result["pagesAfterScroll"] > result["pagesBeforeScroll"]
+        assert result["pagesAfterScroll"] >= -(-SEEDED // PAGE)
+        assert sorted(result["cardIds"]) == sorted(ids)
+        assert result["feedState"] == "That's all for now."
+
+        # The like: optimistic, then confirmed by the API.
+        assert result["likeBefore"] == "♡ 0 likes" and result["likeOptimistic"] == "♥ 1 like"
+        assert result["likeStatus"] == 200 and result["likeAfter"] == "♥ 1 like"
+        liked = result["cardIds"][0]
+        counters = service.app[FEED].store.counters([liked])
+        assert counters[liked].likes == 1
+        assert result["followStatus"] == 200
+        assert set(result["followTexts"]) == {"Following"} and len(result["followTexts"]) >= 2
+
+        # Played through the edge to a frame, with the registered CMCD session id.
+        play = result["play"]
+        assert play["currentTime"] > 0 and play["frames"] > 0 and play["hls"], play
+        assert play["sessionRegistered"], play
+        requests = result["requests"]
+        assert [204, "POST", f"http://127.0.0.1:{port}/api/v1/sessions/{play['sid']}"] \
+            in requests
+        edge = [url for status, _, url in requests if url.startswith(tiers.base())]
+        segments = [url for url in edge if ".m4s" in url and f"/v/{liked}/" in url]
+        assert segments and all("CMCD=" in url and play["sid"] in url for url in segments)
+        assert not [r for r in requests if r[0] >= 400], [r for r in requests if r[0] >= 400]
+
+        # The upload: 100 %, processing, playable (first rendition) and played, then ready.
+        assert result["uploadProgress"] == {"value": 100, "text": "100 %"}
+        video_id = result["uploadId"]
+        upload = service.store.get(video_id)
+        assert upload.state == "uploaded" and upload.owner == "viewer"
+        assert upload.path.read_bytes() == clip.read_bytes()
+        row = service.catalog.get(video_id)
+        assert row["title"] == "from the web page" and row["hashtags"] == ["web", "test"]
+        assert row["status"] == "ready"
+        states = result["uploadStates"]
+        assert states[0].startswith(("Uploaded", "Processing", "Playable")), states
+        assert states[1].startswith(("Playable", "Ready")) and states[2].startswith("Ready")
+        assert result["uploadPlayed"] > 0
+    finally:
+        stop.set()
+        await running
+        await service.stop()
+        await tiers.stop()
