@@ -83,6 +83,18 @@ def test_a_plan_naming_an_unknown_node_is_refused():
         plan.check_nodes(["shield-1", "regional-1"])
 
 
+def test_the_command_refuses_a_bad_plan_before_starting_anything(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[fault]]\nat = "1s"\naction = "origin"\nmode = "slow"\n'
+                    'duraton = "2s"\n')
+    done = subprocess.run([sys.executable, "-m", "reelcdn.cli", "soak", "--plan", str(plan),
+                           "--report", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert f"{plan}:5: fault 1 (action 'origin'): unknown key 'duraton'" in done.stderr
+    assert not (tmp_path / "r").exists()
+
+
 # ------------------------------------------------------------------------------ verifier
 
 
