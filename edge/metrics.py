@@ -53,6 +53,11 @@ class NodeStats:
         self.disk_bytes = 0
         self.disk_objects = 0
         self.disk_capacity = 0
+        # Prewarmed objects (edge/ops/admin.py's PrewarmTracker): each one's first request
+        # after its prewarm, HIT or not, and how many still wait for one (a level).
+        self.prewarm_first_hits = 0
+        self.prewarm_first_misses = 0
+        self.prewarm_tracked = 0
         # Edge features (edge/video/features.py, playlists.py, prefetch.py, cmcd.py).
         self.playlists_rendered = 0
         self.prefetch_issued = 0
@@ -121,6 +126,10 @@ class NodeStats:
 SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("coalesced_waiters", "reelcdn_coalesced_waiters", "Requests that joined an in-flight fetch"),
     ("evictions", "reelcdn_cache_evictions", "Entries evicted to stay within the cache budget"),
+    ("prewarm_first_hits", "reelcdn_prewarmed_first_hits",
+     "Prewarmed objects whose first request after the prewarm was a HIT"),
+    ("prewarm_first_misses", "reelcdn_prewarmed_first_misses",
+     "Prewarmed objects refilled before any HIT (their first request after the prewarm missed)"),
     ("bytes_sent", "reelcdn_bytes_sent", "Response bytes written to clients"),
     ("upstream_failures", "reelcdn_upstream_failures",
      "Upstream fetches that failed (connect, timeout, broken body)"),
@@ -182,6 +191,8 @@ SIMPLE_COUNTERS: tuple[tuple[str, str, str], ...] = (
 # (attribute, metric name, help), rendered as gauges and summed over workers.
 STATS_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("disk_bytes", "reelcdn_disk_bytes", "Bytes of files in the disk tier (whole 4 KiB blocks)"),
+    ("prewarm_tracked", "reelcdn_prewarmed_waiting",
+     "Prewarmed objects whose first request has not come yet"),
     ("disk_objects", "reelcdn_disk_objects", "Objects in the disk tier"),
     ("disk_capacity", "reelcdn_disk_capacity_bytes", "The disk tier's configured budget"),
     ("plays_pending_batches", "reelcdn_plays_pending_batches",

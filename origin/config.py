@@ -265,6 +265,15 @@ SECTIONS: dict[str, dict[str, Row]] = {
         Row("playback_base", _url, None, "URL",
             "the edge the web page (`/`) plays and shows posters from; default: the file's "
             "first `role = \"edge\"` node"),
+        Row("prewarm_top", _count(0, 1000), 10, "integer 0..1000",
+            "after each trending recompute, the top this many trending videos are pre-warmed "
+            "into every node with an admin listener (shield, regionals, edges); 0: off"),
+        Row("prewarm_rungs", _count(1, 20), 2, "integer 1..20",
+            "pre-warm the init and first segments of this many of the lowest renditions"),
+        Row("prewarm_segments", _count(0, 100), 2, "integer 0..100",
+            "the first this many segments of each of those renditions"),
+        Row("prewarm_timeout", _duration, 30.0, "duration",
+            "one node's prewarm request gives up after this long (counted, logged)"),
     )},
     "queue": {r.name: r for r in (
         Row("type", _choice("sqlite", "sqs"), "sqlite", '"sqlite" or "sqs"',
@@ -425,6 +434,10 @@ class ApiSettings:
     feed_depth: int = 500
     feed_cursor_ttl: float = 3600.0
     playback_base: str | None = None
+    prewarm_top: int = 10
+    prewarm_rungs: int = 2
+    prewarm_segments: int = 2
+    prewarm_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -482,6 +495,9 @@ class OriginServices:
             trending_window=api.trending_window, trending_half_life=api.trending_half_life,
             feed_pool=api.feed_pool, feed_depth=api.feed_depth,
             feed_cursor_ttl=api.feed_cursor_ttl, playback_base=api.playback_base,
+            cache=self.cache, prewarm_targets=self.admin_nodes, prewarm_top=api.prewarm_top,
+            prewarm_rungs=api.prewarm_rungs, prewarm_segments=api.prewarm_segments,
+            prewarm_timeout=api.prewarm_timeout,
         )
 
     def plays_token(self) -> str | None:

@@ -15,15 +15,17 @@ import asyncio
 import hmac
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sized
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from reelcdn.edge.cache.bodyfile import DESCRIPTORS
-from reelcdn.edge.cache.keys import split_target
+from reelcdn.edge.cache.keys import host_of, split_target
 from reelcdn.edge.metrics import node_registry, stats_snapshot, upstream_up_values
 from reelcdn.extensions.target import BadPath, canonical_path
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 VIDEO_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 PREWARM_MAX_PATHS = 1000
 PREWARM_CONCURRENCY = 8
+PREWARM_TRACKED = 10_000      # prewarmed objects watched for their first request
 PURGE_KINDS = ("path", "prefix", "video")
 # A purge's "host": a DNS name or an IP address, as it appears in the keys of a host_in_key node.
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
@@ -196,6 +199,58 @@ async def prewarm_paths(server: ServedNode, paths: list[str]) -> dict[str, dict[
     return results
 
 
+class PrewarmTracker:
+    """Whether each prewarmed object's first request after its prewarm was a HIT: the
+    figure that says whether prewarming works (``reelcdn_prewarmed_first_hits_total`` and
+    ``_misses_total``).
+
+    At a prewarm, each path the node then stores is noted with its entry's fill time
+    (``response_time``) and HIT count. :meth:`settle` (at each scrape, ``/cache/stats`` and
+    prewarm) looks again: more HITs on the same fill → a first HIT; another fill → the object
+    was fetched again before any HIT (evicted, or stale and refilled) → a miss. Either way
+    the object is no longer watched. An object evicted and not yet asked for stays watched
+    (up to ``PREWARM_TRACKED``, oldest dropped uncounted). Rendered playlists have no entry
+    of their own and are not counted; their meta.json is, on parents. Sampled, not per
+    request: a HIT followed by a refill between two looks counts as a miss."""
+
+    def __init__(self) -> None:
+        self.watched: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def settle(self, node: CacheNode) -> None:
+        stats, store = node.stats, node.store
+        for key, (filled, hits) in list(self.watched.items()):
+            entry = store.peek(key)
+            if entry is None:
+                continue
+            if entry.response_time != filled:
+                stats.prewarm_first_misses += 1
+            elif entry.hits > hits:
+                stats.prewarm_first_hits += 1
+            else:
+                continue
+            del self.watched[key]
+        stats.prewarm_tracked = len(self.watched)
+
+    def note(self, node: CacheNode, host: str, paths: list[str],
+             results: dict[str, dict[str, object]]) -> None:
+        """Watch the objects a prewarm stored (after its own requests, which HIT too)."""
+        for path in paths:
+            if results.get(path, {}).get("status") != 200:
+                continue
+            try:
+                key = node.keys.for_target(path, host)
+            except BadPath:
+                continue
+            entry = node.store.peek(key)
+            if entry is None:
+                continue
+            self.watched.pop(key, None)
+            self.watched[key] = (entry.response_time, entry.hits)
+            while len(self.watched) > PREWARM_TRACKED:
+                self.watched.popitem(last=False)
+        node.stats.prewarm_tracked = len(self.watched)
+
+
 def upstream_health(node: CacheNode) -> dict[str, dict[str, Any]]:
     health = getattr(node.upstream, "health", None)
     return health() if callable(health) else {}
@@ -224,6 +279,8 @@ def cache_stats(server: ServedNode) -> dict[str, Any]:
     requests = node.stats.requests
     hits = sum(v for (_, status, _), v in requests.items() if status == "hit")
     total = sum(requests.values())
+    first_hits, first_misses = node.stats.prewarm_first_hits, node.stats.prewarm_first_misses
+    first = first_hits + first_misses
     return {
         "node": node.name,
         "objects": len(node.store),
@@ -239,6 +296,10 @@ def cache_stats(server: ServedNode) -> dict[str, Any]:
         "disk_bytes": node.stats.disk_bytes,
         "disk_capacity": node.stats.disk_capacity,
         "disk_hits": node.stats.disk_hits,
+        # Prewarmed objects' first requests (PrewarmTracker).
+        "prewarmed": {"first_hits": first_hits, "first_misses": first_misses,
+                      "first_hit_ratio": first_hits / first if first else None,
+                      "waiting": node.stats.prewarm_tracked},
         "upstreams": upstream_health(node),
     }
 
@@ -298,6 +359,7 @@ class LocalAdmin(AdminBackend):
         self.registry = node_registry(
             node.stats, lambda: node_gauges(server), lambda: upstream_health(node)
         )
+        self.prewarmed = PrewarmTracker()
 
     def admin_token(self) -> str | None:
         return self.server.node.config.admin_token
@@ -312,9 +374,11 @@ class LocalAdmin(AdminBackend):
         return body, 503 if server.draining else 200
 
     async def metrics(self) -> bytes:
+        self.prewarmed.settle(self.server.node)
         return generate_latest(self.registry)
 
     async def cache_stats(self) -> dict[str, Any]:
+        self.prewarmed.settle(self.server.node)
         return cache_stats(self.server)
 
     async def purge(self, spec: PurgeSpec) -> tuple[dict[str, Any], int]:
@@ -323,11 +387,16 @@ class LocalAdmin(AdminBackend):
     async def prewarm(self, paths: list[str]) -> dict[str, Any]:
         """Each path is fetched through this node's own data plane, so this node and every
         tier above it store the object."""
+        node = self.server.node
+        self.prewarmed.settle(node)  # what happened to the last prewarm's objects first
         results = await prewarm_paths(self.server, paths)
+        self.prewarmed.note(node, host_of(urlsplit(self.server.self_url).netloc), paths,
+                            results)
         failed = sum(1 for r in results.values() if r["status"] >= 400)  # type: ignore[operator]
         return {"requested": len(paths), "failed": failed, "results": results}
 
     async def snapshot(self) -> dict[str, Any]:
+        self.prewarmed.settle(self.server.node)
         return internal_stats(self.server)
 
 
