@@ -405,3 +405,46 @@ purge_nodes = false
         await service.stop()
     listed = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)
     assert [o["Key"] for o in listed.get("Contents", [])] == [f"cdn/v/{vid2}/meta.json"]
+
+
+def test_the_cache_section_and_the_prewarm_keys(tmp_path: Path) -> None:
+    got = services("""
+[api]
+prewarm_top = 5
+prewarm_rungs = 1
+prewarm_segments = 3
+prewarm_timeout = "10s"
+
+[cache]
+servers = ["127.0.0.1:11211", "10.0.0.2:11211"]
+prefix = "cdn:"
+timeout = "100ms"
+connect_timeout = "200ms"
+retry_attempts = 1
+dead_timeout = "30s"
+page_ttl = "20s"
+counters_ttl = "2s"
+lock_wait = "250ms"
+""", tmp_path)
+    cache = got.cache
+    assert cache.servers == (("127.0.0.1", 11211), ("10.0.0.2", 11211))
+    assert (cache.prefix, cache.timeout, cache.connect_timeout, cache.retry_attempts,
+            cache.dead_timeout, cache.page_ttl, cache.counters_ttl, cache.lock_wait) == (
+        "cdn:", 0.1, 0.2, 1, 30.0, 20.0, 2.0, 0.25)
+    assert (got.api.prewarm_top, got.api.prewarm_rungs, got.api.prewarm_segments,
+            got.api.prewarm_timeout) == (5, 1, 3, 10.0)
+    assert [(a.name, a.role, a.renders) for a in got.admin_nodes] == [
+        ("shield-1", "shield", False)]
+    assert services("", tmp_path).cache.servers == ()  # no [cache]: no memcached
+    for text, key, words in (
+            ('servers = ["localhost"]', "cache.servers[0]", "missing port"),
+            ('servers = "127.0.0.1:11211"', "cache.servers", "array"),
+            ('prefix = "a b"', "cache.prefix", "no space"),
+            ('timeout = "1m"', "cache.timeout", "at most 10"),
+            ("retry_attempts = 11", "cache.retry_attempts", "10"),
+            ('page_ttl = 0', "cache.page_ttl", "longer than 0"),
+            ("sever = 1", "cache.sever", "unknown key")):
+        caught = error(f"[cache]\n{text}\n", tmp_path)
+        assert caught.key == key and words in str(caught), (text, str(caught))
+    caught = error("[api]\nprewarm_top = -1\n", tmp_path)
+    assert caught.key == "api.prewarm_top"
