@@ -311,6 +311,8 @@ def print_urls(topology: Topology, video_ids: list[str], token_file: Path | None
                      f"http://{format_address(*api.listen)}/api/v1/{metrics}")
         lines.append(f"  user token for 'demo': in {data / 'user-token'}; one transcoding "
                      "worker publishes uploads into the origin")
+        lines.append(f"Web page (feed, player, uploads; sign in with that token): "
+                     f"http://{format_address(*api.listen)}/")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 

@@ -13,10 +13,11 @@
   token): ``playback_base`` (``[api] playback_base``: the edge it plays and shows posters
   from) and the largest upload.
 
-Every answer has an ``ETag`` (a ``If-None-Match`` that matches is answered 304) and
-``X-Content-Type-Options: nosniff``; the page has a Content-Security-Policy that allows
-scripts and styles from this origin alone and media, images and requests from the
-playback edge.
+Every answer has an ``ETag`` (an ``If-None-Match`` that matches is answered 304) and
+``X-Content-Type-Options: nosniff``; files that compress are sent gzipped to a client that
+accepts it (compressed once, at load; their own ETag, ``Vary: Accept-Encoding``). The page
+has a Content-Security-Policy that allows scripts and styles from this origin alone and
+media, images and requests from the playback edge.
 """
 
 from __future__ import annotations
