@@ -8,6 +8,8 @@ parsing and reporting code that has nothing to do with the player-emulation harn
 Entry points:
 
 - ``python -m reelcdn.loadtest.bench.hit``: cache HIT throughput, node vs nginx ``proxy_cache``.
+- ``python -m reelcdn.loadtest.bench.ranges``: Range HITs at any offset (random offsets and
+  lengths, several ranges), node vs nginx, answers checked byte for byte.
 - ``python -m reelcdn.loadtest.bench.crowd``: 500 concurrent requests for one cold object
   (request coalescing), node vs nginx ``proxy_cache_lock``.
 - ``python -m reelcdn.loadtest.bench.origin --port N``: the origin those benchmarks fetch from.
@@ -23,5 +25,5 @@ Entry points:
 Shared parts: ``procs`` (subprocesses, loopback HTTP), ``servers`` (origin, nginx, node as
 targets), ``wrk``, ``report`` (medians, Markdown), ``machine`` (what the run ran on),
 ``common`` (argument plumbing), ``coldobj`` (path-derived cold bodies); data files
-``nginx.conf.tmpl`` and ``range64k.lua``.
+``nginx.conf.tmpl``, ``range64k.lua`` and ``ranges.lua``.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _TIME_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -117,7 +118,9 @@ class WrkSettings:
     connections: int = 64
     duration: int = 10  # seconds
 
-    def argv(self, wrk: str, url: str, script: str | None = None) -> list[str]:
+    def argv(
+        self, wrk: str, url: str, script: str | None = None, script_args: Sequence[str] = ()
+    ) -> list[str]:
         return [
             wrk,
             f"-t{self.threads}",
@@ -126,6 +129,7 @@ class WrkSettings:
             "--latency",
             *(["-s", script] if script else []),
             url,
+            *(["--", *script_args] if script_args else []),
         ]
 
     def describe(self) -> str:
@@ -133,14 +137,18 @@ class WrkSettings:
 
 
 def run_wrk(
-    wrk: str, url: str, settings: WrkSettings, script: str | None = None
+    wrk: str,
+    url: str,
+    settings: WrkSettings,
+    script: str | None = None,
+    script_args: Sequence[str] = (),
 ) -> tuple[WrkResult, str]:
-    """Run wrk once against ``url`` (with a Lua ``script`` shaping requests, if given);
-    returns the parsed result and the raw report.
+    """Run wrk once against ``url`` (with a Lua ``script`` shaping requests, if given, and
+    ``script_args`` passed to its ``init``); returns the parsed result and the raw report.
 
     Bounded: wrk gets its duration plus 30 s before it is killed.
     """
-    argv = settings.argv(wrk, url, script)
+    argv = settings.argv(wrk, url, script, script_args)
     try:
         done = subprocess.run(
             argv,
