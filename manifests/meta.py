@@ -40,6 +40,7 @@ __all__ = [
     "VideoMeta",
     "average_bandwidth",
     "file_digest",
+    "is_video_id",
     "peak_bandwidth",
     "renditions_sorted",
     "sha256_digest",
@@ -63,6 +64,12 @@ _LANGUAGE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")  # RFC 5646 shape
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def is_video_id(text: object) -> bool:
+    """Whether *text* can name a video (``v/{video_id}/``): the schema's one rule, which the
+    origin API also applies to any id it looks up (uploads mint a narrower form of it)."""
+    return isinstance(text, str) and _VIDEO_ID.match(text) is not None
 
 
 def sha256_digest(data: bytes) -> str:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from reelcdn.manifests.meta import is_video_id
 from reelcdn.origin import direct as direct_mod
 from reelcdn.origin import tus
 from reelcdn.origin.feed import api as feed_api
@@ -358,7 +359,7 @@ async def video(request: web.Request) -> web.StreamResponse:
         return await _direct_video(request, service, direct)
     # A GET reads the row through the cache (ready rows); a DELETE reads it as of now.
     read = service.video_row if request.method in ("GET", "HEAD") else service.catalog.get
-    entry = await asyncio.to_thread(read, video_id) if valid_video_id(video_id) else None
+    entry = await asyncio.to_thread(read, video_id) if is_video_id(video_id) else None
     if entry is not None and service.store.get(video_id) is None:
         # Uploaded through another API host sharing the catalog (or its upload record is
         # gone): the catalog row is the video.

@@ -103,6 +103,43 @@ def ensure_demo_videos(topology: Topology) -> list[str]:
     return ids
 
 
+DEMO_OWNER = "reelcdn"
+
+
+def register_demo_videos(topology: Topology, video_ids: list[str]) -> list[str]:
+    """Put the demo videos into the origin services' catalog as ``ready`` videos of the user
+    ``reelcdn`` (not ``demo``, the user ``reelcdn up`` signs in: a viewer's own videos are
+    left out of its for-you feed), so the feed, the web page and the edges' play counts know
+    them; only those in the origin the services publish into. A row already there is left as
+    it is (a restart keeps its likes, views and any change made through the API). Returns the
+    ids registered."""
+    from reelcdn.manifests.meta import VideoMeta
+    from reelcdn.origin.config import open_catalog, services_from_topology
+
+    services = services_from_topology(topology)
+    publish = services.publish
+    if publish is None or publish.type != "fs" or not publish.root or not video_ids:
+        return []
+    catalog = open_catalog(services.catalog)
+    registered = []
+    for number, video_id in enumerate(video_ids, 1):
+        try:
+            meta = VideoMeta.read(Path(publish.root) / "v" / video_id / "meta.json")
+        except (OSError, ValueError):
+            continue  # made in another origin than the one the services publish into
+        if catalog.get(video_id) is not None:
+            continue
+        catalog.create(video_id, DEMO_OWNER, {
+            "title": f"Demo video {number}",
+            "caption": "Synthesised by reelcdn up: a test picture and a tone.",
+            "hashtags": "#demo #reelcdn",
+        }, status="ready")
+        catalog.set_status(video_id, "ready", duration=meta.duration,
+                           renditions=[r.name for r in meta.renditions])
+        registered.append(video_id)
+    return registered
+
+
 def write_loadtest_catalog(data_dir: Path, topology: Topology, demo_ids: list[str]) -> Path:
     """Write ``{data_dir}/catalog.txt`` for ``reelcdn loadtest --catalog``: the ready videos
     of every filesystem origin (their ``catalog.txt``, so uploads count too), else the demo
@@ -338,6 +375,10 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
     say(f"load-test catalog: {catalog} (reelcdn loadtest --topology {config_file} "
         f"--catalog {catalog})")
     services = origin_services(topology, data, config_file)
+    if services and video_ids:
+        registered = register_demo_videos(topology, video_ids)
+        if registered:
+            say(f"demo videos in the catalog as user {DEMO_OWNER!r}: {', '.join(registered)}")
     supervisor = Supervisor(config_file, topology, log_level, services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -1013,3 +1013,14 @@ def test_demo_as_a_single_file_rendition_with_byte_ranges_plays(demo_dir: Path) 
     assert decode(rdir / "single.m3u8") == decode(rdir / "index.m3u8")
     (rdir / "single-iframes.m3u8").write_text(render_iframes(single, "single"))
     assert len(decode(rdir / "single-iframes.m3u8")) > 0
+
+
+def test_is_video_id_is_the_schemas_rule() -> None:
+    from reelcdn.manifests.meta import is_video_id
+
+    assert is_video_id("demo-1") and is_video_id("a" * 128) and is_video_id("x_Y-9")
+    for bad in ("", "-a", "_a", "a" * 129, "a/b", "a.b", "..", "a b", "é", None, 7):
+        assert not is_video_id(bad), bad
+        if isinstance(bad, str):
+            with pytest.raises(ValueError, match="video_id"):
+                VideoMeta(video_id=bad, state="processing", duration=0.0, renditions=())

@@ -147,6 +147,15 @@ def test_up_plays_demo_video_through_edge_a_and_stops_cleanly(running_up):
         urllib.request.urlopen("http://127.0.0.1:9080/metrics", timeout=5)  # noqa: S310
     assert unauthorised.value.code == 401
 
+    # The demo videos are in the origin's catalog, so the feed (and the web page) has them.
+    user = (data / "user-token").read_text().strip()
+    _, _, body = fetch("http://127.0.0.1:8300/api/v1/feed?feed_type=for_you&limit=50",
+                       token=user)
+    listed = {item["id"] for item in json.loads(body)["items"]}
+    assert set(catalog) <= listed, (catalog, listed)
+    _, _, body = fetch(f"http://127.0.0.1:8300/api/v1/videos/{video}", token=user)
+    assert json.loads(body)["status"] == "ready"
+
     # A creator's upload: reelcdn upload → origin API → worker → playable through edge-a.
     clip = make_clip(data.parent / "upload.mp4", size="640x360", seconds=4.0)
     done = subprocess.run(
@@ -161,7 +170,6 @@ def test_up_plays_demo_video_through_edge_a_and_stops_cleanly(running_up):
         assert any(True for _ in container.decode(video=0))
     # ... and deleted: its objects go and every node of the topology purges its copies.
     video_id = playback.split("/v/", 1)[1].split("/", 1)[0]
-    user = (data / "user-token").read_text().strip()
     request = urllib.request.Request(f"http://127.0.0.1:8300/api/v1/videos/{video_id}",
                                      method="DELETE",
                                      headers={"Authorization": f"Bearer {user}"})

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from reelcdn.manifests.meta import is_video_id
 from reelcdn.origin.feed.cursors import CursorError
 from reelcdn.origin.feed.service import FEED_TYPES, PLAYABLE, SESSION_TTL, FeedService
 from reelcdn.origin.feed.store import Play
 from reelcdn.origin.logs import USER, fields
 from reelcdn.origin.tus import TusError
-from reelcdn.origin.uploads import valid_video_id
 from reelcdn.origin.users import valid_name
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ async def like(request: web.Request) -> web.StreamResponse:
     _allow(request, "POST", "DELETE")
     service = request.app[FEED]
     video = request.match_info["video_id"]
-    row = await asyncio.to_thread(service.catalog.get, video) if valid_video_id(video) else None
+    row = await asyncio.to_thread(service.catalog.get, video) if is_video_id(video) else None
     if row is None or (request.method == "POST" and row["status"] not in PLAYABLE):
         raise _error(404, "not_found", "no video has this id")
     user, now = request[USER], service.clock()
@@ -233,7 +233,7 @@ def _known(service: FeedService, entries: list[tuple[str, int, int, tuple[str, .
     verdict: dict[str, bool] = {}
     for video, starts, completions, sessions in entries:
         if video not in verdict:
-            verdict[video] = valid_video_id(video) and service.playable(video)
+            verdict[video] = is_video_id(video) and service.playable(video)
         if not verdict[video]:
             unknown += 1
             continue
