@@ -114,6 +114,7 @@ async def test_following_lists_followed_creators_ready_videos_newest_first(
         "id": b1, "title": "b1", "caption": "c", "hashtags": ["cats", "fun"], "owner": "bob",
         "poster": f"/v/{b1}/poster.jpg", "playback": f"/v/{b1}/master.m3u8",
         "duration": 12.5, "created": first["created"], "stats": {"views": 0, "likes": 0},
+        "viewer": {"liked": False, "following": True},
     }
     # Unfollowing: the next session leaves carol out.
     status, _ = await send(http, "DELETE", f"{origin.url}/api/v1/users/carol/follow", origin)
@@ -156,6 +157,10 @@ async def test_likes_are_idempotent_and_counted(origin: Origin,
     await origin.recompute()
     status, page = await get_feed(http, origin, user="dave", feed_type="for_you")
     assert page["items"][0]["stats"] == {"views": 0, "likes": 1}
+    # Each viewer sees their own marks: carol likes it, alice unliked it.
+    assert page["items"][0]["viewer"] == {"liked": False, "following": False}
+    status, page = await get_feed(http, origin, user="carol", feed_type="for_you")
+    assert page["items"][0]["viewer"] == {"liked": True, "following": False}
     for bad in ("nosuchvideo", "a" * 26):
         status, body = await send(http, "POST", f"{origin.url}/api/v1/videos/{bad}/like",
                                   origin)

@@ -315,9 +315,13 @@ class FeedService:
             next_cursor = make_cursor(Cursor(user, feed_type, snapshot_id, cut["next"],
                                              int(expires)), self.settings.keys)
         counters = self.counters([row["id"] for row in rows])
+        # Never cached: the viewer's own marks, read for this page's videos and owners.
+        liked, followed = self.store.viewer_marks(
+            user, [row["id"] for row in rows], [row["owner"] for row in rows])
         self.metrics.requests.labels(feed_type).inc()
-        return Page([item_view(row, counters.get(row["id"], Counters())) for row in rows],
-                    next_cursor)
+        return Page([item_view(row, counters.get(row["id"], Counters()),
+                               liked=row["id"] in liked, following=row["owner"] in followed)
+                     for row in rows], next_cursor)
 
     def _page_margin(self) -> float:
         settings = self.cache.settings
@@ -402,8 +406,10 @@ def _video(row: dict[str, Any], counters: Counters | None = None) -> ranking.Vid
                          counters.completions)
 
 
-def item_view(row: dict[str, Any], counters: Counters) -> dict[str, Any]:
-    """A feed item: the video's text, owner, poster and playback paths, duration, stats."""
+def item_view(row: dict[str, Any], counters: Counters, *, liked: bool = False,
+              following: bool = False) -> dict[str, Any]:
+    """A feed item: the video's text, owner, poster and playback paths, duration, stats, and
+    the viewer's marks (``viewer``: whether they like the video and follow its owner)."""
     video = row["id"]
     return {
         "id": video, "title": row["title"], "caption": row["caption"],
@@ -412,4 +418,5 @@ def item_view(row: dict[str, Any], counters: Counters) -> dict[str, Any]:
         "playback": f"/v/{video}/master.m3u8" if row["renditions"] else None,
         "duration": row["duration"], "created": row["created"],
         "stats": {"views": counters.views, "likes": counters.likes},
+        "viewer": {"liked": liked, "following": following},
     }

@@ -124,6 +124,12 @@ class EngagementStore(Protocol):
         """The videos ``user`` played, most recent first."""
         ...
 
+    def viewer_marks(self, user: str, videos: Sequence[str],
+                     owners: Sequence[str]) -> tuple[set[str], set[str]]:
+        """Which of *videos* ``user`` likes and which of *owners* ``user`` follows (what a
+        feed page shows on its buttons)."""
+        ...
+
     def counters(self, videos: Iterable[str]) -> dict[str, Counters]:
         """The counters of those videos that have any."""
         ...
@@ -244,6 +250,21 @@ class SqliteEngagementStore:
         return [row[0] for row in self._read(
             "SELECT video FROM seen WHERE user = ? ORDER BY at DESC, video LIMIT ?",
             (user, limit))]
+
+    def viewer_marks(self, user: str, videos: Sequence[str],
+                     owners: Sequence[str]) -> tuple[set[str], set[str]]:
+        liked: set[str] = set()
+        followed: set[str] = set()
+        for wanted, sql, into in (
+                (list(dict.fromkeys(videos)), "SELECT video FROM likes WHERE user = ? AND "
+                 "video IN ({})", liked),
+                (list(dict.fromkeys(owners)), "SELECT followee FROM follows WHERE follower = ? "
+                 "AND followee IN ({})", followed)):
+            for start in range(0, len(wanted), 500):  # SQLite's bound on variables
+                chunk = wanted[start:start + 500]
+                into.update(row[0] for row in self._read(
+                    sql.format(",".join("?" * len(chunk))), (user, *chunk)))
+        return liked, followed
 
     # -- counters ------------------------------------------------------------------------------
 

@@ -107,6 +107,8 @@
     try { localStorage.removeItem(TOKEN_KEY); } catch (_) { /* nothing kept */ }
     state.token = state.user = null;
     state.sessionRegistered = false;
+    state.liked.clear();  // another user may sign in next
+    state.following.clear();
     stopPlayer();
     state.generation += 1;
     $("app").hidden = true;
@@ -236,6 +238,11 @@
          follow),
       el("p", { class: "meta stats" }, views, " · ", likes));
     item.card = li;
+    // Each page says what the viewer likes and follows as of its request (read afresh, not
+    // cached), so it is taken as is; a page never lists a video twice in a feed session.
+    const marks = item.viewer || {};
+    if (marks.liked) state.liked.add(item.id); else state.liked.delete(item.id);
+    if (marks.following) state.following.add(item.owner);
     renderStats(item);
     renderFollow(follow, item.owner);
     likes.addEventListener("click", () => toggleLike(item));
@@ -265,9 +272,8 @@
   }
 
   // Likes and follows are changed on the page at once and set right (or undone) when the
-  // API answers. The feed does not say what the viewer liked or follows before this page:
-  // a like of a video liked earlier is a second POST, which changes nothing, and the count
-  // the API answers replaces the guess.
+  // API answers (its count replaces the guess). Each feed item says whether the viewer
+  // likes it and follows its owner, so the buttons start right.
   async function toggleLike(item) {
     const like = !state.liked.has(item.id);
     const before = item.stats.likes;
