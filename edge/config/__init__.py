@@ -46,13 +46,14 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from reelcdn.edge.config.keys import (
     NODE_KEYS,
     ORIGIN_KEY_TABLE,
+    SOURCE_KEYS,
     Context,
     Sourced,
     article,
@@ -85,7 +86,10 @@ from reelcdn.edge.config.model import (
     token_query_params,
 )
 from reelcdn.edge.config.values import (
+    FAILED,
     ConfigError,
+    ConfigErrors,
+    Problems,
     format_address,
     parse_address,
     parse_duration,
@@ -102,12 +106,14 @@ __all__ = [
     "ROLES",
     "ORIGIN_TYPES",
     "ConfigError",
+    "ConfigErrors",
     "HEALTH_PATH",
     "HealthConfig",
     "Limits",
     "NodeConfig",
     "OriginConfig",
     "ParentRef",
+    "Problems",
     "SteeringConfig",
     "Topology",
     "TtlRule",
@@ -148,14 +154,27 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 @dataclass(slots=True)
 class _Draft:
-    """A node between parsing and building: its merged layers, before names are resolved."""
+    """A node between parsing and building: its merged layers, before names are resolved.
+
+    ``failed`` holds the fields whose value did not parse (or named nothing usable); they are
+    left out of ``merged``, and a check that needs one of them is skipped, so a bad value gives
+    one error rather than a train of follow-on ones."""
 
     name: str
     merged: dict[str, Sourced]
+    failed: set[str] = field(default_factory=set)
 
     @property
     def role(self) -> str:
         return str(self.merged["role"][0]) if "role" in self.merged else "edge"
+
+    def ok(self, *keys: str) -> bool:
+        """Whether none of ``keys`` failed."""
+        return not self.failed.intersection(keys)
+
+    def fail(self, key: str) -> None:
+        self.failed.add(key)
+        self.merged.pop(key, None)
 
     def names(self, key: str) -> tuple[str, ...]:
         return tuple(self.merged[key][0]) if key in self.merged else ()
@@ -165,125 +184,152 @@ class _Draft:
         return f"{self.merged[key][1]}[{index}]"
 
 
-def _draft(name: str, layers: list[dict[str, Sourced]], file: str) -> _Draft:
-    draft = _Draft(name, merge_layers(layers))
-    if "listen" not in draft.merged:
-        raise ConfigError(
+def _draft(name: str, layers: list[dict[str, Sourced]], file: str, problems: Problems) -> _Draft:
+    merged = merge_layers(layers)
+    failed = {k for k, (value, _) in merged.items() if value is FAILED}
+    draft = _Draft(name, {k: v for k, v in merged.items() if k not in failed}, failed)
+    if "listen" not in draft.merged and draft.ok("listen"):
+        problems.add(ConfigError(
             file, f"node.{name}.listen", 'missing: every node needs listen (e.g. listen = '
             '"127.0.0.1:8080")'
-        )
+        ))
     disk = draft.merged.get("cache_disk")
-    if disk is not None and disk[0] > 0 and "cache_dir" not in draft.merged:
-        raise ConfigError(
+    if disk is not None and disk[0] > 0 and "cache_dir" not in draft.merged and draft.ok(
+        "cache_dir"
+    ):
+        problems.add(ConfigError(
             file, f"node.{name}.cache_dir", f"missing: {disk[1]} asks for a disk tier, which "
             'needs cache_dir, the directory for its files (e.g. cache_dir = '
             '"/var/cache/reelcdn"; created if missing)'
-        )
+        ))
     return draft
 
 
-def _check_sources(
-    drafts: Mapping[str, _Draft], origins: Mapping[str, OriginConfig], file: str
-) -> None:
-    """Each node fetches from the right kind of thing for its role, by names that exist."""
+@dataclass(frozen=True, slots=True)
+class _Names:
+    """What node and origin names mean in this file: ``nodes`` and ``origins`` are the drafts
+    and parsed origins; ``known_*`` every name the file gives a table, those that failed too
+    (naming one is no error of its own), or None when the file's tables could not be read."""
+
+    nodes: Mapping[str, _Draft]
+    origins: Mapping[str, OriginConfig]
+    known_nodes: frozenset[str] | None
+    known_origins: frozenset[str] | None
+
+
+def _check_sources(names: _Names, file: str, problems: Problems) -> None:
+    """Each node fetches from the right kind of thing for its role, by names that exist. A list
+    found wrong here is not used further (no cycle or parent check on it)."""
+    drafts, origins = names.nodes, names.origins
+    bad: set[str] = set()  # of the node being checked: lists not to use further
+
+    def report(key: str, message: str, unusable: str | None = None) -> None:
+        problems.add(ConfigError(file, key, message))
+        if unusable is not None:
+            bad.add(unusable)
+
     for name, draft in drafts.items():
         role, merged = draft.role, draft.merged
-        if role == "shield":
+        sources_ok = draft.ok(*SOURCE_KEYS)
+        bad.clear()
+
+        if not draft.ok("role"):
+            pass  # which sources fit is unknown
+        elif role == "shield":
             if "parents" in merged:
-                raise ConfigError(
-                    file, merged["parents"][1], 'a shield fetches from origins; use role = '
-                    '"regional" for a node with parents'
-                )
-            if "upstream" not in merged and "origins" not in merged:
-                raise ConfigError(
-                    file, f"node.{name}.origins", 'missing: a shield needs origins, e.g. '
-                    'origins = ["main"] with an [origin.main] table (or an upstream URL)'
-                )
+                report(merged["parents"][1], 'a shield fetches from origins; use role = '
+                       '"regional" for a node with parents', "parents")
+            if sources_ok and "upstream" not in merged and "origins" not in merged:
+                report(f"node.{name}.origins", 'missing: a shield needs origins, e.g. '
+                       'origins = ["main"] with an [origin.main] table (or an upstream URL)')
         else:
             if "origins" in merged:
-                raise ConfigError(
-                    file, merged["origins"][1], f"{article(role)} fetches from parents (or an "
-                    'upstream URL); only a shield fetches from origins: set role = "shield" or '
-                    "list parents"
-                )
-            if "upstream" not in merged and "parents" not in merged:
-                raise ConfigError(
-                    file, f"node.{name}.parents", f"missing: {article(role)} needs parents (or "
-                    'an upstream URL), e.g. parents = ["regional-1"] or upstream = '
-                    '"http://127.0.0.1:8000"'
-                )
-        for i, parent in enumerate(draft.names("parents")):
+                report(merged["origins"][1], f"{article(role)} fetches from parents (or an "
+                       'upstream URL); only a shield fetches from origins: set role = "shield" '
+                       "or list parents", "origins")
+            if sources_ok and "upstream" not in merged and "parents" not in merged:
+                report(f"node.{name}.parents", f"missing: {article(role)} needs parents (or "
+                       'an upstream URL), e.g. parents = ["regional-1"] or upstream = '
+                       '"http://127.0.0.1:8000"')
+        known_nodes = names.known_nodes
+        for i, parent in enumerate(draft.names("parents") if "parents" not in bad else ()):
             key = draft.item_key("parents", i)
             if parent == name:
                 inherited = " (from [defaults]: give it its own parents)" if key.startswith(
                     "defaults."
                 ) else ""
-                raise ConfigError(
-                    file, key, f"node {quote(name)} lists itself as a parent{inherited}; a "
-                    "parent is a node closer to the origin"
-                )
-            if parent not in drafts:
+                report(key, f"node {quote(name)} lists itself as a parent{inherited}; a "
+                       "parent is a node closer to the origin", "parents")
+            elif known_nodes is not None and parent not in known_nodes:
                 hint = _suggest(parent, drafts)
                 if not hint and parent in origins:
                     hint = f"{quote(parent)} is an origin: only a shield lists origins. "
-                raise ConfigError(
-                    file, key, f"unknown parent {quote(parent)}: {hint}nodes in this file are: "
-                    + ", ".join(drafts)
-                )
-        _check_fallback(draft, drafts, file)
-        for i, origin in enumerate(draft.names("origins")):
-            if origin not in origins:
-                key = draft.item_key("origins", i)
-                if not origins:
-                    raise ConfigError(
-                        file, key, f"unknown origin {quote(origin)}: this file has no origins; "
-                        f"add an [origin.{origin}] table with type = " + " | ".join(ORIGIN_TYPES)
-                    )
-                hint = _suggest(origin, origins)
-                if not hint and origin in drafts:
-                    hint = f"{quote(origin)} is a node: list nodes in parents. "
-                raise ConfigError(
-                    file, key, f"unknown origin {quote(origin)}: {hint}origins in this file "
-                    "are: " + ", ".join(origins)
-                )
+                report(key, f"unknown parent {quote(parent)}: {hint}nodes in this file are: "
+                       + ", ".join(drafts), "parents")
+        if "parents" in bad:
+            draft.fail("parents")
+        if not _check_fallback(draft, names, file, problems):
+            draft.fail("fallback")
+        known_origins = names.known_origins
+        for i, origin in enumerate(draft.names("origins") if "origins" not in bad else ()):
+            if known_origins is None or origin in known_origins:
+                continue
+            key = draft.item_key("origins", i)
+            if not known_origins:
+                report(key, f"unknown origin {quote(origin)}: this file has no origins; "
+                       f"add an [origin.{origin}] table with type = " + " | ".join(ORIGIN_TYPES),
+                       "origins")
+                continue
+            hint = _suggest(origin, known_origins)
+            if not hint and origin in drafts:
+                hint = f"{quote(origin)} is a node: list nodes in parents. "
+            report(key, f"unknown origin {quote(origin)}: {hint}origins in this file "
+                   "are: " + ", ".join(known_origins), "origins")
+        if "origins" in bad:
+            draft.fail("origins")
 
 
-def _check_fallback(draft: _Draft, drafts: Mapping[str, _Draft], file: str) -> None:
+def _check_fallback(draft: _Draft, names: _Names, file: str, problems: Problems) -> bool:
     """``fallback`` names other nodes of the file, tried after the parents: so only a node with
-    parents has one, and it names neither the node itself nor one of its parents."""
-    if "fallback" not in draft.merged:
-        return
+    parents has one, and it names neither the node itself nor one of its parents. False when
+    something was wrong (reported)."""
+    if "fallback" not in draft.merged or not draft.ok("parents"):
+        return True
+    before = len(problems)
     if "parents" not in draft.merged:
-        raise ConfigError(
+        problems.add(ConfigError(
             file, draft.merged["fallback"][1], "fallback nodes are tried after the parents; "
             f"{article(draft.role)} without parents has none (a shield's failover is its "
             "origins list)"
-        )
+        ))
+        return False
     parents = draft.names("parents")
+    drafts = names.nodes
     for i, node in enumerate(draft.names("fallback")):
         key = draft.item_key("fallback", i)
         if node == draft.name:
-            raise ConfigError(file, key, f"node {quote(node)} lists itself as a fallback")
-        if node not in drafts:
-            raise ConfigError(
+            problems.add(ConfigError(file, key, f"node {quote(node)} lists itself as a fallback"))
+        elif names.known_nodes is not None and node not in names.known_nodes:
+            problems.add(ConfigError(
                 file, key, f"unknown fallback node {quote(node)}: {_suggest(node, drafts)}"
                 "nodes in this file are: " + ", ".join(drafts)
-            )
-        if node in parents:
-            raise ConfigError(
+            ))
+        elif node in parents:
+            problems.add(ConfigError(
                 file, key, f"{quote(node)} is a parent already (a parent is tried before any "
                 "fallback); list it in one of parents and fallback"
-            )
+            ))
+    return len(problems) == before
 
 
 _UPSTREAM_NODE_KEYS = ("parents", "fallback")
 _CYCLE_WHAT = {"parents": "parents", "fallback": "parents and fallback nodes"}
 
 
-def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
+def _check_cycles(drafts: Mapping[str, _Draft], file: str, problems: Problems) -> None:
     """Refuse parents (or fallback nodes) that lead back to the node: each request would loop
     through the tiers until a timeout. The message spells out the whole loop, first node in
-    file order first."""
+    file order first; each loop is reported once."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done
     path: list[str] = []
 
@@ -292,17 +338,19 @@ def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
         path.append(name)
         draft = drafts[name]
         for parent in (*draft.names("parents"), *draft.names("fallback")):
+            if parent not in drafts:
+                continue  # a node whose table failed: nothing to follow
             if state.get(parent) == 1:
                 loop = [*path[path.index(parent):], parent]
                 first = drafts[loop[0]]
                 what = next(k for k in _UPSTREAM_NODE_KEYS if loop[1] in first.names(k))
                 index = first.names(what).index(loop[1])
-                raise ConfigError(
+                problems.add(ConfigError(
                     file, first.item_key(what, index), f"{_CYCLE_WHAT[what]} form a cycle: "
                     + " → ".join(loop) + "; every parent (and fallback node) must be closer to "
                     "the origin than its children"
-                )
-            if parent not in state:
+                ))
+            elif parent not in state:
                 visit(parent)
         path.pop()
         state[name] = 2
@@ -313,31 +361,55 @@ def _check_cycles(drafts: Mapping[str, _Draft], file: str) -> None:
 
 
 def _parent_refs(
-    draft: _Draft, drafts: Mapping[str, _Draft], file: str, what: str = "parents"
-) -> tuple[ParentRef, ...]:
+    draft: _Draft, drafts: Mapping[str, _Draft], file: str, problems: Problems,
+    what: str = "parents",
+) -> tuple[ParentRef, ...] | None:
     """Resolve parent (or fallback) names to URLs; a parent must be a tier closer to the
-    origin."""
+    origin. None when one cannot be resolved (reported, unless its own table failed)."""
     refs: list[ParentRef] = []
     label = "parent" if what == "parents" else "fallback node"
+    resolved = True
     for i, parent_name in enumerate(draft.names(what)):
         key = draft.item_key(what, i)
-        parent = drafts[parent_name]
-        if parent.role not in ("regional", "shield"):
-            raise ConfigError(
+        parent = drafts.get(parent_name)
+        if parent is None or "listen" not in parent.merged or not parent.ok("advertise"):
+            resolved = False  # its own table failed: reported there
+            continue
+        if parent.ok("role") and parent.role not in ("regional", "shield"):
+            problems.add(ConfigError(
                 file, key, f"{label} {quote(parent_name)} of node {quote(draft.name)} is "
                 f"{article(parent.role)}; a {label} must be a regional or a shield"
-            )
+            ))
+            resolved = False
+            continue
         # Children reach a parent at its advertise address (the listen address by default,
         # with a wildcard as loopback: right only when parent and child share a host).
         host, port = parent.merged.get("advertise", parent.merged["listen"])[0]
         if port == 0:
-            raise ConfigError(
+            problems.add(ConfigError(
                 file, key, f"parent {quote(parent_name)} listens on port 0 (a free port picked "
                 f"at start), so its children cannot find it: give {parent.merged['listen'][1]} "
                 "a fixed port"
-            )
+            ))
+            resolved = False
+            continue
         refs.append(ParentRef(name=parent_name, url=http_base((reachable_host(host), port))))
-    return tuple(refs)
+    return tuple(refs) if resolved else None
+
+
+_ADDRESS_KEYS = ("listen", "admin", "advertise", "admin_advertise")
+
+
+@dataclass(frozen=True, slots=True)
+class _Built:
+    """A node built from its draft. ``complete`` is False when some of its values failed: the
+    node then has their defaults, good for checks of the values that did parse (addresses,
+    when ``addresses_ok``) but never for running."""
+
+    node: NodeConfig
+    sources: dict[str, str]
+    complete: bool
+    addresses_ok: bool
 
 
 def _build_node(
@@ -345,35 +417,48 @@ def _build_node(
     drafts: Mapping[str, _Draft],
     origins: Mapping[str, OriginConfig],
     file: str,
-) -> tuple[NodeConfig, dict[str, str]]:
+    problems: Problems,
+) -> _Built | None:
     """Build a node from its checked draft; also return where listen/admin came from, for the
-    duplicate-address check across nodes."""
+    duplicate-address check across nodes. None when it cannot be built at all (no listen)."""
     merged = draft.merged
+    if "listen" not in merged:
+        return None
+    before = len(problems)
     values = {k: v for k, (v, _) in merged.items()}
     listen_host, listen_port = values.pop("listen")
     admin_host, admin_port = values.pop("admin", (None, None))
-    if "admin_advertise" in merged and admin_host is None:
-        raise ConfigError(
+    role_ok = draft.ok("role")
+    if "admin_advertise" in merged and admin_host is None and draft.ok("admin"):
+        problems.add(ConfigError(
             file, merged["admin_advertise"][1], "admin_advertise names where the admin API is "
             'reached, but this node has none: set admin too (e.g. admin = "0.0.0.0:9100")'
-        )
-    if (values.get("plays_url") and values.get("role", "edge") == "edge"
-            and not values.get("plays_token")):
-        raise ConfigError(
+        ))
+    edge_posting = role_ok and values.get("plays_url") and values.get("role", "edge") == "edge"
+    if (edge_posting and not values.get("plays_token")
+            and draft.ok("plays_token", "plays_token_env")):
+        problems.add(ConfigError(
             file, merged["plays_url"][1], "an edge posting plays needs a token: set plays_token "
             "or plays_token_env (the origin answers 401 without one)"
-        )
-    if values.get("plays_url") and values.get("role", "edge") == "edge" and len(draft.name) > 64:
-        raise ConfigError(
+        ))
+    if edge_posting and len(draft.name) > 64:
+        problems.add(ConfigError(
             file, merged["plays_url"][1], f"node name {quote(draft.name)} is longer than 64 "
             "characters: the origin refuses play batches from such a node (it names the batch)"
-        )
+        ))
     extra = values.pop("extra_ignore_query_params", frozenset())
     ignore = values.pop("ignore_query_params", DEFAULT_IGNORE_QUERY_PARAMS)
-    build_nested(values, merged, file)  # limits, upstream_timeouts, steering: their dataclasses
-    values["parents"] = _parent_refs(draft, drafts, file)
-    values["fallback"] = _parent_refs(draft, drafts, file, "fallback")
-    values["origins"] = tuple(origins[name] for name in draft.names("origins"))
+    build_nested(values, merged, file, problems)  # limits, upstream_timeouts, steering, tokens
+    unresolved = False
+    for what in ("parents", "fallback"):
+        refs = _parent_refs(draft, drafts, file, problems, what)
+        values[what] = refs if refs is not None else ()
+        unresolved |= refs is None
+    values["origins"] = tuple(origins[name] for name in draft.names("origins") if name in origins)
+    unresolved |= len(values["origins"]) != len(draft.names("origins"))
+    failed_values = {k for k, v in values.items() if v is FAILED}
+    for key in failed_values:
+        del values[key]
     tokens = values.get("tokens")
     if tokens is not None:
         # A token is per viewer: its parameters never enter a key (so never a fill), and
@@ -383,32 +468,44 @@ def _build_node(
         if tokens.format in TOKEN_CARRIED_FORMATS:
             carried = values.get("carried_query_params", ())
             values["carried_query_params"] = tuple(dict.fromkeys((*carried, *params)))
-    node = NodeConfig(
-        name=draft.name,
-        listen_host=listen_host,
-        listen_port=listen_port,
-        admin_host=admin_host,
-        admin_port=admin_port,
-        upstream=values.pop("upstream", None),
-        # Carried parameters (tokens) are per viewer: they must never split the cache.
-        ignore_query_params=frozenset(ignore | extra | set(values.get("carried_query_params", ()))),
-        source_file=file,
-        **values,
-    )
-    sources = {k: merged[k][1] for k in ("listen", "admin", "advertise", "admin_advertise")
-               if k in merged}
-    return node, sources
+    complete = not (draft.failed or failed_values or unresolved or len(problems) > before)
+    try:
+        node = NodeConfig(
+            name=draft.name,
+            listen_host=listen_host,
+            listen_port=listen_port,
+            admin_host=admin_host,
+            admin_port=admin_port,
+            upstream=values.pop("upstream", None),
+            # Carried parameters (tokens) are per viewer: they must never split the cache.
+            ignore_query_params=frozenset(
+                ignore | extra | set(values.get("carried_query_params", ()))
+            ),
+            source_file=file,
+            **values,
+        )
+    except (TypeError, ValueError):
+        if complete:
+            raise
+        return None  # built from what parsed only for the checks: not even that
+    sources = {k: merged[k][1] for k in _ADDRESS_KEYS if k in merged}
+    return _Built(node, sources, complete, draft.ok(*_ADDRESS_KEYS))
 
 
-def _build_nodes(
-    drafts: Mapping[str, _Draft], origins: Mapping[str, OriginConfig], file: str
-) -> dict[str, NodeConfig]:
-    """Check the nodes against each other and build them, in file order."""
-    _check_sources(drafts, origins, file)
-    _check_cycles(drafts, file)
-    built = {name: _build_node(draft, drafts, origins, file) for name, draft in drafts.items()}
-    _check_addresses(built, file)
-    return {name: node for name, (node, _) in built.items()}
+def _build_nodes(names: _Names, file: str, problems: Problems) -> dict[str, NodeConfig]:
+    """Check the nodes against each other and build them, in file order. Nodes with problems
+    are left out of the result (the caller raises), but still checked against the others with
+    the values that parsed."""
+    drafts = names.nodes
+    _check_sources(names, file, problems)
+    _check_cycles(drafts, file, problems)
+    built = {}
+    for name, draft in drafts.items():
+        node = _build_node(draft, drafts, names.origins, file, problems)
+        if node is not None:
+            built[name] = node
+    _check_addresses({n: b for n, b in built.items() if b.addresses_ok}, file, problems)
+    return {name: b.node for name, b in built.items() if b.complete}
 
 
 def node_config_from_dict(
@@ -423,15 +520,19 @@ def node_config_from_dict(
     Used for configs built in code (tests, tools) so they get exactly the checks a file gets.
     The node stands alone, so it fetches from an ``upstream`` URL: parents and origins name
     other tables of a topology file (see :func:`topology_from_text`). ``environ`` defaults to
-    ``os.environ`` (for ``admin_token_env``).
+    ``os.environ`` (for ``admin_token_env``). Every problem is raised at once
+    (:class:`ConfigErrors`).
     """
+    problems = Problems(file)
     _check_node_name(name, file)
     prefix = f"node.{name}"
     if not isinstance(table, Mapping):
         raise type_error(file, prefix, "a table", table)
     ctx = Context(file, os.environ if environ is None else environ)
-    drafts = {name: _draft(name, [parse_layer(prefix, table, ctx)], file)}
-    return _build_nodes(drafts, {}, file)[name]
+    drafts = {name: _draft(name, [parse_layer(prefix, table, ctx, problems)], file, problems)}
+    nodes = _build_nodes(_Names(drafts, {}, frozenset(drafts), frozenset()), file, problems)
+    problems.raise_if_any()
+    return nodes[name]
 
 
 def _clash(a: tuple[str, int], b: tuple[str, int]) -> bool:
@@ -468,12 +569,13 @@ def _machine(node: NodeConfig) -> str | None:
         return host
 
 
-def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], file: str) -> None:
+def _check_addresses(nodes: Mapping[str, _Built], file: str, problems: Problems) -> None:
     """Refuse configs where two listeners share an address on one host: the second node would
     fail to bind at start-up, far from the line that caused it; and configs where two nodes
     advertise one address: a child would reach one of them under the other's name."""
     seen: list[tuple[tuple[str, int], str, str]] = []  # (address, node, dotted key)
-    for name, (node, sources) in nodes.items():
+    for name, built in nodes.items():
+        node, sources = built.node, built.sources
         listeners = [((node.listen_host, node.listen_port), sources["listen"])]
         if node.admin_host is not None and node.admin_port is not None:
             listeners.append(((node.admin_host, node.admin_port), sources["admin"]))
@@ -482,25 +584,28 @@ def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], fil
             for other_address, other_name, other_where in seen:
                 if not _clash(address, other_address):
                     continue
-                other_machine = _machine(nodes[other_name][0])
+                other_machine = _machine(nodes[other_name].node)
                 if machine is not None and other_machine is not None and machine != other_machine:
                     continue  # different hosts: each binds its own
                 shown = format_address(*address)
                 key = f"node.{name}.{where.rsplit('.', 1)[1]}"
                 if other_name == name:
-                    raise ConfigError(
+                    problems.add(ConfigError(
                         file, key, f"node {quote(name)} uses {shown} for both listen and admin; "
                         "give the admin API its own port"
-                    )
-                raise ConfigError(
-                    file, key, f"address {shown} is used by both node {quote(other_name)} "
-                    f"({other_where}) and node {quote(name)} ({where}); each listener needs "
-                    "its own address (nodes on different hosts: set advertise to each "
-                    "node's own host)"
-                )
+                    ))
+                else:
+                    problems.add(ConfigError(
+                        file, key, f"address {shown} is used by both node {quote(other_name)} "
+                        f"({other_where}) and node {quote(name)} ({where}); each listener needs "
+                        "its own address (nodes on different hosts: set advertise to each "
+                        "node's own host)"
+                    ))
+                break  # one clash per listener is enough
             seen.append((address, name, where))
     advertised: dict[tuple[str, int], tuple[str, str]] = {}  # address → (node, dotted key)
-    for name, (node, sources) in nodes.items():
+    for name, built in nodes.items():
+        node, sources = built.node, built.sources
         pairs = [(node.advertised(), sources.get("advertise", sources["listen"]))]
         admin = node.admin_advertised()
         if admin is not None:
@@ -514,12 +619,13 @@ def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], fil
                 shown = format_address(host, port)
                 key = f"node.{name}.{where.rsplit('.', 1)[1]}"
                 owner = "itself" if other_name == name else f"node {quote(other_name)}"
-                raise ConfigError(
+                problems.add(ConfigError(
                     file, key, f"node {quote(name)} is reached at {shown} ({where}), and so "
                     f"is {owner} ({other_where}); every node (and admin API) needs an address "
                     "of its own (nodes on different hosts: set advertise, or admin_advertise, "
                     "to each one's own host)"
-                )
+                ))
+                continue
             advertised[address] = (name, where)
 
 
@@ -528,26 +634,37 @@ def _check_addresses(nodes: Mapping[str, tuple[NodeConfig, dict[str, str]]], fil
 # fetches from them; an origin no node uses is allowed (an operator may keep a spare one ready).
 
 
-def _parse_origins(value: Any, ctx: Context) -> dict[str, OriginConfig]:
+def _parse_origins(
+    value: Any, ctx: Context, problems: Problems
+) -> tuple[dict[str, OriginConfig], frozenset[str] | None]:
+    """The origins that parsed, and the names of every origin table (None: ``origin`` is not a
+    table of tables, so no name can be checked against them)."""
     file = ctx.file
     if not isinstance(value, dict):
-        raise type_error(file, "origin", "tables written [origin.NAME]", value)
+        problems.add(type_error(file, "origin", "tables written [origin.NAME]", value))
+        return {}, None
     origins: dict[str, OriginConfig] = {}
     for name, table in value.items():
         if not isinstance(table, dict):
             if name in ORIGIN_KEY_TABLE:
-                raise ConfigError(
+                problems.add(ConfigError(
                     file, f"origin.{name}", f"{name} must be inside an origin's table: write "
                     f"[origin.NAME] then {name} = …"
-                )
-            raise type_error(file, f"origin.{name}", f"a table ([origin.{name}])", table)
+                ))
+            else:
+                problems.add(type_error(file, f"origin.{name}", f"a table ([origin.{name}])",
+                                        table))
+            continue
         if not _NODE_NAME_RE.fullmatch(name):
-            raise ConfigError(
+            problems.add(ConfigError(
                 file, f"origin.{name}", f"bad origin name {quote(name)}: use letters, digits, "
                 "- and _"
-            )
-        origins[name] = parse_origin(name, table, ctx)
-    return origins
+            ))
+            continue
+        origin = problems.attempt(parse_origin, name, table, ctx)
+        if origin is not FAILED:
+            origins[name] = origin
+    return origins, frozenset(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -559,37 +676,46 @@ SERVICE_SECTIONS = ("api", "queue", "catalog", "transcode", "cache")
 _TOP_KEYS = ("defaults", "node", "origin", *SERVICE_SECTIONS)
 _TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)")
 
+#: More checks of a file, run by the loader on what parsed (``reelcdn.origin.config``'s
+#: service sections): they record their problems with the loader's, so one list says all.
+Check = Callable[[Topology, Problems], object]
+
 
 def _read_text(file: str) -> str:
     try:
         with open(file, "rb") as fh:
             data = fh.read()
     except OSError as exc:
-        raise ConfigError(file, "", f"cannot read the config file: {exc.strerror or exc}") from None
+        raise ConfigErrors([ConfigError(
+            file, "", f"cannot read the config file: {exc.strerror or exc}"
+        )]) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(
+        raise ConfigErrors([ConfigError(
             file, "", f"the config file is not UTF-8 text (bad byte at offset {exc.start})"
-        ) from None
+        )]) from None
 
 
 def _parse_toml(text: str, file: str) -> dict[str, Any]:
+    """The TOML document; a syntax error is the one problem reported (nothing after it can be
+    read), with its line."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         position = _TOML_POSITION.search(message)
         if position is None:
-            raise ConfigError(file, "", f"TOML syntax error: {message}") from None
+            raise ConfigErrors([ConfigError(file, "", f"TOML syntax error: {message}")]) from None
         line_no, column = int(position[1]), int(position[2])
         reason = message[: position.start()].rstrip()
         lines = text.splitlines()
         shown = lines[line_no - 1].strip() if 0 < line_no <= len(lines) else ""
         detail = f": {shown}" if shown else ""
-        raise ConfigError(
-            file, "", f"TOML syntax error at line {line_no}, column {column}: {reason}{detail}"
-        ) from None
+        raise ConfigErrors([ConfigError(
+            file, "", f"TOML syntax error at line {line_no}, column {column}: {reason}{detail}",
+            line=line_no,
+        )]) from None
 
 
 def topology_from_text(
@@ -598,6 +724,7 @@ def topology_from_text(
     file: str = "<embedded>",
     base_dir: str,
     environ: Mapping[str, str] | None = None,
+    check: Check | None = None,
 ) -> Topology:
     """Validate a whole topology given as TOML text.
 
@@ -605,47 +732,69 @@ def topology_from_text(
     ``root``) are resolved — the file's directory for a file, the data directory for the
     embedded default. The whole text is validated even when one node is wanted: nodes of one
     topology start together, and a mistake in any of them should surface before the first binds.
+
+    Every problem is found before one :class:`ConfigErrors` lists them all, each with the line
+    of its key: a bad value is reported and the next key parsed; the checks across nodes and
+    origins run on what parsed, skipping those that need a value that did not. ``check`` (the
+    origin services' sections) runs last, on a topology of what parsed, adding its problems to
+    the same list.
     """
+    problems = Problems(file, text)
     ctx = Context(file, os.environ if environ is None else environ, os.path.abspath(base_dir))
     doc = _parse_toml(text, file)
     for key in doc:
         if key not in _TOP_KEYS:
             hint = unknown_key(file, "", key, _TOP_KEYS).message
-            raise ConfigError(
+            problems.add(ConfigError(
                 file, key, hint + " (nodes are written [node.NAME], origins [origin.NAME])"
-            )
+            ))
     services: dict[str, dict[str, Any]] = {}
     for section in SERVICE_SECTIONS:
         if section in doc:
             if not isinstance(doc[section], dict):
-                raise type_error(file, section, f"a table ([{section}])", doc[section])
-            services[section] = doc[section]
+                problems.add(type_error(file, section, f"a table ([{section}])", doc[section]))
+            else:
+                services[section] = doc[section]
     defaults_table = doc.get("defaults", {})
-    if not isinstance(defaults_table, dict):
-        raise type_error(file, "defaults", "a table ([defaults])", defaults_table)
-    defaults = parse_layer("defaults", defaults_table, ctx)
-    origins = _parse_origins(doc.get("origin", {}), ctx)
+    defaults_ok = isinstance(defaults_table, dict)
+    if not defaults_ok:
+        problems.add(type_error(file, "defaults", "a table ([defaults])", defaults_table))
+        defaults_table = {}
+    defaults = parse_layer("defaults", defaults_table, ctx, problems)
+    origins, origin_names = _parse_origins(doc.get("origin", {}), ctx, problems)
     node_tables = doc.get("node", {})
     if not isinstance(node_tables, dict):
-        raise type_error(file, "node", "tables written [node.NAME]", node_tables)
-    if not node_tables:
-        raise ConfigError(
+        problems.add(type_error(file, "node", "tables written [node.NAME]", node_tables))
+        node_tables = {}
+    elif not node_tables:
+        problems.add(ConfigError(
             file, "", "no nodes: describe at least one node in a [node.NAME] table"
-        )
+        ))
     drafts: dict[str, _Draft] = {}
     for name, table in node_tables.items():
         if not isinstance(table, dict):
             if name in NODE_KEYS:
-                raise ConfigError(
+                problems.add(ConfigError(
                     file, f"node.{name}", f"{name} must be inside a node's table: write "
                     f"[node.NAME] then {name} = …, or put it in [defaults]"
-                )
-            raise type_error(file, f"node.{name}", f"a table ([node.{name}])", table)
-        _check_node_name(name, file)
-        layer = parse_layer(f"node.{name}", table, ctx)
-        drafts[name] = _draft(name, [defaults, layer], file)
-    return Topology(file=file, origins=origins, nodes=_build_nodes(drafts, origins, file),
-                    services=services, base_dir=ctx.base_dir or os.getcwd())
+                ))
+            else:
+                problems.add(type_error(file, f"node.{name}", f"a table ([node.{name}])", table))
+            continue
+        name_ok = problems.attempt(_check_node_name, name, file) is not FAILED
+        layer = parse_layer(f"node.{name}", table, ctx, problems)
+        if name_ok and defaults_ok:  # else what it inherits is unknown: its own keys only
+            drafts[name] = _draft(name, [defaults, layer], file, problems)
+    nodes: dict[str, NodeConfig] = {}
+    if defaults_ok:
+        names = _Names(drafts, origins, frozenset(node_tables), origin_names)
+        nodes = _build_nodes(names, file, problems)
+    topology = Topology(file=file, origins=origins, nodes=nodes, services=services,
+                        base_dir=ctx.base_dir or os.getcwd())
+    if check is not None:
+        check(topology, problems)
+    problems.raise_if_any()
+    return topology
 
 
 def default_topology_text() -> str:
@@ -663,21 +812,25 @@ def load_topology(
     *,
     data_dir: str | None = None,
     environ: Mapping[str, str] | None = None,
+    check: Check | None = None,
 ) -> Topology:
     """Load and validate a topology file; with ``path=None``, the embedded default.
 
     A file's relative paths resolve against the file's own directory, never ``data_dir``:
     ``reelcdn up`` and every node process it starts load the same file, and they must agree on
     where the origin is. ``data_dir`` is the base of the embedded default (required then).
+    Problems are raised all at once, as one :class:`ConfigErrors` (see
+    :func:`topology_from_text`, and for ``check``).
     """
     if path is None:
         if data_dir is None:
             raise ValueError("load_topology(None) loads the embedded default and needs data_dir")
-        return topology_from_text(default_topology_text(), base_dir=data_dir, environ=environ)
+        return topology_from_text(default_topology_text(), base_dir=data_dir, environ=environ,
+                                  check=check)
     file = os.fspath(path)
     text = _read_text(file)
     base_dir = os.path.dirname(os.path.abspath(file))
-    return topology_from_text(text, file=file, base_dir=base_dir, environ=environ)
+    return topology_from_text(text, file=file, base_dir=base_dir, environ=environ, check=check)
 
 
 def load_config_file(
@@ -695,8 +848,8 @@ def load_node_config(
     :func:`topology_from_text`)."""
     nodes = load_config_file(path, environ=environ)
     if name not in nodes:
-        raise ConfigError(
+        raise ConfigErrors([ConfigError(
             os.fspath(path), f"node.{name}", f"no node named {quote(name)} in this file; "
             f"{_suggest(name, nodes)}nodes are: " + ", ".join(nodes)
-        )
+        )])
     return nodes[name]

@@ -40,8 +40,9 @@ from reelcdn.edge.config.model import (
     UpstreamTimeouts,
 )
 from reelcdn.edge.config.values import (
+    FAILED,
     ConfigError,
-    check_keys,
+    Problems,
     check_token,
     describe,
     field_name_checker,
@@ -59,6 +60,7 @@ from reelcdn.edge.config.values import (
     quote,
     server_name_checker,
     type_error,
+    unknown_key,
 )
 
 __all__ = [
@@ -417,16 +419,23 @@ def _parse_carried(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
 
 
 def _subtable(rows: Callable[[], Mapping[str, Key]]) -> Parser:
+    """A nested table's parser: every bad key of the table is reported (one
+    :class:`ConfigErrors`), not only the first."""
+
     def parse(value: Any, ctx: Context, key: str) -> dict[str, Sourced]:
         if not isinstance(value, dict):
             raise type_error(ctx.file, key, f"a table ([{key}])", value)
         table = rows()
-        check_keys(ctx.file, key, value, table)
+        problems = Problems(ctx.file)
         out: dict[str, Sourced] = {}
         for name, raw in value.items():
             sub = f"{key}.{name}"
+            if name not in table:
+                problems.add(unknown_key(ctx.file, key, name, table))
+                continue
             row = table[name]
-            out[row.field] = (row.parse(raw, ctx, sub), sub)
+            out[row.field] = (problems.attempt(row.parse, raw, ctx, sub), sub)
+        problems.raise_if_any()
         return out
 
     return parse
@@ -918,18 +927,23 @@ def _parse_ttl_rules(value: Any, ctx: Context, key: str) -> tuple[TtlRule, ...]:
             f"{describe(value)}"
         )
     rules: list[TtlRule] = []
+    problems = Problems(file)  # every bad key of every rule, not only the first
     for i, rule in enumerate(value):
         prefix = f"{key}[{i}]"
-        check_keys(file, prefix, rule, TTL_KEY_TABLE)
+        for name in rule:
+            if name not in TTL_KEY_TABLE:
+                problems.add(unknown_key(file, prefix, name, TTL_KEY_TABLE))
         for required in _TTL_REQUIRED:
             if required not in rule:
-                raise ConfigError(file, f"{prefix}.{required}", "missing: every TTL rule needs "
-                                  'match and ttl, e.g. match = "*.m4s", ttl = "1d"')
+                problems.add(ConfigError(file, f"{prefix}.{required}", "missing: every TTL rule "
+                                         'needs match and ttl, e.g. match = "*.m4s", ttl = "1d"'))
         fields = {
-            row.field: row.parse(rule[name], ctx, f"{prefix}.{name}")
+            row.field: problems.attempt(row.parse, rule[name], ctx, f"{prefix}.{name}")
             for name, row in TTL_KEY_TABLE.items() if name in rule
         }
-        rules.append(TtlRule(**fields))
+        if not problems:
+            rules.append(TtlRule(**fields))
+    problems.raise_if_any()
     return tuple(rules)
 
 
@@ -1085,32 +1099,46 @@ def parse_layer(
     prefix: str,
     table: Mapping[str, Any],
     ctx: Context,
+    problems: Problems | None = None,
 ) -> dict[str, Sourced]:
     """Parse one table of node keys (a ``[node.NAME]`` or the ``[defaults]``) into
     ``{field: (value, dotted key)}``; only keys present in the table appear.
 
     The checks of the table as a whole come first; then each key is parsed by its row, in file
-    order. This loop is the one place that stops at the first error (a loader collecting
-    several would catch ``ConfigError`` here)."""
+    order. This loop is the one place that decides what a bad key does: its error goes to
+    ``problems`` and its value is :data:`FAILED` (so checks needing it are skipped), and the
+    next key is parsed. Without ``problems``, the layer's errors are raised together at the
+    end (one :class:`ConfigErrors`). An unknown key is reported and left out; keys that may
+    not be set together are parsed, then both (all) stand as :data:`FAILED`."""
     file = ctx.file
-    check_keys(file, prefix, table, NODE_KEY_TABLE)
+    own = problems is None
+    found = Problems(file) if problems is None else problems
+    conflicting: set[str] = set()
     for first, second in _EXCLUSIVE:
         if first in table and second in table:
-            raise ConfigError(
+            found.add(ConfigError(
                 file, f"{prefix}.{second}", f"set either {first} or {second}, not both"
-            )
+            ))
+            conflicting |= {first, second}
     sources = [k for k in table if k in SOURCE_KEYS]  # in file order: blame the second
     if len(sources) > 1:
-        raise ConfigError(
+        found.add(ConfigError(
             file, f"{prefix}.{sources[1]}", f"set only one of {', '.join(SOURCE_KEYS[:-1])} and "
             f"{SOURCE_KEYS[-1]} (found {' and '.join(sources)}): a node fetches from an upstream "
             "URL, from parent nodes of this file, or (a shield) from origins"
-        )
+        ))
+        conflicting |= set(sources)
     out: dict[str, Sourced] = {}
     for key, raw in table.items():
+        if key not in NODE_KEY_TABLE:
+            found.add(unknown_key(file, prefix, key, NODE_KEY_TABLE))
+            continue
         row = NODE_KEY_TABLE[key]
         dotted = f"{prefix}.{key}"
-        out[row.field] = (row.parse(raw, ctx, dotted), dotted)
+        value = found.attempt(row.parse, raw, ctx, dotted)
+        out[row.field] = (FAILED if key in conflicting else value, dotted)
+    if own:
+        found.raise_if_any()
     return out
 
 
@@ -1126,17 +1154,24 @@ def merge_layers(layers: Iterable[dict[str, Sourced]]) -> dict[str, Sourced]:
                 merged.pop(k, None)
         for name, (value, where) in layer.items():
             if name in _NESTED_FIELDS and name in merged:
-                merged[name] = ({**merged[name][0], **value}, where)
+                below = merged[name][0]
+                failed = value is FAILED or below is FAILED
+                merged[name] = (FAILED if failed else {**below, **value}, where)
             else:
                 merged[name] = (value, where)
     return merged
 
 
-def build_nested(values: dict[str, Any], merged: Mapping[str, Sourced], file: str) -> None:
-    """Replace the merged nested tables in ``values`` by their model values, in place."""
+def build_nested(
+    values: dict[str, Any], merged: Mapping[str, Sourced], file: str, problems: Problems
+) -> None:
+    """Replace the merged nested tables in ``values`` by their model values, in place; one that
+    cannot be built is recorded in ``problems`` and becomes :data:`FAILED`."""
     for row in NODE_KEY_TABLE.values():
-        if row.build is not None and row.field in values:
-            values[row.field] = row.build(values[row.field], merged[row.field][1], file)
+        if row.build is not None and row.field in values and values[row.field] is not FAILED:
+            values[row.field] = problems.attempt(
+                row.build, values[row.field], merged[row.field][1], file
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1298,41 +1333,61 @@ _CREDENTIAL_KEYS = frozenset({
 
 def parse_origin(name: str, table: Mapping[str, Any], ctx: Context) -> OriginConfig:
     """Validate one ``[origin.NAME]``: its type first, then the keys of that type, in file
-    order; relative paths resolve against ``ctx.base_dir`` (the file's directory)."""
+    order; relative paths resolve against ``ctx.base_dir`` (the file's directory). Every
+    problem of the table is reported (one :class:`ConfigErrors`); with a bad type, only the
+    keys every origin takes are checked further."""
     file = ctx.file
     prefix = f"origin.{name}"
+    problems = Problems(file)
+    known: list[str] = []
     for key in table:
         if key in _CREDENTIAL_KEYS:
-            raise ConfigError(
+            problems.add(ConfigError(
                 file, f"{prefix}.{key}", "credentials never go in the config file: boto3 finds "
                 "them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), in "
                 "~/.aws/credentials, or in an instance role; choose a named set with profile = …"
-            )
-    check_keys(file, prefix, table, ORIGIN_KEY_TABLE)
+            ))
+        elif key not in ORIGIN_KEY_TABLE:
+            problems.add(unknown_key(file, prefix, key, ORIGIN_KEY_TABLE))
+        else:
+            known.append(key)
+    kind: Any = FAILED
     if "type" not in table:
-        raise ConfigError(
+        problems.add(ConfigError(
             file, f"{prefix}.type", "missing: every origin needs type = "
             + " | ".join(f'"{t}"' for t in ORIGIN_TYPES)
-        )
-    kind = ORIGIN_KEY_TABLE["type"].parse(table["type"], ctx, f"{prefix}.type")
-    for key in table:
-        if key in _ORIGIN_COMMON or key in _ORIGIN_KEYS_BY_TYPE[kind]:
-            continue
-        owner = next(t for t, keys in _ORIGIN_KEYS_BY_TYPE.items() if key in keys)
-        raise ConfigError(
-            file, f"{prefix}.{key}", f"{key} is for {owner} origins; {article(kind)} origin "
-            "takes " + ", ".join(_ORIGIN_KEYS_BY_TYPE[kind])
-        )
-    required = _ORIGIN_REQUIRED[kind]
-    if required not in table:
-        raise ConfigError(
-            file, f"{prefix}.{required}", f"missing: {article(kind)} origin needs {required} "
-            f"(e.g. {_ORIGIN_EXAMPLES[kind]})"
-        )
+        ))
+    else:
+        kind = problems.attempt(ORIGIN_KEY_TABLE["type"].parse, table["type"], ctx,
+                                f"{prefix}.type")
+    if kind is FAILED:  # which keys apply is unknown: check only the common ones
+        keys = [key for key in known if key in _ORIGIN_COMMON and key != "type"]
+    else:
+        keys = []
+        for key in known:
+            if key == "type":
+                continue
+            if key in _ORIGIN_COMMON or key in _ORIGIN_KEYS_BY_TYPE[kind]:
+                keys.append(key)
+                continue
+            owner = next(t for t, keys in _ORIGIN_KEYS_BY_TYPE.items() if key in keys)
+            problems.add(ConfigError(
+                file, f"{prefix}.{key}", f"{key} is for {owner} origins; {article(kind)} origin "
+                "takes " + ", ".join(_ORIGIN_KEYS_BY_TYPE[kind])
+            ))
+        required = _ORIGIN_REQUIRED[kind]
+        if required not in table:
+            problems.add(ConfigError(
+                file, f"{prefix}.{required}", f"missing: {article(kind)} origin needs {required} "
+                f"(e.g. {_ORIGIN_EXAMPLES[kind]})"
+            ))
     fields = {
-        ORIGIN_KEY_TABLE[key].field: ORIGIN_KEY_TABLE[key].parse(raw, ctx, f"{prefix}.{key}")
-        for key, raw in table.items() if key != "type"
+        ORIGIN_KEY_TABLE[key].field: problems.attempt(
+            ORIGIN_KEY_TABLE[key].parse, table[key], ctx, f"{prefix}.{key}"
+        )
+        for key in keys
     }
+    problems.raise_if_any()
     return OriginConfig(name=name, type=kind, **fields)
 
 

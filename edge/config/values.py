@@ -4,8 +4,10 @@ Every parser takes the raw TOML value, the file and the dotted key it came from,
 typed value or raises a :class:`ConfigError` naming that file and key in words an operator
 understands. None of them reads anything but its arguments, so a loader can call them in any
 order, and one that collects errors instead of stopping at the first only has to catch
-``ConfigError`` where it calls them. Public ones (``parse_size``, ``parse_duration``,
-``parse_address``) serve other modules too; ``reelcdn.edge.config`` re-exports them.
+``ConfigError`` where it calls them: :class:`Problems` does that (``attempt``) and raises them
+all at the end as one :class:`ConfigErrors`, each with the line its key is written on. Public
+ones (``parse_size``, ``parse_duration``, ``parse_address``) serve other modules too;
+``reelcdn.edge.config`` re-exports them.
 """
 
 from __future__ import annotations
@@ -17,25 +19,134 @@ import json
 import math
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["ConfigError", "parse_address", "parse_duration", "parse_size"]
+from reelcdn.edge.config.lines import key_lines, line_of
+
+__all__ = [
+    "FAILED",
+    "ConfigError",
+    "ConfigErrors",
+    "Problems",
+    "parse_address",
+    "parse_duration",
+    "parse_size",
+]
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the file and the dotted key it concerns.
 
     ``key`` is empty for problems with the file as a whole (unreadable, TOML syntax, no nodes);
-    the message then reads ``file: message`` instead of ``file: key: message``.
+    the message then reads ``file: message`` instead of ``file: key: message``. ``line``, when
+    known, is the line of the file where the key is written: ``file:line: key: message``.
     """
 
-    def __init__(self, file: str, key: str, message: str) -> None:
+    def __init__(self, file: str, key: str, message: str, *, line: int | None = None) -> None:
         self.file = file
         self.key = key
         self.message = message
-        super().__init__(f"{file}: {key}: {message}" if key else f"{file}: {message}")
+        self.line = line
+        super().__init__(file, key, message)
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+class ConfigErrors(ConfigError):
+    """Every problem found in one file, in the order of the file (by line; those without a
+    line last). Rendered one per line, ``file:line: key: problem``.
+
+    A :class:`ConfigError` itself, so ``except ConfigError`` catches it: its ``file``, ``key``,
+    ``message`` and ``line`` are those of the first problem found.
+    """
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = errors[0]
+        super().__init__(first.file, first.key, first.message, line=first.line)
+        self.errors: tuple[ConfigError, ...] = tuple(sorted(
+            errors, key=lambda e: (e.line is None, e.line or 0)
+        ))
+        self.args = (self.errors,)
+
+    def __str__(self) -> str:
+        return "\n".join(str(error) for error in self.errors)
+
+
+class _Failed:
+    """The value of a key whose parsing failed (its error is recorded)."""
+
+    _instance: _Failed | None = None
+
+    def __new__(cls) -> _Failed:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "FAILED"
+
+
+#: Stands for a value that did not parse, so checks that need it can be skipped rather than
+#: report a confusing follow-on error.
+FAILED = _Failed()
+
+T = TypeVar("T")
+
+
+class Problems:
+    """Collects the problems (:class:`ConfigError`) of one file, so a loader goes on after a bad key
+    and reports them all at once (:meth:`raise_if_any`).
+
+    ``text`` is the file's TOML source, when known: errors without a line get the line where
+    their key is written (``reelcdn.edge.config.lines``).
+    """
+
+    def __init__(self, file: str, text: str | None = None) -> None:
+        self.file = file
+        self.text = text
+        self.errors: list[ConfigError] = []
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def add(self, error: ConfigError) -> None:
+        """Record a problem (every problem of a :class:`ConfigErrors`)."""
+        if isinstance(error, ConfigErrors):
+            self.errors.extend(error.errors)
+        else:
+            self.errors.append(error)
+
+    def attempt(self, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T | _Failed:
+        """``parse(*args, **kwargs)``, or :data:`FAILED` with its error recorded."""
+        try:
+            return parse(*args, **kwargs)
+        except ConfigError as exc:
+            self.add(exc)
+            return FAILED
+
+    def failed_under(self, key: str) -> bool:
+        """Whether a problem was recorded for ``key`` or a key inside it (``origin.main``
+        covers ``origin.main.type``)."""
+        return any(
+            e.key == key or e.key.startswith((f"{key}.", f"{key}[")) for e in self.errors
+        )
+
+    def raise_if_any(self) -> None:
+        """Raise one :class:`ConfigErrors` listing every recorded problem, if there is one."""
+        if not self.errors:
+            return
+        if self.text is not None:
+            lines = key_lines(self.text)
+            for error in self.errors:
+                if error.line is None and error.file == self.file:
+                    error.line = line_of(lines, error.key)
+        raise ConfigErrors(self.errors)
 
 
 
