@@ -179,17 +179,20 @@ class Delivery:
             conn.write_file(head, body, start, end)
             sent += end - start
         else:
-            conn.write(head)
+            # Several parts (or a body in bytes): one gather write of head, part heads and
+            # slices, not a write (and a segment) per piece.
+            pieces: list[bytes | memoryview] = [head]
             view = memoryview(body)
             for part_head, start, end in parts:
                 if part_head:
-                    conn.write(part_head)
+                    pieces.append(part_head)
                     sent += len(part_head)
-                conn.write(view[start:end])
+                pieces.append(view[start:end])
                 sent += end - start
             if closing:
-                conn.write(closing)
+                pieces.append(closing)
                 sent += len(closing)
+            conn.write_parts(pieces)
         self.stats.bytes_sent += sent
 
     async def ranges_of_fetch(

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import socket
 from collections import deque
@@ -133,6 +134,32 @@ LINGER_SECONDS = 2.0
 
 # Linux: more data follows, hold the segment (like TCP_CORK for one call). 0 elsewhere.
 _MSG_MORE = getattr(socket, "MSG_MORE", 0)
+
+# What one TCP packet buffer (skb) of a sendfile'd body can hold, as the kernel builds it: at
+# most MAX_SKB_FRAGS (17 by default) fragments, one per page of the file it touches, and one
+# for the head sent before it with MSG_MORE. See ``lead_length``.
+_PAGE = mmap.PAGESIZE
+
+
+def lead_length(start: int, end: int) -> int:
+    """How many bytes of a memory file's [start, end) ``write_file`` copies with the head
+    (one ``sendmsg``) before ``sendfile`` takes the rest from a page boundary: those up to
+    the first boundary, none when ``start`` is on one.
+
+    Why: the head, copied into the socket's own page, takes one fragment of the packet
+    buffer, and the body's first ``sendfile`` pass (16 pages, 64 KiB) one per page it touches.
+    At a page-aligned offset a 64 KiB body touches 16 pages, and head and body leave as one
+    buffer. At any other offset it touches 17: with the head that is 18 fragments, the kernel
+    cuts the response into two buffers and the second waits behind the first. Where TCP
+    paces itself (BBR without the fq qdisc, a common default) it waits for the pacing timer:
+    a timer armed, an interrupt and a softirq per response, which doubled the system time of
+    a 64 KiB Range HIT at a random offset (docs/benchmarks.md, "Ranges at any offset").
+    Copying the partial first page with the head (at most 4 KiB) keeps it one fragment
+    (two, rarely, when the socket's page fills in between) and starts ``sendfile`` on a
+    page boundary."""
+    if start % _PAGE == 0:
+        return 0
+    return min(end, start - start % _PAGE + _PAGE) - start
 
 
 def _socket_of(transport: asyncio.BaseTransport) -> socket.socket | None:
@@ -506,14 +533,28 @@ class HttpConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
+    def write_parts(self, pieces: list[bytes | memoryview]) -> None:
+        """Write a response made of pieces (its head first, then e.g. the parts' heads and
+        slices of a body) in one gather write: one system call and as few segments as the
+        bytes need, where a write per piece made a segment per piece (``TCP_NODELAY``)."""
+        if self._ttfb_start:
+            self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
+            self._ttfb_start = 0.0
+            if self.cors_allow:
+                pieces[0] = _with_field(pieces[0], self.cors_allow)
+        if not self.closed and self.transport is not None:
+            self.transport.writelines(pieces)
+
     def write_file(self, head: bytes, body: FileBody, start: int, end: int) -> None:
         """Write ``head`` and bytes [start, end) of ``body`` with sendfile(2) when possible.
 
         Only when the transport has nothing queued may bytes bypass it (order on the wire);
-        then the head goes out with ``MSG_MORE`` so that it shares a segment with the body,
-        and ``sendfile`` hands the memory file's pages to the socket without copying them
-        (see ``bodyfile``). Whatever the socket does not take now is queued on the
-        transport as a ``memoryview`` of the map, so back-pressure works as for any write.
+        then the head goes out with ``MSG_MORE`` so that it shares a segment with the body
+        (with the body's bytes up to the first page boundary copied beside it,
+        ``lead_length``), and ``sendfile`` hands the memory file's pages to the socket
+        without copying them (see ``bodyfile``). Whatever the socket does not take now is
+        queued on the transport as a ``memoryview`` of the map, so back-pressure works as
+        for any write.
         """
         if self._ttfb_start:
             self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
@@ -531,8 +572,13 @@ class HttpConnection(asyncio.Protocol):
             transport.write(head)
             transport.write(memoryview(body)[start:end])
             return
+        lead = lead_length(start, end)
         try:
-            sent = sock.send(head, _MSG_MORE)
+            if lead:
+                more = _MSG_MORE if start + lead < end else 0
+                sent = sock.sendmsg([head, memoryview(body)[start:start + lead]], (), more)
+            else:
+                sent = sock.send(head, _MSG_MORE)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -542,6 +588,7 @@ class HttpConnection(asyncio.Protocol):
             transport.write(head[sent:] if sent else head)
             transport.write(memoryview(body)[start:end])
             return
+        start += sent - len(head)
         try:
             fd = sock.fileno()
             while start < end:
