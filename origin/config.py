@@ -31,6 +31,9 @@ from reelcdn.edge.config import ConfigError, load_topology
 from reelcdn.edge.config.model import OriginConfig as StorageOrigin
 from reelcdn.edge.config.model import Topology, http_base
 from reelcdn.edge.config.values import (
+    FAILED,
+    ConfigErrors,
+    Problems,
     check_keys,
     parse_address,
     parse_bool,
@@ -39,6 +42,7 @@ from reelcdn.edge.config.values import (
     parse_size,
     parse_str_list,
     type_error,
+    unknown_key,
 )
 from reelcdn.origin.cache import CacheSettings
 from reelcdn.origin.nodes import AdminTarget
@@ -52,9 +56,11 @@ __all__ = [
     "CacheSettings",
     "CatalogSettings",
     "ConfigError",
+    "ConfigErrors",
     "OriginServices",
     "QueueSettings",
     "TranscodeSettings",
+    "check_services",
     "load_services",
     "open_catalog",
     "open_queue",
@@ -347,12 +353,18 @@ SECTIONS: dict[str, dict[str, Row]] = {
 }
 
 
-def _parse_section(section: str, table: Mapping[str, Any], file: str) -> dict[str, Any]:
+def _parse_section(
+    section: str, table: Mapping[str, Any], file: str, problems: Problems
+) -> dict[str, Any]:
+    """A section's values (defaults for keys not set); a bad key is recorded in ``problems``
+    and its value is ``FAILED``, an unknown one recorded and left out."""
     rows = SECTIONS[section]
-    check_keys(file, section, table, rows)
     values = {name: row.default for name, row in rows.items()}
     for name, raw in table.items():
-        values[name] = rows[name].parse(raw, file, f"{section}.{name}")
+        if name not in rows:
+            problems.add(unknown_key(file, section, name, rows))
+            continue
+        values[name] = problems.attempt(rows[name].parse, raw, file, f"{section}.{name}")
     return values
 
 
@@ -542,40 +554,76 @@ def _publish_origin_of(file: str, origins: Mapping[str, StorageOrigin], name: st
 
 
 def services_from_topology(topology: Topology) -> OriginServices:
-    """Validate a loaded topology's service sections (absent ones take their defaults)."""
+    """Validate a loaded topology's service sections (absent ones take their defaults); every
+    problem is raised at once (:class:`ConfigErrors`)."""
+    problems = Problems(topology.file)
+    services = _services(topology, problems)
+    problems.raise_if_any()
+    assert services is not None
+    return services
+
+
+def check_services(topology: Topology, problems: Problems) -> None:
+    """The service sections' check for ``load_topology(..., check=check_services)``: their
+    problems join the nodes' in one list. ``topology`` may hold only what parsed: a check that
+    needs an origin with problems of its own is skipped."""
+    _services(topology, problems)
+
+
+def _services(topology: Topology, problems: Problems) -> OriginServices | None:
+    """The services, with every problem recorded in ``problems``; None when there was one."""
     file = topology.file
-    parsed = {section: _parse_section(section, topology.services.get(section, {}), file)
+    before = len(problems)
+    parsed = {section: _parse_section(section, topology.services.get(section, {}), file,
+                                      problems)
               for section in SECTIONS}
     api, queue, catalog, transcode = (parsed[s] for s in ("api", "queue", "catalog",
                                                           "transcode"))
     cache = parsed["cache"]
     base = topology.base_dir
-    data_dir = _resolve(base, api.pop("data_dir"))
-    if api["plays_token"] is not None and api["plays_token_env"] is not None:
-        raise ConfigError(file, "api.plays_token_env", "set plays_token or plays_token_env, "
-                          "not both")
-    if queue["type"] == "sqs" and not queue["name"]:
-        raise ConfigError(file, "queue.name", 'required with type = "sqs"')
-    if catalog["type"] == "dynamodb" and not catalog["table"]:
-        raise ConfigError(file, "catalog.table", 'required with type = "dynamodb"')
+
+    def ok(*values: Any) -> bool:
+        return all(value is not FAILED for value in values)
+
+    data_dir_value = api.pop("data_dir")
+    data_dir = _resolve(base, data_dir_value if ok(data_dir_value) else ".")
+    if (ok(api["plays_token"], api["plays_token_env"]) and api["plays_token"] is not None
+            and api["plays_token_env"] is not None):
+        problems.add(ConfigError(file, "api.plays_token_env", "set plays_token or "
+                                 "plays_token_env, not both"))
+    if ok(queue["type"], queue["name"]) and queue["type"] == "sqs" and not queue["name"]:
+        problems.add(ConfigError(file, "queue.name", 'required with type = "sqs"'))
+    if (ok(catalog["type"], catalog["table"]) and catalog["type"] == "dynamodb"
+            and not catalog["table"]):
+        problems.add(ConfigError(file, "catalog.table", 'required with type = "dynamodb"'))
     rungs = transcode.pop("rungs")
     ladder_config: dict[str, Any] = {k: transcode.pop(k) for k in
                                      ("segment_seconds", "preset", "max_frame_rate")}
     if rungs is not None:
         ladder_config["rungs"] = rungs
-    try:
-        ladder = Ladder.from_config(ladder_config)
-    except ValueError as exc:
-        raise ConfigError(file, "transcode.rungs", str(exc)) from None
+    ladder: Any = FAILED
+    if ok(*ladder_config.values()):
+        try:
+            ladder = Ladder.from_config(ladder_config)
+        except ValueError as exc:
+            problems.add(ConfigError(file, "transcode.rungs", str(exc)))
     workdir = transcode.pop("workdir")
     publish_to = api.pop("publish_to")
-    publish: StorageOrigin | None = None
+    publish: Any = None
     if "api" in topology.services or any(o.type in ("fs", "s3")
                                          for o in topology.origins.values()):
-        publish = _publish_origin_of(file, topology.origins, publish_to)
+        # An origin with problems of its own may be the one meant: no guess about it.
+        unsure = (problems.failed_under("origin") if publish_to is None
+                  else not ok(publish_to) or problems.failed_under(f"origin.{publish_to}"))
+        publish = (FAILED if unsure else
+                   problems.attempt(_publish_origin_of, file, topology.origins, publish_to))
     if api["playback_base"] is None:  # the web page plays from the first edge of the file
         edge = next((n for n in topology.nodes.values() if n.role == "edge"), None)
         api["playback_base"] = http_base(edge.advertised()) if edge is not None else None
+    if len(problems) > before or not ok(*api.values(), *queue.values(), *catalog.values(),
+                                        *transcode.values(), *cache.values(), workdir, ladder,
+                                        publish):
+        return None
     admins: list[AdminTarget] = []
     for name in topology.order_for_start():  # parents first
         node = topology.nodes[name]
@@ -606,8 +654,9 @@ def services_from_topology(topology: Topology) -> OriginServices:
 def load_services(path: str | os.PathLike[str] | None, *, data_dir: str | None = None,
                   ) -> OriginServices:
     """Load a topology file (``None``: the embedded default, based in ``data_dir``) and
-    validate its service sections."""
-    return services_from_topology(load_topology(path, data_dir=data_dir))
+    validate its service sections: the problems of both, nodes and services, are raised
+    together (:class:`ConfigErrors`)."""
+    return services_from_topology(load_topology(path, data_dir=data_dir, check=check_services))
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,6 +22,20 @@ from typing import Any
 from reelcdn import __version__
 
 
+def _config_error(exc: Exception, command: str = "") -> None:
+    """Print a config error to stderr: every problem of the file, one per line
+    (``FILE:LINE: key: problem``) under a line that counts them."""
+    errors = getattr(exc, "errors", None) or (exc,)
+    prefix = f"reelcdn: {command}: " if command else "reelcdn: "
+    if len(errors) == 1:
+        print(f"{prefix}config error: {errors[0]}", file=sys.stderr)
+        return
+    where = getattr(exc, "file", "the config file")
+    print(f"{prefix}{len(errors)} config errors in {where}:", file=sys.stderr)
+    for error in errors:
+        print(error, file=sys.stderr)
+
+
 def _die_with_supervisor() -> None:
     """Under a supervisor (``reelcdn up``, or the master of a multi-worker node; both set
     ``REELCDN_SUPERVISED=1``), ask Linux to SIGTERM this process when the supervisor dies,
@@ -58,7 +72,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     try:
         config = load_node_config(args.config, args.name)
     except ConfigError as exc:
-        print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        _config_error(exc)
         return 2
     if not worker and config.workers > 1 and config.listen_port == 0:
         print(f"reelcdn: config error: node.{args.name}.workers = {config.workers} needs a "
@@ -106,13 +120,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from reelcdn.edge.config import ConfigError, describe_upstream, load_topology
     from reelcdn.edge.config.values import format_address
-    from reelcdn.origin.config import services_from_topology
+    from reelcdn.origin.config import check_services, services_from_topology
 
-    try:
-        topology = load_topology(args.config)
+    try:  # node keys and service keys: every problem of the file in one list
+        topology = load_topology(args.config, check=check_services)
         services = services_from_topology(topology)
     except ConfigError as exc:
-        print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        _config_error(exc)
         return 2
     nodes = topology.nodes
     for name, node in nodes.items():
@@ -140,7 +154,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return asyncio.run(run_up(args.config, args.data_dir, args.log_level,
                                   demo=not args.no_demo))
     except ConfigError as exc:
-        print(f"reelcdn: config error: {exc}", file=sys.stderr)
+        _config_error(exc)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -170,7 +184,7 @@ def _load_services(args: argparse.Namespace, command: str) -> Any:
     try:
         return load_services(args.config)
     except ConfigError as exc:
-        print(f"reelcdn: {command}: config error: {exc}", file=sys.stderr)
+        _config_error(exc, command)
         return None
 
 
@@ -189,13 +203,13 @@ def _cmd_origin(args: argparse.Namespace) -> int:
         services.keys()
         services.publish_origin()
     except ConfigError as exc:
-        print(f"reelcdn: origin: config error: {exc}", file=sys.stderr)
+        _config_error(exc, "origin")
         return 2
     install_uvloop()
     try:
         asyncio.run(run(services))
     except ConfigError as exc:
-        print(f"reelcdn: origin: config error: {exc}", file=sys.stderr)
+        _config_error(exc, "origin")
         return 2
     except OSError as exc:
         print(f"reelcdn: origin could not start: {exc}", file=sys.stderr)
@@ -233,7 +247,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     try:
         publish = services.publish_origin()
     except ConfigError as exc:
-        print(f"reelcdn: worker: config error: {exc}", file=sys.stderr)
+        _config_error(exc, "worker")
         return 2
     worker = TranscodeWorker(queue, open_store(publish), catalog,
                              workdir=transcode.workdir or services.data_dir / "work",
@@ -309,7 +323,7 @@ def _cmd_user_token(args: argparse.Namespace) -> int:
             raise ValueError(f"no key {kid!r} in {key_file}")
         print(mint(args.name, (kid, keys.keys[kid]), parse_duration(args.ttl)))
     except ConfigError as exc:
-        print(f"reelcdn: user-token: config error: {exc}", file=sys.stderr)
+        _config_error(exc, "user-token")
         return 2
     except (OSError, ValueError) as exc:
         print(f"reelcdn: user-token: {exc}", file=sys.stderr)
@@ -332,10 +346,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if config is None:  # what `reelcdn up` wrote (with its admin token), else the default
         written = Path(args.data_dir) / "topology.toml"
         config = str(written) if written.is_file() else None
+    from reelcdn.origin.config import check_services
+
+    def services_too(topology: Any, problems: Any) -> None:
+        if "api" in topology.services:  # status reads the origin API's admin listener
+            check_services(topology, problems)
+
     try:
-        targets = targets_of(load_topology(config, data_dir=args.data_dir))
+        targets = targets_of(load_topology(config, data_dir=args.data_dir, check=services_too))
     except ConfigError as exc:
-        print(f"reelcdn: status: config error: {exc}", file=sys.stderr)
+        _config_error(exc, "status")
         return 2
     return run(targets, Options(interval=args.interval, timeout=args.timeout, json=args.json,
                                 once=args.once, count=args.count))
@@ -357,7 +377,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
             kid=args.kid, cookie=args.cookie,
             private_key=Path(args.private_key) if args.private_key else None))
     except ConfigError as exc:
-        print(f"reelcdn: sign: config error: {exc}", file=sys.stderr)
+        _config_error(exc, "sign")
         return 2
     except (OSError, ValueError) as exc:
         print(f"reelcdn: sign: {exc}", file=sys.stderr)

@@ -364,7 +364,10 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
         say(f"no --config: running the embedded default topology ({config_file})")
     else:
         config_file = Path(config).resolve()
-    topology = load_topology(config_file, data_dir=str(data))
+    from reelcdn.origin.config import check_services
+
+    # Node keys and the origin services' keys together: one list of every problem.
+    topology = load_topology(config_file, data_dir=str(data), check=check_services)
     video_ids: list[str] = []
     if demo:
         video_ids = await asyncio.get_running_loop().run_in_executor(
