@@ -49,9 +49,26 @@ IDLE_TIMEOUT = 60.0
 MAX_FAULTS = 64
 TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".m4s": "video/iso.segment",
          ".mp4": "video/mp4", ".json": "application/json", ".jpg": "image/jpeg"}
-REASONS = {200: "OK", 304: "Not Modified", 400: "Bad Request", 404: "Not Found",
-           405: "Method Not Allowed"}
+REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 400: "Bad Request",
+           404: "Not Found", 405: "Method Not Allowed"}
 
+
+def byte_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """The one satisfiable range of a ``Range: bytes=…`` field as (first, last), or None to
+    answer the whole body (no field, several ranges, or one this origin does not serve) —
+    as simple origins do; enough for a shield resuming a cut body."""
+    if not value or not value.startswith("bytes=") or "," in value or size == 0:
+        return None
+    first_text, _, last_text = value[6:].strip().partition("-")
+    try:
+        if not first_text:  # a suffix: the last N bytes
+            count = int(last_text)
+            return (max(0, size - count), size - 1) if count > 0 else None
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+    except ValueError:
+        return None
+    return (first, last) if 0 <= first <= last else None
 
 class FaultSet:
     """The active faults; ``pick`` draws the one (if any) a request meets."""
@@ -181,9 +198,17 @@ class ChaosOrigin:
             return not close
         fields.append(("Content-Type", given.get("Content-Type")
                        or TYPES.get(file.suffix, "application/octet-stream")))
+        fields.append(("Accept-Ranges", "bytes"))
+        status = 200
+        wanted = byte_range(headers.get("range"), len(body)) \
+            if headers.get("if-range", etag) == etag else None
+        if wanted is not None:  # what a resuming shield asks (Range + If-Range)
+            start, end = wanted
+            status, body = 206, body[start:end + 1]
+            fields.append(("Content-Range", f"bytes {start}-{end}/{st.st_size}"))
         fields.append(("Content-Length", str(len(body))))
-        self.statuses[200] += 1
-        writer.write(self.head(200, fields, close))
+        self.statuses[status] += 1
+        writer.write(self.head(status, fields, close))
         if method == "HEAD":
             await writer.drain()
             return not close
