@@ -574,6 +574,7 @@ def _check_addresses(nodes: Mapping[str, _Built], file: str, problems: Problems)
     fail to bind at start-up, far from the line that caused it; and configs where two nodes
     advertise one address: a child would reach one of them under the other's name."""
     seen: list[tuple[tuple[str, int], str, str]] = []  # (address, node, dotted key)
+    clashed: set[tuple[str, str]] = set()  # (node, dotted key): reported, not again below
     for name, built in nodes.items():
         node, sources = built.node, built.sources
         listeners = [((node.listen_host, node.listen_port), sources["listen"])]
@@ -601,6 +602,7 @@ def _check_addresses(nodes: Mapping[str, _Built], file: str, problems: Problems)
                         "its own address (nodes on different hosts: set advertise to each "
                         "node's own host)"
                     ))
+                clashed.add((name, where))
                 break  # one clash per listener is enough
             seen.append((address, name, where))
     advertised: dict[tuple[str, int], tuple[str, str]] = {}  # address → (node, dotted key)
@@ -611,8 +613,8 @@ def _check_addresses(nodes: Mapping[str, _Built], file: str, problems: Problems)
         if admin is not None:
             pairs.append((admin, sources.get("admin_advertise", sources["admin"])))
         for (host, port), where in pairs:
-            if port == 0:
-                continue  # a free port picked at start: never the same
+            if port == 0 or (name, where) in clashed:
+                continue  # port 0 is picked at start, never the same; a clash is reported
             address = (host.lower(), port)
             if address in advertised:
                 other_name, other_where = advertised[address]
