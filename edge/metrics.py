@@ -303,7 +303,10 @@ def collect_families(
     """Prometheus families of one node from plain data: a stats snapshot, gauge values by
     metric name, and 1/0 per upstream (``None``: the node has no upstream health)."""
     requests = CounterMetricFamily(
-        "reelcdn_requests", "Requests answered, by method, cache status and status code",
+        "reelcdn_requests", "Requests answered, by method, cache status (the request's "
+        "outcome: hit, stale, revalidated, miss, pass, error, preflight, steering; the hit "
+        "ratio is (hit + stale) over all but preflight and steering, docs/operations.md) and "
+        "status code",
         labels=["node", "method", "cache_status", "code"],
     )
     for method, cache_status, code, value in sorted(stats["requests"]):

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from reelcdn.edge.cache.bodyfile import DESCRIPTORS
 from reelcdn.edge.cache.keys import host_of, split_target
 from reelcdn.edge.metrics import node_registry, stats_snapshot, upstream_up_values
+from reelcdn.edge.ops import ratios
 from reelcdn.extensions.target import BadPath, canonical_path
 
 if TYPE_CHECKING:
@@ -274,11 +275,14 @@ def node_gauges(server: ServedNode) -> dict[str, float]:
     }
 
 
+def request_outcomes(requests: dict[tuple[str, str, int], int]) -> dict[str, int]:
+    """``NodeStats.requests`` (by method, outcome, code) summed by outcome."""
+    return ratios.outcome_counts((outcome, v) for (_, outcome, _), v in requests.items())
+
+
 def cache_stats(server: ServedNode) -> dict[str, Any]:
     node = server.node
-    requests = node.stats.requests
-    hits = sum(v for (_, status, _), v in requests.items() if status == "hit")
-    total = sum(requests.values())
+    outcomes = request_outcomes(node.stats.requests)
     first_hits, first_misses = node.stats.prewarm_first_hits, node.stats.prewarm_first_misses
     first = first_hits + first_misses
     return {
@@ -288,9 +292,13 @@ def cache_stats(server: ServedNode) -> dict[str, Any]:
         "capacity": node.store.capacity,
         "evictions": node.store.evictions,
         "inflight": len(node.coalescer),
-        "requests": total,
-        "hits": hits,
-        "hit_ratio": hits / total if total else 0.0,
+        # Every request answered, by outcome (reelcdn_requests_total's cache_status), and the
+        # hit ratio of edge/ops/ratios.py: (hit + stale) / requests for content; null when
+        # none came yet.
+        "requests": sum(outcomes.values()),
+        "outcomes": outcomes,
+        "hits": ratios.hits(outcomes),
+        "hit_ratio": ratios.hit_ratio(outcomes),
         # The disk tier (cache_disk; all 0 without one): disk hits are among the hits above.
         "disk_objects": node.stats.disk_objects,
         "disk_bytes": node.stats.disk_bytes,

@@ -52,6 +52,7 @@ from prometheus_client import generate_latest
 
 from reelcdn.edge.config import NodeConfig
 from reelcdn.edge.metrics import snapshot_registry, sum_snapshots
+from reelcdn.edge.ops import ratios
 from reelcdn.edge.ops.admin import AdminBackend, PurgeSpec, build_admin_app, start_admin
 
 log = logging.getLogger("reelcdn.workers")
@@ -172,6 +173,7 @@ class WorkersAdmin(AdminBackend):
         fresh = await master.internal_stats()
         per_worker: list[dict[str, Any]] = []
         total: dict[str, Any] = dict.fromkeys(CACHE_SUMS, 0)
+        outcomes: dict[str, int] = {}
         upstreams = []
         for worker, body in zip(master.workers, fresh, strict=True):
             if body is None:
@@ -181,14 +183,15 @@ class WorkersAdmin(AdminBackend):
             cache = body["cache"]
             for key in CACHE_SUMS:
                 total[key] += cache.get(key, 0)
+            ratios.add_counts(outcomes, cache.get("outcomes", {}))
             upstreams.append(cache.get("upstreams", {}))
             per_worker.append({"worker": worker.index, "pid": body["pid"],
                                "status": "draining" if body.get("draining") else "ok",
                                **{k: v for k, v in cache.items() if k != "upstreams"}})
-        requests, hits = total["requests"], total["hits"]
         return {
             "node": master.config.name, **total,
-            "hit_ratio": hits / requests if requests else 0.0,
+            "outcomes": outcomes,
+            "hit_ratio": ratios.hit_ratio(outcomes),
             "upstreams": _merge_upstreams(upstreams),
             "workers": per_worker,
         }

@@ -18,7 +18,11 @@ Answers: ``Content-Type: application/vnd.apple.mpegurl``; an ETag from the meta 
 playlist, the options and the carried query (so it names these exact bytes); Cache-Control from
 the meta state (``ready``: immutable content, an hour; ``processing``: one second, players
 reload EVENT playlists); 304/412 on conditional requests; HEAD; ``Cache-Status`` saying
-``detail=rendered`` after the meta.json's own hit/miss, with the parents' members before it.
+``detail=rendered`` after the meta.json's own outcome (``hit``, ``fwd=uri-miss``, or
+``fwd=stale; fwd-status=304`` when revalidated), with the parents' members before it. Each
+answer is counted in ``reelcdn_requests_total`` under that same outcome (hit, miss,
+revalidated; ``edge/ops/ratios.py``), so a playlist rendered from a fresh meta.json is a hit
+in ``/metrics`` as in ``Cache-Status``; ``reelcdn_playlists_rendered_total`` counts renderings.
 Bad options are 400 naming the parameter; filters that exclude every variant 404; a video with
 nothing playable yet 503 with ``Retry-After``.
 
@@ -145,7 +149,7 @@ class PlaylistRenderer:
             options = options_from_query(req.query, config.carried_query_params,
                                          steering=self.steering())
         except OptionError as exc:
-            self._write_error(req, conn, 400, str(exc), b"detail=bad-option")
+            self._write_error(req, conn, 400, str(exc), b"detail=bad-option", "error")
             return None
         meta_key = node.keys.for_target(f"/v/{video}/meta.json",
                                          host_of(req.headers.get(b"host", b"")))
@@ -154,7 +158,7 @@ class PlaylistRenderer:
             meta = self._meta_of(meta_key, entry)
             if meta is None:
                 return node.receive(req, conn, hooks=False)  # no usable meta.json: static
-            self._answer(req, conn, where, options, meta, b"hit", entry.prior[0])
+            self._answer(req, conn, where, options, meta, b"hit", entry.prior[0], "hit")
             return None
         return self._fetch_and_answer(req, conn, where, options, meta_key, entry)
 
@@ -176,17 +180,20 @@ class PlaylistRenderer:
             if entry is not None and entry.is_fresh(time.time()):
                 meta = self._meta_of(meta_key, entry)
                 if meta is not None:
-                    self._answer(req, conn, where, options, meta, b"hit", entry.prior[0])
+                    self._answer(req, conn, where, options, meta, b"hit", entry.prior[0],
+                                 "hit")
                     return
             order = node.fill_order_for(meta_key, req.client_ip)
             fetch = node.start_fill(meta_key, meta_key, order, stale)
         meta: VideoMeta | None = None
         prior = b""
         status = 502
+        revalidated = False
         try:
             head = await fetch.wait_head()
             await fetch.wait_size(1 << 62)  # returns when the body is complete (or broke)
             if isinstance(head, CacheEntry):  # revalidated by a 304: the stored entry
+                revalidated = True
                 status = head.status
                 prior = head.prior[0]
                 if status == 200:
@@ -204,10 +211,14 @@ class PlaylistRenderer:
             if pending is not None:
                 await pending
             return
-        member = b"fwd=uri-miss; fwd-status=%d" % status
+        # The playlist's outcome is its meta.json's, said as node.miss says it for any
+        # object: a stored copy confirmed by a 304 is revalidated, anything else a miss.
+        member = b"fwd=stale" if stale is not None else b"fwd=uri-miss"
+        member += b"; fwd-status=304" if revalidated else b"; fwd-status=%d" % status
         if collapsed:
             member += b"; collapsed"
-        self._answer(req, conn, where, options, meta, member, prior)
+        self._answer(req, conn, where, options, meta, member, prior,
+                     "revalidated" if revalidated else "miss")
 
     def stored_meta(self, video: str, req: Request) -> VideoMeta | None:
         """The parsed meta of ``video`` as this node holds it (fresh or stale), for the
@@ -255,23 +266,28 @@ class PlaylistRenderer:
         meta: VideoMeta,
         member: bytes,
         prior: bytes,
+        outcome: str,
     ) -> None:
+        """Render and write the playlist; counted under ``outcome``, its meta.json's lookup
+        (hit, miss, revalidated: edge/ops/ratios.py), like any answer of this node."""
         node = self.node
         try:
             template = self._template(meta, where, options)
         except NoVariants as exc:
-            self._write_error(req, conn, 404, str(exc), member + b"; detail=no-variants", prior)
+            self._write_error(req, conn, 404, str(exc), member + b"; detail=no-variants",
+                              outcome, prior)
             return
         except UnknownRendition as exc:
             self._write_error(req, conn, 404, str(exc), member + b"; detail=unknown-rendition",
-                              prior)
+                              outcome, prior)
             return
         except NotReady as exc:
-            self._write_error(req, conn, 503, str(exc), member + b"; detail=not-ready", prior,
-                              extra=b"Retry-After: %d\r\n" % NOT_READY_RETRY)
+            self._write_error(req, conn, 503, str(exc), member + b"; detail=not-ready", outcome,
+                              prior, extra=b"Retry-After: %d\r\n" % NOT_READY_RETRY)
             return
         except ManifestError as exc:  # a future subclass: still a clear answer
-            self._write_error(req, conn, 422, str(exc), member + b"; detail=unrenderable", prior)
+            self._write_error(req, conn, 422, str(exc), member + b"; detail=unrenderable",
+                              outcome, prior)
             return
         body = template.fill(options.carried_query).encode()
         etag = _etag(meta, where, options)
@@ -291,12 +307,12 @@ class PlaylistRenderer:
             head = self._head(conn, verdict, block if verdict == 304 else b"", member,
                               length, close, prior)
             conn.write(head)
-            node.stats.count(req.method, "rendered", verdict)
+            node.stats.count(req.method, outcome, verdict)
             return
         head = self._head(conn, 200, block, member, len(body), close, prior)
         conn.write(head if req.method == "HEAD" else head + body)
         node.stats.bytes_sent += len(head) + (0 if req.method == "HEAD" else len(body))
-        node.stats.count(req.method, "rendered", 200)
+        node.stats.count(req.method, outcome, 200)
         node.stats.playlists_rendered += 1
         if where[1] == "media" and node.features is not None:
             node.features.after_media_playlist(req, where[0], meta, where[2])
@@ -329,9 +345,12 @@ class PlaylistRenderer:
         status: int,
         reason: str,
         member: bytes,
+        outcome: str,
         prior: bytes = b"",
         extra: bytes = b"",
     ) -> None:
+        """A rendered error answer, counted under ``outcome`` (its meta.json's lookup, or
+        ``error`` for a bad query option, answered before any)."""
         node = self.node
         body = f"{status} {reason}\n".encode()
         block = (b"Content-Type: text/plain; charset=utf-8\r\nCache-Control: no-store\r\n"
@@ -340,7 +359,7 @@ class PlaylistRenderer:
                           prior)
         conn.write(head if req.method == "HEAD" else head + body)
         node.stats.bytes_sent += len(head) + len(body)
-        node.stats.count(req.method, "rendered", status)
+        node.stats.count(req.method, outcome, status)
 
 
 def steering_of(config: SteeringConfig | None) -> Steering | None:
