@@ -29,7 +29,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-HIT_STATUSES = ("hit", "stale")  # as reelcdn loadtest counts a hit
+from reelcdn.edge.ops import ratios
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class NodeMetrics:
     """What a node's ``/metrics`` says, reduced to what the status shows."""
 
     requests: int = 0
-    hits: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)   # cache_status → requests
     errors_5xx: int = 0
     bytes_sent: int = 0
     cache_bytes: float = 0.0
@@ -56,6 +56,10 @@ class NodeMetrics:
     cache_objects: float = 0.0
     evictions: int = 0
     upstream_up: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def hits(self) -> int:
+        return int(ratios.hits(self.outcomes))
 
 
 @dataclass
@@ -91,8 +95,8 @@ def parse_node_metrics(text: str) -> NodeMetrics:
             name, labels, value = s.name, s.labels, s.value
             if name == "reelcdn_requests_total":
                 out.requests += int(value)
-                if labels.get("cache_status") in HIT_STATUSES:
-                    out.hits += int(value)
+                outcome = labels.get("cache_status", "?")
+                out.outcomes[outcome] = out.outcomes.get(outcome, 0) + int(value)
                 if labels.get("code", "").startswith("5"):
                     out.errors_5xx += int(value)
             elif name == "reelcdn_bytes_sent_total":
@@ -166,8 +170,10 @@ def node_row(current: Sample, previous: Sample | None) -> dict[str, Any]:
     if current.node is not None:
         now = current.node
         was = before.node if before is not None else None
-        requests_delta = increase(was.requests if was else None, now.requests)
-        hits_delta = increase(was.hits if was else None, now.hits)
+        # Each outcome's increase on its own (a restart resets them all), then the one
+        # definition of the hit ratio (edge/ops/ratios.py) over them.
+        outcomes_delta = {k: increase(was.outcomes.get(k, 0) if was else None, v)
+                          for k, v in now.outcomes.items()}
         row.update({
             "requests": now.requests,
             "hits": now.hits,
@@ -178,8 +184,8 @@ def node_row(current: Sample, previous: Sample | None) -> dict[str, Any]:
             "errors_5xx_per_second": rate(was.errors_5xx if was else None, now.errors_5xx,
                                           seconds),
             # Over the interval when requests arrived in it, else since the node started.
-            "hit_ratio_interval": ratio(hits_delta, requests_delta) if was else None,
-            "hit_ratio_total": ratio(now.hits, now.requests),
+            "hit_ratio_interval": ratios.hit_ratio(outcomes_delta) if was else None,
+            "hit_ratio_total": ratios.hit_ratio(now.outcomes),
             "cache_bytes": now.cache_bytes,
             "cache_capacity": now.cache_capacity,
             "cache_fill": ratio(now.cache_bytes, now.cache_capacity),

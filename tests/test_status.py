@@ -41,6 +41,10 @@ EDGE = Target("edge-a", "node", "edge", "http://127.0.0.1:1")
 
 
 def node_sample(at: float, **counters: object) -> Sample:
+    """``hits`` of ``requests`` become outcome counts: that many hits, the rest misses."""
+    if "hits" in counters:
+        hits = counters.pop("hits")
+        counters["outcomes"] = {"hit": hits, "miss": counters["requests"] - hits}  # type: ignore[operator]
     return Sample(EDGE, at, up=True, health="ok", role="edge",
                   node=NodeMetrics(**counters))  # type: ignore[arg-type]
 
