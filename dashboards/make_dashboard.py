@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from reelcdn.edge.ops.ratios import PROMQL_CONTENT, PROMQL_HITS
+
 OUT = Path(__file__).with_name("reelcdn.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'node=~"$node", role=~"$role"'
@@ -97,7 +99,10 @@ def heatmap(title: str, expr: str, description: str = "", w: int = 12) -> dict[s
                         "tooltip": {"show": True, "yHistogram": False}}}
 
 
-HITS = 'cache_status=~"hit|stale"'
+# The hit ratio's one definition (edge/ops/ratios.py): (hit + stale) / every request but CORS
+# preflights and steering manifests.
+HITS = PROMQL_HITS
+CONTENT = PROMQL_CONTENT
 FIVE_XX = 'code=~"5.."'
 EDGE_REQUESTS = f'sum(rate(reelcdn_requests_total{{role="edge"}}[{RI}]))'
 SHIELD_ORIGIN_REQUESTS = f'sum(rate(reelcdn_upstream_requests_total{{role="shield"}}[{RI}]))'
@@ -108,7 +113,7 @@ OFFLOAD_BYTES = (f'1 - (sum(rate(reelcdn_bytes_sent_total{{role="shield"}}[{RI}]
 
 def hit_ratio(by: str) -> str:
     return (f"{rate('reelcdn_requests_total', HITS, by)}\n  /\n"
-            f"{rate('reelcdn_requests_total', '', by)}")
+            f"{rate('reelcdn_requests_total', CONTENT, by)}")
 
 
 def quantile(q: float, by: str = "node") -> str:
@@ -121,9 +126,12 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         stat("Edge requests/s", EDGE_REQUESTS, "reqps",
              "Requests the edges (role=\"edge\") answered, per second."),
         stat("Edge hit ratio",
-             f'sum(rate(reelcdn_requests_total{{role="edge", {HITS}}}[{RI}])) / {EDGE_REQUESTS}',
-             "percentunit", "Share of edge requests answered from the edge's cache (hit or "
-             "stale).", [("red", None), ("orange", 0.7), ("green", 0.9)]),
+             f'sum(rate(reelcdn_requests_total{{role="edge", {HITS}}}[{RI}]))'
+             f' / sum(rate(reelcdn_requests_total{{role="edge", {CONTENT}}}[{RI}]))',
+             "percentunit", "Share of the edges' requests for content answered from their "
+             "cache without waiting on upstream: (hit + stale) / every request but CORS "
+             "preflights and steering manifests (docs/operations.md).",
+             [("red", None), ("orange", 0.7), ("green", 0.9)]),
         stat("Origin offload (requests)", OFFLOAD_REQUESTS, "percentunit",
              "1 − the shields' requests to their origins / the edges' client requests: the "
              "share of client requests the origin never saw.",
@@ -146,12 +154,16 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         timeseries("Requests/s by cache status",
                    [target(rate("reelcdn_requests_total", by="cache_status"),
                            "{{cache_status}}")], "reqps",
-                   "hit, stale, miss, revalidated, pass, rendered (playlists rendered from "
-                   "meta.json), steering, preflight, error.", stack=True),
+                   "Each request's outcome: hit, stale, revalidated, miss, pass, error, "
+                   "preflight, steering. A playlist rendered from meta.json is counted under "
+                   "its meta.json's outcome (reelcdn_playlists_rendered_total counts "
+                   "renderings).", stack=True),
         timeseries("Hit ratio by node", [target(hit_ratio("node"), "{{node}}")],
-                   "percentunit", "(hit + stale) / all requests, per node.", maximum=1),
+                   "percentunit", "(hit + stale) / requests for content (all but preflight "
+                   "and steering), per node.", maximum=1),
         timeseries("Hit ratio by tier", [target(hit_ratio("role"), "{{role}}")],
-                   "percentunit", "(hit + stale) / all requests, per role label.", maximum=1),
+                   "percentunit", "(hit + stale) / requests for content (all but preflight "
+                   "and steering), per role label.", maximum=1),
         timeseries("Bytes sent/s by node",
                    [target(rate("reelcdn_bytes_sent_total", by="node"), "{{node}}")],
                    "Bps", "Response bytes written to clients (children, for parents)."),

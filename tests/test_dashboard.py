@@ -108,6 +108,26 @@ def test_the_json_is_the_generators_output() -> None:
         "dashboards/reelcdn.json is stale: run python dashboards/make_dashboard.py")
 
 
+def test_every_hit_ratio_uses_the_one_definition() -> None:
+    """Dashboard panels and rules divide hit + stale by the requests for content exactly as
+    edge/ops/ratios.py does (and the alert's description says so)."""
+    from reelcdn.edge.ops.ratios import PROMQL_CONTENT, PROMQL_HITS
+
+    ratios = [expr for title, expr in queries(dashboard()) if "hit ratio" in title.lower()]
+    assert len(ratios) >= 3
+    for expr in ratios:
+        numerator, _, denominator = expr.partition("/")
+        assert PROMQL_HITS in numerator and PROMQL_CONTENT in denominator, expr
+    import yaml
+
+    rules = {r.get("record"): r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"]
+             for r in g["rules"]}
+    assert PROMQL_HITS in rules["node_role:reelcdn_hits:rate5m"]
+    assert PROMQL_CONTENT in rules["node_role:reelcdn_content_requests:rate5m"]
+    ratio = rules["node_role:reelcdn_hit_ratio:rate5m"]
+    assert "node_role:reelcdn_content_requests:rate5m" in ratio
+
+
 def test_dashboard_has_what_grafana_needs() -> None:
     board = dashboard()
     assert board["title"] and board["uid"] and isinstance(board["schemaVersion"], int)
