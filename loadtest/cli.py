@@ -210,6 +210,15 @@ def text_summary(summary: dict[str, Any]) -> str:
         server = summary["server"]
         lines.append(f"server: origin requests {server['origin_requests']}, coalesced "
                      f"waiters {server['coalesced_waiters']}")
+    reconciled = summary.get("hit_ratio")
+    if reconciled and reconciled["tiers"]:
+        lines.append("hit ratio, (hit + stale) / requests for content, by Cache-Status and "
+                     "by /metrics:")
+        for name, tier in reconciled["tiers"].items():
+            lines.append(f"  {name:<10} {pct(tier['cache_status'])} / {pct(tier['metrics'])}"
+                         + ("" if tier["agree"] is not False else "  (differ)"))
+            for line in tier["explanation"]:
+                lines.append(f"{'':13}{line}")
     harness = summary.get("harness")
     if harness:
         machine = harness.get("machine_busy")

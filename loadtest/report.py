@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from reelcdn.edge.ops import ratios
+
 if TYPE_CHECKING:
     from .runner import RunOutcome
 
@@ -142,16 +144,15 @@ def _server_hit_lines(ax: Any, outcome: RunOutcome) -> None:
     for role in roles:
         xs, ys = [], []
         for before, after in zip(scrapes, scrapes[1:], strict=False):
-            requests = hits = 0
+            outcomes: dict[str, int] = {}
             for name, node in after.nodes.items():
                 if (node.role or "node") != role or name not in before.nodes:
                     continue
-                delta = node.minus(before.nodes[name])
-                requests += delta.requests
-                hits += delta.hits
-            if requests:
+                ratios.add_counts(outcomes, node.minus(before.nodes[name]).by_cache_status)
+            ratio = ratios.hit_ratio(outcomes)
+            if ratio is not None:
                 xs.append(after.at)
-                ys.append(hits / requests)
+                ys.append(ratio)
         if xs:
             ax.plot(xs, ys, linestyle="--", label=f"{role} (/metrics)")
 
@@ -235,6 +236,18 @@ def render_html(outcome: RunOutcome, plots: dict[str, str]) -> str:
     parts += ["<h2>Tiers (from Cache-Status)</h2>",
               _table(tiers, ["tier", "requests", "hits", "hit ratio", "collapsed",
                              "bytes served"])]
+    reconciled = s.get("hit_ratio")
+    if reconciled and reconciled["tiers"]:
+        rows = [[html.escape(name), _fmt(t["cache_status"], "pct"), _fmt(t["metrics"], "pct"),
+                 f"{t['requests_cache_status']} / {t.get('requests_metrics', '–')}",
+                 "–" if t["agree"] is None else "yes" if t["agree"] else "<b>no</b>",
+                 "<br>".join(html.escape(x) for x in t["explanation"])]
+                for name, t in reconciled["tiers"].items()]
+        parts += ["<h2>Hit ratio: Cache-Status and /metrics</h2>",
+                  f"<p>{html.escape(reconciled['definition'])}; the two agree within "
+                  f"{reconciled['tolerance'] * 100:g} points.</p>",
+                  _table(rows, ["tier", "by Cache-Status", "by /metrics",
+                                "requests (Cache-Status / /metrics)", "agree", "why"])]
     if server_rows:
         parts += ["<h2>Nodes (from /metrics, during the run)</h2>",
                   _table(server_rows, ["node", "role", "requests", "hits", "hit ratio",

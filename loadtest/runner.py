@@ -394,6 +394,11 @@ async def run(options: RunOptions, log: Callable[[str], None] = print) -> RunOut
         machine = (machine1[0] - machine0[0]) / (machine1[1] - machine0[1])
     summary["harness"] = harness_view(shares, options, machine)
     warnings.extend(summary["harness"]["warnings"])
+    edge = summary["hit_ratio"]["edge"]
+    if edge is not None and edge.get("agree") is False:
+        warnings.append(
+            f"edge hit ratio: {edge['cache_status'] * 100:.2f}% by Cache-Status, "
+            f"{edge['metrics'] * 100:.2f}% by /metrics: " + "; ".join(edge["explanation"]))
     summary["run"] = describe(options, wall)
     verdicts = check_slos(summary, options.slos)
     if workload.digests is not None:

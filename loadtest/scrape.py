@@ -20,6 +20,8 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from reelcdn.edge.ops import ratios
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -41,10 +43,16 @@ class NodeCounters:
     coalesced_waiters: int = 0
     bytes_sent: int = 0
     upstream_failures: int = 0
+    prefetch_issued: int = 0      # fills this node started on its own (not requests of it)
 
     @property
     def hits(self) -> int:
-        return self.by_cache_status.get("hit", 0) + self.by_cache_status.get("stale", 0)
+        """hit + stale (``by_cache_status`` is by outcome: edge/ops/ratios.py)."""
+        return int(ratios.hits(self.by_cache_status))
+
+    @property
+    def hit_ratio(self) -> float | None:
+        return ratios.hit_ratio(self.by_cache_status)
 
     def minus(self, before: NodeCounters | None) -> NodeCounters:
         """The increase of every counter since ``before``, each series on its own; a series
@@ -64,6 +72,7 @@ class NodeCounters:
             coalesced_waiters=increase(self.coalesced_waiters, before.coalesced_waiters),
             bytes_sent=increase(self.bytes_sent, before.bytes_sent),
             upstream_failures=increase(self.upstream_failures, before.upstream_failures),
+            prefetch_issued=increase(self.prefetch_issued, before.prefetch_issued),
         )
 
     def plus(self, other: NodeCounters) -> NodeCounters:
@@ -79,15 +88,17 @@ class NodeCounters:
             coalesced_waiters=self.coalesced_waiters + other.coalesced_waiters,
             bytes_sent=self.bytes_sent + other.bytes_sent,
             upstream_failures=self.upstream_failures + other.upstream_failures,
+            prefetch_issued=self.prefetch_issued + other.prefetch_issued,
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "node": self.node, "role": self.role, "requests": self.requests,
-            "hits": self.hits, "hit_ratio": self.hits / self.requests if self.requests else None,
+            "hits": self.hits, "hit_ratio": self.hit_ratio,
             "by_cache_status": self.by_cache_status, "upstream": self.upstream,
             "coalesced_waiters": self.coalesced_waiters, "bytes_sent": self.bytes_sent,
             "upstream_failures": self.upstream_failures,
+            "prefetch_issued": self.prefetch_issued,
         }
 
 
@@ -113,6 +124,8 @@ def parse_metrics(text: str, role: str | None = None, name: str | None = None) -
                 counters.bytes_sent += value
             elif sample.name == "reelcdn_upstream_failures_total":
                 counters.upstream_failures += value
+            elif sample.name == "reelcdn_prefetch_issued_total":
+                counters.prefetch_issued += value
     return counters
 
 

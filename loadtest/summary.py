@@ -10,6 +10,10 @@ Definitions (so that numbers from different runs and CDNs mean the same thing):
 - ``rebuffer_ratio`` = stall time / (stall time + played time), both in wall seconds.
 - ``origin_fetch_ratio`` = origin requests / player requests; ``offload`` = 1 - that ratio.
   From the nodes' metrics when they were scraped, else from ``Cache-Status``.
+- hit ratio: the product's one definition (``edge/ops/ratios.py``, docs/operations.md):
+  (hit + stale) / requests for content, computed per tier both from the players'
+  ``Cache-Status`` and from the nodes' ``/metrics`` increases; ``hit_ratio`` in the summary
+  puts the two side by side and says what differs (:func:`reconcile`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from reelcdn.edge.ops import ratios
 
 from .cachestatus import Tally
 from .player import PlayerResult
@@ -82,8 +88,9 @@ def summarise(players: list[PlayerResult], tally: Tally,
     for depth, counts in sorted(tally.by_depth.items()):
         client_tiers[tier_label(depth, tier_roles)] = {
             "depth": depth, "requests": counts.reached, "hits": counts.hits,
-            "hit_ratio": counts.hits / counts.reached if counts.reached else None,
+            "hit_ratio": ratios.hit_ratio(counts.outcomes),
             "collapsed": counts.collapsed, "bytes_served": counts.bytes_served,
+            "outcomes": dict(sorted(counts.outcomes.items())),
         }
     origin_view = tally.by_name.get("origin")
     summary: dict[str, Any] = {
@@ -119,6 +126,8 @@ def summarise(players: list[PlayerResult], tally: Tally,
                       for name, c in sorted(tally.by_name.items())},
             "origin_fetches": tally.origin_fetches,
             "origin_bytes": origin_view.bytes_served if origin_view else 0,
+            "without_cache_status": {str(k): v for k, v
+                                     in sorted(tally.without_cache_status.items())},
         },
     }
     if tally.with_cache_status:
@@ -126,6 +135,7 @@ def summarise(players: list[PlayerResult], tally: Tally,
         summary["client"]["origin_fetch_ratio"] = ratio
     summary["verify"] = verify_summary(players)
     summary["server"] = server_view(server) if server else None
+    summary["hit_ratio"] = reconcile(summary["client"], summary["server"])
     source = summary["server"] if summary["server"] else summary["client"]
     ratio = source.get("origin_fetch_ratio")
     summary["origin_fetch_ratio"] = ratio
@@ -138,13 +148,17 @@ def server_view(delta: dict[str, NodeCounters]) -> dict[str, Any]:
     roles: dict[str, dict[str, Any]] = {}
     for node in delta.values():
         role = roles.setdefault(node.role or "node", {
-            "requests": 0, "hits": 0, "coalesced_waiters": 0, "bytes_sent": 0})
+            "requests": 0, "hits": 0, "coalesced_waiters": 0, "bytes_sent": 0,
+            "prefetch_issued": 0, "outcomes": {}})
         role["requests"] += node.requests
         role["hits"] += node.hits
         role["coalesced_waiters"] += node.coalesced_waiters
         role["bytes_sent"] += node.bytes_sent
+        role["prefetch_issued"] += node.prefetch_issued
+        ratios.add_counts(role["outcomes"], node.by_cache_status)
     for role in roles.values():
-        role["hit_ratio"] = role["hits"] / role["requests"] if role["requests"] else None
+        role["outcomes"] = dict(sorted(role["outcomes"].items()))
+        role["hit_ratio"] = ratios.hit_ratio(role["outcomes"])
     origin = origin_requests(delta)
     edge_requests = roles.get("edge", {}).get("requests")
     return {
@@ -155,6 +169,104 @@ def server_view(delta: dict[str, NodeCounters]) -> dict[str, Any]:
         "coalesced_waiters": sum(n.coalesced_waiters for n in delta.values()),
         "origin_fetch_ratio": origin / edge_requests if edge_requests else None,
     }
+
+
+# ------------------------------------------------------------------- hit ratio, both ways
+
+#: The edge's two hit ratios (Cache-Status, /metrics) within this of each other agree.
+AGREEMENT = 0.005
+DEFINITION = ("(hit + stale) / requests for content (every request but CORS preflights and "
+              "steering manifests), as edge/ops/ratios.py defines it for /metrics, "
+              "/cache/stats, reelcdn status and the dashboard")
+
+
+def _signed(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v:+d} {k}" for k, v in sorted(counts.items()))
+
+
+def reconcile(client: dict[str, Any], server: dict[str, Any] | None) -> dict[str, Any]:
+    """Each tier's hit ratio from the players' Cache-Status and from its nodes' /metrics,
+    with the difference of their outcome counts and what it comes from.
+
+    At the edge both count the players' requests, so they agree but for requests only one
+    side saw: answers without a Cache-Status (a node's own errors before its cache), requests
+    that got no answer, requests from other clients (a prewarm), requests cut at the end of
+    the run. Above the edge, /metrics also counts what the tier below asked on its own
+    (prefetches, background revalidations), which no player's response shows: the two are
+    then ratios of different requests, and the report says by how much they differ."""
+    out: dict[str, Any] = {"definition": DEFINITION, "tolerance": AGREEMENT, "tiers": {}}
+    roles = server["roles"] if server else {}
+    names = list(client["tiers"]) + sorted((r for r in roles if r not in client["tiers"]),
+                                           key=lambda r: r != "edge")
+    prefetches = sum(r.get("prefetch_issued", 0) for r in roles.values())  # edges' only
+    for index, name in enumerate(names):
+        seen = client["tiers"].get(name, {}).get("outcomes", {})
+        counted = roles.get(name, {}).get("outcomes") if name in roles else None
+        by_status = ratios.hit_ratio(seen)
+        tier: dict[str, Any] = {
+            "cache_status": by_status,
+            "requests_cache_status": int(ratios.content_requests(seen)),
+        }
+        out["tiers"][name] = tier
+        if counted is None:
+            tier.update(metrics=None, difference=None, agree=None, explanation=[
+                "no /metrics for this tier (not scraped): only the Cache-Status figure"])
+            continue
+        by_metrics = ratios.hit_ratio(counted)
+        difference = None if by_status is None or by_metrics is None else \
+            by_metrics - by_status
+        diff = {k: counted.get(k, 0) - seen.get(k, 0) for k in counted.keys() | seen.keys()}
+        diff = {k: v for k, v in diff.items() if v}
+        tier.update(metrics=by_metrics, requests_metrics=int(ratios.content_requests(counted)),
+                    difference=difference,
+                    agree=difference is not None and abs(difference) <= AGREEMENT,
+                    outcomes_difference=dict(sorted(diff.items())))
+        explanation: list[str] = []
+        if not diff:
+            explanation.append(f"the same {tier['requests_metrics']} requests with the same "
+                               "outcomes both ways")
+        elif index == 0:
+            more = {k: v for k, v in diff.items() if v > 0}
+            fewer = {k: -v for k, v in diff.items() if v < 0}
+            if more:
+                causes = []
+                bare = client.get("without_cache_status", {})
+                if bare:
+                    causes.append(f"{sum(bare.values())} player responses had no Cache-Status "
+                                  "(a node's own answer before its cache, status "
+                                  + ", ".join(f"{k} ×{v}" for k, v in bare.items())
+                                  + "), counted as error by /metrics")
+                if client.get("failures"):
+                    causes.append(f"{client['failures']} player requests got no answer "
+                                  "(a node may have counted them)")
+                causes.append("requests not from these players (a prewarm, other clients) "
+                              "and answers cut by the end of the run")
+                explanation.append(f"/metrics counted {sum(more.values())} requests the "
+                                   f"players' Cache-Status did not show ({_signed(more)}): "
+                                   + "; ".join(causes))
+            if fewer:
+                explanation.append(f"players saw {sum(fewer.values())} answers /metrics did "
+                                   f"not count between its first and last scrape "
+                                   f"({_signed({k: -v for k, v in fewer.items()})}): counted "
+                                   "before the first scrape, or lost in a node restart")
+        else:
+            below = names[index - 1]
+            extra = tier["requests_metrics"] - tier["requests_cache_status"]
+            explanation.append(
+                f"/metrics counts every request {below} made of this tier, "
+                f"{tier['requests_metrics']}, Cache-Status only those of the players' requests "
+                f"that reached it, {tier['requests_cache_status']}: {extra:+d} requests no "
+                "player's response shows (prefetches: the edges issued "
+                f"{prefetches}, each asked here unless a tier below had it; background "
+                "revalidations; fills for other clients), so the two ratios are over "
+                "different requests")
+        if difference is not None and not tier["agree"]:
+            explanation.append(f"the ratios differ by {difference * 100:+.2f} points "
+                               f"(/metrics − Cache-Status)")
+        tier["explanation"] = explanation
+    edge = next(iter(out["tiers"].values()), None)
+    out["edge"] = edge
+    return out
 
 
 # ------------------------------------------------------------------------------------ SLOs

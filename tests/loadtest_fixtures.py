@@ -10,6 +10,7 @@ prove one origin fetch per object, and it can fail on purpose (``/v/broken/``: 5
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import socket
 import subprocess
@@ -20,6 +21,15 @@ from collections import Counter
 from pathlib import Path
 
 from aiohttp import web
+
+from reelcdn.manifests.meta import (
+    InitSection,
+    Rendition,
+    Segment,
+    VideoMeta,
+    average_bandwidth,
+    peak_bandwidth,
+)
 
 VIDEOS = ("vid-1", "vid-2", "vid-3", "vid-4")
 RENDITIONS = (("low", 400_000), ("high", 1_600_000))
@@ -38,6 +48,7 @@ def make_videos(root: Path, videos: tuple[str, ...] = VIDEOS) -> None:
     for v, video in enumerate(videos):
         base = root / "v" / video
         master = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
+        renditions = []
         for r, (name, bandwidth) in enumerate(RENDITIONS):
             master += [f"#EXT-X-STREAM-INF:BANDWIDTH={bandwidth},CODECS=\"avc1.4d401e\"",
                        f"{name}/index.m3u8"]
@@ -46,13 +57,33 @@ def make_videos(root: Path, videos: tuple[str, ...] = VIDEOS) -> None:
                      '#EXT-X-MAP:URI="init.mp4"']
             folder = base / name
             folder.mkdir(parents=True, exist_ok=True)
-            (folder / "init.mp4").write_bytes(os.urandom(1200))
+            init = os.urandom(1200)
+            (folder / "init.mp4").write_bytes(init)
+            segments = []
             for i in range(SEGMENTS):
                 media += [f"#EXTINF:{SEGMENT_SECONDS:.6f},", f"seg_{i:05d}.m4s"]
-                (folder / f"seg_{i:05d}.m4s").write_bytes(os.urandom(segment_size(v, r, i)))
+                body = os.urandom(segment_size(v, r, i))
+                (folder / f"seg_{i:05d}.m4s").write_bytes(body)
+                segments.append(Segment(f"seg_{i:05d}.m4s", SEGMENT_SECONDS, len(body),
+                                        _digest(body)))
             media.append("#EXT-X-ENDLIST")
             (folder / "index.m3u8").write_text("\n".join(media) + "\n")
+            height = 360 if r == 0 else 720
+            renditions.append(Rendition(
+                name=name, width=height * 16 // 9, height=height,
+                bandwidth=peak_bandwidth(segments), average_bandwidth=average_bandwidth(segments),
+                codecs="avc1.4d401e", video_codec="avc1.4d401e", audio_codec=None,
+                frame_rate=30.0, init=InitSection("init.mp4", len(init), _digest(init)),
+                segments=tuple(segments)))
         (base / "master.m3u8").write_text("\n".join(master) + "\n")
+        # The same video as a meta.json, for edges that render its playlists.
+        meta = VideoMeta(video_id=video, state="ready", duration=SEGMENTS * SEGMENT_SECONDS,
+                         renditions=tuple(renditions), created_at="2026-01-01T00:00:00Z")
+        (base / "meta.json").write_text(meta.to_json())
+
+
+def _digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 class CountingOrigin:
@@ -75,7 +106,8 @@ class CountingOrigin:
         file = (self.root / request.path.lstrip("/")).resolve()
         if not file.is_relative_to(self.root.resolve()) or not file.is_file():
             return web.Response(status=404, text="not found\n")
-        kind = "application/vnd.apple.mpegurl" if file.suffix == ".m3u8" else "video/mp4"
+        kind = {".m3u8": "application/vnd.apple.mpegurl",
+                ".json": "application/json"}.get(file.suffix, "video/mp4")
         return web.Response(body=file.read_bytes(), content_type=kind,
                             headers={"Cache-Control": "max-age=86400"})
 
@@ -125,12 +157,7 @@ TOPOLOGY = """
 [defaults]
 cache_memory = "64MiB"
 admin_token = "{token}"
-# The accounting tests compare what players see (Cache-Status) with every tier's counters, so
-# no node may send upstream requests no player sees: no edge prefetch, no meta.json fetches.
-render_playlists = false
-prefetch_segments = 0
-prefetch_cmcd = false
-
+{features}
 [[defaults.ttl]]
 match = "*"
 ttl = "1d"
@@ -165,10 +192,25 @@ parents = ["regional-1"]
 """
 
 
-class Topology:
-    """``reelcdn up --config`` over the counting origin; stopped by :meth:`stop`."""
+# The accounting tests compare what players see (Cache-Status) with every tier's counters, so
+# no node may send upstream requests no player sees: no edge prefetch, no meta.json fetches.
+NO_EDGE_FEATURES = """render_playlists = false
+prefetch_segments = 0
+prefetch_cmcd = false
+"""
+# What reelcdn up's edges do: playlists rendered from meta.json, segments prefetched.
+EDGE_FEATURES = """prefetch_segments = 2
+prefetch_cmcd = true
+"""
 
-    def __init__(self, workdir: Path) -> None:
+
+class Topology:
+    """``reelcdn up --config`` over the counting origin; stopped by :meth:`stop`.
+    ``edge_features``: edges render playlists from meta.json and prefetch (as reelcdn up's
+    do), so tiers above the edges get requests no player's response shows."""
+
+    def __init__(self, workdir: Path, edge_features: bool = False) -> None:
+        self.features = EDGE_FEATURES if edge_features else NO_EDGE_FEATURES
         self.workdir = workdir
         self.origin_root = workdir / "origin"
         make_videos(self.origin_root)
@@ -183,7 +225,7 @@ class Topology:
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.config = self.workdir / "topology.toml"
         self.config.write_text(TOPOLOGY.format(token=TOKEN, origin=self.origin.port,
-                                               **self.ports))
+                                               features=self.features, **self.ports))
         self.catalog = self.workdir / "catalog.txt"
         self.catalog.write_text("# test catalog\n" + "\n".join(VIDEOS) + "\n")
         with self.log.open("wb") as out:

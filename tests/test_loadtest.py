@@ -22,7 +22,7 @@ from reelcdn.loadtest import cmcd
 from reelcdn.loadtest.cachestatus import Tally
 from reelcdn.loadtest.catalog import Zipf
 from reelcdn.loadtest.network import parse_distribution
-from reelcdn.loadtest.summary import parse_slos
+from reelcdn.loadtest.summary import AGREEMENT, parse_slos, reconcile
 
 # The loadtest harness: node processes, load processes, nginx side by side.
 pytestmark = pytest.mark.slow
@@ -31,6 +31,15 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory):
     topo = Topology(tmp_path_factory.mktemp("loadtest"))
+    topo.start()
+    yield topo
+    topo.stop()
+
+
+@pytest.fixture(scope="module")
+def featured(tmp_path_factory):
+    """Edges as reelcdn up runs them: playlists rendered from meta.json, prefetch on."""
+    topo = Topology(tmp_path_factory.mktemp("loadtest-features"), edge_features=True)
     topo.start()
     yield topo
     topo.stop()
@@ -51,7 +60,10 @@ def players_of(report: Path) -> list[dict]:
 
 
 def test_request_and_hit_counts_agree_with_the_nodes_counters(topology, tmp_path):
-    origin_before = sum(topology.origin.counts.values())
+    def asked() -> int:  # objects only: the shield's health checks of the origin ask "/"
+        return sum(n for path, n in topology.origin.counts.items() if path.startswith("/v/"))
+
+    origin_before = asked()
     status, summary = run_cli(topology, tmp_path, "--players", "16", "--duration", "3s",
                               "--time-scale", "8", "--cache", "cold", "--zipf", "0.9")
     assert status == 0
@@ -64,14 +76,74 @@ def test_request_and_hit_counts_agree_with_the_nodes_counters(topology, tmp_path
         assert client["tiers"][tier]["requests"] == server["roles"][tier]["requests"], tier
         assert client["tiers"][tier]["hits"] == server["roles"][tier]["hits"], tier
     assert client["origin_fetches"] == server["origin_requests"]
+    # The same requests with the same outcomes: one hit ratio per tier, both ways.
+    for tier in summary["hit_ratio"]["tiers"].values():
+        assert tier["agree"] and tier["cache_status"] == tier["metrics"], tier
+        assert tier["explanation"][0].startswith("the same "), tier
     # ... and with the origin's own count of what it was asked.
-    assert server["origin_requests"] == sum(topology.origin.counts.values()) - origin_before
+    assert server["origin_requests"] == asked() - origin_before
     assert 0 < summary["offload"] < 1
     # Sessions carry the buffer model's results.
     played = [p for p in players_of(tmp_path) if p["outcome"] == "played"]
     assert all(p["segments"] >= 1 and p["ttff"] > 0 for p in played)
     assert all(set(p["phases"]) >= {"master", "media_playlist", "init", "first_segment_ttfb",
                                     "first_segment"} for p in played)
+
+
+def test_rendered_playlists_and_prefetches_one_hit_ratio_and_what_differs(featured, tmp_path):
+    """Edges that render playlists from meta.json and prefetch: the edge's hit ratio from
+    the players' Cache-Status and from the edges' /metrics agree (a rendered playlist is a
+    hit in both when its meta.json was fresh); the tiers above count the edges' prefetches
+    too, which no player's response shows, and the report says so, by how many."""
+    status, summary = run_cli(featured, tmp_path, "--players", "16", "--duration", "3s",
+                              "--time-scale", "8", "--cache", "cold", "--zipf", "0.9")
+    assert status == 0 and summary["vsf"] == 0
+    server, reconciled = summary["server"], summary["hit_ratio"]
+    edges = server["roles"]["edge"]
+    assert "rendered" not in edges["outcomes"] and edges["outcomes"]["hit"] > 0
+    edge = reconciled["edge"]
+    assert edge == reconciled["tiers"]["edge"]
+    # Players' requests are the edges' requests: they agree, or the report says what differs.
+    assert edge["agree"] or any(line.startswith(("/metrics counted", "players saw"))
+                                for line in edge["explanation"]), edge
+    assert abs(edge["cache_status"] - edge["metrics"]) <= AGREEMENT or edge["explanation"]
+    assert edges["prefetch_issued"] > 0
+    regional = reconciled["tiers"]["regional"]
+    assert regional["requests_metrics"] > regional["requests_cache_status"]
+    assert f"the edges issued {edges['prefetch_issued']}" in regional["explanation"][0]
+    # The text summary and the HTML report show both figures and the why.
+    page = (tmp_path / "report.html").read_text()
+    assert "Hit ratio: Cache-Status and /metrics" in page and "the edges issued" in page
+
+
+def test_reconcile_names_what_only_one_side_counted():
+    client = {"tiers": {"edge": {"outcomes": {"hit": 90, "miss": 10}},
+                        "regional": {"outcomes": {"hit": 5, "miss": 5}}},
+              "without_cache_status": {"403": 4}, "failures": 1}
+    server = {"roles": {"edge": {"outcomes": {"hit": 90, "miss": 10, "error": 4},
+                                 "prefetch_issued": 30},
+                        "regional": {"outcomes": {"hit": 25, "miss": 15}, "prefetch_issued": 0},
+                        "shield": {"outcomes": {"miss": 15}}}}
+    out = reconcile(client, server)
+    edge = out["edge"]
+    assert (edge["cache_status"], edge["metrics"]) == (0.9, 90 / 104)
+    assert not edge["agree"] and edge["outcomes_difference"] == {"error": 4}
+    why = " ".join(edge["explanation"])
+    assert "4 requests" in why and "403 ×4" in why and "1 player requests got no answer" in why
+    assert "differ by -3.46 points" in why
+    regional = out["tiers"]["regional"]
+    assert (regional["requests_cache_status"], regional["requests_metrics"]) == (10, 40)
+    assert "+30 requests" in regional["explanation"][0]
+    assert "the edges issued 30" in regional["explanation"][0]
+    # A tier no player's Cache-Status named (the shield: every request was served below it).
+    assert out["tiers"]["shield"]["cache_status"] is None
+    assert out["tiers"]["shield"]["metrics"] == 0.0
+    same = reconcile({"tiers": {"edge": {"outcomes": {"hit": 3, "stale": 1}}}},
+                     {"roles": {"edge": {"outcomes": {"hit": 3, "stale": 1}}}})
+    assert same["edge"]["agree"] and same["edge"]["explanation"] == [
+        "the same 4 requests with the same outcomes both ways"]
+    alone = reconcile({"tiers": {"edge": {"outcomes": {"hit": 1}}}}, None)
+    assert alone["edge"]["metrics"] is None and "not scraped" in alone["edge"]["explanation"][0]
 
 
 def test_a_player_capped_at_1_mbit_takes_size_over_rate_for_a_segment(topology, tmp_path):
@@ -171,9 +243,15 @@ def test_cache_status_walk_stops_at_the_serving_or_collapsed_tier():
     tally.record(200, "s; fwd=uri-miss, r; hit, e; fwd=uri-miss; stored", 10, 0)
     tally.record(200, "s; fwd=uri-miss, r; fwd=uri-miss, e; fwd=uri-miss; collapsed", 10, 0)
     tally.record(200, "s; fwd=uri-miss, r; fwd=uri-miss, e; fwd=uri-miss", 10, 0)
+    # A stale copy served after the fetch failed: served here, the older members not reached.
+    tally.record(200, "s; fwd=uri-miss, e; fwd=stale; fwd-status=502; detail=stale-if-error",
+                 10, 0)
+    tally.record(403, None, 10, 0)
     assert {d: (c.reached, c.hits, c.collapsed) for d, c in tally.by_depth.items()} == {
-        1: (4, 1, 1), 2: (2, 1, 0), 3: (1, 0, 0)}
+        1: (5, 2, 1), 2: (2, 1, 0), 3: (1, 0, 0)}
+    assert tally.by_depth[1].outcomes == {"hit": 1, "miss": 3, "stale": 1}
     assert tally.origin_fetches == 1
+    assert tally.without_cache_status == {403: 1}
 
 
 def test_distributions_zipf_and_slos_parse():
