@@ -177,6 +177,14 @@ class KeyPolicy:
         return key if slash == 0 else key[slash:]
 
     @staticmethod
+    def slice_key(primary: str, index: int) -> str:
+        """The storage key of slice ``index`` of the object keyed ``primary`` (``slice_size``,
+        edge/slices.py): the object's key, a NUL (never in a canonical path or query, as in a
+        Vary variant's key) and the index. Its entry's ``primary`` stays the object's key, so a
+        purge of the object reaches its slices."""
+        return primary + "\0slice=" + str(index)
+
+    @staticmethod
     def rule_path(key: str) -> str:
         """The path TTL rules match: the key's path without host and query."""
         slash = key.find("/")

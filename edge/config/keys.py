@@ -760,6 +760,20 @@ def _parse_token_globs(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
     return parse_str_list(value, ctx.file, key, check)
 
 
+#: Bounds of ``slice_size`` (besides 0, off): below 64 KiB a request per slice costs more
+#: than the bytes it saves; above 256 MiB a slice is no longer a part of an object.
+SLICE_MIN = 64 * 1024
+SLICE_MAX = 256 * 1024 * 1024
+
+
+def _parse_slice_size(value: Any, ctx: Context, key: str) -> int:
+    size = parse_size(value, file=ctx.file, key=key)
+    if size != 0 and not SLICE_MIN <= size <= SLICE_MAX:
+        raise ConfigError(ctx.file, key, "0 (off) or a size from 64KiB to 256MiB, e.g. "
+                          f"\"1MiB\": got {size} bytes")
+    return size
+
+
 def _parse_token_sources(value: Any, ctx: Context, key: str) -> tuple[str, ...]:
     def check(item: str, item_key: str) -> str:
         if item not in TOKEN_SOURCES:
@@ -993,6 +1007,11 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
          field="sendfile_min_bytes"),
     _key("cache_disk", _size(),
          "Disk tier for memory's evicted large bodies, at most this much; 0: no disk tier."),
+    _key("slice_size", _special(_parse_slice_size, "0 or size 64KiB..256MiB"),
+         "Fetch and store objects of slice_paths in aligned slices of this size (Range "
+         "requests upstream, docs/slices.md); 0: off."),
+    _key("slice_paths", _special(_parse_token_globs, "array of globs"),
+         "Request paths fetched in slices when slice_size > 0.", default='`["*.mp4"]`'),
     _key("cache_dir", _special(_parse_cache_dir, "path"),
          "Directory of the disk tier (relative to the file; created if missing).",
          default="none"),

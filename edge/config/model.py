@@ -250,6 +250,11 @@ class NodeConfig:
     # persists across restarts. cache_dir is absolute (resolved against the file's directory).
     cache_disk: int = 0
     cache_dir: str | None = None
+    # Slices (edge/slices.py, docs/slices.md): GET objects whose path matches slice_paths are
+    # fetched and stored in aligned slices of slice_size bytes (Range requests upstream), each
+    # its own entry; 0: off, every object fetched and stored whole.
+    slice_size: int = 0
+    slice_paths: tuple[str, ...] = ("*.mp4",)
     ttl_rules: tuple[TtlRule, ...] = ()
     ignore_query_params: frozenset[str] = DEFAULT_IGNORE_QUERY_PARAMS
     ignore_query_prefixes: tuple[str, ...] = ()

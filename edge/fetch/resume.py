@@ -76,6 +76,24 @@ def resume_identity(
     return etag, int(length)
 
 
+def strong_etag(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The response's ETag when it is one strong validator, else None (absent, repeated,
+    weak ``W/"..."`` or malformed)."""
+    etag = _field(headers, b"etag")
+    return etag if etag is not None and _STRONG_ETAG.fullmatch(etag) else None
+
+
+def content_range(headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, int, int] | None:
+    """(first, last, total) of a response's single ``Content-Range: bytes first-last/total``
+    with first <= last < total, else None."""
+    value = _field(headers, b"content-range")
+    match = _CONTENT_RANGE.fullmatch(value) if value is not None else None
+    if match is None:
+        return None
+    first, last, total = (int(group) for group in match.groups())
+    return (first, last, total) if first <= last < total else None
+
+
 def partial_continues(
     status: int, headers: Sequence[tuple[bytes, bytes]], etag: bytes, offset: int, total: int
 ) -> str | None:

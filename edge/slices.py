@@ -1,0 +1,428 @@
+"""Slices: large objects fetched, stored and served in aligned parts (as nginx's ``slice``).
+
+With ``slice_size = S`` (> 0), a GET or HEAD whose path matches ``slice_paths`` and that the
+store holds no whole entry for comes here from ``CacheNode.receive`` (one call, on the miss
+side: the HIT path of whole entries is untouched). The object is then never fetched whole:
+
+* slice ``k`` is bytes ``[k*S, min((k+1)*S, total))``, asked upstream as
+  ``Range: bytes=k*S-((k+1)*S-1)``, coalesced by its own key (``KeyPolicy.slice_key``) and
+  stored as its own ``206`` entry (its ``primary`` is the object's key, so a purge of the
+  object reaches its slices);
+* a client request is planned over the slices it covers (whole, one range, several ranges):
+  its head comes from the first slice it needs (status 200 with ``Content-Length`` the
+  object's total, or the 206 / multipart plan of ``Delivery.range_plan``), then each slice's
+  bytes are written in order — from a stored slice with ``write_file`` (``sendfile`` of the
+  slice's memory file, no copy), from an arriving slice as its chunks come;
+* every slice carries the object's identity: the total of its ``Content-Range`` and its
+  validator (a strong ETag, else Last-Modified). A request takes the identity of the first
+  slice it uses; a slice of another identity invalidates the object's slices, and the request
+  starts over if nothing was written yet (at most ``ATTEMPTS`` times) or is cut otherwise: a
+  client never receives bytes of two versions;
+* an upstream that answers a slice with anything but a ``206`` of exactly that slice (an
+  origin ignoring Range answers ``200`` with the whole body) is not sliced: the node
+  remembers the object for ``WHOLE_FOR`` seconds and the request goes the ordinary way
+  (``CacheNode.miss``: fetched, streamed and stored whole, then plain HITs).
+
+docs/slices.md says why and what it costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable
+from fnmatch import translate
+from typing import TYPE_CHECKING, Any, Protocol
+
+from reelcdn.edge.cache.bodyfile import BodyFiles, FileBody
+from reelcdn.edge.cache.entry import CacheEntry
+from reelcdn.edge.cache.keys import KeyPolicy
+from reelcdn.edge.cache.store import MemoryStore
+from reelcdn.edge.delivery import Delivery
+from reelcdn.edge.fetch.coalescer import Coalescer, Fetch, FetchHead
+from reelcdn.edge.fetch.contract import FetchFailed, Upstream
+from reelcdn.edge.fetch.order import FillOrder
+from reelcdn.edge.fetch.resume import content_range, strong_etag
+from reelcdn.edge.http import conditional
+from reelcdn.edge.http.message import render_fields, validators
+from reelcdn.edge.metrics import NodeStats
+from reelcdn.extensions import ranges
+from reelcdn.extensions.message import Request
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from reelcdn.edge.config import NodeConfig
+    from reelcdn.edge.http.connection import HttpConnection
+
+log = logging.getLogger("reelcdn.slices")
+
+#: Tries of one request when the object changes under it before anything was written.
+ATTEMPTS = 3
+#: How long an object whose upstream answered a slice with a whole 200 goes the ordinary way.
+WHOLE_FOR = 600.0
+#: Objects whose identity (and whole-answer mark) the slicer remembers; the oldest go first.
+REMEMBERED = 16384
+#: Above this many slices an object's invalidation scans the store instead of each key.
+INVALIDATE_EACH = 4096
+
+_NO_FIELDS: dict[bytes, bytes] = {}
+_FIRST_POS = re.compile(rb"[ \t]*bytes[ \t]*=[ \t]*([0-9]{1,18})[ \t]*-", re.IGNORECASE)
+
+# (total length, validator): what every slice of one version of an object shares.
+Identity = tuple[int, bytes | None]
+
+
+class SliceHost(Protocol):
+    """What the slicer uses of ``CacheNode`` (structurally; this module never imports it)."""
+
+    config: NodeConfig
+    store: MemoryStore
+    coalescer: Coalescer
+    upstream: Upstream
+    stats: NodeStats
+    delivery: Delivery
+    body_files: BodyFiles
+    _background: set[asyncio.Task[None]]
+
+    def fill_order(self, req: Request, primary: str, reload: bool = False) -> FillOrder: ...
+
+    def miss(self, req: Request, conn: HttpConnection, primary: str, stale: CacheEntry | None,
+             fwd: bytes | None = None) -> Awaitable[None]: ...
+
+    def _fetch_head(self, status: int, headers: list[tuple[bytes, bytes]],
+                    hmap: dict[str, str], primary: str, request_time: float,
+                    response_time: float) -> FetchHead: ...
+
+
+class NotSliced(FetchFailed):
+    """The upstream answered a slice's request with something other than that slice."""
+
+
+class _Changed(Exception):
+    """A slice of another identity than the request's first: start over (nothing written)."""
+
+
+def slice_identity(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, Identity] | None:
+    """(first, last, identity) of a slice's head, or None without a usable Content-Range."""
+    rng = content_range(headers)
+    if rng is None:
+        return None
+    validator = strong_etag(headers)
+    if validator is None:
+        validator = next((v for n, v in headers if n.lower() == b"last-modified"), None)
+    return rng[0], rng[1], (rng[2], validator)
+
+
+class Slicer:
+    """The slices of one node: which requests, their fills, and serving them."""
+
+    def __init__(
+        self,
+        node: SliceHost,
+        storable_headers: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]],
+        header_map: Callable[[list[tuple[bytes, bytes]]], dict[str, str]],
+    ) -> None:
+        """``storable_headers`` and ``header_map``: the node's own helpers (``node.py``),
+        passed in so that a slice's head is stored exactly as a whole response's."""
+        config = node.config
+        self.node = node
+        self.size = config.slice_size
+        self._paths = re.compile("|".join(f"(?:{translate(p)})" for p in config.slice_paths)
+                                 or "(?!)")
+        self._storable = storable_headers
+        self._header_map = header_map
+        self._known: dict[str, Identity] = {}
+        self._whole: dict[str, float] = {}
+
+    # -- which requests ---------------------------------------------------------------------
+    def applies(self, primary: str) -> bool:
+        """Whether the object keyed ``primary`` is served in slices."""
+        if self._paths.match(KeyPolicy.rule_path(primary)) is None:
+            return False
+        until = self._whole.get(primary)
+        if until is None:
+            return True
+        if until > time.time():
+            return False
+        del self._whole[primary]
+        return True
+
+    def _remember(self, table: dict[str, Any], key: str, value: Any) -> None:
+        table.pop(key, None)
+        if len(table) >= REMEMBERED:
+            del table[next(iter(table))]
+        table[key] = value
+
+    def _learn(self, primary: str, identity: Identity) -> None:
+        """A slice of ``identity`` arrived: another one before it invalidates the object."""
+        known = self._known.get(primary)
+        if known is not None and known != identity:
+            self.invalidate(primary, known[0])
+        self._remember(self._known, primary, identity)
+
+    def invalidate(self, primary: str, total: int) -> None:
+        """Drop every stored slice of the object (a version of ``total`` bytes)."""
+        self._known.pop(primary, None)
+        store = self.node.store
+        count = -(-total // self.size)
+        if count > INVALIDATE_EACH:
+            store.remove_matching(primary.__eq__)
+            return
+        for index in range(count):
+            store.remove(KeyPolicy.slice_key(primary, index))
+
+    # -- fills ------------------------------------------------------------------------------
+    def _source(self, req: Request, primary: str, index: int) -> CacheEntry | Fetch:
+        """Slice ``index``: its fresh stored entry, the fetch under way, or a new fetch."""
+        node = self.node
+        key = KeyPolicy.slice_key(primary, index)
+        entry = node.store.lookup(key, _NO_FIELDS)
+        if entry is not None and time.time() < entry.fresh_until:
+            entry.hits += 1
+            return entry
+        fetch = node.coalescer.get(key)
+        if fetch is not None:
+            node.stats.coalesced_waiters += 1
+            return fetch
+        order = node.fill_order(req, primary)
+        first = index * self.size
+        order.fields.append((b"Range", b"bytes=%d-%d" % (first, first + self.size - 1)))
+        fetch = Fetch(key, primary, order.selecting)
+        node.coalescer.add(fetch)
+        fetch.task = asyncio.get_running_loop().create_task(
+            self._fill(fetch, primary, index, order))
+        node._background.add(fetch.task)
+        fetch.task.add_done_callback(node._background.discard)
+        return fetch
+
+    def _stored(self, primary: str, index: int) -> bool:
+        entry = self.node.store.peek(KeyPolicy.slice_key(primary, index))
+        return entry is not None and time.time() < entry.fresh_until
+
+    async def _fill(self, fetch: Fetch, primary: str, index: int, order: FillOrder) -> None:
+        """Fetch one slice; check it is that slice; hand it to the readers; store it.
+        Never raises: failures go to the readers."""
+        node = self.node
+        response = None
+        try:
+            request_time = time.time()
+            response = await node.upstream.request("GET", order.target, order.fields)
+            response_time = time.time()
+            if response.status != 206:
+                raise NotSliced(502, f"upstream answered {response.status} to a slice")
+            seen = slice_identity(response.headers)
+            first = index * self.size
+            if seen is None or seen[0] != first or seen[1] != min(
+                    first + self.size, seen[2][0]) - 1:
+                raise NotSliced(502, "upstream answered 206 with another Content-Range "
+                                f"than slice {index}")
+            identity = seen[2]
+            length = seen[1] - seen[0] + 1
+            self._learn(primary, identity)
+            headers = self._storable(response.headers)
+            head = node._fetch_head(200, headers, self._header_map(response.headers),
+                                    primary, request_time, response_time)
+            head.status = 206
+            head.content_length = length
+            fetch.set_head(head)
+            if not head.shareable:
+                node.coalescer.discard(fetch)
+            async for chunk in response.chunks(node.config.upstream_timeouts.idle):
+                fetch.append(chunk)
+                if fetch.size > length:
+                    raise FetchFailed(502, "upstream slice longer than its Content-Range")
+            if fetch.size != length:
+                raise FetchFailed(502, "upstream slice shorter than its Content-Range")
+            fetch.finish()
+            if head.storable and self._known.get(primary) == identity:
+                entry = CacheEntry(
+                    key=fetch.key, primary=primary, status=206, headers=head.headers,
+                    body=node.body_files.make(fetch.chunks, fetch.size),
+                    freshness=head.freshness, response_time=head.response_time,
+                    initial_age=head.initial_age,
+                )
+                node.stats.evictions += node.store.insert(entry)
+        except NotSliced as failure:
+            fetch.fail(failure)
+        except FetchFailed as failure:
+            node.stats.upstream_failures += 1
+            fetch.fail(failure)
+            if response is not None:
+                response.close()
+                response = None
+        except asyncio.CancelledError:
+            fetch.fail(FetchFailed(503, "node shutting down"))
+            raise
+        except Exception as exc:  # a bug must not leave readers hanging
+            log.exception("slice %d of %s failed", index, primary)
+            fetch.fail(FetchFailed(502, f"internal error: {exc.__class__.__name__}"))
+        finally:
+            node.coalescer.discard(fetch)
+            if response is not None:
+                if fetch.error is not None:
+                    response.close()  # a whole body we will not read: drop the connection
+                else:
+                    response.release()
+
+    async def _opened(self, source: CacheEntry | Fetch, index: int
+                      ) -> tuple[Identity, list[tuple[bytes, bytes]], float]:
+        """(identity, stored fields, age) of a slice; ``_Changed`` for a stored slice that
+        is not slice ``index`` of this slice size (a reload changed it)."""
+        now = time.time()
+        if type(source) is CacheEntry:
+            seen = slice_identity(source.headers)
+            if seen is None or seen[0] != index * self.size:
+                self.node.store.remove(source.key)
+                raise _Changed
+            return seen[2], source.headers, source.age(now)
+        assert isinstance(source, Fetch)
+        head = await source.wait_head()
+        seen = slice_identity(head.headers)
+        assert seen is not None  # the fill checked it before set_head
+        return seen[2], head.headers, head.initial_age + (now - head.response_time)
+
+    # -- serving ----------------------------------------------------------------------------
+    async def serve(self, req: Request, conn: HttpConnection, primary: str) -> None:
+        """Answer a GET or HEAD of a sliced object (``applies`` said so)."""
+        node = self.node
+        for _ in range(ATTEMPTS):
+            try:
+                await self._answer(req, conn, primary)
+                return
+            except _Changed:
+                continue
+            except NotSliced:
+                self._remember(self._whole, primary, time.time() + WHOLE_FOR)
+                await node.miss(req, conn, primary, None)
+                return
+            except FetchFailed as failure:
+                node.delivery.failure(req, conn, failure, b"fwd=uri-miss; detail=sliced")
+                return
+        node.delivery.failure(req, conn, FetchFailed(502, "the object changed upstream on "
+                                                     "every attempt"), b"fwd=uri-miss")
+
+    def _first_index(self, range_value: bytes | None, primary: str) -> int:
+        """The slice a request needs first, as far as it is known before the total is:
+        the one of a Range's first position (when the total is unknown or covers it)."""
+        if range_value is None:
+            return 0
+        match = _FIRST_POS.match(range_value)
+        if match is None:
+            return 0
+        first = int(match.group(1))
+        known = self._known.get(primary)
+        if known is not None and first >= known[0]:
+            return 0  # unsatisfiable as far as we know: slice 0 tells
+        return first // self.size
+
+    async def _answer(self, req: Request, conn: HttpConnection, primary: str) -> None:
+        node = self.node
+        size = self.size
+        headers = req.headers
+        range_value = headers.get(b"range")
+        index = self._first_index(range_value, primary)
+        sources: dict[int, CacheEntry | Fetch] = {index: self._source(req, primary, index)}
+        identity, fields, age = await self._opened(sources[index], index)
+        known = self._known.get(primary)
+        if known is not None and known != identity:
+            # A stored slice of a version a later fill replaced: its siblings go, and so
+            # does it, before anything of it is written.
+            self.invalidate(primary, identity[0])
+            raise _Changed
+        total = identity[0]
+        fields = [(n, v) for n, v in fields if n.lower() != b"content-range"]
+        block, prior = render_fields(fields)
+        etag, last_modified, content_type = validators(fields)
+        close = conn.connection_field(req)
+        verdict = conditional.request_verdict(req.method, headers, 200, etag, last_modified)
+        if verdict is not None:
+            node.delivery.bodyless(conn, verdict, fields, age, b"hit", close)
+            node.stats.count(req.method, "hit", verdict)
+            return
+        parsed: Any = None
+        if range_value is not None and conditional.if_range_allows(
+                req.header(b"if-range"), etag, last_modified):
+            parsed = ranges.parse_range(range_value, total)
+        if parsed is ranges.UNSATISFIABLE:
+            node.delivery.unsatisfiable(conn, total, b"hit", close)
+            node.stats.count(req.method, "hit", 416)
+            return
+        spans = [(0, total)] if parsed is None else parsed
+        wanted = sum((end - 1) // size - start // size + 1 for start, end in spans)
+        stored = 0
+        if wanted <= INVALIDATE_EACH:  # an answer's Cache-Status is not worth a long scan
+            stored = sum(1 for start, end in spans
+                         for k in range(start // size, (end - 1) // size + 1)
+                         if type(sources.get(k)) is CacheEntry
+                         or (k not in sources and self._stored(primary, k)))
+        hit = stored == wanted
+        member = (b"hit" if hit else b"fwd=partial; detail=sliced" if stored
+                  else b"fwd=uri-miss; detail=sliced")
+        if parsed is None:
+            head = node.delivery.head(200, block, age, member, None, total, close, prior=prior)
+            parts: list[tuple[bytes, int, int]] = [(b"", 0, total)]
+            closing = b""
+            status = 200
+        else:
+            head, parts, closing = node.delivery.range_plan(parsed, total, block, content_type,
+                                                            age, member, close, prior)
+            status = 206
+        conn.write(head)
+        node.stats.bytes_sent += len(head)
+        node.stats.count(req.method, "hit" if hit else "miss", status)
+        if req.method == "HEAD":
+            return
+        try:
+            for part_head, start, end in parts:
+                if part_head:
+                    conn.write(part_head)
+                    node.stats.bytes_sent += len(part_head)
+                await self._copy(req, conn, primary, sources, identity, start, end)
+                if conn.closed:
+                    return
+            if closing:
+                conn.write(closing)
+                node.stats.bytes_sent += len(closing)
+        except (_Changed, FetchFailed) as broke:
+            if isinstance(broke, NotSliced):
+                self._remember(self._whole, primary, time.time() + WHOLE_FOR)
+            conn.abort()  # the head is out: the client must see a cut body, never mixed ones
+
+    async def _copy(self, req: Request, conn: HttpConnection, primary: str,
+                    sources: dict[int, CacheEntry | Fetch], identity: Identity,
+                    start: int, end: int) -> None:
+        """Write bytes [start, end) of the object from its slices, in order."""
+        node = self.node
+        size = self.size
+        stats = node.stats
+        index = start // size
+        last = (end - 1) // size
+        while start < end and not conn.closed:
+            source = sources.pop(index, None) or self._source(req, primary, index)
+            if index < last and index + 1 not in sources and not self._stored(primary,
+                                                                                 index + 1):
+                sources[index + 1] = self._source(req, primary, index + 1)  # one ahead
+            seen, _, _ = await self._opened(source, index)
+            if seen != identity:
+                self.invalidate(primary, identity[0])
+                raise _Changed
+            base = index * size
+            lo = start - base
+            hi = min(end, base + size) - base
+            if type(source) is CacheEntry:
+                body = source.body
+                if type(body) is FileBody:
+                    conn.write_file(b"", body, lo, hi)
+                else:
+                    conn.write(memoryview(body)[lo:hi])
+                stats.bytes_sent += hi - lo
+                if conn.paused:
+                    await conn.drain()
+            else:
+                assert isinstance(source, Fetch)
+                stats.bytes_sent += await source.stream_to(conn, lo, hi, False)
+            start = base + hi
+            index += 1
