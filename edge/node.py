@@ -62,6 +62,7 @@ from reelcdn.edge.http.message import (
     render_fields,
 )
 from reelcdn.edge.metrics import NodeStats
+from reelcdn.edge.slices import Slicer
 from reelcdn.edge.video.features import CONTINUE, EdgeFeatures
 from reelcdn.extensions import ranges  # compiled twin when built, else extensions/_ranges_py.py
 from reelcdn.extensions.message import Request
@@ -191,6 +192,8 @@ class CacheNode:
         self.backoff = FailureBackoff(config.failure_backoff_base, config.failure_backoff_max)
         self._ttl_rules = _ttl_rules(config)
         self._background: set[asyncio.Task[None]] = set()
+        # Large objects in slices (slice_size, edge/slices.py); None: off, nothing changes.
+        self.slicer: Slicer | None = self._slicer(config)
 
     async def apply_config(self, config: NodeConfig) -> None:
         """Take a reloaded config: policy, size and upstream change; the cache is kept.
@@ -211,6 +214,7 @@ class CacheNode:
         self.backoff.base = config.failure_backoff_base
         self.backoff.cap = config.failure_backoff_max
         self._ttl_rules = _ttl_rules(config)
+        self.slicer = self._slicer(config)
         if self.features is not None:
             self.features.apply_config(config)
         if config.tokens != old.tokens:  # a new gate: a retired key fails from now on
@@ -225,6 +229,11 @@ class CacheNode:
             task = asyncio.get_running_loop().create_task(self._retire(retired))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    def _slicer(self, config: NodeConfig) -> Slicer | None:
+        if not config.slice_size:
+            return None
+        return Slicer(self, _storable_headers, _header_map)
 
     async def _retire(self, upstream: Upstream, linger: float = 60.0) -> None:
         """Close a replaced upstream once the fills that use it are done (at most
@@ -317,6 +326,8 @@ class CacheNode:
                 self.deliver_entry(req, conn, entry, now, b"hit; detail=stale-if-error")
                 self.stats.count(method, "stale", entry.status)
                 return None
+        elif self.slicer is not None and self.slicer.applies(primary):
+            return self.slicer.serve(req, conn, primary)  # no whole entry: slices
         return self.miss(req, conn, primary, entry)
 
     def _health(self, req: Request, conn: HttpConnection) -> None:

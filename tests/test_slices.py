@@ -1,0 +1,222 @@
+"""Slices (slice_size, edge/slices.py, docs/slices.md): large objects fetched, stored and
+served in aligned parts, through real tiers on 127.0.0.1 and an origin that answers Range."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import hashlib
+import re
+
+import pytest
+from aiohttp import web
+from rawhttp import get
+
+from reelcdn.edge.cache.keys import KeyPolicy
+
+MIB = 1024 * 1024
+SLICE = MIB
+BIG = hashlib.shake_256(b"reelcdn-slices").digest(32 * MIB)
+RANGE = re.compile(r"bytes=(\d+)-(\d*)")
+
+
+class RangeOrigin:
+    """An object that the test origin serves with single Range requests answered 206 (or
+    ignored: ``honour_range = False``), counting requests and body bytes sent."""
+
+    def __init__(self, body: bytes, etag: str = '"v1"', delay: float = 0.0) -> None:
+        self.body = body
+        self.etag = etag
+        self.delay = delay
+        self.honour_range = True
+        self.ranges: list[str | None] = []
+        self.bytes_sent = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        value = request.headers.get("Range")
+        self.ranges.append(value)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        headers = {"Cache-Control": "max-age=3600", "Content-Type": "video/mp4",
+                   "ETag": self.etag, "Accept-Ranges": "bytes"}
+        body = self.body
+        match = RANGE.fullmatch(value or "") if self.honour_range else None
+        if match is None:
+            self.bytes_sent += len(body)
+            return web.Response(body=body, headers=headers)
+        first = int(match.group(1))
+        last = min(int(match.group(2) or len(body) - 1), len(body) - 1)
+        if first >= len(body):
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(body)}"})
+        headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+        self.bytes_sent += last - first + 1
+        return web.Response(status=206, body=body[first:last + 1], headers=headers)
+
+
+def serve(origin, path: str, body: bytes = BIG, **kwargs) -> RangeOrigin:
+    route = RangeOrigin(body, **kwargs)
+    origin.set(path, handler=route.handle)
+    return route
+
+
+async def tiers(origin, start_node, **keys):
+    """shield → regional → edge, each slicing ``*.mp4`` in 1 MiB slices."""
+    keys = {"slice_size": "1MiB", **keys}
+    shield = await start_node(origin.url, "shield-t", **keys)
+    regional = await start_node(f"http://127.0.0.1:{shield.port}", "regional-t", **keys)
+    edge = await start_node(f"http://127.0.0.1:{regional.port}", "edge-t", **keys)
+    return shield, regional, edge
+
+
+def slice_keys(server) -> list[str]:
+    return sorted(e.key for e in server.node.store)
+
+
+async def test_first_byte_of_a_cold_object_moves_one_slice_per_tier(origin, start_node):
+    route = serve(origin, "/dl/big.mp4")
+    nodes = await tiers(origin, start_node)
+    response = await get(nodes[2].port, "/dl/big.mp4", {"Range": "bytes=0-0"})
+    assert response.status == 206 and response.body == BIG[:1]
+    assert response.header("content-range") == f"bytes 0-0/{len(BIG)}"
+    assert route.ranges == [f"bytes=0-{SLICE - 1}"]
+    assert route.bytes_sent == SLICE
+    for server in nodes:  # each tier fetched and stored exactly slice 0
+        assert slice_keys(server) == [KeyPolicy.slice_key("/dl/big.mp4", 0)]
+        assert server.node.stats.upstream_failures == 0
+    again = await get(nodes[2].port, "/dl/big.mp4", {"Range": "bytes=5-9"})
+    assert again.body == BIG[5:10]
+    assert again.header("cache-status").split(", ")[-1] == "edge-t; hit"
+    assert len(route.ranges) == 1
+
+
+async def test_a_range_across_two_slices_fetches_two(origin, start_node):
+    route = serve(origin, "/dl/big.mp4")
+    *_, edge = await tiers(origin, start_node)
+    span = f"bytes={3 * SLICE - 10}-{3 * SLICE + 9}"
+    response = await get(edge.port, "/dl/big.mp4", {"Range": span})
+    assert response.status == 206 and response.body == BIG[3 * SLICE - 10:3 * SLICE + 10]
+    assert sorted(route.ranges) == [f"bytes={2 * SLICE}-{3 * SLICE - 1}",
+                                    f"bytes={3 * SLICE}-{4 * SLICE - 1}"]
+    assert route.bytes_sent == 2 * SLICE
+
+
+async def test_whole_object_is_byte_identical_then_a_hit(origin, start_node):
+    route = serve(origin, "/dl/big.mp4")
+    *_, edge = await tiers(origin, start_node)
+    cold = await get(edge.port, "/dl/big.mp4", timeout=60)
+    assert cold.status == 200 and cold.header("content-range") is None
+    assert int(cold.header("content-length")) == len(BIG)
+    assert cold.body == BIG
+    assert len(route.ranges) == 32 and route.bytes_sent == len(BIG)
+    warm = await get(edge.port, "/dl/big.mp4", timeout=60)
+    assert warm.status == 200 and warm.body == BIG
+    assert warm.header("cache-status").split(", ")[-1].startswith("edge-t; hit")
+    assert len(route.ranges) == 32
+    head = await get(edge.port, "/dl/big.mp4", method="HEAD")
+    assert head.status == 200 and head.header("content-length") == str(len(BIG))
+    tail = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=-5"})
+    assert tail.body == BIG[-5:]
+    multi = await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-9,{5 * SLICE}-{5 * SLICE + 9}"})
+    ctype = multi.header("content-type")
+    message = email.message_from_bytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n"
+                                       + multi.body)
+    assert [p.get_payload(decode=True) for p in message.get_payload()] == [
+        BIG[:10], BIG[5 * SLICE:5 * SLICE + 10]]
+    unsatisfiable = await get(edge.port, "/dl/big.mp4", {"Range": f"bytes={len(BIG)}-"})
+    assert unsatisfiable.status == 416
+    matched = await get(edge.port, "/dl/big.mp4", {"If-None-Match": '"v1"'})
+    assert matched.status == 304
+    assert len(route.ranges) == 32
+
+
+async def test_concurrent_requests_for_a_cold_slice_coalesce(origin, start_node):
+    route = serve(origin, "/dl/big.mp4", delay=0.2)
+    edge = await start_node(origin.url, slice_size="1MiB")
+    answers = await asyncio.gather(*(get(edge.port, "/dl/big.mp4", {"Range": f"bytes={i}-{i + 99}"})
+                                     for i in range(20)))
+    assert [a.body for a in answers] == [BIG[i:i + 100] for i in range(20)]
+    assert route.ranges == [f"bytes=0-{SLICE - 1}"]
+    assert edge.node.stats.coalesced_waiters == 19
+
+
+async def test_a_new_version_between_slices_never_mixes(origin, start_node):
+    """Slice 0 stored as v1, then the origin changes: a whole GET must not join v1's slice 0
+    with v2's others — the node starts over (nothing written yet) or cuts the body."""
+    route = serve(origin, "/dl/big.mp4")
+    edge = await start_node(origin.url, slice_size="1MiB")
+    first = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-0"})
+    assert first.body == BIG[:1]
+    changed = bytes(b ^ 0xFF for b in BIG[:4 * MIB])
+    route.body, route.etag = changed, '"v2"'
+    for _ in range(3):  # a client that retries a cut response
+        try:
+            whole = await get(edge.port, "/dl/big.mp4", timeout=30)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            continue
+        assert whole.body == changed  # never v1's slice 0 with v2's
+        assert whole.header("etag") == '"v2"'
+        break
+    else:
+        raise AssertionError("no complete answer in three tries")
+    again = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-3"})
+    assert again.body == changed[:4]
+
+
+async def test_the_object_changing_under_a_request_cuts_it(origin, start_node):
+    """v2 appears while slices of v1 are being served: the response already begun is cut,
+    never completed with v2's bytes; the next one is whole v2."""
+    route = serve(origin, "/dl/big.mp4")
+    edge = await start_node(origin.url, slice_size="1MiB")
+    await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-{2 * SLICE - 1}"})  # v1: 0, 1
+    changed = bytes(b ^ 0xFF for b in BIG)
+    route.body, route.etag = changed, '"v2"'
+    with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+        await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-{3 * SLICE - 1}"})
+    after = await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-{3 * SLICE - 1}"})
+    assert after.body == changed[:3 * SLICE] and after.header("etag") == '"v2"'
+
+
+async def test_an_origin_that_ignores_range_is_served_whole(origin, start_node):
+    route = serve(origin, "/dl/big.mp4", body=BIG[:3 * MIB])
+    route.honour_range = False
+    edge = await start_node(origin.url, slice_size="1MiB")
+    response = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=10-19"})
+    assert response.status == 206 and response.body == BIG[10:20]
+    whole = await get(edge.port, "/dl/big.mp4")
+    assert whole.status == 200 and whole.body == BIG[:3 * MIB]
+    assert whole.header("cache-status").startswith("edge-t; hit")
+    assert len(route.ranges) == 2  # the refused slice, then the whole object once
+    assert slice_keys(edge) == ["/dl/big.mp4"]
+
+
+async def test_small_objects_and_other_paths(origin, start_node):
+    small = serve(origin, "/dl/small.mp4", body=BIG[:1000])
+    origin.set("/v/a/seg.m4s", BIG[:5000], headers={"Cache-Control": "max-age=60"})
+    edge = await start_node(origin.url, slice_size="1MiB")
+    assert (await get(edge.port, "/dl/small.mp4")).body == BIG[:1000]
+    assert (await get(edge.port, "/dl/small.mp4")).header("cache-status") == "edge-t; hit"
+    assert small.ranges == [f"bytes=0-{SLICE - 1}"]
+    assert (await get(edge.port, "/v/a/seg.m4s")).body == BIG[:5000]
+    assert "/v/a/seg.m4s" in slice_keys(edge)  # not sliced: stored whole
+    assert origin.seen_headers[-1].get("Range") is None
+
+
+async def test_a_missing_object_is_answered_as_upstream_answers(origin, start_node):
+    edge = await start_node(origin.url, slice_size="1MiB")
+    response = await get(edge.port, "/dl/none.mp4")
+    assert response.status == 404
+
+
+def test_slice_size_is_validated():
+    from reelcdn.edge.config import ConfigError, node_config_from_dict
+
+    base = {"listen": "127.0.0.1:0", "upstream": "http://127.0.0.1:1"}
+    assert node_config_from_dict("n", base).slice_size == 0
+    assert node_config_from_dict("n", {**base, "slice_size": "4MiB"}).slice_size == 4 * MIB
+    for bad in ("1KiB", "1GiB", -1, "many"):
+        with pytest.raises(ConfigError) as caught:
+            node_config_from_dict("n", {**base, "slice_size": bad})
+        assert "slice_size" in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        node_config_from_dict("n", {**base, "slice_paths": ["big"]})
+    assert "slice_paths" in str(caught.value)
