@@ -98,7 +98,12 @@ class SliceHost(Protocol):
 
 
 class NotSliced(FetchFailed):
-    """The upstream answered a slice's request with something other than that slice."""
+    """The upstream answered a slice's request with something other than that slice;
+    ``answered`` is its status (200: it ignores Range)."""
+
+    def __init__(self, answered: int, reason: str) -> None:
+        super().__init__(502, reason)
+        self.answered = answered
 
 
 class _Changed(Exception):
@@ -212,12 +217,13 @@ class Slicer:
             response = await node.upstream.request("GET", order.target, order.fields)
             response_time = time.time()
             if response.status != 206:
-                raise NotSliced(502, f"upstream answered {response.status} to a slice")
+                raise NotSliced(response.status,
+                                f"upstream answered {response.status} to a slice")
             seen = slice_identity(response.headers)
             first = index * self.size
             if seen is None or seen[0] != first or seen[1] != min(
                     first + self.size, seen[2][0]) - 1:
-                raise NotSliced(502, "upstream answered 206 with another Content-Range "
+                raise NotSliced(206, "upstream answered 206 with another Content-Range "
                                 f"than slice {index}")
             identity = seen[2]
             length = seen[1] - seen[0] + 1
@@ -294,8 +300,9 @@ class Slicer:
                 return
             except _Changed:
                 continue
-            except NotSliced:
-                self._remember(self._whole, primary, time.time() + WHOLE_FOR)
+            except NotSliced as refused:
+                if refused.answered == 200:  # it ignores Range: whole, for a while
+                    self._remember(self._whole, primary, time.time() + WHOLE_FOR)
                 await node.miss(req, conn, primary, None)
                 return
             except FetchFailed as failure:
@@ -387,7 +394,7 @@ class Slicer:
                 conn.write(closing)
                 node.stats.bytes_sent += len(closing)
         except (_Changed, FetchFailed) as broke:
-            if isinstance(broke, NotSliced):
+            if isinstance(broke, NotSliced) and broke.answered == 200:
                 self._remember(self._whole, primary, time.time() + WHOLE_FOR)
             conn.abort()  # the head is out: the client must see a cut body, never mixed ones
 

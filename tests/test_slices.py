@@ -205,6 +205,23 @@ async def test_a_missing_object_is_answered_as_upstream_answers(origin, start_no
     edge = await start_node(origin.url, slice_size="1MiB")
     response = await get(edge.port, "/dl/none.mp4")
     assert response.status == 404
+    route = serve(origin, "/dl/later.mp4", body=BIG[:3 * MIB])  # a 404 does not mark it whole
+    origin.set("/dl/later.mp4", status=404)
+    assert (await get(edge.port, "/dl/later.mp4")).status == 404
+    origin.set("/dl/later.mp4", handler=route.handle)
+    later = await get(edge.port, "/dl/later.mp4", {"Range": "bytes=0-9"})
+    assert later.status == 206 and later.body == BIG[:10]
+    assert route.ranges == [f"bytes=0-{SLICE - 1}"]
+
+
+async def test_a_purge_of_the_object_removes_its_slices(origin, start_node):
+    serve(origin, "/dl/big.mp4")
+    edge = await start_node(origin.url, slice_size="1MiB")
+    await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-{2 * SLICE}"})
+    assert len(slice_keys(edge)) == 3
+    node = edge.node
+    assert node.store.remove_matching(node.keys.purge_matcher("path", "/dl/big.mp4")) == 3
+    assert slice_keys(edge) == []
 
 
 def test_slice_size_is_validated():
