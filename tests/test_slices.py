@@ -7,12 +7,18 @@ import asyncio
 import email
 import hashlib
 import re
+import socket
 
 import pytest
 from aiohttp import web
 from rawhttp import get
 
 from reelcdn.edge.cache.keys import KeyPolicy
+from reelcdn.edge.config import topology_from_text
+from reelcdn.edge.ops.server import NodeServer
+from reelcdn.shield.connectors import build_upstream
+
+pytestmark = pytest.mark.usefixtures("no_internal_errors")
 
 MIB = 1024 * 1024
 SLICE = MIB
@@ -237,3 +243,67 @@ def test_slice_size_is_validated():
     with pytest.raises(ConfigError) as caught:
         node_config_from_dict("n", {**base, "slice_paths": ["big"]})
     assert "slice_paths" in str(caught.value)
+
+
+TOPOLOGY = """
+[defaults]
+cache_memory = "128MiB"
+slice_size = "1MiB"
+slice_paths = ["/dl/*"]
+
+[origin.main]
+type = "fs"
+root = "origin"
+
+[node.shield-1]
+role = "shield"
+listen = "127.0.0.1:{shield}"
+origins = ["main"]
+
+[node.regional-1]
+role = "regional"
+listen = "127.0.0.1:{regional}"
+parents = ["shield-1"]
+
+[node.edge-a]
+role = "edge"
+listen = "127.0.0.1:{edge}"
+parents = ["regional-1"]
+"""
+
+
+async def test_a_topology_over_an_fs_origin_that_answers_no_range(tmp_path):
+    """The fs origin answers every request whole: the shield stores the object whole (after
+    one refused slice) and answers its child's slices from it; below it, one slice a tier."""
+    sockets = [socket.socket() for _ in range(3)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    shield, regional, edge = (sock.getsockname()[1] for sock in sockets)
+    for sock in sockets:
+        sock.close()
+    (tmp_path / "origin" / "dl").mkdir(parents=True)
+    (tmp_path / "origin" / "dl" / "film.mp4").write_bytes(BIG[:4 * MIB])
+    topology = topology_from_text(TOPOLOGY.format(shield=shield, regional=regional, edge=edge),
+                                  base_dir=str(tmp_path))
+    servers = []
+    try:
+        for name in topology.order_for_start():
+            server = NodeServer(topology.nodes[name], build_upstream)
+            await server.start()
+            servers.append(server)
+        first = await get(edge, "/dl/film.mp4", {"Range": "bytes=0-0"})
+        assert first.status == 206 and first.body == BIG[:1]
+        by_name = {s.node.name: s for s in servers}
+        for _ in range(100):  # the shield's whole fill goes on after the first byte: ≤ 5 s
+            if slice_keys(by_name["shield-1"]):
+                break
+            await asyncio.sleep(0.05)
+        assert slice_keys(by_name["shield-1"]) == ["/dl/film.mp4"]  # whole, from the fs
+        for name in ("regional-1", "edge-a"):
+            assert slice_keys(by_name[name]) == [KeyPolicy.slice_key("/dl/film.mp4", 0)]
+        whole = await get(edge, "/dl/film.mp4")
+        assert whole.status == 200 and whole.body == BIG[:4 * MIB]
+        assert len(slice_keys(by_name["edge-a"])) == 4
+    finally:
+        for server in reversed(servers):
+            await server.stop(grace=1.0)
