@@ -32,7 +32,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from fnmatch import translate
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,8 +52,6 @@ from reelcdn.extensions import ranges
 from reelcdn.extensions.message import Request
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
     from reelcdn.edge.config import NodeConfig
     from reelcdn.edge.http.connection import HttpConnection
 
@@ -70,6 +68,10 @@ INVALIDATE_EACH = 4096
 
 _NO_FIELDS: dict[bytes, bytes] = {}
 _FIRST_POS = re.compile(rb"[ \t]*bytes[ \t]*=[ \t]*([0-9]{1,18})[ \t]*-", re.IGNORECASE)
+
+# Request fields that make an answer conditional: left to the full path (``_answer``).
+_CONDITIONALS = frozenset({b"if-none-match", b"if-modified-since", b"if-match",
+                           b"if-unmodified-since", b"if-range"})
 
 # (total length, validator): what every slice of one version of an object shares.
 Identity = tuple[int, bytes | None]
@@ -119,6 +121,19 @@ def slice_identity(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, Identi
     if validator is None:
         validator = next((v for n, v in headers if n.lower() == b"last-modified"), None)
     return rng[0], rng[1], (rng[2], validator)
+
+
+def _without_content_range(block: bytes) -> bytes:
+    """A stored slice's rendered fields without its ``Content-Range`` line (the answer's own
+    framing replaces it)."""
+    lower = block.lower()
+    at = lower.find(b"content-range:")
+    while at > 0 and block[at - 2:at] != b"\r\n":
+        at = lower.find(b"content-range:", at + 1)
+    if at < 0:
+        return block
+    end = block.find(b"\r\n", at)
+    return block[:at] + (block[end + 2:] if end >= 0 else b"")
 
 
 class Slicer:
@@ -291,8 +306,78 @@ class Slicer:
         return seen[2], head.headers, head.initial_age + (now - head.response_time)
 
     # -- serving ----------------------------------------------------------------------------
-    async def serve(self, req: Request, conn: HttpConnection, primary: str) -> None:
-        """Answer a GET or HEAD of a sliced object (``applies`` said so)."""
+    def serve(self, req: Request, conn: HttpConnection, primary: str) -> Awaitable[None] | None:
+        """Answer a GET or HEAD of a sliced object (``applies`` said so): None when written
+        now (``_one_stored_slice``), else the coroutine that answers."""
+        if self._one_stored_slice(req, conn, primary):
+            return None
+        return self._serve(req, conn, primary)
+
+    def _one_stored_slice(self, req: Request, conn: HttpConnection, primary: str) -> bool:
+        """A HIT that one stored slice answers — a whole object no larger than a slice, or one
+        range within one slice, without conditionals — written now as a whole entry's HIT is
+        (no task, one ``write_file``); False leaves the request to ``_serve``."""
+        known = self._known.get(primary)
+        if known is None:
+            return False
+        headers = req.headers
+        if _CONDITIONALS.intersection(headers):
+            return False
+        total = known[0]
+        size = self.size
+        start, end, ranged = 0, total, False
+        range_value = headers.get(b"range")
+        if range_value is not None:
+            parsed = ranges.parse_range(range_value, total)
+            if parsed is not None:
+                if parsed is ranges.UNSATISFIABLE or len(parsed) != 1:  # type: ignore[arg-type]
+                    return False
+                start, end = parsed[0]  # type: ignore[index]
+                ranged = True
+        index = start // size
+        if index != (end - 1) // size:
+            return False
+        entry = self.node.store.lookup(KeyPolicy.slice_key(primary, index), _NO_FIELDS)
+        now = time.time()
+        if entry is None or now >= entry.fresh_until:
+            return False
+        seen = slice_identity(entry.headers)
+        base = index * size
+        if seen is None or seen[0] != base or seen[2] != known:
+            return False
+        entry.hits += 1
+        node = self.node
+        close = conn.connection_field(req)
+        cached = entry.head_cache  # a slice entry's: its whole-object 200 head, per second
+        if not ranged and not close and cached is not None and cached[0] == int(now):
+            head = cached[1]
+        else:
+            block = _without_content_range(entry.header_block)
+            age = entry.age(now)
+            if ranged:
+                head = node.delivery.range_plan([(start, end)], total, block,
+                                                entry.content_type, age, b"hit", close,
+                                                entry.prior)[0]
+            else:
+                head = node.delivery.head(200, block, age, b"hit", entry.ttl(now), total,
+                                          close, prior=entry.prior)
+                if not close:
+                    entry.head_cache = (int(now), head)
+        body = entry.body
+        sent = len(head)
+        if req.method == "HEAD":
+            conn.write(head)
+        elif type(body) is FileBody:
+            conn.write_file(head, body, start - base, end - base)
+            sent += end - start
+        else:
+            conn.write_parts([head, memoryview(body)[start - base:end - base]])
+            sent += end - start
+        node.stats.bytes_sent += sent
+        node.stats.count(req.method, "hit", 206 if ranged else 200)
+        return True
+
+    async def _serve(self, req: Request, conn: HttpConnection, primary: str) -> None:
         node = self.node
         for _ in range(ATTEMPTS):
             try:
