@@ -201,8 +201,11 @@ class Slicer:
         key = KeyPolicy.slice_key(primary, index)
         entry = node.store.lookup(key, _NO_FIELDS)
         if entry is not None and time.time() < entry.fresh_until:
-            entry.hits += 1
-            return entry
+            seen = slice_identity(entry.headers)
+            if seen is not None and self._is_slice(seen, index):
+                entry.hits += 1
+                return entry
+            node.store.remove(key)  # a slice of another size (before a reload): fetch anew
         fetch = node.coalescer.get(key)
         if fetch is not None:
             node.stats.coalesced_waiters += 1
@@ -217,6 +220,12 @@ class Slicer:
         node._background.add(fetch.task)
         fetch.task.add_done_callback(node._background.discard)
         return fetch
+
+    def _is_slice(self, seen: tuple[int, int, Identity], index: int) -> bool:
+        """Whether a Content-Range is exactly slice ``index`` at this slice size (a stored
+        slice of another size, before a reload, is not)."""
+        first = index * self.size
+        return seen[0] == first and seen[1] == min(first + self.size, seen[2][0]) - 1
 
     def _stored(self, primary: str, index: int) -> bool:
         entry = self.node.store.peek(KeyPolicy.slice_key(primary, index))
@@ -235,9 +244,7 @@ class Slicer:
                 raise NotSliced(response.status,
                                 f"upstream answered {response.status} to a slice")
             seen = slice_identity(response.headers)
-            first = index * self.size
-            if seen is None or seen[0] != first or seen[1] != min(
-                    first + self.size, seen[2][0]) - 1:
+            if seen is None or not self._is_slice(seen, index):
                 raise NotSliced(206, "upstream answered 206 with another Content-Range "
                                 f"than slice {index}")
             identity = seen[2]
@@ -295,7 +302,7 @@ class Slicer:
         now = time.time()
         if type(source) is CacheEntry:
             seen = slice_identity(source.headers)
-            if seen is None or seen[0] != index * self.size:
+            if seen is None or not self._is_slice(seen, index):
                 self.node.store.remove(source.key)
                 raise _Changed
             return seen[2], source.headers, source.age(now)
@@ -343,7 +350,7 @@ class Slicer:
             return False
         seen = slice_identity(entry.headers)
         base = index * size
-        if seen is None or seen[0] != base or seen[2] != known:
+        if seen is None or seen[2] != known or not self._is_slice(seen, index):
             return False
         entry.hits += 1
         node = self.node

@@ -316,3 +316,19 @@ async def test_a_topology_over_an_fs_origin_that_answers_no_range(tmp_path):
     finally:
         for server in reversed(servers):
             await server.stop(grace=1.0)
+
+
+async def test_a_reload_that_changes_the_slice_size_never_serves_old_slices(origin, start_node):
+    import dataclasses
+
+    body = BIG[:5 * MIB]
+    route = serve(origin, "/dl/big.mp4", body=body)
+    edge = await start_node(origin.url, slice_size="1MiB")
+    await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-{2 * SLICE - 1}"})  # 1 MiB: 0, 1
+    await edge.node.apply_config(dataclasses.replace(edge.node.config, slice_size=2 * MIB))
+    part = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-9"})
+    assert part.status == 206 and part.body == body[:10]
+    whole = await get(edge.port, "/dl/big.mp4", timeout=30)
+    assert whole.status == 200 and whole.body == body
+    assert route.ranges[2:] == [f"bytes=0-{2 * MIB - 1}", f"bytes={2 * MIB}-{4 * MIB - 1}",
+                                f"bytes={4 * MIB}-{6 * MIB - 1}"]
