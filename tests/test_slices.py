@@ -78,6 +78,16 @@ def slice_keys(server) -> list[str]:
     return sorted(e.key for e in server.node.store)
 
 
+async def stored(server, count: int = 1) -> list[str]:
+    """The server's stored keys once it holds ``count`` (a fill stores after its readers
+    got their bytes), waiting at most 5 s."""
+    for _ in range(100):
+        if len(slice_keys(server)) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return slice_keys(server)
+
+
 async def test_first_byte_of_a_cold_object_moves_one_slice_per_tier(origin, start_node):
     route = serve(origin, "/dl/big.mp4")
     nodes = await tiers(origin, start_node)
@@ -87,7 +97,7 @@ async def test_first_byte_of_a_cold_object_moves_one_slice_per_tier(origin, star
     assert route.ranges == [f"bytes=0-{SLICE - 1}"]
     assert route.bytes_sent == SLICE
     for server in nodes:  # each tier fetched and stored exactly slice 0
-        assert slice_keys(server) == [KeyPolicy.slice_key("/dl/big.mp4", 0)]
+        assert await stored(server) == [KeyPolicy.slice_key("/dl/big.mp4", 0)]
         assert server.node.stats.upstream_failures == 0
     again = await get(nodes[2].port, "/dl/big.mp4", {"Range": "bytes=5-9"})
     assert again.body == BIG[5:10]
@@ -114,6 +124,7 @@ async def test_whole_object_is_byte_identical_then_a_hit(origin, start_node):
     assert int(cold.header("content-length")) == len(BIG)
     assert cold.body == BIG
     assert len(route.ranges) == 32 and route.bytes_sent == len(BIG)
+    assert len(await stored(edge, 32)) == 32  # the last fill stores after its last byte left
     warm = await get(edge.port, "/dl/big.mp4", timeout=60)
     assert warm.status == 200 and warm.body == BIG
     assert warm.header("cache-status").split(", ")[-1].startswith("edge-t; hit")
@@ -188,6 +199,7 @@ async def test_an_origin_that_ignores_range_is_served_whole(origin, start_node):
     edge = await start_node(origin.url, slice_size="1MiB")
     response = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=10-19"})
     assert response.status == 206 and response.body == BIG[10:20]
+    assert await stored(edge) == ["/dl/big.mp4"]
     whole = await get(edge.port, "/dl/big.mp4")
     assert whole.status == 200 and whole.body == BIG[:3 * MIB]
     assert whole.header("cache-status").startswith("edge-t; hit")
@@ -200,6 +212,7 @@ async def test_small_objects_and_other_paths(origin, start_node):
     origin.set("/v/a/seg.m4s", BIG[:5000], headers={"Cache-Control": "max-age=60"})
     edge = await start_node(origin.url, slice_size="1MiB")
     assert (await get(edge.port, "/dl/small.mp4")).body == BIG[:1000]
+    await stored(edge)
     assert (await get(edge.port, "/dl/small.mp4")).header("cache-status").startswith("edge-t; hit")
     assert small.ranges == [f"bytes=0-{SLICE - 1}"]
     whole = await get(edge.port, "/dl/small.mp4")  # one stored slice, answered at once
@@ -212,7 +225,7 @@ async def test_small_objects_and_other_paths(origin, start_node):
     assert head.status == 200 and head.header("content-length") == "1000"
     assert small.ranges == [f"bytes=0-{SLICE - 1}"]
     assert (await get(edge.port, "/v/a/seg.m4s")).body == BIG[:5000]
-    assert "/v/a/seg.m4s" in slice_keys(edge)  # not sliced: stored whole
+    assert "/v/a/seg.m4s" in await stored(edge, 2)  # not sliced: stored whole
     assert origin.seen_headers[-1].get("Range") is None
 
 
@@ -233,7 +246,7 @@ async def test_a_purge_of_the_object_removes_its_slices(origin, start_node):
     serve(origin, "/dl/big.mp4")
     edge = await start_node(origin.url, slice_size="1MiB")
     await get(edge.port, "/dl/big.mp4", {"Range": f"bytes=0-{2 * SLICE}"})
-    assert len(slice_keys(edge)) == 3
+    assert len(await stored(edge, 3)) == 3
     node = edge.node
     assert node.store.remove_matching(node.keys.purge_matcher("path", "/dl/big.mp4")) == 3
     assert slice_keys(edge) == []
@@ -303,16 +316,13 @@ async def test_a_topology_over_an_fs_origin_that_answers_no_range(tmp_path):
         first = await get(edge, "/dl/film.mp4", {"Range": "bytes=0-0"})
         assert first.status == 206 and first.body == BIG[:1]
         by_name = {s.node.name: s for s in servers}
-        for _ in range(100):  # the shield's whole fill goes on after the first byte: ≤ 5 s
-            if slice_keys(by_name["shield-1"]):
-                break
-            await asyncio.sleep(0.05)
-        assert slice_keys(by_name["shield-1"]) == ["/dl/film.mp4"]  # whole, from the fs
+        # (the shield's whole fill goes on after the first byte)
+        assert await stored(by_name["shield-1"]) == ["/dl/film.mp4"]  # whole, from the fs
         for name in ("regional-1", "edge-a"):
-            assert slice_keys(by_name[name]) == [KeyPolicy.slice_key("/dl/film.mp4", 0)]
+            assert await stored(by_name[name]) == [KeyPolicy.slice_key("/dl/film.mp4", 0)]
         whole = await get(edge, "/dl/film.mp4")
         assert whole.status == 200 and whole.body == BIG[:4 * MIB]
-        assert len(slice_keys(by_name["edge-a"])) == 4
+        assert len(await stored(by_name["edge-a"], 4)) == 4
     finally:
         for server in reversed(servers):
             await server.stop(grace=1.0)
@@ -332,3 +342,24 @@ async def test_a_reload_that_changes_the_slice_size_never_serves_old_slices(orig
     assert whole.status == 200 and whole.body == body
     assert route.ranges[2:] == [f"bytes=0-{2 * MIB - 1}", f"bytes={2 * MIB}-{4 * MIB - 1}",
                                 f"bytes={4 * MIB}-{6 * MIB - 1}"]
+
+
+async def test_cold_multipart_and_a_client_that_leaves_mid_body(origin, start_node):
+    route = serve(origin, "/dl/big.mp4", body=BIG[:6 * MIB])
+    edge = await start_node(origin.url, slice_size="1MiB")
+    multi = await get(edge.port, "/dl/big.mp4",
+                      {"Range": f"bytes=10-19,{4 * SLICE - 5}-{4 * SLICE + 4}"})
+    assert multi.status == 206
+    message = email.message_from_bytes(b"Content-Type: " + multi.header("content-type").encode()
+                                       + b"\r\n\r\n" + multi.body)
+    assert [p.get_payload(decode=True) for p in message.get_payload()] == [
+        BIG[10:20], BIG[4 * SLICE - 5:4 * SLICE + 5]]
+    assert sorted(route.ranges) == sorted(f"bytes={k * SLICE}-{(k + 1) * SLICE - 1}"
+                                          for k in (0, 3, 4))
+    reader, writer = await asyncio.open_connection("127.0.0.1", edge.port)
+    writer.write(b"GET /dl/big.mp4 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    await reader.readexactly(100_000)  # the head and some body, then gone
+    writer.close()
+    await stored(edge, 2)  # the fills go on without the client
+    whole = await get(edge.port, "/dl/big.mp4", timeout=30)
+    assert whole.status == 200 and whole.body == BIG[:6 * MIB]
