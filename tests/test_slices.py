@@ -363,3 +363,21 @@ async def test_cold_multipart_and_a_client_that_leaves_mid_body(origin, start_no
     await stored(edge, 2)  # the fills go on without the client
     whole = await get(edge.port, "/dl/big.mp4", timeout=30)
     assert whole.status == 200 and whole.body == BIG[:6 * MIB]
+
+
+async def test_slices_evicted_to_the_disk_tier_come_back(origin, start_node, tmp_path):
+    body = BIG[:8 * MIB]
+    route = serve(origin, "/dl/big.mp4", body=body)
+    edge = await start_node(origin.url, slice_size="1MiB", cache_memory="3MiB",
+                            cache_disk="64MiB", cache_dir=str(tmp_path / "disk"))
+    first = await get(edge.port, "/dl/big.mp4", timeout=30)
+    assert first.body == body
+    disk = edge.node.store.disk
+    for _ in range(100):  # the disk tier writes in the background: ≤ 5 s
+        if len(disk) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    assert len(disk) >= 5  # most slices left memory for the disk
+    again = await get(edge.port, "/dl/big.mp4", timeout=30)
+    assert again.status == 200 and again.body == body
+    assert len(route.ranges) == 8  # every slice came back from the disk, none refetched
