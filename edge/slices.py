@@ -424,7 +424,8 @@ class Slicer:
         range_value = headers.get(b"range")
         index = self._first_index(range_value, primary)
         sources: dict[int, CacheEntry | Fetch] = {index: self._source(req, primary, index)}
-        identity, fields, age = await self._opened(sources[index], index)
+        first = sources[index]
+        identity, fields, age = await self._opened(first, index)
         known = self._known.get(primary)
         if known is not None and known != identity:
             # A stored slice of a version a later fill replaced: its siblings go, and so
@@ -461,7 +462,8 @@ class Slicer:
         member = (b"hit" if hit else b"fwd=partial; detail=sliced" if stored
                   else b"fwd=uri-miss; detail=sliced")
         if parsed is None:
-            head = node.delivery.head(200, block, age, member, None, total, close, prior=prior)
+            ttl = first.ttl(time.time()) if hit and type(first) is CacheEntry else None
+            head = node.delivery.head(200, block, age, member, ttl, total, close, prior=prior)
             parts: list[tuple[bytes, int, int]] = [(b"", 0, total)]
             closing = b""
             status = 200

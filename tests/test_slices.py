@@ -127,7 +127,7 @@ async def test_whole_object_is_byte_identical_then_a_hit(origin, start_node):
     assert len(await stored(edge, 32)) == 32  # the last fill stores after its last byte left
     warm = await get(edge.port, "/dl/big.mp4", timeout=60)
     assert warm.status == 200 and warm.body == BIG
-    assert warm.header("cache-status").split(", ")[-1].startswith("edge-t; hit")
+    assert warm.header("cache-status").split(", ")[-1].startswith("edge-t; hit; ttl=")
     assert len(route.ranges) == 32
     head = await get(edge.port, "/dl/big.mp4", method="HEAD")
     assert head.status == 200 and head.header("content-length") == str(len(BIG))
