@@ -103,9 +103,12 @@ class NotSliced(FetchFailed):
     """The upstream answered a slice's request with something other than that slice;
     ``answered`` is its status (200: it ignores Range)."""
 
-    def __init__(self, answered: int, reason: str) -> None:
+    def __init__(self, answered: int, reason: str, *, whole: bool = False) -> None:
         super().__init__(502, reason)
         self.answered = answered
+        # Serve the object the ordinary way for a while (WHOLE_FOR): its upstream ignores
+        # Range (a 200), or answers it for one client only (private).
+        self.whole = whole or answered == 200
 
 
 class _Changed(Exception):
@@ -253,11 +256,13 @@ class Slicer:
             headers = self._storable(response.headers)
             head = node._fetch_head(200, headers, self._header_map(response.headers),
                                     primary, request_time, response_time)
+            if not head.shareable:
+                # Never shared through slices: the ordinary path passes such answers.
+                raise NotSliced(206, "upstream answered a slice for one client only",
+                                whole=True)
             head.status = 206
             head.content_length = length
             fetch.set_head(head)
-            if not head.shareable:
-                node.coalescer.discard(fetch)
             async for chunk in response.chunks(node.config.upstream_timeouts.idle):
                 fetch.append(chunk)
                 if fetch.size > length:
@@ -393,7 +398,7 @@ class Slicer:
             except _Changed:
                 continue
             except NotSliced as refused:
-                if refused.answered == 200:  # it ignores Range: whole, for a while
+                if refused.whole:  # it ignores Range, or answers privately: for a while
                     self._remember(self._whole, primary, time.time() + WHOLE_FOR)
                 await node.miss(req, conn, primary, None)
                 return
@@ -488,7 +493,7 @@ class Slicer:
                 conn.write(closing)
                 node.stats.bytes_sent += len(closing)
         except (_Changed, FetchFailed) as broke:
-            if isinstance(broke, NotSliced) and broke.answered == 200:
+            if isinstance(broke, NotSliced) and broke.whole:
                 self._remember(self._whole, primary, time.time() + WHOLE_FOR)
             conn.abort()  # the head is out: the client must see a cut body, never mixed ones
 

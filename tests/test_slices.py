@@ -35,6 +35,7 @@ class RangeOrigin:
         self.etag = etag
         self.delay = delay
         self.honour_range = True
+        self.cache_control = "max-age=3600"
         self.ranges: list[str | None] = []
         self.bytes_sent = 0
 
@@ -43,7 +44,7 @@ class RangeOrigin:
         self.ranges.append(value)
         if self.delay:
             await asyncio.sleep(self.delay)
-        headers = {"Cache-Control": "max-age=3600", "Content-Type": "video/mp4",
+        headers = {"Cache-Control": self.cache_control, "Content-Type": "video/mp4",
                    "ETag": self.etag, "Accept-Ranges": "bytes"}
         body = self.body
         match = RANGE.fullmatch(value or "") if self.honour_range else None
@@ -381,3 +382,15 @@ async def test_slices_evicted_to_the_disk_tier_come_back(origin, start_node, tmp
     again = await get(edge.port, "/dl/big.mp4", timeout=30)
     assert again.status == 200 and again.body == body
     assert len(route.ranges) == 8  # every slice came back from the disk, none refetched
+
+
+async def test_a_private_answer_is_never_shared_through_slices(origin, start_node):
+    route = serve(origin, "/dl/mine.mp4", body=BIG[:2 * MIB])
+    route.cache_control = "private, max-age=60"
+    edge = await start_node(origin.url, slice_size="1MiB")
+    answers = await asyncio.gather(*(get(edge.port, "/dl/mine.mp4", {"Range": "bytes=0-9"})
+                                     for _ in range(3)))
+    assert [a.body for a in answers] == [BIG[:10]] * 3
+    assert [a.status for a in answers] == [206] * 3
+    assert slice_keys(edge) == []
+    assert len(route.ranges) >= 1 + 3  # the refused slice, then one answer per client
