@@ -252,7 +252,6 @@ class Slicer:
                                 f"than slice {index}")
             identity = seen[2]
             length = seen[1] - seen[0] + 1
-            self._learn(primary, identity)
             headers = self._storable(response.headers)
             head = node._fetch_head(200, headers, self._header_map(response.headers),
                                     primary, request_time, response_time)
@@ -260,6 +259,7 @@ class Slicer:
                 # Never shared through slices: the ordinary path passes such answers.
                 raise NotSliced(206, "upstream answered a slice for one client only",
                                 whole=True)
+            self._learn(primary, identity)
             head.status = 206
             head.content_length = length
             fetch.set_head(head)
@@ -391,13 +391,19 @@ class Slicer:
 
     async def _serve(self, req: Request, conn: HttpConnection, primary: str) -> None:
         node = self.node
+        from_zero = False
         for _ in range(ATTEMPTS):
             try:
-                await self._answer(req, conn, primary)
+                await self._answer(req, conn, primary, from_zero)
                 return
             except _Changed:
                 continue
             except NotSliced as refused:
+                if refused.answered == 416 and not from_zero:
+                    # A first position past the end of an object of unknown length: slice 0
+                    # says the length (then 416), rather than a whole fetch the ordinary way.
+                    from_zero = True
+                    continue
                 if refused.whole:  # it ignores Range, or answers privately: for a while
                     self._remember(self._whole, primary, time.time() + WHOLE_FOR)
                 await node.miss(req, conn, primary, None)
@@ -422,12 +428,13 @@ class Slicer:
             return 0  # unsatisfiable as far as we know: slice 0 tells
         return first // self.size
 
-    async def _answer(self, req: Request, conn: HttpConnection, primary: str) -> None:
+    async def _answer(self, req: Request, conn: HttpConnection, primary: str,
+                      from_zero: bool = False) -> None:
         node = self.node
         size = self.size
         headers = req.headers
         range_value = headers.get(b"range")
-        index = self._first_index(range_value, primary)
+        index = 0 if from_zero else self._first_index(range_value, primary)
         sources: dict[int, CacheEntry | Fetch] = {index: self._source(req, primary, index)}
         first = sources[index]
         identity, fields, age = await self._opened(first, index)

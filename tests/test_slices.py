@@ -394,3 +394,15 @@ async def test_a_private_answer_is_never_shared_through_slices(origin, start_nod
     assert [a.status for a in answers] == [206] * 3
     assert slice_keys(edge) == []
     assert len(route.ranges) >= 1 + 3  # the refused slice, then one answer per client
+
+
+async def test_a_range_past_the_end_of_a_cold_object_is_416_without_a_whole_fetch(
+        origin, start_node):
+    route = serve(origin, "/dl/big.mp4", body=BIG[:3 * MIB])
+    edge = await start_node(origin.url, slice_size="1MiB")
+    response = await get(edge.port, "/dl/big.mp4", {"Range": f"bytes={10 * MIB}-"})
+    assert response.status == 416
+    assert response.header("content-range") == f"bytes */{3 * MIB}"
+    assert route.ranges == [f"bytes={10 * SLICE}-{11 * SLICE - 1}", f"bytes=0-{SLICE - 1}"]
+    assert route.bytes_sent == SLICE
+    assert await stored(edge) == [KeyPolicy.slice_key("/dl/big.mp4", 0)]
