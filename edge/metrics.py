@@ -66,6 +66,9 @@ class NodeStats:
         self.prefetch_dropped = 0
         # Prefetches refused by their bounds (edge/video/prefetch_bounds.py), by reason.
         self.prefetch_refused: dict[str, int] = {}
+        # Access log lines dropped (edge/ops/accesslog.py), by reason: queue (full), write
+        # (the write failed, e.g. ENOSPC). Written by the log's thread.
+        self.access_log_dropped: dict[str, int] = {}
         self.cmcd_requests = 0
         self.cmcd_starving = 0
         self.cmcd_buffer_ms_sum = 0
@@ -220,6 +223,7 @@ def stats_snapshot(stats: NodeStats) -> dict[str, Any]:
         "ttfb_sum": stats.ttfb_sum,
         "token_refusals": dict(stats.token_refusals),
         "prefetch_refused": dict(stats.prefetch_refused),
+        "access_log_dropped": dict(stats.access_log_dropped),
         "upstream_resumes": dict(stats.upstream_resumes),
         "steering": {name: dict(getattr(stats, name)) for name in STEERING_SERIES},
     }
@@ -255,6 +259,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
     ttfb_sum = 0.0
     refusals: dict[str, int] = {}
     prefetch_refused: dict[str, int] = {}
+    access_log_dropped: dict[str, int] = {}
     resumes: dict[str, int] = {}
     snapshots = list(snapshots)
     for snap in snapshots:
@@ -264,6 +269,8 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
             refusals[reason] = refusals.get(reason, 0) + value
         for reason, value in snap.get("prefetch_refused", {}).items():
             prefetch_refused[reason] = prefetch_refused.get(reason, 0) + value
+        for reason, value in snap.get("access_log_dropped", {}).items():
+            access_log_dropped[reason] = access_log_dropped.get(reason, 0) + value
         for method, status, code, value in snap["requests"]:
             key = (method, status, int(code))
             requests[key] = requests.get(key, 0) + value
@@ -289,6 +296,7 @@ def sum_snapshots(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "ttfb_sum": ttfb_sum,
         "token_refusals": refusals,
         "prefetch_refused": prefetch_refused,
+        "access_log_dropped": access_log_dropped,
         "upstream_resumes": resumes,
         "steering": _sum_steering(snapshots),
     }
@@ -328,6 +336,14 @@ def collect_families(
     for reason, value in sorted(stats.get("prefetch_refused", {}).items()):
         prefetch_refused.add_metric([node, reason], value)
     yield prefetch_refused
+    access_log_dropped = CounterMetricFamily(
+        "reelcdn_access_log_dropped", "Access log lines dropped, by reason: queue (the writer's "
+        "queue was full), write (the write failed, e.g. a full disk)",
+        labels=["node", "reason"],
+    )
+    for reason, value in sorted(stats.get("access_log_dropped", {}).items()):
+        access_log_dropped.add_metric([node, reason], value)
+    yield access_log_dropped
     yield from _steering_families(node, stats.get("steering", {}))
 
     buckets = []

@@ -352,7 +352,8 @@ def test_missing_required_key(missing: str, key: str, message: str) -> None:
          'did you mean "first_byte"?'),
         ({"ttl": [{"match": "*", "ttl": 1, "stauses": [404]}]}, "node.edge-a.ttl[0].stauses",
          'did you mean "statuses"?'),
-        ({"zzz": 1}, "node.edge-a.zzz", "allowed keys are admin, admin_advertise, admin_token"),
+        ({"zzz": 1}, "node.edge-a.zzz",
+         "allowed keys are access_log, access_log_buffer, access_log_format"),
     ],
 )
 def test_unknown_keys_are_errors(table: dict[str, Any], key: str, message: str) -> None:
@@ -891,3 +892,36 @@ def test_disk_tier_key_errors(table: dict[str, Any], key: str, fragment: str) ->
     err = node_error(table)
     assert err.key == key and fragment in err.message
     assert str(err).startswith("t.toml: " + key)
+
+
+# -- access log keys ---------------------------------------------------------------------------
+
+
+def test_access_log_is_off_by_default_and_takes_stdout_or_a_path(tmp_path: Path) -> None:
+    base: dict[str, Any] = {"listen": "127.0.0.1:8080", "upstream": "http://127.0.0.1:8000"}
+    config = node_config_from_dict("edge-a", base)
+    assert config.access_log is None and config.access_log_format == "json"
+    assert config.access_log_sample == 1.0 and config.access_log_buffer == 16384
+    assert node_config_from_dict("edge-a", {**base, "access_log": "off"}).access_log is None
+    assert node_config_from_dict("edge-a", {**base, "access_log": "stdout"}).access_log == "stdout"
+    path = tmp_path / "access.log"
+    config = node_config_from_dict("edge-a", {
+        **base, "access_log": str(path), "access_log_format": "combined",
+        "access_log_sample": 0.25, "access_log_buffer": 1000,
+    })
+    assert config.access_log == str(path)
+    assert (config.access_log_format, config.access_log_sample) == ("combined", 0.25)
+    assert config.access_log_buffer == 1000
+
+
+@pytest.mark.parametrize(("table", "words"), [
+    ({"access_log": "/no/such/dir/access.log"}, "does not exist"),
+    ({"access_log": 3}, '"off", "stdout" or a file path'),
+    ({"access_log_format": "apache"}, '"json" or "combined"'),
+    ({"access_log_sample": 1.5}, "between 0 and 1"),
+    ({"access_log_buffer": 2}, "access_log_buffer"),
+])
+def test_bad_access_log_values_name_the_key(table: dict[str, Any], words: str) -> None:
+    error = node_error(table)
+    key = next(iter(table))
+    assert key in str(error) and words in str(error)

@@ -298,6 +298,35 @@ def _parse_cache_dir(value: Any, ctx: Context, key: str) -> str:
     return path
 
 
+def _parse_access_log(value: Any, ctx: Context, key: str) -> str | None:
+    """``"off"`` (or empty): no access log; ``"stdout"``; else a file path, resolved against
+    the file's directory, whose directory must exist (the file is created, appended to)."""
+    if value is False:
+        return None
+    if not isinstance(value, str):
+        raise type_error(ctx.file, key, '"off", "stdout" or a file path', value)
+    text = value.strip()
+    if not text or text == "off":
+        return None
+    if text == "stdout":
+        return text
+    path = os.path.normpath(os.path.join(
+        ctx.base_dir if ctx.base_dir is not None else os.getcwd(), os.path.expanduser(text),
+    ))
+    if os.path.isdir(path):
+        raise ConfigError(ctx.file, key, f"{quote(path)} is a directory, not a file")
+    if not os.path.isdir(os.path.dirname(path)):
+        raise ConfigError(ctx.file, key,
+                          f"directory {quote(os.path.dirname(path))} does not exist")
+    return path
+
+
+def _parse_access_log_format(value: Any, ctx: Context, key: str) -> str:
+    if value not in ("json", "combined"):
+        raise ConfigError(ctx.file, key, f'must be "json" or "combined", got {value!r}')
+    return str(value)
+
+
 def _parse_admin_token(value: Any, ctx: Context, key: str) -> str:
     if not isinstance(value, str):
         raise type_error(ctx.file, key, "a string", value)
@@ -1089,6 +1118,16 @@ NODE_KEY_TABLE: dict[str, Key] = _table(
     _key("tokens", _special(_subtable(lambda: TOKEN_KEY_TABLE), "table"),
          "Signed URLs and cookies checked before the cache, see tokens below.",
          default="none", merge="fields", build=_build_tokens),
+    _key("access_log", _special(_parse_access_log, '"off", "stdout" or a path'),
+         "One line per response (docs/operations.md#access-logs): \"stdout\" or a file "
+         "(reopened on SIGUSR1); off by default.", default='`"off"`'),
+    _key("access_log_format", _special(_parse_access_log_format, '"json" or "combined"'),
+         "JSON lines, or nginx's combined format.", default='`"json"`'),
+    _key("access_log_sample", _fraction(),
+         "The share of responses logged (each one drawn at random): for very busy nodes."),
+    _key("access_log_buffer", _count(16, 1 << 22),
+         "Lines queued for the log's writer thread; beyond, lines are dropped and counted "
+         "(reelcdn_access_log_dropped_total), never waited for."),
     _key("plays_url", _special(_parse_plays_url, "http(s) URL"),
          "An edge counts plays and posts them in batches here (docs/plays.md); empty: off.",
          default="none (off)"),

@@ -316,6 +316,13 @@ class NodeConfig:
     plays_token: str | None = None
     plays_flush_interval: float = 5.0      # a batch every this many seconds
     plays_max_pending: int = 4 * 1024 * 1024  # bytes of unsent batches kept (oldest dropped)
+    # Access log (edge/http/accesslog.py, docs/operations.md#access-logs): None (off), "stdout"
+    # or an absolute file path; one line per response, "json" or nginx "combined"; a share of
+    # responses logged (sampling); lines queued for the writer thread beyond which they drop.
+    access_log: str | None = None
+    access_log_format: str = "json"
+    access_log_sample: float = 1.0
+    access_log_buffer: int = 16384
     # Where other nodes and tools reach this node (another host's view of it), as written in
     # the file; None: derived from listen / admin (see advertised(), admin_advertised()).
     advertise: tuple[str, int] | None = None

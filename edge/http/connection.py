@@ -96,11 +96,24 @@ class ConnectionNode(Protocol):
         ...
 
 
+class AccessLogSink(Protocol):
+    """Where a connection hands each finished response for the access log
+    (``edge/ops/accesslog.py``'s ``AccessLog``): queued, formatted and written elsewhere."""
+
+    def emit(self, request: Request, client: str, head: bytes | None, sent: int, ttfb: float,
+             end: float, aborted: bool) -> None: ...
+
+
 class ConnectionOwner(Protocol):
     """What a connection needs of the server that accepted it (``NodeServer``)."""
 
     @property
     def node(self) -> ConnectionNode: ...
+
+    @property
+    def access_log(self) -> AccessLogSink | None:
+        """Each response is handed to it when complete or cut; None: no access log."""
+        ...
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...
@@ -244,6 +257,10 @@ class HttpConnection(asyncio.Protocol):
         "_socket",
         "_file_send",
         "cors_allow",
+        "_req",
+        "_head",
+        "_sent",
+        "_ttfb",
     )
 
     def __init__(self, server: ConnectionOwner) -> None:
@@ -277,6 +294,13 @@ class HttpConnection(asyncio.Protocol):
         # (a list of cors_origins, edge/http/cors.py): set by the node for each request,
         # written into the response's head by its first write.
         self.cors_allow = b""
+        # The access log's bookkeeping of the response being written: its request, its first
+        # write (the head: status, Cache-Status), the bytes handed to the transport and the
+        # time to first byte. Set on the hot path, read only when the node logs (_log).
+        self._req: Request | None = None
+        self._head: bytes | None = None
+        self._sent = 0
+        self._ttfb = -1.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -297,6 +321,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._req is not None and self.server.access_log is not None:
+            self._log(True)  # the client left before the response was complete
         if self._file_send is not None:
             self._end_file_send()
         if self._socket is not None:
@@ -361,6 +387,7 @@ class HttpConnection(asyncio.Protocol):
             return
         # _dispatch, inlined: this is every HIT's path.
         self._ttfb_start = request.start
+        self._req = request
         try:
             pending = self.node.receive(request, self)
         except Exception as exc:
@@ -383,6 +410,7 @@ class HttpConnection(asyncio.Protocol):
     def _dispatch(self, request: Request) -> None:
         """Answer one request; if the node needs to await, serialise the rest behind it."""
         self._ttfb_start = request.start
+        self._req = request
         try:
             pending = self.node.receive(request, self)
         except Exception as exc:
@@ -469,15 +497,21 @@ class HttpConnection(asyncio.Protocol):
         if request.version != b"1.1" or not request.keep_alive:
             self._close_after = True
         close = self.connection_field(request) == b"Connection: close\r\n"
-        self.transport.write(error_response(500, "internal error", close=close,
-                                            head_only=request.method == "HEAD"))
+        answer = error_response(500, "internal error", close=close,
+                                head_only=request.method == "HEAD")
+        self._head, self._sent = answer, len(answer)
+        self.transport.write(answer)
         self._response_done()
 
     def _response_done(self) -> None:
         """A response was written (or handed to sendfile): the one place a connection acts on
         keep-alive. It ends when the response said ``Connection: close``
         (``connection_field`` decided ``_close_after``) or the client half-closed with nothing
-        left to answer; a body still leaving by sendfile goes first (``_close`` waits)."""
+        left to answer; a body still leaving by sendfile goes first (``_close`` waits).
+        The access log's line is handed over here, or once such a body is out."""
+        if (self.server.access_log is not None and self._file_send is None
+                and self._req is not None):
+            self._log(False)
         if self._close_after or (self._eof and not self._queue):
             self._close()
 
@@ -523,13 +557,47 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._dispatch(request)
 
+    def _log(self, aborted: bool) -> None:
+        """Hand the response being answered to the access log: complete, or ``aborted`` with
+        the bytes that left (what the transport or sendfile still held did not)."""
+        request = self._req
+        self._req = None
+        sink = self.server.access_log
+        if request is None or sink is None:
+            return
+        written = not self._ttfb_start  # (reset by the response's first write)
+        sent = self._sent if written else 0
+        if aborted and written:
+            pending = self._file_send
+            if pending is not None:
+                sent -= pending.end - pending.start
+            transport = self.transport
+            if transport is not None:
+                try:
+                    sent -= transport.get_write_buffer_size()
+                except Exception:  # a closed transport may not say
+                    pass
+        head = self._head if written else None
+        if head is not None and type(head) is not bytes:
+            head = bytes(head[:8192])
+        sink.emit(request, self.client_ip, head, max(sent, 0),
+                  self._ttfb if head is not None else -1.0, self.server.loop.time(), aborted)
+        # A request refused before its head was whole has no start, so its answer is not a
+        # "first write" (write): it adds to a count starting from here.
+        self._head = None
+        self._sent = 0
+
     # -- what the node uses ------------------------------------------------------------------
     def write(self, data: bytes | memoryview) -> None:
         if self._ttfb_start:  # the response's first write: its head
-            self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
+            self._ttfb = ttfb = self.server.loop.time() - self._ttfb_start
+            self.node.stats.observe_ttfb(ttfb)
             self._ttfb_start = 0.0
             if self.cors_allow:
                 data = _with_field(data, self.cors_allow)
+            self._head = data  # type: ignore[assignment]
+            self._sent = 0
+        self._sent += len(data)
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
@@ -538,10 +606,14 @@ class HttpConnection(asyncio.Protocol):
         slices of a body) in one gather write: one system call and as few segments as the
         bytes need, where a write per piece made a segment per piece (``TCP_NODELAY``)."""
         if self._ttfb_start:
-            self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
+            self._ttfb = ttfb = self.server.loop.time() - self._ttfb_start
+            self.node.stats.observe_ttfb(ttfb)
             self._ttfb_start = 0.0
             if self.cors_allow:
                 pieces[0] = _with_field(pieces[0], self.cors_allow)
+            self._head = pieces[0]  # type: ignore[assignment]
+            self._sent = 0
+        self._sent += sum(map(len, pieces))
         if not self.closed and self.transport is not None:
             self.transport.writelines(pieces)
 
@@ -557,10 +629,14 @@ class HttpConnection(asyncio.Protocol):
         for any write.
         """
         if self._ttfb_start:
-            self.node.stats.observe_ttfb(self.server.loop.time() - self._ttfb_start)
+            self._ttfb = ttfb = self.server.loop.time() - self._ttfb_start
+            self.node.stats.observe_ttfb(ttfb)
             self._ttfb_start = 0.0
             if self.cors_allow:
                 head = _with_field(head, self.cors_allow)  # type: ignore[assignment]
+            self._head = head
+            self._sent = 0
+        self._sent += len(head) + end - start
         transport = self.transport
         if self.closed or transport is None:
             return
@@ -637,11 +713,9 @@ class HttpConnection(asyncio.Protocol):
         except BlockingIOError:
             return
         except OSError:
-            self._end_file_send()
-            self.abort()  # the peer is gone
+            self.abort()  # the peer is gone (abort ends the file send)
             return
         if not sent:
-            self._end_file_send()
             self.abort()  # the body file ended early: cannot happen with a sealed memfd
             return
         pending.start += sent
@@ -697,6 +771,8 @@ class HttpConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         """Cut the connection without completing the response (the body broke)."""
+        if self._req is not None and self.server.access_log is not None:
+            self._log(True)
         self.closed = True
         if self._file_send is not None:
             self._end_file_send()

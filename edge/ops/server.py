@@ -27,6 +27,7 @@ from reelcdn.edge.config import NodeConfig, describe_upstream
 from reelcdn.edge.fetch.contract import Upstream
 from reelcdn.edge.http.connection import HttpConnection
 from reelcdn.edge.node import CacheNode
+from reelcdn.edge.ops.accesslog import AccessLog
 from reelcdn.edge.ops.admin import LocalAdmin, build_admin_app, start_admin
 
 log = logging.getLogger("reelcdn.server")
@@ -74,6 +75,8 @@ class NodeServer:
         self.port: int = 0
         self.admin_port: int | None = None
         self.private_port: int | None = None
+        # The access log (accesslog.py): each connection hands it its finished responses.
+        self.access_log: AccessLog | None = None
 
     @staticmethod
     def _served_hosts(config: NodeConfig, port: int | None = None) -> frozenset[str]:
@@ -111,6 +114,7 @@ class NodeServer:
         # need is kept, and cached bodies' memory files get the rest (one descriptor each).
         descriptor_budget(config)
         await self.node.start()
+        self._start_access_log(config)
         self._server = await self.loop.create_server(
             lambda: HttpConnection(self),
             host=config.listen_host,
@@ -151,6 +155,23 @@ class NodeServer:
             admin_where, describe_upstream(config),
         )
 
+    def _start_access_log(self, config: NodeConfig) -> None:
+        if config.access_log is not None:
+            self.access_log = AccessLog(config, self.node.stats, self.node.delivery.member)
+            self.access_log.upstream_name = self.node.upstream.name
+            self.access_log.start()
+
+    async def _close_access_log(self) -> None:
+        """Stop the log's writer (it writes what is queued first, bounded) off the loop."""
+        access_log, self.access_log = self.access_log, None
+        if access_log is not None:
+            await self.loop.run_in_executor(None, access_log.close)
+
+    def reopen_logs(self) -> None:
+        """SIGUSR1: the access log opens its path again (after logrotate renamed it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
+
     def _sweep(self) -> None:
         self.clock = now = self.loop.time()
         self._sweep_batch(list(self.connections), 0, now)
@@ -170,6 +191,13 @@ class NodeServer:
             log.warning("listen address changes need a restart; keeping %s:%d",
                         old.listen_host, old.listen_port)
         await self.node.apply_config(config)
+        if config.access_log is None:
+            await self._close_access_log()
+        elif self.access_log is None:
+            self._start_access_log(config)
+        else:
+            self.access_log.configure(config)
+            self.access_log.upstream_name = self.node.upstream.name
         self.served_hosts = self._served_hosts(config, self.port)
         log.info("node %s reloaded its configuration", config.name)
 
@@ -198,6 +226,7 @@ class NodeServer:
         if self.admin_socket is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.admin_socket)
+        await self._close_access_log()
         await self.node.close()
         for listener in (self._server, self._private):
             if listener is not None:
@@ -231,17 +260,20 @@ async def serve(
     admin_socket: str | None = None,
     worker_index: int | None = None,
 ) -> None:
-    """Run a node until SIGINT/SIGTERM; SIGHUP reloads through ``reload_config``.
+    """Run a node until SIGINT/SIGTERM; SIGHUP reloads through ``reload_config``; SIGUSR1
+    reopens the access log (logrotate).
 
     ``build_upstream`` as for :class:`NodeServer`; ``reuse_port``, ``admin_socket`` and
     ``worker_index`` make it one worker of a multi-worker node."""
     server = NodeServer(config, build_upstream, reuse_port=reuse_port,
                         admin_socket=admin_socket, worker_index=worker_index)
+    loop = asyncio.get_running_loop()
+    # Before the listener opens: SIGUSR1's default action would end the process.
+    loop.add_signal_handler(signal.SIGUSR1, server.reopen_logs)
     await server.start()
     if ready is not None:
         ready(server)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
 
     reloading: set[asyncio.Task[None]] = set()
 

@@ -22,8 +22,9 @@ What that means for an operator:
   unix sockets in a private directory; the master reads ``/internal/stats`` from them and
   renders metrics with the same code as a single node (``metrics.collect_families``).
 * **Supervision.** A worker that dies is restarted with a growing back-off; SIGHUP is passed
-  to every worker (each reloads the file); SIGTERM/SIGINT stop the workers gracefully
-  (SIGTERM, ``shutdown_grace`` + 5 s, then SIGKILL) and the master exits 0. Workers ask Linux
+  to every worker (each reloads the file), SIGUSR1 too (each reopens its access log);
+  SIGTERM/SIGINT stop the workers gracefully (SIGTERM, ``shutdown_grace`` + 5 s, then
+  SIGKILL) and the master exits 0. Workers ask Linux
   to SIGTERM them if the master dies (``PR_SET_PDEATHSIG``), so none outlives it.
 
 Counters survive a worker's restart: the master keeps the last snapshot it read from each
@@ -510,6 +511,8 @@ class Master:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_stop)
         loop.add_signal_handler(signal.SIGHUP, self._on_hup)
+        # logrotate: each worker reopens its own descriptor of the access log.
+        loop.add_signal_handler(signal.SIGUSR1, self.signal_workers, signal.SIGUSR1)
         config = self.config
         try:
             try:
