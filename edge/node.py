@@ -233,7 +233,7 @@ class CacheNode:
     def _slicer(self, config: NodeConfig) -> Slicer | None:
         if not config.slice_size:
             return None
-        return Slicer(self, _storable_headers, _header_map)
+        return Slicer(self, _storable_headers, _header_map, _merge_304)
 
     async def _retire(self, upstream: Upstream, linger: float = 60.0) -> None:
         """Close a replaced upstream once the fills that use it are done (at most

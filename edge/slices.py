@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from reelcdn.edge.cache.bodyfile import BodyFiles, FileBody
 from reelcdn.edge.cache.entry import CacheEntry
+from reelcdn.edge.cache.freshness import current_age
 from reelcdn.edge.cache.keys import KeyPolicy
 from reelcdn.edge.cache.store import MemoryStore
 from reelcdn.edge.delivery import Delivery
@@ -147,9 +148,12 @@ class Slicer:
         node: SliceHost,
         storable_headers: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]],
         header_map: Callable[[list[tuple[bytes, bytes]]], dict[str, str]],
+        merge_304: Callable[[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], float],
+                            list[tuple[bytes, bytes]]],
     ) -> None:
-        """``storable_headers`` and ``header_map``: the node's own helpers (``node.py``),
-        passed in so that a slice's head is stored exactly as a whole response's."""
+        """``storable_headers``, ``header_map`` and ``merge_304``: the node's own helpers
+        (``node.py``), passed in so that a slice's head is stored and refreshed exactly as a
+        whole response's."""
         config = node.config
         self.node = node
         self.size = config.slice_size
@@ -157,6 +161,7 @@ class Slicer:
                                  or "(?!)")
         self._storable = storable_headers
         self._header_map = header_map
+        self._merge_304 = merge_304
         self._known: dict[str, Identity] = {}
         self._whole: dict[str, float] = {}
 
@@ -203,12 +208,16 @@ class Slicer:
         node = self.node
         key = KeyPolicy.slice_key(primary, index)
         entry = node.store.lookup(key, _NO_FIELDS)
-        if entry is not None and time.time() < entry.fresh_until:
+        stale = None
+        if entry is not None:
             seen = slice_identity(entry.headers)
-            if seen is not None and self._is_slice(seen, index):
+            if seen is None or not self._is_slice(seen, index):
+                node.store.remove(key)  # a slice of another size (before a reload): anew
+            elif time.time() < entry.fresh_until:
                 entry.hits += 1
                 return entry
-            node.store.remove(key)  # a slice of another size (before a reload): fetch anew
+            elif seen[2] == self._known.get(primary, seen[2]):
+                stale = entry  # revalidated with its validators: a 304 keeps its body
         fetch = node.coalescer.get(key)
         if fetch is not None:
             node.stats.coalesced_waiters += 1
@@ -216,10 +225,16 @@ class Slicer:
         order = node.fill_order(req, primary)
         first = index * self.size
         order.fields.append((b"Range", b"bytes=%d-%d" % (first, first + self.size - 1)))
+        if stale is not None:
+            if stale.etag is not None:
+                order.fields.append((b"If-None-Match", stale.etag.encode("latin-1")))
+            if stale.last_modified is not None:
+                order.fields.append((b"If-Modified-Since",
+                                     stale.last_modified.encode("latin-1")))
         fetch = Fetch(key, primary, order.selecting)
         node.coalescer.add(fetch)
         fetch.task = asyncio.get_running_loop().create_task(
-            self._fill(fetch, primary, index, order))
+            self._fill(fetch, primary, index, order, stale))
         node._background.add(fetch.task)
         fetch.task.add_done_callback(node._background.discard)
         return fetch
@@ -234,15 +249,20 @@ class Slicer:
         entry = self.node.store.peek(KeyPolicy.slice_key(primary, index))
         return entry is not None and time.time() < entry.fresh_until
 
-    async def _fill(self, fetch: Fetch, primary: str, index: int, order: FillOrder) -> None:
-        """Fetch one slice; check it is that slice; hand it to the readers; store it.
-        Never raises: failures go to the readers."""
+    async def _fill(self, fetch: Fetch, primary: str, index: int, order: FillOrder,
+                    stale: CacheEntry | None = None) -> None:
+        """Fetch one slice (revalidate ``stale``); check it is that slice; hand it to the
+        readers; store it. Never raises: failures go to the readers."""
         node = self.node
         response = None
         try:
             request_time = time.time()
             response = await node.upstream.request("GET", order.target, order.fields)
             response_time = time.time()
+            if response.status == 304 and stale is not None:
+                self._refreshed(fetch, primary, index, stale, response.headers,
+                                request_time, response_time)
+                return
             if response.status != 206:
                 raise NotSliced(response.status,
                                 f"upstream answered {response.status} to a slice")
@@ -299,6 +319,37 @@ class Slicer:
                     response.close()  # a whole body we will not read: drop the connection
                 else:
                     response.release()
+
+    def _refreshed(self, fetch: Fetch, primary: str, index: int, stale: CacheEntry,
+                   answered: list[tuple[bytes, bytes]], request_time: float,
+                   response_time: float) -> None:
+        """A 304 for a stale slice (RFC 9111 §4.3.4): its fields refreshed, its body kept,
+        both handed to the readers as the slice."""
+        node = self.node
+        merged = self._merge_304(stale.headers, answered, response_time)
+        seen = slice_identity(merged)
+        if seen is None or not self._is_slice(seen, index):
+            raise NotSliced(304, "a 304 changed the slice's Content-Range")
+        hmap = self._header_map(merged)
+        answered_map = self._header_map(answered)
+        age = current_age(answered_map.get("age"), hmap.get("date"), request_time,
+                          response_time)
+        head = node._fetch_head(200, merged, hmap, primary, request_time, response_time)
+        head.status = 206
+        head.content_length = len(stale.body)
+        head.initial_age = age
+        self._learn(primary, seen[2])
+        fetch.set_head(head)
+        # A view, not the body: a FileBody is an mmap, which the plain asyncio transport
+        # refuses to write; the view is what write_file queues of one anyway.
+        fetch.append(memoryview(stale.body))  # type: ignore[arg-type]
+        fetch.finish()
+        if not head.storable:
+            node.store.remove(stale.key)  # the refreshed answer may no longer be stored
+            return
+        stale.refresh(merged, head.freshness, response_time, age)
+        if node.store.peek(stale.key) is stale:
+            node.stats.evictions += node.store.insert(stale)  # re-filed: its new header block
 
     async def _opened(self, source: CacheEntry | Fetch, index: int
                       ) -> tuple[Identity, list[tuple[bytes, bytes]], float]:

@@ -36,6 +36,7 @@ class RangeOrigin:
         self.delay = delay
         self.honour_range = True
         self.cache_control = "max-age=3600"
+        self.not_modified = 0
         self.ranges: list[str | None] = []
         self.bytes_sent = 0
 
@@ -47,6 +48,10 @@ class RangeOrigin:
         headers = {"Cache-Control": self.cache_control, "Content-Type": "video/mp4",
                    "ETag": self.etag, "Accept-Ranges": "bytes"}
         body = self.body
+        if request.headers.get("If-None-Match") == self.etag:
+            self.not_modified += 1
+            return web.Response(status=304, headers={"ETag": self.etag,
+                                                     "Cache-Control": self.cache_control})
         match = RANGE.fullmatch(value or "") if self.honour_range else None
         if match is None:
             self.bytes_sent += len(body)
@@ -406,3 +411,21 @@ async def test_a_range_past_the_end_of_a_cold_object_is_416_without_a_whole_fetc
     assert route.ranges == [f"bytes={10 * SLICE}-{11 * SLICE - 1}", f"bytes=0-{SLICE - 1}"]
     assert route.bytes_sent == SLICE
     assert await stored(edge) == [KeyPolicy.slice_key("/dl/big.mp4", 0)]
+
+
+async def test_stale_slices_are_revalidated_through_the_tiers(origin, start_node):
+    """A stale slice is asked with its validators; a 304 keeps its body (no bytes move)."""
+    route = serve(origin, "/dl/big.mp4", body=BIG[:3 * MIB])
+    route.cache_control = "max-age=1"
+    *_, edge = await tiers(origin, start_node)
+    first = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-9"})
+    assert first.body == BIG[:10]
+    await stored(edge)
+    await asyncio.sleep(1.2)
+    again = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-9"})
+    assert again.status == 206 and again.body == BIG[:10]
+    assert route.not_modified == 1 and route.bytes_sent == SLICE
+    assert await stored(edge) == [KeyPolicy.slice_key("/dl/big.mp4", 0)]
+    fresh = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-9"})
+    assert fresh.header("cache-status").split(", ")[-1].startswith("edge-t; hit")
+    assert route.not_modified == 1
