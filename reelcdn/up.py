@@ -103,25 +103,28 @@ def ensure_demo_videos(topology: Topology) -> list[str]:
     return ids
 
 
-DEMO_OWNER = "reelcdn"
+DEMO_CREATORS = ("ana", "ben", "chloe")
+"""The users whose uploads the demo videos are, in turn. Not ``demo``, the user ``reelcdn up``
+signs in: a viewer's own videos are left out of its for-you feed."""
 
 
-def register_demo_videos(topology: Topology, video_ids: list[str]) -> list[str]:
-    """Put the demo videos into the origin services' catalog as ``ready`` videos of the user
-    ``reelcdn`` (not ``demo``, the user ``reelcdn up`` signs in: a viewer's own videos are
-    left out of its for-you feed), so the feed, the web page and the edges' play counts know
-    them; only those in the origin the services publish into. A row already there is left as
-    it is (a restart keeps its likes, views and any change made through the API). Returns the
-    ids registered."""
+def seed_demo(topology: Topology, video_ids: list[str]) -> list[str]:
+    """Seed the origin services with the demo: the demo videos as ``ready`` uploads of a few
+    creators (:data:`DEMO_CREATORS`, in turn), and some follows and likes among them and the
+    user ``demo`` — so the feed, the web page and the edges' play counts have something on
+    first start. Only videos in the origin the services publish into; a video already in the
+    catalog is left as it is, and its follows and likes are not seeded again (a restart keeps
+    whatever happened since). Returns the ids seeded."""
     from reelcdn.manifests.meta import VideoMeta
     from reelcdn.origin.config import open_catalog, services_from_topology
+    from reelcdn.origin.feed.store import SqliteEngagementStore
 
     services = services_from_topology(topology)
     publish = services.publish
     if publish is None or publish.type != "fs" or not publish.root or not video_ids:
         return []
     catalog = open_catalog(services.catalog)
-    registered = []
+    seeded: list[tuple[str, str]] = []
     for number, video_id in enumerate(video_ids, 1):
         try:
             meta = VideoMeta.read(Path(publish.root) / "v" / video_id / "meta.json")
@@ -129,15 +132,31 @@ def register_demo_videos(topology: Topology, video_ids: list[str]) -> list[str]:
             continue  # made in another origin than the one the services publish into
         if catalog.get(video_id) is not None:
             continue
-        catalog.create(video_id, DEMO_OWNER, {
+        owner = DEMO_CREATORS[(number - 1) % len(DEMO_CREATORS)]
+        catalog.create(video_id, owner, {
             "title": f"Demo video {number}",
-            "caption": "Synthesised by reelcdn up: a test picture and a tone.",
-            "hashtags": "#demo #reelcdn",
+            "caption": f"Synthesised by reelcdn up for @{owner}: a test picture and a tone.",
+            "hashtags": "#demo #reelcdn" + (" #tone" if number % 2 else " #pattern"),
         }, status="ready")
         catalog.set_status(video_id, "ready", duration=meta.duration,
                            renditions=[r.name for r in meta.renditions])
-        registered.append(video_id)
-    return registered
+        seeded.append((video_id, owner))
+    if seeded:
+        store = SqliteEngagementStore(services.data_dir / "feed.sqlite")
+        try:
+            now = time.time()
+            owners = sorted({owner for _, owner in seeded})
+            store.follow("demo", owners[0], now)  # the following feed is not empty
+            for i, owner in enumerate(owners):  # each creator follows the next one
+                if len(owners) > 1:
+                    store.follow(owner, owners[(i + 1) % len(owners)], now)
+            for i, (video_id, owner) in enumerate(seeded):
+                for liker in ("demo", *DEMO_CREATORS)[: 1 + i % (len(DEMO_CREATORS) + 1)]:
+                    if liker != owner:
+                        store.like(liker, video_id, now)
+        finally:
+            store.close()
+    return [video_id for video_id, _ in seeded]
 
 
 def write_loadtest_catalog(data_dir: Path, topology: Topology, demo_ids: list[str]) -> Path:
@@ -379,9 +398,10 @@ async def run_up(config: str | None, data_dir: str, log_level: str = "INFO",
         f"--catalog {catalog})")
     services = origin_services(topology, data, config_file)
     if services and video_ids:
-        registered = register_demo_videos(topology, video_ids)
-        if registered:
-            say(f"demo videos in the catalog as user {DEMO_OWNER!r}: {', '.join(registered)}")
+        seeded = seed_demo(topology, video_ids)
+        if seeded:
+            say(f"demo seeded: {', '.join(seeded)} as uploads of {', '.join(DEMO_CREATORS)}, "
+                "with follows and likes")
     supervisor = Supervisor(config_file, topology, log_level, services)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

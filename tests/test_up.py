@@ -147,12 +147,18 @@ def test_up_plays_demo_video_through_edge_a_and_stops_cleanly(running_up):
         urllib.request.urlopen("http://127.0.0.1:9080/metrics", timeout=5)  # noqa: S310
     assert unauthorised.value.code == 401
 
-    # The demo videos are in the origin's catalog, so the feed (and the web page) has them.
+    # The demo is seeded: the demo videos are uploads of a few creators, whom the user demo
+    # partly follows and whose videos it partly likes, so the feed and the page show them.
     user = (data / "user-token").read_text().strip()
     _, _, body = fetch("http://127.0.0.1:8300/api/v1/feed?feed_type=for_you&limit=50",
                        token=user)
-    listed = {item["id"] for item in json.loads(body)["items"]}
-    assert set(catalog) <= listed, (catalog, listed)
+    items = json.loads(body)["items"]
+    assert set(catalog) <= {item["id"] for item in items}, (catalog, items)
+    assert len({item["owner"] for item in items}) >= 3
+    assert any(item["viewer"]["liked"] and item["stats"]["likes"] for item in items), items
+    _, _, body = fetch("http://127.0.0.1:8300/api/v1/feed?feed_type=following", token=user)
+    following = json.loads(body)["items"]
+    assert following and all(item["viewer"]["following"] for item in following), following
     _, _, body = fetch(f"http://127.0.0.1:8300/api/v1/videos/{video}", token=user)
     assert json.loads(body)["status"] == "ready"
 
