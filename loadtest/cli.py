@@ -83,9 +83,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--topology", metavar="FILE",
                        help="a reelcdn topology file: edges as targets, every node's admin "
                        "/metrics (with its token) scraped, tiers named by role")
-    where.add_argument("--catalog", metavar="FILE", required=True,
+    where.add_argument("--catalog", metavar="FILE",
                        help="video ids, /paths or master URLs, one a line (reelcdn up writes "
-                       "DATA_DIR/catalog.txt)")
+                       "DATA_DIR/catalog.txt); not needed with --feed")
+    where.add_argument("--feed", metavar="URL",
+                       help="the origin API's base URL (e.g. http://127.0.0.1:8300): each "
+                       "session first GETs a feed page (phase 'feed', in the TTFF), then "
+                       "plays its first item's playback path through the targets")
+    where.add_argument("--feed-token", metavar="TOKEN",
+                       help="--feed: the user token (reelcdn user-token NAME --config FILE)")
+    where.add_argument("--feed-token-file", metavar="FILE",
+                       help="--feed: a file holding the user token (reelcdn up writes "
+                       "DATA_DIR/user-token)")
+    where.add_argument("--feed-type", choices=("for_you", "following", "trending"),
+                       default="for_you", help="--feed: which feed; for_you")
     where.add_argument("--admin", action="append", default=[], metavar="URL",
                        help="admin base URL of a node to scrape /metrics from (repeatable)")
     where.add_argument("--admin-token", default=os.environ.get("REELCDN_ADMIN_TOKEN"),
@@ -182,6 +193,18 @@ def _verify_line(verify: dict[str, Any] | None) -> list[str]:
             f"{verify['corrupted_bodies']} ({verify['corrupted_bytes']} bytes)"]
 
 
+def _feed_lines(summary: dict[str, Any]) -> list[str]:
+    """The feed phase (--feed) and the start failures' reasons."""
+    lines = []
+    feed = summary["phases_ms"].get("feed") or {}
+    if feed.get("count"):
+        lines.append(f"feed (in the TTFF) p50 {feed['p50']:.1f} ms, p99 {feed['p99']:.1f} ms, "
+                     f"max {feed['max']:.1f} ms over {feed['count']} starts")
+    for reason, count in (summary.get("start_failures") or {}).items():
+        lines.append(f"  start failure x{count}: {reason}")
+    return lines
+
+
 def text_summary(summary: dict[str, Any]) -> str:
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f} ms"
@@ -198,6 +221,7 @@ def text_summary(summary: dict[str, Any]) -> str:
         f"VSF {pct(summary['vsf'])}, EBVS {pct(summary['ebvs'])}, VPF {pct(summary['vpf'])}; "
         f"rebuffer ratio {pct(summary['rebuffer']['ratio'])} "
         f"({summary['rebuffer']['events']} events); switches {summary['switches']}",
+        *_feed_lines(summary),
         *_verify_line(summary.get("verify")),
         f"player requests {summary['client']['requests']} "
         f"({summary['client']['failures']} without answer), "

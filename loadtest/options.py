@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from .catalog import CatalogError, load_catalog
@@ -32,8 +33,11 @@ def build_options(args: argparse.Namespace) -> Any:
         tier_roles_from_topology,
     )
 
+    feed_url, feed_token = _feed_options(args)
+    if args.catalog is None and feed_url is None:
+        raise UsageError("--catalog: needed (or --feed: the videos come from the feed)")
     try:
-        catalog = tuple(load_catalog(args.catalog))
+        catalog = tuple(load_catalog(args.catalog)) if args.catalog is not None else ()
     except CatalogError as exc:
         raise UsageError(str(exc)) from None
     targets = [t.rstrip("/") for t in args.target]
@@ -55,6 +59,15 @@ def build_options(args: argparse.Namespace) -> Any:
     if not targets and any(v.url is None for v in catalog):
         raise UsageError("--target: needed (or --topology) when the catalog has video ids "
                          "or paths rather than full URLs")
+    if feed_url is not None:
+        if not targets:
+            raise UsageError("--feed: needs --target or --topology (the edges that play the "
+                             "feed's videos)")
+        if args.scenario == "flash-crowd":
+            raise UsageError("--feed: a flash crowd plays one catalog video; drop --feed")
+        if getattr(args, "verify", None):
+            raise UsageError("--verify: not with --feed (the reference digests are the "
+                             "catalog's)")
     flash_index = len(catalog) - 1
     if args.flash_video is not None:
         names = [v.video for v in catalog]
@@ -71,6 +84,7 @@ def build_options(args: argparse.Namespace) -> Any:
         decode_allowance=args.decode_allowance, time_scale=args.time_scale,
         watch=args.watch, max_buffer=args.max_buffer, request_timeout=args.request_timeout,
         retries=args.retries, send_cmcd=not args.no_cmcd,
+        feed_url=feed_url, feed_token=feed_token or "", feed_type=args.feed_type,
     )
     workload = Workload(
         targets=tuple(targets), catalog=catalog, players=args.players,
@@ -85,3 +99,27 @@ def build_options(args: argparse.Namespace) -> Any:
         scrape_interval=args.scrape_interval, slos=args.slo or [], progress=progress,
         tier_roles=tier_roles, label=args.label, verify=getattr(args, "verify", None),
     )
+
+
+def _feed_options(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(--feed base URL, the user token) checked, or (None, None) without --feed."""
+    feed = getattr(args, "feed", None)
+    token, token_file = getattr(args, "feed_token", None), getattr(args, "feed_token_file", None)
+    if feed is None:
+        if token is not None or token_file is not None:
+            raise UsageError("--feed-token/--feed-token-file: only with --feed URL")
+        return None, None
+    if not feed.startswith(("http://", "https://")):
+        raise UsageError(f"--feed {feed!r}: give the origin API's base URL like "
+                         "http://127.0.0.1:8300")
+    if token is not None and token_file is not None:
+        raise UsageError("--feed-token and --feed-token-file: give one")
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--feed-token-file {token_file}: {exc.strerror or exc}") from None
+    if not token:
+        raise UsageError("--feed: needs a user token (--feed-token TOKEN or --feed-token-file "
+                         "FILE; reelcdn user-token NAME --config FILE makes one)")
+    return feed.rstrip("/"), token

@@ -28,13 +28,14 @@ download ends after the buffer ran dry, a rebuffer event is recorded with its wa
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 
@@ -66,6 +67,12 @@ class PlayerOptions:
     segment_retries: int | None = None   # init and media segments (None: ``retries``)
     retry_delay: float = 0.25
     send_cmcd: bool = True
+    # the feed phase (--feed): each session first GETs a page of this feed API base URL
+    # with the user token, then plays the first item's ``playback`` path on its target
+    feed_url: str | None = None
+    feed_token: str = ""
+    feed_type: str = "for_you"
+    feed_limit: int = 10
 
 
 class RequestFailed(Exception):
@@ -193,8 +200,10 @@ class Player:
     def __init__(self, player_id: int, master_url: str, video: str, options: PlayerOptions,
                  link: Link, tally: Tally, run_started: float,
                  digests: Digests | None = None,
-                 abort: Callable[[str], bool] | None = None) -> None:
+                 abort: Callable[[str], bool] | None = None,
+                 playback_base: str = "") -> None:
         self.master_url = master_url
+        self.playback_base = playback_base.rstrip("/")   # with a feed: where to play
         self.digests = digests
         self.abort = abort
         self.options = options
@@ -359,6 +368,10 @@ class Player:
         phase = "master"
         try:
             async with asyncio.timeout(self.options.patience):
+                if self.options.feed_url is not None:
+                    phase = "feed"
+                    await self._feed(session)
+                    phase = "master"
                 body, _, total, _ = await self.fetch(
                     session, self.master_url, self._cmcd(cmcd.MANIFEST, su=True), True)
                 result.phases["master"] = total
@@ -411,6 +424,53 @@ class Player:
         self.level = first.duration
         self.playing = True
         return variants, index, playlist
+
+    async def _feed(self, session: aiohttp.ClientSession) -> None:
+        """GET a feed page (phase ``feed``) and take its first item as the video to play;
+        a non-200 answer or a page without a playable item is a RequestFailed with why.
+        Retried like a playlist (5xx, no answer). Not counted in the CDN's tally: the feed
+        API is not a cache tier."""
+        options = self.options
+        url = (f"{options.feed_url.rstrip('/')}/api/v1/feed?"  # type: ignore[union-attr]
+               + urlencode({"feed_type": options.feed_type, "limit": options.feed_limit}))
+        headers = {"Authorization": f"Bearer {options.feed_token}",
+                   "Accept-Encoding": "identity"}   # the session does not decompress
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self.link.round_trip()
+                timeout = aiohttp.ClientTimeout(total=options.request_timeout)
+                async with session.get(url, headers=headers, timeout=timeout) as response:
+                    body = await response.read()
+                    status = response.status
+                total = time.monotonic() - started
+                failure = None if status == 200 else RequestFailed(
+                    url, status, f"feed HTTP {status}{_api_error(body)}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
+                failure = RequestFailed(url, 0, f"feed: {reason}"[:200])
+            if failure is None:
+                break
+            self.result.failures_at.append(time.monotonic() - self.run_started)
+            if not (failure.status == 0 or failure.status >= 500) or attempt >= options.retries:
+                raise failure
+            attempt += 1
+            await asyncio.sleep(options.retry_delay)
+        self.result.phases["feed"] = total
+        try:
+            items = json.loads(body)["items"]
+            item = items[0] if items else None
+            playback = item["playback"] if item else None
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise RequestFailed(url, 200, "feed: not a feed page") from None
+        if not isinstance(playback, str) or not playback.startswith("/"):
+            raise RequestFailed(url, 200, "feed: no items" if item is None
+                                else "feed: first item without a playback path")
+        self.master_url = self.playback_base + playback
+        video = str(item.get("id") or playback)
+        self.cid = video
+        self.result.video = video
 
     def _account(self, variant: Variant, duration: float) -> None:
         self.result.segments += 1
@@ -482,6 +542,15 @@ class Player:
             await self.fetch(session, playlist.init_uri,
                              self._cmcd(cmcd.INIT, br=variant.bandwidth), False)
         return playlist
+
+
+def _api_error(body: bytes) -> str:
+    """``: CODE`` from the API's JSON error body, when it has one."""
+    try:
+        code = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {code}"[:80] if isinstance(code, str) else ""
 
 
 def _relative(url: str) -> str:

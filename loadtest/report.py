@@ -71,12 +71,14 @@ def make_plots(outcome: RunOutcome) -> dict[str, str]:
     plots["ttff_over_time"] = _png(fig)
 
     phases = outcome.summary["phases_ms"]
-    labels = ["master", "media playlist", "init", "first seg. TTFB", "first seg. body"]
+    labels = ["feed", "master", "media playlist", "init", "first seg. TTFB",
+              "first seg. body"]
 
     def phase_values(q: str) -> list[float]:
         ttfb = phases["first_segment_ttfb"].get(q) or 0.0
         whole = phases["first_segment"].get(q) or 0.0
-        return [phases["master"].get(q) or 0.0, phases["media_playlist"].get(q) or 0.0,
+        feed = (phases.get("feed") or {}).get(q) or 0.0
+        return [feed, phases["master"].get(q) or 0.0, phases["media_playlist"].get(q) or 0.0,
                 phases["init"].get(q) or 0.0, ttfb, max(whole - ttfb, 0.0)]
 
     fig, ax = plt.subplots(figsize=(6.4, 3.0))

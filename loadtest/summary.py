@@ -31,7 +31,9 @@ from .scrape import NodeCounters, origin_requests
 from .verify import summary_of as verify_summary
 
 PERCENTILES = (50, 90, 95, 99)
-PHASES = ("master", "media_playlist", "init", "first_segment_ttfb", "first_segment")
+PHASES = ("feed", "master", "media_playlist", "init", "first_segment_ttfb", "first_segment")
+#: How many distinct start-failure reasons the summary lists.
+FAILURE_REASONS = 10
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -62,6 +64,17 @@ def tier_label(depth: int, roles: list[str]) -> str:
     if 0 < depth <= len(roles):
         return roles[depth - 1]
     return {1: "edge", 2: "tier-2", 3: "tier-3"}.get(depth, f"tier-{depth}")
+
+
+def start_failures(players: list[PlayerResult]) -> dict[str, int]:
+    """VSF and EBVS reasons as ``phase: error`` → sessions, the most frequent first."""
+    counts: dict[str, int] = {}
+    for result in players:
+        if result.outcome in ("vsf", "ebvs"):
+            key = f"{result.failed_phase}: {result.error}"
+            counts[key] = counts.get(key, 0) + 1
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return dict(ordered[:FAILURE_REASONS])
 
 
 def summarise(players: list[PlayerResult], tally: Tally,
@@ -100,6 +113,7 @@ def summarise(players: list[PlayerResult], tally: Tally,
         "vsf": rate("vsf"), "ebvs": rate("ebvs"), "vpf": rate("vpf"),
         "ttff_ms": distribution_ms(ttffs),
         "phases_ms": phases,
+        "start_failures": start_failures(players),
         "rebuffer": {
             "events": len(stalls),
             "sessions_with_rebuffer": sum(1 for r in started if r.rebuffers),

@@ -90,7 +90,8 @@ class ShareRunner:
         self.shares = shares
         self.run_started = run_started
         self.rng = random.Random(workload.seed * 1000 + share)
-        self.zipf = Zipf(len(workload.catalog), workload.zipf)
+        # With a feed (--feed) the video comes from each session's feed page: no catalog.
+        self.zipf = Zipf(len(workload.catalog), workload.zipf) if workload.catalog else None
         self.result = ShareResult(share)
         self.active: dict[asyncio.Task[PlayerResult], Player] = {}
         self.players: list[Player] = []
@@ -105,15 +106,22 @@ class ShareRunner:
 
     def _new_player(self, video_index: int | None = None) -> Player:
         workload = self.workload
-        index = self.zipf.draw(self.rng) if video_index is None else video_index
-        video = workload.catalog[index]
         number = self.sessions * self.shares + self.share
         target = workload.targets[number % len(workload.targets)] if workload.targets else None
         link = Link(workload.bandwidth.sample(self.rng), workload.rtt.sample(self.rng))
         self.sessions += 1
-        player = Player(number, master_url(video, target or None), video.video,
-                        workload.player, link, self.result.tally, self.run_started,
-                        digests=workload.digests, abort=self.abort)
+        if workload.player.feed_url is not None:
+            # The feed's first item is played through this target (Player._feed).
+            player = Player(number, "", "", workload.player, link, self.result.tally,
+                            self.run_started, digests=workload.digests, abort=self.abort,
+                            playback_base=target or "")
+        else:
+            assert self.zipf is not None
+            index = self.zipf.draw(self.rng) if video_index is None else video_index
+            video = workload.catalog[index]
+            player = Player(number, master_url(video, target or None), video.video,
+                            workload.player, link, self.result.tally, self.run_started,
+                            digests=workload.digests, abort=self.abort)
         self.players.append(player)
         return player
 
