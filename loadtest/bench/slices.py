@@ -12,6 +12,8 @@ Two measures, each side by side in one run on one machine:
 2. **Whole-object HITs** of one stored object: wrk against the sliced edge, the unsliced edge
    and nginx with its ``slice`` module (``proxy_cache_key $uri$slice_range``), servers
    alternating, medians of ``--repeat`` runs; the origin's request count must not move.
+   Beside MB/s, each server's CPU time (user + system, its process group) per response,
+   which a machine loaded by others moves much less than throughput.
 
 Usage::
 
@@ -43,6 +45,7 @@ from . import machine
 from .common import BenchFailure, byte_size, log, positive_int, run_main
 from .origin import make_body
 from .procs import LOOPBACK, ManagedProcess, StartupError, free_port, http_get, port_open
+from .ranges import group_cpu_seconds
 from .servers import BenchOptions, NginxTarget, NodeTarget, Target, find_nginx, stop_all
 from .wrk import WrkError, WrkSettings, parse_duration, run_wrk
 
@@ -259,13 +262,19 @@ def run(argv: Sequence[str]) -> int:
         settings = WrkSettings(1, args.connections, args.duration)
         hits: dict[str, list[tuple[float, float]]] = {t.label: [] for t in targets}
         slow: dict[str, int] = {t.label: 0 for t in targets}
+        cpu: dict[str, list[float]] = {t.label: [] for t in targets}
         for rep in range(args.repeat):
             for target in targets:
                 before = origin.counts()["total"]
+                pgid = target.process.proc.pid if target.process and target.process.proc else -1
+                cpu_before = group_cpu_seconds(pgid)
                 try:
                     result, _ = run_wrk(wrk, target.url(HOT), settings)
                 except WrkError as exc:
                     raise BenchFailure(f"{target.label}: {exc}") from exc
+                served = result.requests or round(result.requests_per_sec * args.duration)
+                cpu[target.label].append((group_cpu_seconds(pgid) - cpu_before)
+                                         / max(served, 1))
                 fetched = origin.counts()["total"] - before
                 # wrk's "timeout" is a response slower than 2 s (a 32 MiB body on a loaded
                 # machine), not a failure; anything else is.
@@ -277,6 +286,7 @@ def run(argv: Sequence[str]) -> int:
                 slow[target.label] += timeouts
                 log(f"HIT {target.label} {rep + 1}/{args.repeat}: "
                     f"{result.requests_per_sec:,.1f} req/s, {result.bytes_per_sec / 1e6:,.0f} MB/s"
+                    + f", {cpu[target.label][-1] * 1000:,.2f} ms CPU per response"
                     + (f", {timeouts} responses over 2 s" if timeouts else ""))
     except StartupError as exc:
         print(f"{PROG}: {exc.name} failed to start: {exc.reason}\n{exc.details}",
@@ -304,13 +314,13 @@ def run(argv: Sequence[str]) -> int:
         lines.append(f"| {label} | " + " | ".join(f"{v:,.0f} B" for v in per_link)
                      + f" | {_median([e for _, e in runs]) * 1000:,.0f} ms |")
     lines += ["", f"| whole-object HIT (wrk `{settings.describe()}`) | req/s | MB/s "
-              "| runs (MB/s) | responses over 2 s |",
-              "|---|---:|---:|---|---:|"]
+              "| runs (MB/s) | CPU per response | responses over 2 s |",
+              "|---|---:|---:|---|---:|---:|"]
     for label, runs in hits.items():
         lines.append(f"| {label} | {_median([r for r, _ in runs]):,.1f} | "
                      f"{_median([b for _, b in runs]) / 1e6:,.0f} | "
                      + " · ".join(f"{b / 1e6:,.0f}" for _, b in runs)
-                     + f" | {slow[label]} |")
+                     + f" | {_median(cpu[label]) * 1000:,.2f} ms | {slow[label]} |")
     lines += ["", "Machine:", "", *info.markdown_lines()]
     report = "\n".join(lines) + "\n"
     print(report)
