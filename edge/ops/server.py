@@ -162,10 +162,12 @@ class NodeServer:
             self.access_log.start()
 
     async def _close_access_log(self) -> None:
-        """Stop the log's writer (it writes what is queued first, bounded) off the loop."""
+        """Stop the log: its last batch formatted here, the writer (which writes what is
+        queued first, bounded) waited for off the loop."""
         access_log, self.access_log = self.access_log, None
         if access_log is not None:
-            await self.loop.run_in_executor(None, access_log.close)
+            access_log.close()
+            await self.loop.run_in_executor(None, access_log.join)
 
     def reopen_logs(self) -> None:
         """SIGUSR1: the access log opens its path again (after logrotate renamed it)."""

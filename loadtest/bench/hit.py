@@ -10,7 +10,7 @@ proves the numbers are HITs.
 Usage::
 
     python -m reelcdn.loadtest.bench.hit [--repeat 3] [--threads 1 --connections 64 --duration 10s]
-                                         [--only nginx|node] [--workers 1]
+                                         [--only nginx|node] [--workers 1] [--access-log]
                                          [--markdown docs/benchmarks/YYYY-MM-DD.md]
 
 Exit status: 0 measured, 1 a server failed to start / warm / stay up (its log tail is printed),
@@ -47,6 +47,7 @@ from .servers import (
     REFERENCE,
     TARGETS,
     BenchOptions,
+    LoggingNodeTarget,
     NodeTarget,
     OriginServer,
     Target,
@@ -113,6 +114,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         default=1,
         help="server processes: nginx worker_processes and the node's `workers` (default 1); "
         "on a 2-core machine wrk shares the cores, so more workers measure contention too",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="compare the node with its access log off and on (to a file), instead of nginx",
     )
     add_server_arguments(parser)
     args = parser.parse_args(argv)
@@ -279,7 +285,9 @@ def render_report(
     started: datetime,
     targets: Sequence[Target],
 ) -> str:
-    subject = NodeTarget.key
+    subject, reference = NodeTarget.key, REFERENCE
+    if args.access_log:
+        subject, reference = LoggingNodeTarget.key, NodeTarget.key
     lines = [
         f"### Cache HIT run, {started:%Y-%m-%d %H:%M} UTC",
         "",
@@ -289,9 +297,9 @@ def render_report(
         "per server and object "
         f"(servers alternating, after a {args.warmup} s unrecorded warm-up); "
         "values are medians. MB/s = 10⁶ bytes/s as counted by wrk (headers included). "
-        f"Ratio = {subject}/{REFERENCE} on req/s for small objects, bytes/s for large ones.",
+        f"Ratio = {subject}/{reference} on req/s for small objects, bytes/s for large ones.",
         "",
-        markdown_table(all_series, REFERENCE, subject),
+        markdown_table(all_series, reference, subject),
         "",
         "Machine:",
         "",
@@ -307,6 +315,8 @@ def render_report(
 def run(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     selected = [t for t in TARGETS if args.only in (None, t.key)]
+    if args.access_log:  # the node, with its access log off and on
+        selected = [NodeTarget, LoggingNodeTarget]
     missing = check_prerequisites(args, selected)
     if missing:
         print(f"{PROG}: missing prerequisites:", file=sys.stderr)

@@ -344,7 +344,7 @@ class NodeTarget(Target):
             *self.options.node_args,
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = ManagedProcess("node", argv, self.workdir, env=env)
+        self.process = ManagedProcess(self.key, argv, self.workdir, env=env)
         self.process.start()
         self.process.wait_ready(
             lambda: (
@@ -368,6 +368,24 @@ class NodeTarget(Target):
 
 
 #: Targets in report order; the first is the reference of the ratio column.
+class LoggingNodeTarget(NodeTarget):
+    """The same node with its access log on, to a file in ``workdir`` (JSON lines): compared
+    with ``NodeTarget`` by ``bench.hit --access-log``."""
+
+    key = "node-log"
+    label = "reelcdn node, access log on (1 process)"
+
+    def __init__(self, options: BenchOptions, workdir: Path, origin: OriginServer) -> None:
+        super().__init__(options, workdir, origin)
+        self.config_path = workdir / "node-log.toml"
+        self.log_path = workdir / "access.log"
+        if options.workers > 1:
+            self.label = f"reelcdn node, access log on ({options.workers} workers)"
+
+    def render_config(self) -> str:
+        return super().render_config() + f'access_log = "{self.log_path}"\n'
+
+
 TARGETS: tuple[type[Target], ...] = (NginxTarget, NodeTarget)
 REFERENCE = NginxTarget.key
 
