@@ -326,7 +326,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-_CACHE = re.compile(r'^reelcdn_origin_cache_(hits|misses)_total\{[^}]*\}\s+([0-9.e+]+)$', re.M)
+_CACHE = re.compile(r'^reelcdn_origin_cache_(hits|misses|errors)_total\{[^}]*\}\s+([0-9.e+]+)$',
+                    re.M)
 
 
 def cache_counts(admin_port: int) -> dict[str, int]:
@@ -336,7 +337,7 @@ def cache_counts(admin_port: int) -> dict[str, int]:
         return {}
     if status != 200:
         return {}
-    counts = {"hits": 0, "misses": 0}
+    counts = {"hits": 0, "misses": 0, "errors": 0}
     for kind, value in _CACHE.findall(body.decode("utf-8", "replace")):
         counts[kind] += int(float(value))
     return counts
@@ -378,7 +379,8 @@ def one_run(kind: str, number: int, site: FeedSite, process: ManagedProcess,
                rate=round(ok / result.wall, 1) if result.wall else 0.0,
                late_p99=ms(_p99(result.lateness)) or 0.0,
                cpu_per_request=round(cpu * 1000 / max(result.sent, 1), 3),
-               cache={k: cache1.get(k, 0) - cache0.get(k, 0) for k in ("hits", "misses")},
+               cache={k: cache1.get(k, 0) - cache0.get(k, 0)
+                      for k in ("hits", "misses", "errors")},
                load=load)
 
 
@@ -480,11 +482,12 @@ def report(args: argparse.Namespace, runs: list[Run], started: datetime,
              f"{args.duration:g} s a run, one unrecorded warm-up run each; load average at "
              f"the start {info.loadavg}, at the end {machine.loadavg()}.", "",
              "| round | cache | p50 ms | p99 ms | max ms | ok | errors | dropped | answered/s "
-             "| client late p99 ms | origin CPU ms/req | cache hits / misses | load |",
+             "| client late p99 ms | origin CPU ms/req | cache hits / misses / errors | load |",
              "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|---:|"]
     for r in runs:
         errors = ", ".join(f"{k} {v}" for k, v in r.errors.items()) or "0"
-        cache = f"{r.cache.get('hits', 0)} / {r.cache.get('misses', 0)}" \
+        cache = (f"{r.cache.get('hits', 0)} / {r.cache.get('misses', 0)} / "
+                 f"{r.cache.get('errors', 0)}") \
             if r.kind == "memcached" else "-"
         lines.append(f"| {r.round} | {r.kind} | {fmt(r.p50)} | {fmt(r.p99)} | {fmt(r.max)} | "
                      f"{r.ok} | {errors} | {r.dropped} | {r.rate:g} | {fmt(r.late_p99)} | "
