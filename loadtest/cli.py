@@ -267,6 +267,11 @@ def main_args(args: argparse.Namespace) -> int:
     if args.compare_nginx:
         from .compare import main_compare
 
+        if args.catalog is None or getattr(args, "feed", None):
+            print("reelcdn loadtest: --compare-nginx: needs --catalog (the same videos for "
+                  "both CDNs), and not --feed", file=sys.stderr)
+            return EXIT_USAGE
+
         return main_compare(args)
     try:
         options = build_options(args)

@@ -130,3 +130,6 @@ def test_feed_options_are_checked(tmp_path, capsys):
     assert main([*base, "--feed", "http://127.0.0.1:2", "--feed-token-file",
                  str(tmp_path / "none"), "--target", "http://127.0.0.1:1"]) == 2
     assert "--feed-token-file" in capsys.readouterr().err
+    assert main([*base, "--compare-nginx", str(tmp_path), "--feed", "http://127.0.0.1:2",
+                 "--feed-token", "t"]) == 2
+    assert "--compare-nginx" in capsys.readouterr().err
