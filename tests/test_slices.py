@@ -429,3 +429,14 @@ async def test_stale_slices_are_revalidated_through_the_tiers(origin, start_node
     fresh = await get(edge.port, "/dl/big.mp4", {"Range": "bytes=0-9"})
     assert fresh.header("cache-status").split(", ")[-1].startswith("edge-t; hit")
     assert route.not_modified == 1
+
+
+async def test_concurrent_cold_whole_reads_fetch_each_slice_once(origin, start_node):
+    body = BIG[:8 * MIB]
+    route = serve(origin, "/dl/big.mp4", body=body, delay=0.05)
+    edge = await start_node(origin.url, slice_size="1MiB")
+    answers = await asyncio.gather(*(get(edge.port, "/dl/big.mp4", timeout=30)
+                                     for _ in range(5)))
+    assert all(a.status == 200 and a.body == body for a in answers)
+    assert sorted(route.ranges) == sorted(f"bytes={k * SLICE}-{(k + 1) * SLICE - 1}"
+                                          for k in range(8))
