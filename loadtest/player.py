@@ -446,10 +446,10 @@ class Player:
                     status = response.status
                 total = time.monotonic() - started
                 failure = None if status == 200 else RequestFailed(
-                    url, status, f"feed HTTP {status}{_api_error(body)}")
+                    url, status, f"HTTP {status}{_api_error(body)}")
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 reason = type(exc).__name__ if not str(exc) else f"{type(exc).__name__}: {exc}"
-                failure = RequestFailed(url, 0, f"feed: {reason}"[:200])
+                failure = RequestFailed(url, 0, reason[:200])
             if failure is None:
                 break
             self.result.failures_at.append(time.monotonic() - self.run_started)
@@ -463,10 +463,10 @@ class Player:
             item = items[0] if items else None
             playback = item["playback"] if item else None
         except (ValueError, KeyError, TypeError, IndexError):
-            raise RequestFailed(url, 200, "feed: not a feed page") from None
+            raise RequestFailed(url, 200, "not a feed page") from None
         if not isinstance(playback, str) or not playback.startswith("/"):
-            raise RequestFailed(url, 200, "feed: no items" if item is None
-                                else "feed: first item without a playback path")
+            raise RequestFailed(url, 200, "no items" if item is None
+                                else "first item without a playback path")
         self.master_url = self.playback_base + playback
         video = str(item.get("id") or playback)
         self.cid = video

@@ -112,7 +112,7 @@ def test_a_bad_token_is_a_start_failure_with_the_reason(tier, tmp_path):
     assert summary["outcomes"].get("vsf", 0) >= 1 and summary["outcomes"].get("played", 0) == 0
     assert summary["client"]["requests"] == 0    # nothing reached the CDN
     reasons = summary["start_failures"]
-    assert list(reasons) == ["feed: feed HTTP 401: unauthorized"], reasons
+    assert list(reasons) == ["feed: HTTP 401: unauthorized"], reasons
     assert all(p["failed_phase"] == "feed" for p in players if p["outcome"] == "vsf")
 
 
