@@ -381,8 +381,9 @@ steering.initial = "pop-b"
     assert nodes["edge-b"].steering.pathways == nodes["edge-a"].steering.pathways
     with pytest.raises(ConfigError) as error:
         topology_from_text(text.replace('"pop-b"\n', '"pop-c"\n'), file="t.toml", base_dir="/")
-    assert str(error.value) == ('t.toml: node.edge-b.steering.initial: initial pathway "pop-c" '
-                                "is not one of the pathways: pop-a, pop-b")
+    # named with the line that sets it (the loader locates every key it reports)
+    assert str(error.value) == ('t.toml:15: node.edge-b.steering.initial: initial pathway '
+                                '"pop-c" is not one of the pathways: pop-a, pop-b')
 
 
 # -- CMSD measured per connection --------------------------------------------------------------
