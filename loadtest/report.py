@@ -108,7 +108,8 @@ def make_plots(outcome: RunOutcome) -> dict[str, str]:
     ax.set_xlabel("s since the run began")
     ax.set_ylabel("hit ratio")
     ax.set_title("hit ratio per tier over time")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # nothing plotted when no answer came back
+        ax.legend(fontsize=7)
     ax.grid(True, alpha=0.3)
     plots["hit_ratio_over_time"] = _png(fig)
 

@@ -58,6 +58,8 @@ class Route:
 class TestOrigin:
     """An origin whose answers the test programs and whose request counts it reads."""
 
+    __test__ = False  # a helper named Test…, not a test class (imported by test modules)
+
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.counts: Counter[str] = Counter()
