@@ -16,14 +16,14 @@ conditional writes. A catalog whose database fails or cannot be reached raises
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
+
+from reelcdn.origin.sqlite_file import SqliteFile
 
 STATUSES = ("uploading", "processing", "ready", "failed", "deleted")
 
@@ -140,39 +140,16 @@ class Catalog(Protocol):
         ...
 
 
-class VideoCatalog:
+class VideoCatalog(SqliteFile):
     """The catalog in one SQLite file; usable from several threads of one process."""
 
     def __init__(self, path: str | Path, busy_timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._open(path, _SCHEMA, synchronous="FULL", busy_timeout=busy_timeout,
+                   row_factory=sqlite3.Row)
         with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
             columns = {row["name"] for row in conn.execute("PRAGMA table_info(videos)")}
             if "timings" not in columns:  # a catalog made before publish times were kept
                 conn.execute("ALTER TABLE videos ADD COLUMN timings TEXT")
-
-    def close(self) -> None:
-        self._conn.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
 
     def create(self, video_id: str, owner: str, metadata: dict[str, str],
                status: str = "uploading") -> None:

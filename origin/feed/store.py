@@ -25,14 +25,13 @@ Methods are called from several threads at once (one connection behind a lock).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sqlite3
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from reelcdn.origin.sqlite_file import SqliteFile
 
 __all__ = ["BATCH_KEEP", "Counters", "EngagementStore", "Play", "SqliteEngagementStore"]
 
@@ -168,42 +167,13 @@ class EngagementStore(Protocol):
         ...
 
 
-class SqliteEngagementStore:
+class SqliteEngagementStore(SqliteFile):
     """The engagement store in one SQLite file (WAL); usable from several threads."""
 
     def __init__(self, path: str | Path, busy_timeout: float = 10.0) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=busy_timeout, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
         # NORMAL: a power cut may lose the last transactions; a lost batch's retry by the
         # edge is then counted (once), a lost like is liked again.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        with self._write() as conn:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-
-    def _read(self, sql: str, args: Sequence[object] = ()) -> list[tuple]:
-        with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+        self._open(path, _SCHEMA, synchronous="NORMAL", busy_timeout=busy_timeout)
 
     # -- likes and follows ---------------------------------------------------------------------
 
