@@ -52,7 +52,14 @@ from pathlib import Path
 from typing import Any
 
 from reelcdn.manifests import merkle
-from reelcdn.manifests.meta import Rendition, Segment, VideoMeta, renditions_sorted
+from reelcdn.manifests.meta import (
+    Rendition,
+    Segment,
+    VideoMeta,
+    average_bandwidth,
+    peak_bandwidth,
+    renditions_sorted,
+)
 from reelcdn.origin.cache_control import (
     MEDIA_CACHE,
     META_CACHE_PROCESSING,
@@ -261,10 +268,9 @@ def _encode(exe: str, source: Path, rungs: Sequence[LadderRung], out: Path, info
         raise TranscodeError(str(exc).split("\n---", 1)[0], exc.stderr) from None
 
 
-def _describe(rendition_dir: Path, rung: LadderRung, fps: float,
-              known: Mapping[str, Segment] | None = None) -> Rendition:
+def _describe(rendition_dir: Path, rung: LadderRung, fps: float) -> Rendition:
     try:
-        r = build_rendition(rendition_dir, rung.name, fps, known)
+        r = build_rendition(rendition_dir, rung.name, fps)
     except (OSError, ValueError) as exc:
         raise TranscodeError(f"{rung.name}: ffmpeg's output is not what was expected: "
                              f"{exc}") from exc
@@ -298,6 +304,7 @@ class _EarlyPublisher:
         self.segments: dict[str, Segment] = {}
         self.poster_published = False
         self.first_publish: float | None = None
+        self.ffmpeg_done = False  # set once ffmpeg has exited: every listed segment is whole
         self._stamp: tuple[int, int] | None = None
 
     def poll(self) -> None:
@@ -314,6 +321,16 @@ class _EarlyPublisher:
         except (OSError, ValueError):
             return  # caught between two writes of ffmpeg: the next poll reads it whole
         self._stamp = stamp
+        # The segment ffmpeg listed last may still be written to (a loaded CI run published
+        # one that was not whole): only a segment with another listed after it is final,
+        # until ffmpeg has exited.
+        final = rendition.segments if self.ffmpeg_done else rendition.segments[:-1]
+        if not final:
+            return
+        if len(final) < len(rendition.segments):
+            rendition = dataclasses.replace(
+                rendition, segments=final, bandwidth=peak_bandwidth(final),
+                average_bandwidth=average_bandwidth(final))
         new = [s for s in rendition.segments if s.uri not in self.segments]
         if not new:
             return
@@ -404,13 +421,15 @@ def transcode(
         _encode(exe, source, rungs, work, info, ladder, poster=True, timeout=timeout,
                 what=f"{video_id}: encoding {', '.join(r.name for r in rungs)}",
                 growing={lowest.name}, while_running=early.poll)
+        early.ffmpeg_done = True
+        early._stamp = None
+        early.poll()  # the last segment, now whole
         if early.first_publish is None:
             raise TranscodeError(f"{video_id}: ffmpeg wrote no segment of {lowest.name}")
         if not (work / "poster.jpg").is_file():
             raise TranscodeError(f"{video_id}: ffmpeg wrote no poster")
         as_vod_playlist(work / lowest.name / "index.m3u8")
-        renditions = [_describe(work / rung.name, rung, fps, early.segments if i == 0 else None)
-                      for i, rung in enumerate(rungs)]
+        renditions = [_describe(work / rung.name, rung, fps) for rung in rungs]
         published[lowest.name] = early.first_publish  # playable from then on, growing
         for rung in rungs:
             store.publish_dir(work / rung.name, f"{base}/{rung.name}", media_cache)
