@@ -16,10 +16,14 @@ from typing import Any
 import aiohttp
 import pytest
 from feed_fixtures import Origin, running_origin
+from hypothesis import given
+from hypothesis import strategies as st
 from memcached_procs import Memcached, memcached_or_skip
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from pymemcache.client import murmur3 as pure_murmur3
 
-from reelcdn.origin.cache import CacheSettings, JsonSerde
+from reelcdn.origin.cache import CacheSettings, JsonSerde, Memcache, murmur3_32
 
 pytestmark = pytest.mark.slow
 
@@ -230,3 +234,22 @@ async def test_memcached_down_the_feed_is_served_from_the_database_then_cached_a
         await trending(http, origin)
         values = await metrics(http, origin)
         assert metric(values, "reelcdn_origin_cache_hits_total", kind="page") > before
+
+
+@given(st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=250),
+       st.integers(0, 2**32 - 1))
+def test_the_compiled_key_hash_is_pymemcaches(key: str, seed: int) -> None:
+    """Keys land on the servers pymemcache's own hash would put them on (another client of
+    the same cluster finds them)."""
+    assert murmur3_32(key, seed) == pure_murmur3.murmur3_32(key, seed)
+
+
+def test_keys_memcached_cannot_take_are_hashed() -> None:
+    cache = Memcache(CacheSettings(servers=(("127.0.0.1", 9),)), CollectorRegistry())
+    try:
+        assert cache.key("video", "abc") == "reelcdn:video:abc"
+        for bad in ("a b", "a\x7fb", "a\nb", "é", "x" * 300):
+            hashed = cache.key("video", bad)
+            assert hashed.startswith("reelcdn:video#") and len(hashed) < 250, bad
+    finally:
+        cache.close()

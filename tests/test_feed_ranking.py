@@ -6,6 +6,7 @@ never repeat or skip an item while videos arrive and scores change between pages
 from __future__ import annotations
 
 import math
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +17,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from reelcdn.origin.feed import ranking
-from reelcdn.origin.feed.cursors import Cursor, CursorError, make_cursor, open_cursor
+from reelcdn.origin.feed.cursors import (
+    MAX_CURSOR,
+    Cursor,
+    CursorError,
+    make_cursor,
+    open_cursor,
+)
 from reelcdn.origin.feed.ranking import HOUR, Video, Viewer, Weights
 from reelcdn.origin.feed.service import FeedService, FeedSettings
 from reelcdn.origin.feed.store import Play, SqliteEngagementStore
@@ -153,6 +160,34 @@ def test_for_you_scores_are_bounded_and_the_order_is_total(videos: list[Video],
     assert all(scores[a] >= scores[b] for a, b in zip(ranked, ranked[1:], strict=False))
 
 
+@given(videos_st, viewers, st.one_of(st.none(), st.integers(0, 40)),
+       st.one_of(st.none(), st.floats(NOW - 30 * 24 * HOUR, NOW + HOUR)))
+def test_for_you_from_a_shared_base_is_the_same_list(videos: list[Video], viewer: Viewer,
+                                                     limit: int | None,
+                                                     newest: float | None) -> None:
+    """Scoring once per pool and merging the viewer's tied videos in gives exactly the list
+    of scoring every video for the viewer (ties and all)."""
+    base = ranking.for_you_base(videos, NOW)
+    expected = ranking.for_you([v for v in videos if newest is None or v.created <= newest],
+                               viewer, NOW, limit=limit)
+    assert ranking.for_you_ranked(base, viewer, limit=limit, created_at_most=newest) == expected
+
+
+def test_for_you_from_a_shared_base_on_crafted_data() -> None:
+    videos = [Video("a", "bob", NOW - HOUR, ("Cats",)), Video("b", "carol", NOW, ()),
+              Video("c", "dave", NOW - 2 * HOUR, ("dogs",), views=50, likes=20),
+              Video("d", "alice", NOW), Video("e", "eve", NOW - 3 * HOUR, ("cats",))]
+    base = ranking.for_you_base(videos, NOW)
+    viewer = Viewer("alice", follows=frozenset({"dave"}), tags={"cats": 2.0},
+                    seen=frozenset({"e"}))
+    ranked = ranking.for_you_ranked(base, viewer)
+    assert ranked == ranking.for_you(videos, viewer, NOW)
+    assert "d" not in ranked and "e" not in ranked  # own, played
+    assert ranked[0] == "c"  # followed and engaging
+    assert ranking.for_you_ranked(base, viewer, limit=2) == ranked[:2]
+    assert "b" not in ranking.for_you_ranked(base, viewer, created_at_most=NOW - 1)
+
+
 @given(st.integers(0, 10**6), st.integers(1, 10**6), st.floats(0, 46 * HOUR))
 def test_trending_more_views_or_fresher_never_ranks_lower(views: int, more: int,
                                                           age: float) -> None:
@@ -181,6 +216,20 @@ def test_cursor_round_trip(user: str, feed_type: str, snapshot: str, position: i
     assert open_cursor(text, KEYS, user, feed_type, NOW) == cursor
 
 
+@given(st.sampled_from(["for_you", "following"]),
+       st.lists(st.text("abcdefghijklmnopqrstuvwxyz234567", min_size=26, max_size=26),
+                max_size=50, unique=True),
+       st.one_of(st.none(), st.floats(0, 2e9)), st.integers(0, 50))
+def test_first_page_cursor_round_trip(feed_type: str, shown: list[str], newest: float | None,
+                                      position: int) -> None:
+    """A personal first page's cursor (no snapshot yet) carries the ids it showed and the
+    newest ``created`` it ranked, exactly, within the length a cursor may have."""
+    cursor = Cursor("alice", feed_type, "", position, int(NOW) + 60, tuple(shown), newest)
+    text = make_cursor(cursor, KEYS)
+    assert len(text) <= MAX_CURSOR
+    assert open_cursor(text, KEYS, "alice", feed_type, NOW) == cursor
+
+
 def test_cursor_refusals() -> None:
     cursor = Cursor("alice", "for_you", "s", 3, int(NOW) + 60)
     text = make_cursor(cursor, KEYS)
@@ -204,7 +253,7 @@ def test_cursor_refusals() -> None:
         assert code(f"{version}.{kid}.{changed}.{sig}") == "bad_cursor"
     forged = make_cursor(Cursor("alice", "for_you", "s", 3, int(NOW) - 10), KEYS)
     assert code(forged[:-3] + "AAA") == "bad_cursor"  # forged and expired: bad_cursor
-    for junk in ("", "x" * 600, "c1.k1", "c2.k1.e30.AAAA", "c1.k1.!!.AAAA"):
+    for junk in ("", "x" * 3000, "c1.k1", "c2.k1.e30.AAAA", "c1.k1.!!.AAAA"):
         assert code(junk) == "bad_cursor"
 
 
@@ -284,3 +333,42 @@ def test_pages_never_repeat_or_skip_while_videos_arrive(
         finally:
             service.store.close()
             catalog.close()
+
+
+@pytest.mark.parametrize("feed_type", ["for_you", "following"])
+def test_a_personal_session_is_kept_from_its_second_page(tmp_path: Path,
+                                                         feed_type: str) -> None:
+    """First pages write nothing; the second page keeps the session's order (the first
+    page's ids first), and a second page asked again (a retry) is the same page."""
+    clock = Clock()
+    service, catalog = _service(tmp_path, clock)
+    try:
+        for n in range(12):
+            catalog.create(f"v{n:04d}", "bob", {"hashtags": "#x"})
+            catalog.set_status(f"v{n:04d}", "ready", renditions=["360p"])
+        service.store.follow("alice", "bob", clock())
+        service.recompute()
+
+        def kept() -> int:
+            with sqlite3.connect(tmp_path / "feed.sqlite") as db:
+                return int(db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0])
+
+        firsts = [service.page("alice", feed_type, 4, None) for _ in range(5)]
+        assert kept() == 0
+        first = firsts[0]
+        assert first.next_cursor is not None and len(first.items) == 4
+        # Between the pages: alice likes and plays; the order may change, not the pages.
+        service.store.like("alice", "v0011", clock())
+        second = service.page("alice", feed_type, 4, first.next_cursor)
+        again = service.page("alice", feed_type, 4, first.next_cursor)
+        assert kept() == 2
+        ids = [item["id"] for item in (*first.items, *second.items)]
+        assert len(set(ids)) == 8
+        assert [item["id"] for item in again.items] == [item["id"] for item in second.items]
+        rest = service.page("alice", feed_type, 50, second.next_cursor)
+        assert rest.next_cursor is None
+        assert sorted(ids + [item["id"] for item in rest.items]) == [
+            f"v{n:04d}" for n in range(12)]
+    finally:
+        service.store.close()
+        catalog.close()

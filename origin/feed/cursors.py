@@ -1,7 +1,9 @@
 """Page cursors of the feeds: opaque, signed, expiring, bound to a user and a feed type.
 
 A cursor is ``c1.KID.PAYLOAD.SIG``: ``PAYLOAD`` is base64url (unpadded) of a compact JSON
-object ``{"u": user, "t": feed type, "s": snapshot id, "p": position, "e": expiry}`` and
+object ``{"u": user, "t": feed type, "s": snapshot id, "p": position, "e": expiry}`` (a
+personal feed's first page, whose order is not kept yet, adds ``"h"``: the ids it showed,
+comma-separated, and ``"n"``: the newest ``created`` it ranked; its ``"s"`` is empty) and
 ``SIG`` base64url of HMAC-SHA256(secret of ``KID``, ``"reelcdn-feed-cursor-v1\\n" +
 KID.PAYLOAD``), with the service's user-token keys (``origin/users.py``: the same file, the
 same rotation; the domain string keeps a cursor from ever being taken for a token and the
@@ -32,7 +34,8 @@ _DOMAIN = b"reelcdn-feed-cursor-v1\n"
 _VERSION = "c1"
 _KID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _B64 = re.compile(r"[A-Za-z0-9_-]+")
-MAX_CURSOR = 512
+#: A first page's cursor lists the ids it showed (at most 50 of 26 characters).
+MAX_CURSOR = 2560
 
 
 class CursorError(Exception):
@@ -46,13 +49,17 @@ class CursorError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """Where a page starts: position ``position`` of snapshot ``snapshot``."""
+    """Where a page starts: position ``position`` of snapshot ``snapshot``. A session whose
+    order is not kept yet (``snapshot`` empty: after a personal feed's first page) carries
+    what that page showed (``shown``) and the newest ``created`` it ranked (``newest``)."""
 
     user: str
     feed_type: str
     snapshot: str
     position: int
     expires: int
+    shown: tuple[str, ...] = ()
+    newest: float | None = None
 
 
 def _b64(raw: bytes) -> str:
@@ -69,9 +76,12 @@ def _sign(secret: bytes, signed: str) -> str:
 
 def make_cursor(cursor: Cursor, keys: Keys) -> str:
     """The cursor's text, signed with the keys' current key."""
-    payload = _b64(json.dumps(
-        {"u": cursor.user, "t": cursor.feed_type, "s": cursor.snapshot,
-         "p": cursor.position, "e": cursor.expires}, separators=(",", ":")).encode())
+    body: dict[str, object] = {"u": cursor.user, "t": cursor.feed_type, "s": cursor.snapshot,
+                               "p": cursor.position, "e": cursor.expires}
+    if not cursor.snapshot:
+        body["h"] = ",".join(cursor.shown)
+        body["n"] = cursor.newest
+    payload = _b64(json.dumps(body, separators=(",", ":")).encode())
     signed = f"{keys.current}.{payload}"
     return f"{_VERSION}.{signed}.{_sign(keys.keys[keys.current], signed)}"
 
@@ -97,6 +107,11 @@ def open_cursor(text: str, keys: Keys, user: str, feed_type: str, now: float) ->
         body = json.loads(_unb64(payload))
         cursor = Cursor(str(body["u"]), str(body["t"]), str(body["s"]), int(body["p"]),
                         int(body["e"]))
+        if not cursor.snapshot:
+            shown, newest = str(body["h"]), body["n"]
+            cursor = Cursor(cursor.user, cursor.feed_type, "", cursor.position,
+                            cursor.expires, tuple(shown.split(",")) if shown else (),
+                            None if newest is None else float(newest))
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise CursorError("bad_cursor", "malformed cursor") from None
     if cursor.expires <= now:

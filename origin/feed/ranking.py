@@ -7,15 +7,18 @@ Three orders (docs/feed.md has the formulas with their reasons):
   :func:`trending`), computed from hourly view counts;
 - ``for_you``: a weighted sum of recency, engagement and the viewer's affinity to the video's
   creator and hashtags (:func:`for_you_score`, :func:`for_you`), with the videos the viewer has
-  played, and their own, left out.
+  played, and their own, left out. :func:`for_you_base` and :func:`for_you_ranked` give the
+  same list without scoring the whole pool per viewer (below).
 
 Every order breaks ties by video id, so a ranking of the same inputs is always the same list.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -26,8 +29,11 @@ __all__ = [
     "completion_rate",
     "creator_affinity",
     "engagement",
+    "ForYouBase",
     "following",
     "for_you",
+    "for_you_base",
+    "for_you_ranked",
     "for_you_score",
     "hashtag_affinity",
     "like_rate",
@@ -167,6 +173,70 @@ def for_you(videos: Iterable[Video], viewer: Viewer, now: float,
               if video.id not in viewer.seen and video.owner != viewer.name]
     scored.sort()
     return [video_id for _, video_id in scored[:limit]]
+
+
+# -- for_you, per viewer without scoring the pool --------------------------------------------
+#
+# Three of the five terms (follows, creator, hashtags) are zero for every video the viewer has
+# no tie to: not by a creator they follow or liked, no hashtag they have a weight for. Such a
+# video's score is the same for every viewer — ``for_you_score`` with a viewer of no signals,
+# bit for bit, since the three terms add 0.0 — so it is computed once per pool
+# (:func:`for_you_base`), the pool sorted by it once, and a viewer's ranking
+# (:func:`for_you_ranked`) scores only the videos they are tied to and merges them into that
+# order. Same list as :func:`for_you` (tests/test_feed_ranking.py checks it with hypothesis);
+# the cost per viewer follows their ties and the page, not the pool.
+
+
+@dataclass(frozen=True, slots=True)
+class ForYouBase:
+    """A pool ranked for a viewer of no signals, as of ``now``: ``ranked`` is ``(-score, id)``
+    in order; ``owners`` and ``tags`` (lowercased) index the ids a viewer may be tied to."""
+
+    now: float
+    videos: Mapping[str, Video]
+    ranked: Sequence[tuple[float, str]]
+    owners: Mapping[str, Sequence[str]]
+    tags: Mapping[str, Sequence[str]]
+
+
+def for_you_base(videos: Iterable[Video], now: float,
+                 weights: Weights = Weights()) -> ForYouBase:
+    """Score a pool once for everyone (a video listed twice: the last copy counts)."""
+    pool = {video.id: video for video in videos}
+    nobody = Viewer("")
+    owners: dict[str, list[str]] = {}
+    tags: dict[str, list[str]] = {}
+    for video in pool.values():
+        owners.setdefault(video.owner, []).append(video.id)
+        for tag in {t.lower() for t in video.hashtags}:
+            tags.setdefault(tag, []).append(video.id)
+    ranked = sorted((-for_you_score(video, nobody, now, weights), video.id)
+                    for video in pool.values())
+    return ForYouBase(now, pool, ranked, owners, tags)
+
+
+def for_you_ranked(base: ForYouBase, viewer: Viewer, weights: Weights = Weights(),
+                   limit: int | None = None, created_at_most: float | None = None,
+                   ) -> list[str]:
+    """``for_you(base's videos, viewer, base.now, weights, limit)``, scoring only the videos
+    the viewer is tied to. ``created_at_most``: leave out videos created after it."""
+    tied: set[str] = set()
+    for owner in itertools.chain(viewer.follows, viewer.liked_owners):
+        tied.update(base.owners.get(owner, ()))
+    for tag in viewer.tags:
+        tied.update(base.tags.get(tag, ()))
+
+    def wanted(video: Video) -> bool:
+        return (video.id not in viewer.seen and video.owner != viewer.name
+                and (created_at_most is None or video.created <= created_at_most))
+
+    personal = sorted((-for_you_score(video, viewer, base.now, weights), video.id)
+                      for video in map(base.videos.__getitem__, tied) if wanted(video))
+    shared: Iterator[tuple[float, str]] = (
+        entry for entry in base.ranked
+        if entry[1] not in tied and wanted(base.videos[entry[1]]))
+    merged = heapq.merge(personal, shared)
+    return [video_id for _, video_id in itertools.islice(merged, limit)]
 
 
 # -- trending ----------------------------------------------------------------------------------

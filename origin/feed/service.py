@@ -9,11 +9,21 @@ the :class:`~reelcdn.origin.videos.Catalog` protocol, engagement through
 Why a snapshot per feed session: the ranked feeds' scores move (views arrive, time passes,
 the trending ranking is recomputed), so neither an offset nor a ``(score, id)`` keyset into a
 live ranking is stable: an item whose score rises past the cursor is skipped, one that falls
-past it is shown twice. The first page takes the ranking as it is (at most ``feed_depth``
-ids), keeps it in the store, and every cursor is a position in that immutable list. New
-videos go to the next session; a video deleted or no longer ready meanwhile is passed over.
-Trending sessions share the snapshot of one recompute; for_you and following sessions have
-their own (personal).
+past it is shown twice. A session's order is an immutable list (at most ``feed_depth`` ids)
+kept in the store, and every cursor is a position in it. New videos go to the next session; a
+video deleted or no longer ready meanwhile is passed over. Trending sessions share the
+snapshot of one recompute. A personal session (for_you, following) writes its own only when
+its second page is asked for — most sessions never get there, and one write per first page
+was most of a first page's cost: the first page ranks just what it shows, and its cursor
+carries those ids and the newest ``created`` it ranked; the second page ranks again, videos
+created after that left out, and keeps the shown ids followed by the rest of the new order.
+Nothing is repeated (the shown ids come first, once) and nothing skipped (every id not shown
+is in the rest), whatever moved in between.
+
+for_you is ranked from a :class:`~reelcdn.origin.feed.ranking.ForYouBase` built at each
+recompute (the pool scored once for a viewer of no signals); a request scores only the videos
+the viewer is tied to (``ranking.for_you_ranked``), so it ranks as of the last recompute, as
+its counters already were.
 """
 
 from __future__ import annotations
@@ -120,6 +130,8 @@ class FeedService:
         self.trending_ids: list[str] = []
         self.trending_version = ""
         self.trending_rows: dict[str, dict[str, Any]] = {}
+        self.for_you_base = ranking.for_you_base((), clock(), settings.weights)
+        self.for_you_newest: float | None = None  # the newest created in the base
         self._known: OrderedDict[str, None] = OrderedDict()  # playable ids seen by ingest
         self._last_cleanup = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -207,10 +219,17 @@ class FeedService:
                 if len(ranked) >= settings.depth:
                     break
         version = f"trending:{int(now * 1000):x}:{secrets.token_hex(4)}"
+        candidates = {**trending_rows, **pool}
+        missing = [video for video in candidates if video not in counters]
+        all_counters = {**counters, **self.store.counters(missing)} if missing else counters
+        videos = [_video(row, all_counters.get(video)) for video, row in candidates.items()]
+        base = ranking.for_you_base(videos, now, settings.weights)
+        newest = max((video.created for video in videos), default=None)
         with self._lock:
             self.pool, self.pool_counters = pool, counters
             self.trending_ids, self.trending_version = ranked, version
             self.trending_rows = trending_rows
+            self.for_you_base, self.for_you_newest = base, newest
         if now - self._last_cleanup >= CLEANUP_EVERY:
             dropped = self.store.cleanup(now, now - settings.trending_window)
             self._last_cleanup = now
@@ -278,6 +297,7 @@ class FeedService:
         """A page of a feed: from a new snapshot without a cursor, else from the cursor's.
         Raises CursorError for a bad cursor (one whose snapshot is gone is expired)."""
         now = self.clock()
+        newest: float | None = None  # of a personal first page: its cursor carries it
         if cursor_text is None and feed_type == "trending":
             # Every trending session starts on the same snapshot: its first page is the
             # hottest key of the feed (cached, one recompute at a time).
@@ -292,28 +312,36 @@ class FeedService:
 
             cut = self.cache.get("page", f"{snapshot_id}:0:{limit}", first_page, hot=True)
         elif cursor_text is None:
-            snapshot_id, items, expires = self._new_session(user, feed_type, now)
-            position = 0
+            # A personal session's first page: ranked for what it shows, nothing written.
+            expires, snapshot_id = now + self.settings.cursor_ttl, ""
+            items, newest = self._personal(user, feed_type,
+                                           min(self.settings.depth, 4 * limit + 1), None)
             cut = self._page_ids(items, 0, limit)
         else:
             cursor = open_cursor(cursor_text, self.settings.keys, user, feed_type, now)
             snapshot_id, expires, position = cursor.snapshot, cursor.expires, cursor.position
+            if not snapshot_id:  # the second page of a personal session: its order is kept now
+                snapshot_id, items = self._keep_session(user, cursor)
+                cut = self._page_ids(items, position, limit)
+            else:
+                def next_page() -> dict[str, Any]:
+                    found = self.store.snapshot(snapshot_id, now)
+                    if found is None:
+                        raise CursorError("cursor_expired", "the feed session has expired: "
+                                          "start again without a cursor")
+                    return self._page_ids(found, position, limit)
 
-            def next_page() -> dict[str, Any]:
-                found = self.store.snapshot(snapshot_id, now)
-                if found is None:
-                    raise CursorError("cursor_expired", "the feed session has expired: start "
-                                      "again without a cursor")
-                return self._page_ids(found, position, limit)
-
-            cut = self.cache.get("page", f"{snapshot_id}:{position}:{limit}", next_page,
-                                 hot=True)
+                cut = self.cache.get("page", f"{snapshot_id}:{position}:{limit}", next_page,
+                                     hot=True)
         rows = [row for row in map(self._row, cut["ids"])
                 if row is not None and row["status"] == "ready"]  # deleted since: passed over
         next_cursor = None
         if cut["next"] < cut["total"]:
-            next_cursor = make_cursor(Cursor(user, feed_type, snapshot_id, cut["next"],
-                                             int(expires)), self.settings.keys)
+            shown = tuple(row["id"] for row in rows) if not snapshot_id else ()
+            position = len(shown) if not snapshot_id else cut["next"]
+            next_cursor = make_cursor(
+                Cursor(user, feed_type, snapshot_id, position, int(expires), shown,
+                       newest if not snapshot_id else None), self.settings.keys)
         counters = self.counters([row["id"] for row in rows])
         # Never cached: the viewer's own marks, read for this page's videos and owners.
         liked, followed = self.store.viewer_marks(
@@ -348,26 +376,42 @@ class FeedService:
                 page.append(row)
         return page, position
 
-    def _new_session(self, user: str, feed_type: str, now: float,
-                     ) -> tuple[str, list[str], float]:
-        expires = now + self.settings.cursor_ttl
-        if feed_type == "trending":
-            with self._lock:
-                snapshot_id, items = self.trending_version, list(self.trending_ids)
-        else:
-            snapshot_id = f"{feed_type}:{secrets.token_hex(12)}"
-            items = (self._following(user) if feed_type == "following"
-                     else self._for_you(user, now))
-        if items:
-            self.store.save_snapshot(snapshot_id, items, expires)
-        return snapshot_id, items, expires
+    def _personal(self, user: str, feed_type: str, limit: int, created_at_most: float | None,
+                  ) -> tuple[list[str], float | None]:
+        """A personal feed's first ``limit`` ids, videos created after ``created_at_most``
+        left out, and the newest ``created`` among the videos it ranked."""
+        if feed_type == "following":
+            return self._following(user, limit, created_at_most)
+        with self._lock:
+            base, newest = self.for_you_base, self.for_you_newest
+        ranked = ranking.for_you_ranked(base, self.viewer(user), self.settings.weights,
+                                        limit=limit, created_at_most=created_at_most)
+        return ranked, newest if created_at_most is None else created_at_most
 
-    def _following(self, user: str) -> list[str]:
+    def _keep_session(self, user: str, cursor: Cursor) -> tuple[str, list[str]]:
+        """A personal session's order, kept from its second page on: the ids its first page
+        showed, then the feed ranked now without them (videos newer than the first page's
+        left out), ``feed_depth`` in all; saved under a new snapshot id."""
+        shown = list(dict.fromkeys(cursor.shown))
+        depth = max(self.settings.depth, len(shown))
+        ranked, _ = self._personal(user, cursor.feed_type, depth + len(shown), cursor.newest)
+        left = set(shown)
+        items = shown + [video for video in ranked if video not in left][:depth - len(shown)]
+        snapshot_id = f"{cursor.feed_type}:{secrets.token_hex(12)}"
+        if items:
+            self.store.save_snapshot(snapshot_id, items, cursor.expires)
+        return snapshot_id, items
+
+    def _following(self, user: str, limit: int, created_at_most: float | None,
+                   ) -> tuple[list[str], float | None]:
         followees = self.store.follows_of(user, MAX_FOLLOWEES)
         videos = [_video(row) for followee in followees
                   for row in self.catalog.by_owner(followee, self.settings.depth)
                   if row["status"] == "ready"]
-        return ranking.following(videos, set(followees), limit=self.settings.depth)
+        if created_at_most is not None:
+            videos = [video for video in videos if video.created <= created_at_most]
+        newest = max((video.created for video in videos), default=created_at_most)
+        return ranking.following(videos, set(followees), limit=limit), newest
 
     def viewer(self, user: str) -> ranking.Viewer:
         """What ranking knows of ``user``: follows, liked creators, hashtag weights, seen."""
@@ -381,18 +425,6 @@ class FeedService:
         tags = ranking.tag_weights([row["hashtags"] for row in liked],
                                    [row["hashtags"] for row in seen_rows])
         return ranking.Viewer(user, follows, liked_owners, tags, frozenset(seen))
-
-    def _for_you(self, user: str, now: float) -> list[str]:
-        viewer = self.viewer(user)
-        with self._lock:
-            rows = {**self.trending_rows, **self.pool}
-            counters = self.pool_counters
-        missing = [video for video in rows if video not in counters]
-        if missing:
-            counters = {**counters, **self.store.counters(missing)}
-        videos = [_video(row, counters.get(video)) for video, row in rows.items()]
-        return ranking.for_you(videos, viewer, now, self.settings.weights,
-                               limit=self.settings.depth)
 
 
 def _counts(counters: Counters) -> tuple[int, int, int]:
