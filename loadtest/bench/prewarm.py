@@ -596,7 +596,8 @@ def report(args: argparse.Namespace, halves: Sequence[Half], started: datetime,
               f"{first['hits']} pre-warmed objects whose first request was a HIT "
               f"(`reelcdn_prewarmed_first_hits_total`), {first['misses']} not "
               f"(`_first_misses_total`), {first['waiting']} pre-warmed and asked by no player "
-              f"here (`reelcdn_prewarmed_waiting`: the second rung, the second segments)."]
+              f"here (`reelcdn_prewarmed_waiting`: the second rung, the second segments, and "
+              f"every object on the edges that did not play the video)."]
     if args.prefetch_segments:
         lines += ["", "With the edges' prefetch on, a before-half init or first segment "
                   "asked while the edge's prefetch of it is in flight joins that fill (a "
