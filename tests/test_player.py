@@ -222,7 +222,8 @@ async def test_hlsjs_plays_a_video_to_its_end_while_it_is_still_being_encoded(tm
         assert not [e for e in result["errors"] if "fatal" in e], result["errors"]
         lowest = final.renditions[0]
         fetched = [u.rsplit("/", 1)[1] for u in result["urls"] if "/seg_" in u]
-        assert fetched == [s.uri for s in lowest.segments], (fetched, listed_at_start)
+        assert fetched == [s.uri for s in lowest.segments], (
+            fetched, listed_at_start, result["levels"], result["probes"])
         assert listed_at_start < len(lowest.segments)  # it really grew under the player
     finally:
         await tiers.stop()

@@ -359,7 +359,7 @@ def one_run(kind: str, number: int, site: FeedSite, process: ManagedProcess,
     if profile is not None:
         spy = subprocess.Popen(
             ["py-spy", "record", "--pid", str(pid), "--duration", str(int(args.duration)),
-             "--rate", "250", "--format", "raw", "--nonblocking", "--threads",
+             "--rate", "250", "--format", "raw", "--nonblocking", "--threads", "--gil",
              "-o", str(profile)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         result = run_async(drive(url, tokens, args.rate, args.duration, args.max_in_flight))
