@@ -18,6 +18,13 @@ counters a feed item shows (views, likes; a short TTL, eventually consistent).
   loopback or LAN memcached answers in well under a millisecond.
 - **Items** are JSON (``JsonSerde``; never pickle): ``{"v": value, "x": soft expiry}``. The
   item lives ``ttl + stale_ttl`` in memcached; past its soft expiry it is *stale*.
+- **Near copies**: every fresh value this process read or wrote is also kept in the process
+  for ``near_ttl`` (1 s; never past the item's own soft expiry; at most ``near_size`` keys).
+  A feed page shows the counters of ten videos and every viewer's page names the same hot
+  ones: without it each page was a memcached round trip — a thread blocked on a socket, the
+  GIL handed over twice, pymemcache parsing ten values — for data a second old at most. A
+  write through this process (a like's counters, a delete) replaces or drops its near copy;
+  other processes see it within ``near_ttl``, on top of the TTL every copy already has.
 - **Stampede protection** (``hot=True`` reads: feed pages): on a miss, or on a stale copy, the
   caller that wins a memcached ``add`` of a lock key (``lock_ttl``, shared by every process
   and host) recomputes and stores; the others return the stale copy when there is one, else
@@ -70,6 +77,8 @@ class CacheSettings:
     stale_ttl: float = 60.0
     lock_ttl: float = 2.0
     lock_wait: float = 0.5
+    near_ttl: float = 1.0
+    near_size: int = 10_000
 
     def ttl(self, kind: str) -> float:
         return {"page": self.page_ttl, "video": self.video_ttl,
@@ -152,6 +161,9 @@ class CacheMetrics:
         self.recomputes = Counter("reelcdn_origin_cache_recomputes", "values computed from "
                                   "the database and stored, by kind", ["kind"],
                                   registry=registry)
+        self.near_hits = Counter("reelcdn_origin_cache_near_hits", "reads answered by the "
+                                 "process's near copy (not asking memcached), by kind",
+                                 ["kind"], registry=registry)
         self.up = Gauge("reelcdn_origin_cache_up", "1 while memcached answers, 0 after a "
                         "failed call until one works (reads go to the database meanwhile)",
                         registry=registry)
@@ -178,6 +190,8 @@ class Memcache:
         self.metrics.up.set(1)
         self._up = True
         self._mutex = threading.Lock()
+        # full key → (expires, value); insertion order is age (the oldest go first when full).
+        self._near: dict[str, tuple[float, Any]] = {}
         self.client = HashClient(
             list(settings.servers), serde=JsonSerde(),
             connect_timeout=settings.connect_timeout, timeout=settings.timeout,
@@ -226,6 +240,30 @@ class Memcache:
     def _valid(raw: Any) -> bool:
         return isinstance(raw, dict) and "v" in raw and isinstance(raw.get("x"), int | float)
 
+    # -- near copies (module doc) --------------------------------------------------------------
+
+    def _near_get(self, full: str, now: float) -> tuple[bool, Any]:
+        entry = self._near.get(full)
+        if entry is None:
+            return False, None
+        if now >= entry[0]:
+            self._near.pop(full, None)
+            return False, None
+        return True, entry[1]
+
+    def _near_put(self, full: str, value: Any, fresh_until: float, now: float) -> None:
+        ttl = self.settings.near_ttl
+        if ttl <= 0 or self.settings.near_size <= 0:
+            return
+        near = self._near
+        near.pop(full, None)  # re-inserted: it is the newest now
+        while len(near) >= self.settings.near_size:
+            try:
+                near.pop(next(iter(near)))
+            except (StopIteration, KeyError, RuntimeError):  # another thread changed it
+                break
+        near[full] = (min(now + ttl, fresh_until), value)
+
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, kind: str, key: str, compute: Callable[[], Any], *, hot: bool = False,
@@ -234,12 +272,18 @@ class Memcache:
         when ``store_if`` allows). ``hot``: one caller recomputes at a time (module doc)."""
         metrics = self.metrics
         full = self.key(kind, key)
+        now = self.clock()
+        found, value = self._near_get(full, now)
+        if found:
+            metrics.near_hits.labels(kind).inc()
+            return value
         ok, raw = self._call(kind, "get", full)
         if not ok:
             return compute()
         raw = raw if self._valid(raw) else None
-        if raw is not None and self.clock() < raw["x"]:
+        if raw is not None and now < raw["x"]:
             metrics.hits.labels(kind).inc()
+            self._near_put(full, raw["v"], raw["x"], now)
             return raw["v"]
         metrics.misses.labels(kind).inc()
         if not hot:
@@ -276,7 +320,9 @@ class Memcache:
         value = compute()
         if store_if is None or store_if(value):
             self.metrics.recomputes.labels(kind).inc()
-            self._call(kind, "set", full, self._item(value, kind), expire=self._expire(kind))
+            item = self._item(value, kind)
+            self._call(kind, "set", full, item, expire=self._expire(kind))
+            self._near_put(full, value, item["x"], self.clock())
         return value
 
     def get_many(self, kind: str, keys: Sequence[str],
@@ -287,38 +333,56 @@ class Memcache:
         wanted = list(dict.fromkeys(keys))
         if not wanted:
             return {}
-        names = {self.key(kind, key): key for key in wanted}
-        ok, found = self._call(kind, "get_many", list(names))
-        if not ok:
-            return dict(compute(wanted))
         now, values = self.clock(), {}
-        for full, raw in (found or {}).items():
+        names: dict[str, str] = {}
+        for key in wanted:
+            full = self.key(kind, key)
+            found, value = self._near_get(full, now)
+            if found:
+                values[key] = value
+            else:
+                names[full] = key
+        if values:
+            self.metrics.near_hits.labels(kind).inc(len(values))
+        if not names:
+            return values
+        ok, answered = self._call(kind, "get_many", list(names))
+        if not ok:
+            return {**values, **compute(list(names.values()))}
+        hits = 0
+        for full, raw in (answered or {}).items():
             if self._valid(raw) and now < raw["x"] and full in names:
                 values[names[full]] = raw["v"]
-        self.metrics.hits.labels(kind).inc(len(values))
-        missing = [key for key in wanted if key not in values]
+                self._near_put(full, raw["v"], raw["x"], now)
+                hits += 1
+        self.metrics.hits.labels(kind).inc(hits)
+        missing = [key for key in names.values() if key not in values]
         if missing:
             self.metrics.misses.labels(kind).inc(len(missing))
             computed = dict(compute(missing))
             values.update(computed)
             if computed:
                 self.metrics.recomputes.labels(kind).inc(len(computed))
-                self._call(kind, "set_many", {self.key(kind, k): self._item(v, kind)
-                                              for k, v in computed.items()},
-                           expire=self._expire(kind))
+                items = {self.key(kind, k): self._item(v, kind) for k, v in computed.items()}
+                self._call(kind, "set_many", items, expire=self._expire(kind))
+                for full, item in items.items():
+                    self._near_put(full, item["v"], item["x"], now)
         return values
 
     # -- writes --------------------------------------------------------------------------------
 
     def set(self, kind: str, key: str, value: Any) -> None:
         """Store a value known fresh (a counter just written)."""
-        self._call(kind, "set", self.key(kind, key), self._item(value, kind),
-                   expire=self._expire(kind))
+        full, item = self.key(kind, key), self._item(value, kind)
+        self._call(kind, "set", full, item, expire=self._expire(kind))
+        self._near_put(full, value, item["x"], self.clock())
 
     def delete(self, kind: str, keys: Iterable[str]) -> None:
         """Drop keys (a deleted video). If memcached is down meanwhile, a copy may outlive
         its source until its TTL (``ttl + stale_ttl``)."""
         names = [self.key(kind, key) for key in keys]
+        for full in names:
+            self._near.pop(full, None)
         if names:
             self._call(kind, "delete_many", names)
 

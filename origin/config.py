@@ -192,6 +192,17 @@ def _short(maximum: float) -> Parser:
     return parse
 
 
+def _duration_or_off(maximum: float) -> Parser:
+    """A duration from 0 (off) to ``maximum``."""
+    def parse(value: Any, file: str, key: str) -> float:
+        seconds = parse_duration(value, file=file, key=key)
+        if not 0 <= seconds <= maximum:
+            raise ConfigError(file, key, f"must be from 0 to {maximum:g} s (got {seconds:g} s)")
+        return seconds
+
+    return parse
+
+
 def _rungs(value: Any, file: str, key: str) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value or not all(isinstance(r, dict) for r in value):
         raise type_error(file, key, "an array of tables ([[transcode.rungs]])", value)
@@ -334,6 +345,11 @@ SECTIONS: dict[str, dict[str, Row]] = {
         Row("lock_wait", _short(10.0), 0.5, "duration ≤ 10s",
             "callers without a stale copy wait this long for another's recompute, then read "
             "the database"),
+        Row("near_ttl", _duration_or_off(60.0), 1.0, "duration 0..1m",
+            "each process keeps the fresh values it read or wrote this long (never past their "
+            "TTL) and answers them without asking memcached; 0: off"),
+        Row("near_size", _count(0, 1_000_000), 10_000, "integer 0..1000000",
+            "keys each process keeps near copies of (the oldest go first); 0: off"),
     )},
     "transcode": {r.name: r for r in (
         Row("lease", _duration, 60.0, "duration",

@@ -42,7 +42,8 @@ def memcached() -> Iterator[list[Memcached]]:
 def settings(servers: list[Memcached], **changes: Any) -> CacheSettings:
     values: dict[str, Any] = {"servers": tuple(("127.0.0.1", s.port) for s in servers),
                               "prefix": "t:", "dead_timeout": 0.3, "lock_wait": 3.0,
-                              "timeout": 0.2, "connect_timeout": 0.2}
+                              "timeout": 0.2, "connect_timeout": 0.2,
+                              "near_ttl": 0.0}  # memcached's own behaviour; near copies below
     values.update(changes)
     return CacheSettings(**values)
 
@@ -251,5 +252,61 @@ def test_keys_memcached_cannot_take_are_hashed() -> None:
         for bad in ("a b", "a\x7fb", "a\nb", "é", "x" * 300):
             hashed = cache.key("video", bad)
             assert hashed.startswith("reelcdn:video#") and len(hashed) < 250, bad
+    finally:
+        cache.close()
+
+
+def test_near_copies_answer_hot_keys_for_near_ttl(memcached: list[Memcached]) -> None:
+    """A fresh value read (or written) once is answered from the process for ``near_ttl``,
+    never past its own TTL; a write through the process replaces it, a delete drops it."""
+    now = [1000.0]
+    registry = CollectorRegistry()
+    cache = Memcache(settings(memcached, near_ttl=1.0, counters_ttl=5.0), registry,
+                     clock=lambda: now[0])
+    reads: list[list[str]] = []
+
+    def compute(missing: list[str]) -> dict[str, list[int]]:
+        reads.append(missing)
+        return {key: [len(reads), 0, 0] for key in missing}
+
+    def count(name: str) -> float:
+        return registry.get_sample_value(name, {"kind": "counters"}) or 0.0
+
+    try:
+        assert cache.get_many("counters", ["a", "b"], compute) == {"a": [1, 0, 0],
+                                                                  "b": [1, 0, 0]}
+        assert cache.get_many("counters", ["a", "b"], compute) == {"a": [1, 0, 0],
+                                                                  "b": [1, 0, 0]}
+        assert reads == [["a", "b"]]
+        assert count("reelcdn_origin_cache_near_hits_total") == 2
+        assert count("reelcdn_origin_cache_hits_total") == 0  # memcached not asked
+        cache.set("counters", "a", [9, 9, 9])
+        assert cache.get_many("counters", ["a"], compute) == {"a": [9, 9, 9]}
+        now[0] += 1.5  # past near_ttl, inside counters_ttl: memcached answers
+        assert cache.get_many("counters", ["a", "b"], compute) == {"a": [9, 9, 9],
+                                                                  "b": [1, 0, 0]}
+        assert count("reelcdn_origin_cache_hits_total") == 2
+        cache.delete("counters", ["b"])
+        assert cache.get_many("counters", ["b"], compute) == {"b": [2, 0, 0]}
+        # A value whose own TTL ends before near_ttl is not kept past it.
+        short = Memcache(settings(memcached, near_ttl=10.0, counters_ttl=0.5),
+                         CollectorRegistry(), clock=lambda: now[0])
+        try:
+            short._near_put("k", 1, now[0] + 0.5, now[0])
+            now[0] += 0.6
+            assert short._near_get("k", now[0]) == (False, None)
+        finally:
+            short.close()
+    finally:
+        cache.close()
+
+
+def test_near_copies_are_bounded() -> None:
+    cache = Memcache(CacheSettings(servers=(("127.0.0.1", 9),), near_size=3),
+                     CollectorRegistry())
+    try:
+        for n in range(10):
+            cache._near_put(f"k{n}", n, 100.0, 0.0)
+        assert list(cache._near) == ["k7", "k8", "k9"]  # the oldest went first
     finally:
         cache.close()
