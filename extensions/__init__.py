@@ -30,17 +30,20 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING
 
+from reelcdn.extensions import _accesslog_py as _pure_accesslog
 from reelcdn.extensions import _head_py as _pure_head
 from reelcdn.extensions import _lru_py as _pure_lru
 from reelcdn.extensions import _ranges_py as _pure_ranges
 from reelcdn.extensions import _reader_py as _pure_reader
 
 __all__ = [
+    "ACCESSLOG_COMPILED",
     "HEAD_COMPILED",
     "LRU_COMPILED",
     "NO_EXTENSIONS",
     "RANGES_COMPILED",
     "READER_COMPILED",
+    "accesslog",
     "head",
     "implementations",
     "lru",
@@ -105,6 +108,14 @@ else:
 READER_COMPILED: bool = reader is not _pure_reader
 """True when :data:`reader` (the request reader: llhttp callbacks and limits) is compiled."""
 
+if TYPE_CHECKING:
+    from reelcdn.extensions import _accesslog_py as accesslog
+else:
+    accesslog = _select("accesslog", _pure_accesslog)
+
+ACCESSLOG_COMPILED: bool = accesslog is not _pure_accesslog
+"""True when :data:`accesslog` (the access log's collector and line formatter) is compiled."""
+
 
 def implementations() -> dict[str, str]:
     """``{"ranges": "compiled" | "pure", ...}``: what runs, for logs and ``/health``."""
@@ -113,4 +124,5 @@ def implementations() -> dict[str, str]:
         "lru": "compiled" if LRU_COMPILED else "pure",
         "head": "compiled" if HEAD_COMPILED else "pure",
         "reader": "compiled" if READER_COMPILED else "pure",
+        "accesslog": "compiled" if ACCESSLOG_COMPILED else "pure",
     }
