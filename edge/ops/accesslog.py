@@ -2,16 +2,19 @@
 
 What the request path does (``HttpConnection``, through its ``AccessLogSink``): keep the
 request, its first write (the head) and a count of bytes handed to the transport; when the
-response is complete or cut, call :meth:`AccessLog.emit`, which draws the sample and appends
-one tuple to a list: no formatting, no system call, no lock. A full buffer drops the line and
-counts it.
+response is complete or cut, call ``emit``, which is the ``Collector.emit`` of
+``reelcdn.extensions.accesslog`` (compiled when built, so no Python frame per response): it
+draws the sample and appends one tuple of plain values to a list: no formatting, no system
+call, no lock. A full buffer drops the line and counts it.
 
-Formatting happens on the loop, in one batch every ``FLUSH_SECONDS``: this tier's
-``Cache-Status`` member and the upstream read from the head (cached per head object: a HIT's
-head is the entry's own bytes), token parameters stripped from the target, the CMCD session id,
-one f-string per line (JSON) or nginx's ``combined``. Not in the thread: uvloop releases the
-GIL while it polls, so a thread busy formatting would make the loop wait for the GIL at every
-callback (measured: a 2 KiB HIT at 0.3× with the thread formatting).
+Formatting happens on the loop, in one batch every ``FLUSH_SECONDS``, by the line formatter of
+``reelcdn.extensions.accesslog`` (compiled, with a pure-Python twin): this tier's
+``Cache-Status`` member and the upstream read from the head, token parameters stripped from
+the target, the CMCD session id, the whole batch written into one buffer (JSON lines or nginx's
+``combined``). Not in the thread: uvloop releases the GIL while it polls, so a thread busy
+formatting would make the loop wait for the GIL at every callback (measured: a 2 KiB HIT at
+0.3× with the thread formatting). On a node with one process the loop pays for every line
+either way, which is why the formatter is compiled rather than only moved.
 
 What the writer thread does: ``os.write`` each batch to a file opened ``O_APPEND`` (or to
 stdout), with the GIL released for the system call. A failed write (ENOSPC, EIO) drops the
@@ -27,23 +30,28 @@ Counted on ``NodeStats.access_log_dropped`` by reason: ``queue`` (the queue was 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import random
-import re
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
 from reelcdn.edge.config.model import TOKEN_QUERY_PARAMS
+from reelcdn.extensions import accesslog as lines
+from reelcdn.extensions._accesslog_py import (  # the formatter's pure helpers, for callers
+    Record,
+    cmcd_session,
+    head_facts,
+    strip_target,
+)
+
+__all__ = ["AccessLog", "Record", "cmcd_session", "head_facts", "strip_target",
+           "stripped_names"]
 
 if TYPE_CHECKING:
     from reelcdn.edge.config.model import NodeConfig
     from reelcdn.edge.metrics import NodeStats
-    from reelcdn.extensions.message import Request
 
 log = logging.getLogger("reelcdn.accesslog")
 
@@ -60,14 +68,6 @@ CLOSE_SECONDS = 2.0
 # still forward them to a parent that does, and a log must not keep a credential either way.
 _TOKEN_NAMES = frozenset(n.lower() for names in TOKEN_QUERY_PARAMS.values() for n in names)
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-
-# One queued response: (method, target, version, start, the status of a request refused before
-# its head was whole or 0, query, CMCD-Session field, (Referer, User-Agent) for combined,
-# client address, head bytes or None, bytes handed to the transport, time to first byte or
-# -1, end on the loop's clock, aborted).
-Record = tuple
-
 
 def stripped_names(config: NodeConfig) -> frozenset[str]:
     """The query parameters left out of a logged target: every token format's, the node's own
@@ -79,71 +79,6 @@ def stripped_names(config: NodeConfig) -> frozenset[str]:
     return frozenset(names)
 
 
-def strip_target(target: str, names: frozenset[str]) -> str:
-    """``target`` without the query parameters named in ``names`` (compared lowercased)."""
-    path, sep, query = target.partition("?")
-    if not sep:
-        return target
-    kept = [p for p in query.split("&")
-            if p and unquote(p.partition("=")[0]).lower() not in names]
-    return path + "?" + "&".join(kept) if kept else path
-
-
-def cmcd_session(query: str, field: bytes | None) -> str:
-    """The CMCD ``sid`` of a request (its ``CMCD`` query parameter or ``CMCD-Session``
-    field), or empty."""
-    text = ""
-    if query and "cmcd=" in query.lower():
-        for part in query.split("&"):
-            name, _, value = part.partition("=")
-            if name.lower() == "cmcd":
-                text = unquote(value)
-                break
-    if not text:
-        if field is None:
-            return ""
-        text = field.decode("latin-1")
-    at = text.find('sid="')
-    if at < 0:
-        return ""
-    end = text.find('"', at + 5)
-    return text[at + 5:end] if end > 0 else ""
-
-
-def head_facts(head: bytes | None, member: bytes,
-               upstream_name: str = "") -> tuple[int, int, str, str]:
-    """(status, head length, this tier's Cache-Status member parameters, upstream) from a
-    response head. When this node forwarded (``fwd=``), the upstream is the member before this
-    node's (the parent tier that answered), else ``upstream_name`` (the node's upstream: an
-    origin, or the names of its origin chain); empty on a HIT."""
-    if not head or not head.startswith(b"HTTP/"):
-        return 0, 0, "", ""
-    try:
-        status = int(head[9:12])
-    except ValueError:
-        status = 0
-    end = head.find(b"\r\n\r\n")
-    head_len = end + 4 if end >= 0 else len(head)
-    block = head[:head_len]
-    at = block.lower().find(b"\r\ncache-status:")
-    if at < 0:
-        return status, head_len, "", ""
-    line_end = block.find(b"\r\n", at + 2)
-    members = [m.strip() for m in block[at + 15:line_end].split(b",")]
-    for i in range(len(members) - 1, -1, -1):
-        name, _, params = members[i].partition(b";")
-        if name.strip() == member:
-            cache = params.strip().decode("latin-1")
-            upstream = ""
-            if cache.startswith("fwd="):
-                upstream = upstream_name
-                if i > 0:
-                    upstream = members[i - 1].partition(b";")[0].strip().strip(b'"').decode(
-                        "latin-1")
-            return status, head_len, cache, upstream
-    return status, head_len, "", ""
-
-
 class AccessLog:
     """One node's access log: records the loop collects and formats in batches, and the
     thread that writes them."""
@@ -151,29 +86,25 @@ class AccessLog:
     def __init__(self, config: NodeConfig, stats: NodeStats, member: bytes) -> None:
         self.stats = stats
         self.member = member
-        self.capacity = config.access_log_buffer
-        self.sample = config.access_log_sample
         self.path = config.access_log
         self.combined = config.access_log_format == "combined"
         self.node = config.name
         self.strip = stripped_names(config)
         # The node's upstream (NodeServer sets it, and again on a reload): named for a
         # forwarded response whose head names no parent tier.
-        self.upstream_name = ""
-        # On the loop: records of this batch, the timer that formats them.
-        self.pending: list[Record] = []
+        self._upstream_name = ""
+        self.formatter = self._formatter()
+        # On the loop: the records of this batch, the timer that formats them. A connection
+        # calls the collector's ``emit`` itself (compiled when built): no frame of ours per
+        # response.
+        self.collector = lines.Collector(config.access_log_buffer, config.access_log_sample,
+                                         self.combined, self._first, self._dropped)
+        self.emit = self.collector.emit
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Formatted batches for the writer: (bytes, lines). The backlog in lines is
-        # ``queued - written``, each counter written by one thread only.
+        # Formatted batches for the writer: (bytes, lines). The backlog in lines is the
+        # collector's ``queued - written``, each counter written by one thread only.
         self.chunks: deque[tuple[bytes, int]] = deque()
-        self.queued = 0
-        self.written = 0
-        # Per head (the same bytes object for every HIT of an entry): its facts, as JSON.
-        self._facts: dict[bytes | None, tuple[int, int, str, str, str]] = {}
-        self._targets: dict[bytes, str] = {}
-        self._second = -1
-        self._stamp = ""
         self._fd = -1
         self._reopen = True
         self._wake = threading.Event()
@@ -181,60 +112,66 @@ class AccessLog:
         self._thread: threading.Thread | None = None
         self._lost_logged = 0.0
 
+    @property
+    def capacity(self) -> int:
+        """Lines collected and not yet written, at most (``access_log_buffer``)."""
+        return self.collector.capacity
+
+    @capacity.setter
+    def capacity(self, lines: int) -> None:
+        self.collector.capacity = lines
+
+    @property
+    def upstream_name(self) -> str:
+        return self._upstream_name
+
+    @upstream_name.setter
+    def upstream_name(self, name: str) -> None:
+        self._upstream_name = name
+        self.formatter = self._formatter()
+
+    def _formatter(self) -> lines.LineFormatter:
+        return lines.LineFormatter(self.node, self.member, self._upstream_name, self.strip)
+
     # -- on the loop ------------------------------------------------------------------------
-    def emit(self, request: Request, client: str, head: bytes | None, sent: int, ttfb: float,
-             end: float, aborted: bool) -> None:
-        """Keep one response for the next batch (or not: the sample, a full buffer)."""
-        if self.sample < 1.0 and random.random() >= self.sample:
-            return
-        pending = self.pending
-        if len(pending) + self.queued - self.written >= self.capacity:
-            self._drop("queue", 1)
-            return
-        # Plain values only, not the request: a record that held the request (a dict, a
-        # list) would outlive the young generation and make the collector's full passes,
-        # over the whole cache, run many times more often (seen as 80 ms pauses).
-        headers = request.headers
-        refused = request.error[0] if request.error is not None and not request.start else 0
-        extra = ((headers.get(b"referer"), headers.get(b"user-agent")) if self.combined
-                 else _NO_EXTRA)
-        pending.append((request.method, request.target, request.version, request.start,
-                        refused, request.query, headers.get(b"cmcd-session"), extra,
-                        client, head, sent, ttfb, end, aborted))
+    def _first(self) -> None:
+        """The first record of a batch: format the batch FLUSH_SECONDS from now."""
         if self._timer is None and self._loop is not None:
             self._timer = self._loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def _dropped(self) -> None:
+        self._drop("queue", 1)
 
     def flush(self) -> None:
         """Format the batch into one chunk of lines for the writer (on the loop: a thread
         formatting while the loop serves would take the GIL from it at every callback)."""
         self._timer = None
-        batch = self.pending
+        batch = self.collector.take()
         if not batch:
             return
-        self.pending = []
         try:
             offset = time.time() - time.monotonic()  # the loop's clock is monotonic
             if self.combined:
-                data = "".join([self._combined(r, offset) for r in batch])
+                data = self.formatter.combined_lines(batch, offset)
             else:
-                data = self._json_lines(batch, offset)
+                data = self.formatter.json_lines(batch, offset)
         except Exception:  # a bug here must not break the responses that called emit
             log.exception("access log lines could not be formatted")
             self._drop("write", len(batch))
             return
-        self.chunks.append((data.encode("utf-8", "replace"), len(batch)))
-        self.queued += len(batch)  # (no wake-up: the writer looks every WRITE_SECONDS)
+        self.chunks.append((data, len(batch)))
+        self.collector.queued += len(batch)  # (no wake-up: the writer looks every WRITE_SECONDS)
 
     def configure(self, config: NodeConfig) -> None:
         """A reload: format, sample, buffer and stripped names now; a new path at the next
         batch."""
         self.flush()
-        self.capacity = config.access_log_buffer
-        self.sample = config.access_log_sample
-        self.combined = config.access_log_format == "combined"
+        collector = self.collector
+        collector.capacity = config.access_log_buffer
+        collector.sample = config.access_log_sample
+        self.combined = collector.combined = config.access_log_format == "combined"
         self.strip = stripped_names(config)
-        self._facts.clear()
-        self._targets.clear()
+        self.formatter = self._formatter()
         if config.access_log != self.path:
             self.path = config.access_log
             self._reopen = True
@@ -265,98 +202,6 @@ class AccessLog:
             self._thread.join(CLOSE_SECONDS + 1.0)
             self._thread = None
         self._close_fd()
-
-    # -- formatting (on the loop, in batches) -----------------------------------------------
-    def _head_facts(self, data: bytes | None) -> tuple[int, int, str, str, str]:
-        """(status, head length, cache, upstream as JSON, cache as JSON) of a response's
-        first write; cached per head (a small HIT's first write is its head joined with the
-        body, a new object each time, but the head is the same for a second of Age)."""
-        head = data
-        if data is not None:
-            end = data.find(b"\r\n\r\n")
-            if end >= 0:
-                head = data[:end + 4]  # (data itself when it is the head alone)
-        facts = self._facts.get(head)
-        if facts is None:
-            status, head_len, cache, upstream = head_facts(head, self.member, self.upstream_name)
-            facts = (status, head_len, cache, _json_str(upstream), _json_str(cache))
-            if len(self._facts) >= 4096:
-                self._facts.clear()
-            self._facts[head] = facts
-        return facts
-
-    def _target(self, target: bytes) -> str:
-        """The target as a JSON string, token parameters stripped; cached per target."""
-        cached = self._targets.get(target)
-        if cached is None:
-            text = target.decode("latin-1")
-            if b"?" in target:
-                text = strip_target(text, self.strip)
-            cached = _json_str(text)
-            if len(self._targets) >= 4096:
-                self._targets.clear()
-            self._targets[target] = cached
-        return cached
-
-    def _json_lines(self, batch: list[Record], offset: float) -> str:
-        """The batch as JSON lines: one f-string a line, what repeats (a head's facts, a
-        target, the second's timestamp) computed once. Times in seconds, to the millisecond
-        of the loop's clock."""
-        tail = f',"node":{_json_str(self.node)},"aborted":'
-        target_of = self._targets.get
-        versions = _VERSIONS
-        second = self._second
-        stamp = self._stamp
-        lines = []
-        append = lines.append
-        for (method, raw_target, version, start, refused, query, cmcd, _, client, head, sent,
-             ttfb, end, aborted) in batch:
-            status, head_len, _, upstream, cache = self._head_facts(head)
-            if refused:  # refused before its head was whole
-                status, head_len, method, target = refused, 0, "-", '"-"'
-            else:
-                target = target_of(raw_target) or self._target(raw_target)
-            if not status:
-                status = 499 if aborted else 0  # nothing was written (nginx: client closed)
-            sid = '""'
-            if query or cmcd is not None:
-                sid = _json_str(cmcd_session(query, cmcd))
-            ms = int((end + offset) * 1000.0)
-            if ms // 1000 != second:
-                second = ms // 1000
-                stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-            append(
-                f'{{"time":"{stamp}.{ms % 1000:03d}Z","client":"{client}","method":"{method}",'
-                f'"target":{target},"protocol":"{versions.get(version, "HTTP/?")}",'
-                f'"status":{status},"bytes":{sent},"body_bytes":{max(sent - head_len, 0)},'
-                f'"ttfb":{"null" if ttfb < 0 else f"{ttfb:.3f}"},'
-                f'"duration":{end - start if start else 0.0:.3f},"cache":{cache},'
-                f'"upstream":{upstream},"sid":{sid}{tail}{"true" if aborted else "false"}}}\n'
-            )
-        self._second = second
-        self._stamp = stamp
-        return "".join(lines)
-
-    def _combined(self, record: Record, offset: float) -> str:
-        """nginx's ``combined``: ``$remote_addr - $remote_user [$time_local] "$request"
-        $status $body_bytes_sent "$http_referer" "$http_user_agent"``."""
-        (method, raw_target, version, _, refused, _, _, (referer, agent), client, head, sent, _,
-         end, aborted) = record
-        status, head_len, _, _, _ = self._head_facts(head)
-        if refused:
-            status, head_len, line = refused, 0, "-"
-        else:
-            target = raw_target.decode("latin-1")
-            if "?" in target:
-                target = strip_target(target, self.strip)
-            line = _escape(f"{method} {target} HTTP/{version.decode('latin-1')}")
-        if not status:
-            status = 499 if aborted else 0
-        t = time.gmtime(end + offset)
-        stamp = (f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year:04d}:"
-                 f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000")
-        return (f'{client or "-"} - - [{stamp}] "{line}" {status} '
-                f'{max(sent - head_len, 0)} "{_quoted(referer)}" "{_quoted(agent)}"\n')
 
     # -- in the writer thread ---------------------------------------------------------------
     def _drop(self, reason: str, lines: int) -> None:
@@ -401,7 +246,7 @@ class AccessLog:
                     self._drop("write", lines)
                 else:
                     self._write(data, lines)
-                self.written += lines
+                self.collector.written += lines
             if deadline:
                 return
 
@@ -424,27 +269,3 @@ class AccessLog:
                 log.warning("access log %s: write failed (%s); %d lines dropped", self.path,
                             exc.strerror or exc, lost)
 
-
-_NO_EXTRA = (None, None)
-_VERSIONS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0"}
-_PLAIN = re.compile(r'[\x20-\x21\x23-\x5b\x5d-\x7e]*')
-
-
-def _json_str(text: str) -> str:
-    """``text`` as a JSON string (printable ASCII without quotes or backslashes as is)."""
-    if _PLAIN.fullmatch(text):
-        return '"' + text + '"'
-    return json.dumps(text)
-
-
-def _escape(text: str) -> str:
-    """nginx's escaping of a logged string: ``"``, ``\\`` and bytes outside printable ASCII
-    as ``\\xHH``."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return text
-    return "".join(c if " " <= c <= "~" and c not in '"\\' else "\\x%02X" % (ord(c) & 0xFF)
-                   for c in text)
-
-
-def _quoted(value: bytes | None) -> str:
-    return "-" if not value else _escape(value.decode("latin-1"))
