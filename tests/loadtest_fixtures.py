@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from reelcdn.loadtest.bench.procs import free_ports
 from reelcdn.manifests.meta import (
     InitSection,
     Rendition,
@@ -141,16 +141,6 @@ class CountingOrigin:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 TOPOLOGY = """

@@ -5,16 +5,11 @@ listen on, and waiting until a node's admin ``/health`` answers 200.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 
 import aiohttp
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from reelcdn.loadtest.bench.procs import free_port as free_port  # shared by the tests
 
 
 async def wait_health(admin: int, deadline: float = 15.0, host: str = "127.0.0.1") -> None:

@@ -18,7 +18,6 @@ never picked up by a test.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+
+from reelcdn.loadtest.bench.procs import free_port
 
 __all__ = ["FAKE_ENV", "MotoServer", "s3_endpoint"]
 
@@ -43,11 +44,6 @@ FAKE_ENV = {
 }
 _DROPPED_ENV = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class MotoServer:

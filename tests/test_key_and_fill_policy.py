@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +19,11 @@ from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.http.message import normalise_accept_encoding
 from reelcdn.edge.ops.server import NodeServer
 from reelcdn.extensions.target import BadPath, canonical_path, is_canonical_target
+from reelcdn.loadtest.bench.procs import free_port
 from reelcdn.shield.connectors import build_upstream
 
 CACHEABLE = {"Cache-Control": "max-age=300"}
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def raw(port: int, target: str, host: str = "127.0.0.1",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,17 +14,13 @@ from rawhttp import RawResponse, get
 
 from reelcdn.edge.config import default_topology_text, topology_from_text
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.loadtest.bench.procs import free_port
 from reelcdn.origin.cache_control import META_CACHE_PROCESSING, META_CACHE_READY
 from reelcdn.origin.storage import FsStore
 from reelcdn.shield.connectors import build_upstream
 
 META = "/v/clip/meta.json"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Nodes:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from s3server import s3_endpoint  # noqa: F401  (a fixture)
 from reelcdn.edge.config import topology_from_text
 from reelcdn.edge.metrics import node_registry
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.loadtest.bench.procs import free_ports
 from reelcdn.shield.connectors import build_upstream
 
 TOPOLOGY = """
@@ -56,16 +56,6 @@ listen = "127.0.0.1:{b}"
 parents = ["{edge_parents}"]
 """
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 class Tiers:

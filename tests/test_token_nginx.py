@@ -36,6 +36,7 @@ from reelcdn.edge.auth.nginx_md5 import (
 )
 from reelcdn.edge.auth.verdict import Grant, KeyRing, Refusal, TokenRequest
 from reelcdn.extensions.target import canonical_path
+from reelcdn.loadtest.bench.procs import free_port
 
 SECRET = b"s3cr3t"
 RING = KeyRing({"k1": SECRET}, "k1")
@@ -446,11 +447,6 @@ http {{
 }}
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ask_nginx(port: int, target: str, *, source: str, headers: dict[str, str]) -> str:

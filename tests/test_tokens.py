@@ -5,7 +5,6 @@ one cached copy between viewers and never sends a token upstream."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import aiohttp
@@ -21,6 +20,7 @@ from reelcdn.edge.config import ConfigError, topology_from_text
 from reelcdn.edge.config.model import TokenConfig
 from reelcdn.edge.ops.server import NodeServer
 from reelcdn.extensions.message import Request
+from reelcdn.loadtest.bench.procs import free_port
 from reelcdn.shield.connectors import build_upstream
 
 K1, K2 = b"k1-secret-0123456789abcdef", b"k2-secret-0123456789abcdef"
@@ -264,11 +264,6 @@ upstream = "http://127.0.0.1:2"
 # a node
 # ---------------------------------------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def _origin(seen: list[str]) -> tuple[web.AppRunner, int]:

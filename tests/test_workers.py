@@ -23,6 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rawhttp import RawResponse, get
 
+from reelcdn.loadtest.bench.procs import free_port
+
 pytestmark = pytest.mark.slow  # multi-process nodes: a master and its worker processes
 
 TOKEN = "w0rkers"
@@ -39,11 +41,6 @@ workers = {workers}
 {extra}
 """
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def alive(pid: int) -> bool:

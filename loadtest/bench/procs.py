@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,22 +36,46 @@ class StartupError(RuntimeError):
 
 
 _handed_out: set[int] = set()
+_PORT_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _below_ephemeral() -> range:
+    """Ports under the kernel's ephemeral range (``ip_local_port_range``; 32768–60999 by
+    default), 20,000 of them at most, or an empty range when that range starts too low."""
+    try:
+        low = int(_PORT_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 20_000), low)
 
 
 def free_port(host: str = LOOPBACK) -> int:
-    """A currently free TCP port on ``host``, never the same one twice in this process.
+    """A currently free TCP port on ``host`` for a server started next, never the same one
+    twice in this process.
 
-    The kernel picks it (bind to port 0); there is a small window before the server binds it,
-    which is acceptable for a benchmark: a lost race shows up as a clear startup failure.
+    Chosen at random *below* the kernel's ephemeral range and checked by binding it: a port
+    the kernel picks for ``bind(port 0)`` is one it also hands to outgoing connections, and
+    on a busy machine one of them took it before the server bound it ("address already in
+    use" at startup). Only where there is no room below the range is the kernel's pick used.
     """
-    for _ in range(50):
+    candidates = _below_ephemeral()
+    for attempt in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
+            try:
+                sock.bind((host, random.choice(candidates) if candidates and attempt < 150
+                           else 0))
+            except OSError:
+                continue  # in use: another
             port = int(sock.getsockname()[1])
         if port not in _handed_out:
             _handed_out.add(port)
             return port
     raise RuntimeError("could not find a free loopback port")
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """``count`` distinct free ports (:func:`free_port`)."""
+    return [free_port(host) for _ in range(count)]
 
 
 def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:

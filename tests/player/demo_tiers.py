@@ -8,12 +8,12 @@ test begins with cold caches.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 from reelcdn.edge.config import NodeConfig, topology_from_text
 from reelcdn.edge.ops.server import NodeServer
+from reelcdn.loadtest.bench.procs import free_ports
 from reelcdn.origin.demo import DEFAULT_LADDER, synthesise_demo_videos
 from reelcdn.shield.connectors import build_upstream
 
@@ -72,16 +72,6 @@ def synthesise(root: Path, duration: float = DURATION) -> Path:
                            log=lambda _message: None)
     return root
 
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _toml_value(value: Any) -> str:
