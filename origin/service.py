@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from reelcdn.edge.ops.heap import freeze_startup_heap
 from reelcdn.origin.api import build_admin_app, build_app
 from reelcdn.origin.config import OriginServices, open_catalog, open_queue, open_store
 from reelcdn.origin.logs import AccessLogger, access_log
@@ -105,6 +106,7 @@ async def run(services: OriginServices) -> None:
     except BaseException:
         await service.stop()
         raise
+    freeze_startup_heap()
     log.info("origin API on http://%s:%d/api/v1/%s", host, bound,
              f", admin on http://{admin_host}:{admin_bound}/" if admin_bound else "")
     stop = asyncio.Event()

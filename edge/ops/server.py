@@ -29,6 +29,7 @@ from reelcdn.edge.http.connection import HttpConnection
 from reelcdn.edge.node import CacheNode
 from reelcdn.edge.ops.accesslog import AccessLog
 from reelcdn.edge.ops.admin import LocalAdmin, build_admin_app, start_admin
+from reelcdn.edge.ops.heap import freeze_startup_heap
 
 log = logging.getLogger("reelcdn.server")
 
@@ -273,6 +274,7 @@ async def serve(
     # Before the listener opens: SIGUSR1's default action would end the process.
     loop.add_signal_handler(signal.SIGUSR1, server.reopen_logs)
     await server.start()
+    freeze_startup_heap()
     if ready is not None:
         ready(server)
     stop = asyncio.Event()
