@@ -303,6 +303,35 @@ ROWS: list[tuple[str, list[dict[str, Any]]]] = [
         timeseries("Videos by status", [
             target("sum by (status) (reelcdn_origin_videos)", "{{status}}")]),
     ]),
+    ("Origin services: the feed", [
+        timeseries("Feed pages by type", [
+            target(f"sum by (feed_type) (rate(reelcdn_origin_feed_requests_total[{RI}]))",
+                   "{{feed_type}}")], "reqps"),
+        timeseries("Plays counted from the edges", [
+            target(f"sum(rate(reelcdn_origin_plays_ingested_total[{RI}]))", "starts"),
+            target(f"sum(rate(reelcdn_origin_play_completions_ingested_total[{RI}]))",
+                   "completions", "B"),
+            target(f"sum by (result) (rate(reelcdn_origin_play_batches_total[{RI}]))",
+                   "batches {{result}}", "C")], "ops",
+            "Play starts and completions from the edges' batches; a duplicate batch is one "
+            "an edge sent again and was counted once."),
+        timeseries("Trending recompute (p50 / p90)", [
+            target("histogram_quantile(0.5, sum by (le) "
+                   f"(rate(reelcdn_origin_feed_recompute_seconds_bucket[{RI}])))", "p50"),
+            target("histogram_quantile(0.9, sum by (le) "
+                   f"(rate(reelcdn_origin_feed_recompute_seconds_bucket[{RI}])))", "p90",
+                   "B"),
+            target(f"sum(rate(reelcdn_origin_feed_recompute_errors_total[{RI}]))",
+                   "failed/s", "C")], "s",
+            "Seconds to rank trending and score the for_you pool (every trending_interval)."),
+        timeseries("Pre-warmed objects: first request a HIT", [
+            target(f"sum(rate(reelcdn_prewarmed_first_hits_total{{{SEL}}}[{RI}]))\n  /\n"
+                   f"(sum(rate(reelcdn_prewarmed_first_hits_total{{{SEL}}}[{RI}]))"
+                   f" + sum(rate(reelcdn_prewarmed_first_misses_total{{{SEL}}}[{RI}])))",
+                   "first-request hit ratio")], "percentunit",
+            "Of the objects the feed pre-warmed into the nodes (trending videos' playlists, "
+            "init and first segments), the share whose first request was a HIT."),
+    ]),
 ]
 
 
