@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -35,7 +35,11 @@ __all__ = [
     "for_you_base",
     "for_you_ranked",
     "for_you_score",
+    "base_score",
+    "personal_bound",
+    "personal_score",
     "hashtag_affinity",
+    "lowered",
     "like_rate",
     "popularity",
     "recency",
@@ -138,13 +142,20 @@ def tag_weights(liked: Iterable[Sequence[str]], seen: Iterable[Sequence[str]]
 
 def hashtag_affinity(hashtags: Sequence[str], tags: Mapping[str, float]) -> float:
     """The video's tags' weights summed, over the viewer's heaviest tag's, at most 1."""
-    if not tags or not hashtags:
+    return _tag_affinity(lowered(hashtags), tags, max(tags.values(), default=0.0))
+
+
+def lowered(hashtags: Sequence[str]) -> tuple[str, ...]:
+    """A video's tags as affinity reads them: lowercased, each once (in the order a set of
+    them iterates, so that a sum over them adds in the same order wherever it is made)."""
+    return tuple({t.lower() for t in hashtags})
+
+
+def _tag_affinity(tags_of_video: Sequence[str], tags: Mapping[str, float],
+                  heaviest: float) -> float:
+    if not tags or not tags_of_video or heaviest <= 0:
         return 0.0
-    heaviest = max(tags.values())
-    if heaviest <= 0:
-        return 0.0
-    total = sum(tags.get(tag, 0.0) for tag in {t.lower() for t in hashtags})
-    return min(1.0, total / heaviest)
+    return min(1.0, sum(tags.get(tag, 0.0) for tag in tags_of_video) / heaviest)
 
 
 def creator_affinity(owner: str, liked_owners: Mapping[str, int]) -> float:
@@ -155,14 +166,44 @@ def creator_affinity(owner: str, liked_owners: Mapping[str, int]) -> float:
 
 # -- for_you -----------------------------------------------------------------------------------
 
+def base_score(video: Video, now: float, weights: Weights = Weights()) -> float:
+    """The terms every viewer shares: ``recency · w + engagement · w``."""
+    return (weights.recency * recency(now - video.created, weights.recency_half_life)
+            + weights.engagement * engagement(video, weights))
+
+
+def personal_score(video: Video, viewer: Viewer, weights: Weights = Weights()) -> float:
+    """The viewer's own terms: ``follows · w + creator · w + hashtags · w`` (0.0 for a video
+    the viewer has no tie to)."""
+    return _personal(video.owner, lowered(video.hashtags), viewer,
+                     max(viewer.tags.values(), default=0.0), weights)
+
+
+def _personal(owner: str, tags_of_video: Sequence[str], viewer: Viewer, heaviest: float,
+              weights: Weights) -> float:
+    """:func:`personal_score` from what may be prepared once: the video's :func:`lowered`
+    tags, the viewer's heaviest tag weight."""
+    return (weights.follows * (1.0 if owner in viewer.follows else 0.0)
+            + weights.creator * creator_affinity(owner, viewer.liked_owners)
+            + weights.hashtags * _tag_affinity(tags_of_video, viewer.tags, heaviest))
+
+
+def personal_bound(viewer: Viewer, weights: Weights = Weights()) -> float:
+    """At least :func:`personal_score` of any video for ``viewer`` (each term at its most
+    for this viewer; float rounding is monotonic, so the sum bounds the sum)."""
+    creator = max((creator_affinity(owner, viewer.liked_owners)
+                   for owner in viewer.liked_owners), default=0.0)
+    hashtags = 1.0 if any(weight > 0 for weight in viewer.tags.values()) else 0.0
+    return (weights.follows * (1.0 if viewer.follows else 0.0) + weights.creator * creator
+            + weights.hashtags * hashtags)
+
+
 def for_you_score(video: Video, viewer: Viewer, now: float,
                   weights: Weights = Weights()) -> float:
-    """The weighted sum, in [0, 1] with weights summing to 1."""
-    return (weights.recency * recency(now - video.created, weights.recency_half_life)
-            + weights.engagement * engagement(video, weights)
-            + weights.follows * (1.0 if video.owner in viewer.follows else 0.0)
-            + weights.creator * creator_affinity(video.owner, viewer.liked_owners)
-            + weights.hashtags * hashtag_affinity(video.hashtags, viewer.tags))
+    """The weighted sum, in [0, 1] with weights summing to 1: the shared terms plus the
+    viewer's own (added in that order everywhere, so a video the viewer has no tie to scores
+    its shared terms exactly)."""
+    return base_score(video, now, weights) + personal_score(video, viewer, weights)
 
 
 def for_you(videos: Iterable[Video], viewer: Viewer, now: float,
@@ -177,66 +218,84 @@ def for_you(videos: Iterable[Video], viewer: Viewer, now: float,
 
 # -- for_you, per viewer without scoring the pool --------------------------------------------
 #
-# Three of the five terms (follows, creator, hashtags) are zero for every video the viewer has
-# no tie to: not by a creator they follow or liked, no hashtag they have a weight for. Such a
-# video's score is the same for every viewer — ``for_you_score`` with a viewer of no signals,
-# bit for bit, since the three terms add 0.0 — so it is computed once per pool
-# (:func:`for_you_base`), the pool sorted by it once, and a viewer's ranking
-# (:func:`for_you_ranked`) scores only the videos they are tied to and merges them into that
-# order. Same list as :func:`for_you` (tests/test_feed_ranking.py checks it with hypothesis);
-# the cost per viewer follows their ties and the page, not the pool.
+# A score is the shared terms (recency, engagement: the same for every viewer) plus the
+# viewer's own (follows, creator, hashtags), which are 0.0 for every video the viewer has no
+# tie to — not by a creator they follow or liked, no hashtag they have a weight for. So the
+# shared scores are computed and sorted once per pool (:func:`for_you_base`), and a viewer's
+# ranking (:func:`for_you_ranked`) walks that order, adds the personal terms of the videos
+# they are tied to, and stops as soon as no video further down could make the page even with
+# the most this viewer's personal terms can add (a threshold walk). Same list as
+# :func:`for_you` (tests/test_feed_ranking.py checks it with hypothesis); the cost follows the
+# page and how far the viewer's ties reach down the order, not the pool.
 
 
 @dataclass(frozen=True, slots=True)
 class ForYouBase:
-    """A pool ranked for a viewer of no signals, as of ``now``: ``ranked`` is ``(-score, id)``
-    in order; ``owners`` and ``tags`` (lowercased) index the ids a viewer may be tied to."""
+    """A pool ranked by its shared terms (:func:`base_score`) as of ``now``: ``ranked`` is
+    ``(-base score, id)`` in order; ``owners`` and ``tags`` (lowercased) index the ids a
+    viewer may be tied to."""
 
     now: float
     videos: Mapping[str, Video]
     ranked: Sequence[tuple[float, str]]
     owners: Mapping[str, Sequence[str]]
     tags: Mapping[str, Sequence[str]]
+    lowered: Mapping[str, tuple[str, ...]]  # each video's :func:`lowered` tags
 
 
 def for_you_base(videos: Iterable[Video], now: float,
                  weights: Weights = Weights()) -> ForYouBase:
-    """Score a pool once for everyone (a video listed twice: the last copy counts)."""
+    """Score a pool's shared terms once for everyone (a video listed twice: the last copy
+    counts)."""
     pool = {video.id: video for video in videos}
-    nobody = Viewer("")
     owners: dict[str, list[str]] = {}
     tags: dict[str, list[str]] = {}
+    tags_of = {video_id: lowered(video.hashtags) for video_id, video in pool.items()}
     for video in pool.values():
         owners.setdefault(video.owner, []).append(video.id)
-        for tag in {t.lower() for t in video.hashtags}:
+        for tag in tags_of[video.id]:
             tags.setdefault(tag, []).append(video.id)
-    ranked = sorted((-for_you_score(video, nobody, now, weights), video.id)
-                    for video in pool.values())
-    return ForYouBase(now, pool, ranked, owners, tags)
+    ranked = sorted((-base_score(video, now, weights), video.id) for video in pool.values())
+    return ForYouBase(now, pool, ranked, owners, tags, tags_of)
 
 
 def for_you_ranked(base: ForYouBase, viewer: Viewer, weights: Weights = Weights(),
                    limit: int | None = None, created_at_most: float | None = None,
                    ) -> list[str]:
-    """``for_you(base's videos, viewer, base.now, weights, limit)``, scoring only the videos
-    the viewer is tied to. ``created_at_most``: leave out videos created after it."""
+    """``for_you(base's videos, viewer, base.now, weights, limit)``, without scoring the
+    whole pool: the videos are walked by their shared score, highest first, each scored in
+    full (its personal terms only if the viewer is tied to it), and the walk stops once
+    even the largest personal score this viewer can give (:func:`personal_bound`) could not
+    lift the next video past the ``limit``-th best. ``created_at_most``: leave out videos
+    created after it."""
     tied: set[str] = set()
     for owner in itertools.chain(viewer.follows, viewer.liked_owners):
         tied.update(base.owners.get(owner, ()))
     for tag in viewer.tags:
         tied.update(base.tags.get(tag, ()))
-
-    def wanted(video: Video) -> bool:
-        return (video.id not in viewer.seen and video.owner != viewer.name
-                and (created_at_most is None or video.created <= created_at_most))
-
-    personal = sorted((-for_you_score(video, viewer, base.now, weights), video.id)
-                      for video in map(base.videos.__getitem__, tied) if wanted(video))
-    shared: Iterator[tuple[float, str]] = (
-        entry for entry in base.ranked
-        if entry[1] not in tied and wanted(base.videos[entry[1]]))
-    merged = heapq.merge(personal, shared)
-    return [video_id for _, video_id in itertools.islice(merged, limit)]
+    bound = personal_bound(viewer, weights)
+    heaviest = max(viewer.tags.values(), default=0.0)
+    prune = limit is not None and min(weights.follows, weights.creator, weights.hashtags) >= 0
+    best: list[float] = []  # the ``limit`` highest full scores so far (a min-heap)
+    scored: list[tuple[float, str]] = []
+    for negative, video_id in base.ranked:
+        shared = -negative
+        if prune and len(best) >= limit and shared + bound < best[0]:  # type: ignore[operator]
+            break  # no video left can reach the page
+        video = base.videos[video_id]
+        if (video_id in viewer.seen or video.owner == viewer.name
+                or (created_at_most is not None and video.created > created_at_most)):
+            continue
+        full = (shared + _personal(video.owner, base.lowered[video_id], viewer, heaviest,
+                                   weights) if video_id in tied else shared)
+        scored.append((-full, video_id))
+        if prune:
+            if len(best) < limit:  # type: ignore[operator]
+                heapq.heappush(best, full)
+            elif limit and full > best[0]:
+                heapq.heapreplace(best, full)
+    scored.sort()
+    return [video_id for _, video_id in scored[:limit]]
 
 
 # -- trending ----------------------------------------------------------------------------------
