@@ -1,7 +1,7 @@
 """The feed's latency at a fixed arrival rate, with memcached and without.
 
     python -m reelcdn.loadtest.bench.feed [--rate 500] [--duration 10s] [--repeat 3]
-        [--videos 300] [--feed-type for_you] [--profile DIR]
+        [--videos 300] [--feed-type for_you] [--engaged] [--profile DIR]
 
 Starts, as processes on 127.0.0.1 ephemeral ports, two ``reelcdn origin`` services from two
 topology files that differ only in a ``[cache]`` section (``servers`` = a ``memcached`` this
@@ -9,7 +9,10 @@ bench starts, ``-m 64``), each with its own data directory whose catalog is seed
 ``--videos`` ready rows (through the catalog's interface, ``open_catalog``, before the
 service starts; by ``--creators`` owners, so that for_you has videos of others) and whose
 fs origin holds the demo video published under the first few ids (``publish_demo``: one
-short synthesised demo copied under each id, as tests/test_feed_prewarm.py does).
+short synthesised demo copied under each id, as tests/test_feed_prewarm.py does). With
+``--engaged`` each viewer also gets a history before the service starts (2 creators
+followed, 20 videos liked, 50 played: ``FeedSite.engage``), so that for_you's ranking has
+their ties to score; without it the viewers have none.
 
 Each run drives ``GET /api/v1/feed?feed_type=…&limit=10`` at a fixed arrival rate
 (``--rate`` per second, one request every 1/rate s: open loop, the next request does not wait
@@ -182,6 +185,34 @@ prewarm_top = 0
                                         "hashtags": f"#bench #tag{number % 7}"},
                            status="ready")
             catalog.set_status(vid, "ready", duration=duration, renditions=["144p", "240p"])
+
+    def engage(self, users: Sequence[str], ids: Sequence[str], *, seed: int = 7) -> None:
+        """Give each viewer a history, as a for_you viewer has (before the service starts):
+        2 creators followed, 20 videos liked, 50 played (marked seen through a registered
+        CMCD session and a play batch), chosen at random (``seed``) — every video is then
+        tied to every viewer through its hashtags, the ranking's hardest case."""
+        import random
+
+        from reelcdn.edge.config import load_topology
+        from reelcdn.origin.config import check_services, services_from_topology
+        from reelcdn.origin.feed.store import Play, SqliteEngagementStore
+
+        services = services_from_topology(load_topology(self.config, check=check_services))
+        store = SqliteEngagementStore(services.data_dir / "feed.sqlite")
+        chosen, now = random.Random(seed), time.time()
+        try:
+            for number, user in enumerate(users):
+                for creator in chosen.sample(CREATORS, 2):
+                    store.follow(user, creator, now)
+                for vid in chosen.sample(list(ids), min(20, len(ids))):
+                    store.like(user, vid, now)
+                sid = f"bench-{number}"
+                store.register_session(sid, user, now + 86400, now)
+                plays = [Play(vid, 1, 1, (sid,))
+                         for vid in chosen.sample(list(ids), min(50, len(ids)))]
+                store.ingest(f"bench:{number:032x}", "bench", plays, 0, now)
+        finally:
+            store.close()
 
     def origin_process(self, name: str, log_dir: Path) -> ManagedProcess:
         return ManagedProcess(name, cli("origin", "--config", str(self.config)), log_dir)
@@ -458,6 +489,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="ready rows seeded into each catalog; 300")
     parser.add_argument("--published", type=positive_int, default=3,
                         help="of which published (the demo's files under their ids); 3")
+    parser.add_argument("--engaged", action="store_true",
+                        help="viewers with a history (follows, likes, plays): for_you's "
+                             "ranking then scores their tied videos; default: none")
     parser.add_argument("--users", type=positive_int, default=50,
                         help="viewers whose tokens the requests use in turn; 50")
     parser.add_argument("--feed-type", choices=("for_you", "following", "trending"),
@@ -478,7 +512,8 @@ def report(args: argparse.Namespace, runs: list[Run], started: datetime,
     lines = [f"# Feed latency at {args.rate:g} requests/s, memcached vs none", "",
              f"`{PROG} {' '.join(sys.argv[1:])}`", "",
              f"Run: {started:%Y-%m-%d %H:%M} UTC; {args.videos} ready videos, "
-             f"feed_type={args.feed_type}, limit=10, {args.users} users, "
+             f"feed_type={args.feed_type}, limit=10, {args.users} users"
+             f"{' with a history (2 follows, 20 likes, 50 plays each)' if args.engaged else ''}, "
              f"{args.duration:g} s a run, one unrecorded warm-up run each; load average at "
              f"the start {info.loadavg}, at the end {machine.loadavg()}.", "",
              "| round | cache | p50 ms | p99 ms | max ms | ok | errors | dropped | answered/s "
@@ -546,6 +581,8 @@ def run(argv: list[str]) -> int:
         tokens: dict[str, list[str]] = {}
         for kind, site in sites.items():
             site.seed(ids)
+            if args.engaged:
+                site.engage([f"viewer{n}" for n in range(args.users)], ids)
             tokens[kind] = [site.token(f"viewer{n}") for n in range(args.users)]
             process = site.origin_process(f"origin-{kind}", work)
             running.append(process)

@@ -183,9 +183,21 @@ def _personal(owner: str, tags_of_video: Sequence[str], viewer: Viewer, heaviest
               weights: Weights) -> float:
     """:func:`personal_score` from what may be prepared once: the video's :func:`lowered`
     tags, the viewer's heaviest tag weight."""
+    return _owner_part(owner, viewer, weights) + _tags_part(tags_of_video, viewer, heaviest,
+                                                            weights)
+
+
+def _owner_part(owner: str, viewer: Viewer, weights: Weights) -> float:
+    """The personal terms that depend on the creator alone (the same for all their videos)."""
     return (weights.follows * (1.0 if owner in viewer.follows else 0.0)
-            + weights.creator * creator_affinity(owner, viewer.liked_owners)
-            + weights.hashtags * _tag_affinity(tags_of_video, viewer.tags, heaviest))
+            + weights.creator * creator_affinity(owner, viewer.liked_owners))
+
+
+def _tags_part(tags_of_video: Sequence[str], viewer: Viewer, heaviest: float,
+               weights: Weights) -> float:
+    """The personal term that depends on the tags alone (the same for every video with
+    these tags)."""
+    return weights.hashtags * _tag_affinity(tags_of_video, viewer.tags, heaviest)
 
 
 def personal_bound(viewer: Viewer, weights: Weights = Weights()) -> float:
@@ -268,6 +280,8 @@ def for_you_ranked(base: ForYouBase, viewer: Viewer, weights: Weights = Weights(
     even the largest personal score this viewer can give (:func:`personal_bound`) could not
     lift the next video past the ``limit``-th best. ``created_at_most``: leave out videos
     created after it."""
+    if limit is not None and limit <= 0:
+        return []
     tied: set[str] = set()
     for owner in itertools.chain(viewer.follows, viewer.liked_owners):
         tied.update(base.owners.get(owner, ()))
@@ -275,24 +289,38 @@ def for_you_ranked(base: ForYouBase, viewer: Viewer, weights: Weights = Weights(
         tied.update(base.tags.get(tag, ()))
     bound = personal_bound(viewer, weights)
     heaviest = max(viewer.tags.values(), default=0.0)
+    owner_parts: dict[str, float] = {}
+    tags_parts: dict[tuple[str, ...], float] = {}
     prune = limit is not None and min(weights.follows, weights.creator, weights.hashtags) >= 0
     best: list[float] = []  # the ``limit`` highest full scores so far (a min-heap)
     scored: list[tuple[float, str]] = []
     for negative, video_id in base.ranked:
         shared = -negative
         if prune and len(best) >= limit and shared + bound < best[0]:  # type: ignore[operator]
+            # (``best`` is not empty here: ``limit`` is at least 1)
             break  # no video left can reach the page
         video = base.videos[video_id]
         if (video_id in viewer.seen or video.owner == viewer.name
                 or (created_at_most is not None and video.created > created_at_most)):
             continue
-        full = (shared + _personal(video.owner, base.lowered[video_id], viewer, heaviest,
-                                   weights) if video_id in tied else shared)
+        if video_id in tied:  # its personal terms, each part computed once per request
+            owner_part = owner_parts.get(video.owner)
+            if owner_part is None:
+                owner_part = owner_parts[video.owner] = _owner_part(video.owner, viewer,
+                                                                    weights)
+            tags_of_video = base.lowered[video_id]
+            tags_part = tags_parts.get(tags_of_video)
+            if tags_part is None:
+                tags_part = tags_parts[tags_of_video] = _tags_part(tags_of_video, viewer,
+                                                                   heaviest, weights)
+            full = shared + (owner_part + tags_part)
+        else:
+            full = shared
         scored.append((-full, video_id))
         if prune:
             if len(best) < limit:  # type: ignore[operator]
                 heapq.heappush(best, full)
-            elif limit and full > best[0]:
+            elif full > best[0]:
                 heapq.heapreplace(best, full)
     scored.sort()
     return [video_id for _, video_id in scored[:limit]]
