@@ -101,6 +101,7 @@ cdef class Collector:
     cdef public Py_ssize_t written
     cdef public object on_first
     cdef public object on_drop
+    cdef bytes _last_head
 
     def __init__(self, Py_ssize_t capacity, double sample, bint combined, on_first,
                  on_drop) -> None:
@@ -112,16 +113,30 @@ cdef class Collector:
         self.written = 0
         self.on_first = on_first
         self.on_drop = on_drop
+        self._last_head = None
 
     def emit(self, request, client, head, sent, ttfb, end, aborted) -> None:
         """Keep one response for the next batch (or not: the sample, a full buffer)."""
         cdef list pending = self.pending
         cdef object headers, error, extra, refused
+        cdef const char* p
+        cdef Py_ssize_t n, cut
         if self.sample < 1.0 and _random.random() >= self.sample:
             return
         if len(pending) + self.queued - self.written >= self.capacity:
             self.on_drop()
             return
+        if type(head) is bytes:
+            p = PyBytes_AS_STRING(head)
+            n = PyBytes_GET_SIZE(head)
+            cut = _find(<const unsigned char*>p, n, b"\r\n\r\n", 4) + 4
+            if 4 <= cut < n:  # the head alone; a HIT's repeats: the same object again
+                last = self._last_head
+                if last is not None and PyBytes_GET_SIZE(last) == cut and \
+                        memcmp(p, PyBytes_AS_STRING(last), <size_t>cut) == 0:
+                    head = last
+                else:
+                    head = self._last_head = PyBytes_FromStringAndSize(p, cut)
         headers = request.headers
         error = request.error
         refused = error[0] if error is not None and not request.start else 0

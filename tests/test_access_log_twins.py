@@ -169,8 +169,13 @@ def test_the_collector_keeps_plain_values_and_calls_back_once_a_batch(twin: Modu
     ]
     batch = collector.take()
     assert len(batch) == 2 and collector.pending == []
+    # a small HIT's first write is head and body: the record keeps the head alone
+    collector.emit(req, "::1", HIT_HEAD + b"body", 10, 0.001, 1000.5, False)
+    collector.emit(req, "::1", b"HTTP/1.1 200 OK\r\nno blank line", 10, 0.001, 1000.5, False)
+    assert [r[9] for r in collector.take()] == [HIT_HEAD, b"HTTP/1.1 200 OK\r\nno blank line"]
+    assert calls.first == 2
     collector.emit(req, "::1", None, 0, -1.0, 1000.7, True)
-    assert calls.first == 2  # a new batch
+    assert calls.first == 3  # a new batch
     # combined keeps Referer and User-Agent; a request refused before its head: its status
     collector.combined = True
     refused = request(user_agent=b"ua")
