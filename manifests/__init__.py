@@ -35,6 +35,7 @@ from reelcdn.manifests.options import (
     Pathway,
     RenderOptions,
     Steering,
+    carried_part,
     codec_allowed,
     options_from_query,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "Template",
     "UnknownRendition",
     "Variant",
+    "carried_part",
     "codec_allowed",
     "find_media",
     "iframe_template",

@@ -18,9 +18,16 @@ __all__ = [
 ]
 
 META_CACHE_PROCESSING = "max-age=2"
-"""``meta.json`` while processing: the edge re-reads it soon and sees the next rungs."""
-META_CACHE_READY = "max-age=86400"
-"""``meta.json`` once ready: long, but not immutable (a deleted video must disappear)."""
+"""``meta.json`` while processing: the edge re-reads it soon and sees the next rungs and
+segments. No ``stale-while-revalidate``: a stale copy would keep a growing EVENT playlist
+short one revalidation longer (through every tier, where each serves its own stale copy), so
+players reloading it wait for the revalidation rather than miss a segment."""
+META_CACHE_READY = "max-age=86400, stale-while-revalidate=86400"
+"""``meta.json`` once ready: long, but not immutable (a deleted video must disappear, and a
+purge or the next revalidation removes it). Its content no longer changes, so once a day has
+passed a tier still answers from its stale copy (RFC 5861) for another day while it
+revalidates in the background: the revalidation only confirms what it holds, and no player
+waits for it, at any tier (the edge renders playlists from this copy)."""
 MEDIA_CACHE = "max-age=31536000, immutable"
 """Inits, segments: a URL's bytes never change (reruns write the same bytes)."""
 PLAYLIST_CACHE = "max-age=86400"

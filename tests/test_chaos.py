@@ -24,6 +24,7 @@ from reelcdn.loadtest.verify import (
     check_body,
     digests_from_dir,
 )
+from reelcdn.origin.cache_control import META_CACHE_READY
 
 # ------------------------------------------------------------------------------ plans
 
@@ -206,7 +207,7 @@ async def test_the_chaos_origin_serves_files_and_misbehaves_on_command(tmp_path)
             async with session.get(base + path, headers={**rest, "If-Range": '"other"'}) as r:
                 assert r.status == 200 and await r.read() == data
             async with session.get(base + f"/v/{ids[0]}/meta.json") as r:
-                assert r.headers["Cache-Control"] == "max-age=86400"   # from the sidecar
+                assert r.headers["Cache-Control"] == META_CACHE_READY   # from the sidecar
             async with session.get(base + f"/v/{ids[0]}/.headers/meta.json") as r:
                 assert r.status == 404
             async with session.post(base + "/__chaos/fault",

@@ -98,9 +98,9 @@ class EdgeFeatures:
             sid = self._cmcd(req)
         path = req.path
         if path.endswith(".m3u8") and self.rendering:
-            where = playlists.route(path)
-            if where is not None:
-                return self.playlists.receive(req, conn, where)
+            answer = self.playlists.receive(req, conn, primary)
+            if answer is not playlists.NOT_PLAYLIST:
+                return answer
         if self.counting and req.method == "GET" and path.endswith(PLAY_SUFFIXES):
             answer = self.plays.receive(req, conn, sid)
             if answer is not NOT_TAKEN:
