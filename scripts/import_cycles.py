@@ -44,6 +44,7 @@ FOLDER_ORDER = ("extensions", "manifests", "edge", "shield", "origin", "loadtest
 
 
 # Top-level Python imports of a .pyx file (its cimports are C-level, not module imports).
+_COMMENT = re.compile(r"#[^\n]*")
 _PYX_IMPORT = re.compile(r"^(?:from\s+\S+\s+import\s+(?:\([^)]*\)|[^\n]+)|import\s+[^\n]+)",
                          re.MULTILINE)
 
@@ -104,7 +105,8 @@ def import_graph(type_hints: bool = True) -> dict[str, set[str]]:
     for module, path in files.items():
         text = path.read_text()
         if path.suffix == ".pyx":  # the Python-level imports of a Cython module
-            text = "\n".join(match.group(0) for match in _PYX_IMPORT.finditer(text))
+            bare = _COMMENT.sub("", text)  # a comment may hold a parenthesis
+            text = "\n".join(match.group(0) for match in _PYX_IMPORT.finditer(bare))
         tree = ast.parse(text, filename=str(path))
         named = _imports(tree, module, path.stem == "__init__", type_hints)
         graph[module] = {name for name in named if name in files and name != module}
