@@ -667,11 +667,11 @@ cdef class LineFormatter:
             raise
         return self._take()
 
-    def json_line(self, record: tuple, double offset) -> str:
+    def json_line(self, record, double offset) -> str:
         """One record's JSON line (as the pure twin's)."""
         return self.json_lines([record], offset).decode("ascii")
 
-    def combined_line(self, record: tuple, double offset) -> str:
+    def combined_line(self, record, double offset) -> str:
         """One record's ``combined`` line (as the pure twin's)."""
         return self.combined_lines([record], offset).decode("ascii")
 
