@@ -121,21 +121,24 @@ cdef class Collector:
         cdef object headers, error, extra, refused
         cdef const char* p
         cdef Py_ssize_t n, cut
+        cdef bytes last
         if self.sample < 1.0 and _random.random() >= self.sample:
             return
         if len(pending) + self.queued - self.written >= self.capacity:
             self.on_drop()
             return
-        if type(head) is bytes:
+        if type(head) is bytes:  # the head alone; a HIT's repeats: the same object again
             p = PyBytes_AS_STRING(head)
             n = PyBytes_GET_SIZE(head)
-            cut = _find(<const unsigned char*>p, n, b"\r\n\r\n", 4) + 4
-            if 4 <= cut < n:  # the head alone; a HIT's repeats: the same object again
-                last = self._last_head
-                if last is not None and PyBytes_GET_SIZE(last) == cut and \
-                        memcmp(p, PyBytes_AS_STRING(last), <size_t>cut) == 0:
-                    head = last
-                else:
+            last = self._last_head
+            # The last head ends at its first blank line, so a write that starts with it and
+            # goes on has that head (no search).
+            if last is not None and PyBytes_GET_SIZE(last) < n and \
+                    memcmp(p, PyBytes_AS_STRING(last), <size_t>PyBytes_GET_SIZE(last)) == 0:
+                head = last
+            else:
+                cut = _find(<const unsigned char*>p, n, b"\r\n\r\n", 4) + 4
+                if 4 <= cut < n:
                     head = self._last_head = PyBytes_FromStringAndSize(p, cut)
         headers = request.headers
         error = request.error

@@ -325,3 +325,17 @@ def test_the_compiled_twin_writes_the_nodes_records_itself(
     impl = formatter(compiled)
     assert impl.json_lines(batch, OFFSET).count(b"\n") == len(batch)
     assert impl.combined_lines(batch, OFFSET).count(b"\n") == len(batch)
+
+
+@settings(max_examples=300, deadline=None)
+@given(writes=st.lists(st.none() | st.sampled_from(
+    [HIT_HEAD, HIT_HEAD + b"body", HIT_HEAD + b"\r\n\r\n", MISS_HEAD + b"x", b"HTTP/1.1 200",
+     HIT_HEAD[:-2], b"\r\n\r\n", b"\r\n\r\nx", b""]) | st.binary(max_size=40), max_size=12))
+def test_both_collectors_keep_the_same_records(compiled: ModuleType,
+                                               writes: list[bytes | None]) -> None:
+    collectors = [impl.Collector(100, 1.0, False, Calls().on_first, Calls().on_drop)
+                  for impl in (pure, compiled)]
+    for first_write in writes:
+        for collector in collectors:
+            collector.emit(request(), "::1", first_write, 1, 0.0, 1000.0, False)
+    assert collectors[0].take() == collectors[1].take()
