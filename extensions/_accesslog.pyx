@@ -28,7 +28,8 @@ from libc.string cimport memcmp, memcpy
 import random as _random
 
 from reelcdn.extensions import _accesslog_py as _pure
-from reelcdn.extensions._accesslog_py import (  # noqa: F401  (the same helpers as the twin's)
+# The twin's helpers, re-exported: both modules offer the same names.
+from reelcdn.extensions._accesslog_py import (
     MAX_SECONDS,
     Record,
     cmcd_session,
