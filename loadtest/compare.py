@@ -5,7 +5,8 @@ Why one after the other: on a 2-core machine two CDNs under load at once would t
 each other and from the harness; run in turn, each gets the machine the same way, with the
 same seed (same arrivals, same videos, same links). Each CDN is started fresh (so ``cold`` is
 really cold) and stopped after its run. The origin (``fileorigin.py``) is shared and counts
-every request, the one origin-offload measure both CDNs have; reelcdn's nodes are also scraped.
+every object request, the one origin-offload measure both CDNs have, and, apart, the health
+checks of reelcdn's shield (nginx makes none); reelcdn's nodes are also scraped.
 
 Output in ``--report DIR``: ``reelcdn/`` and ``nginx/`` (each a full report), ``compare.json``
 and ``compare.md`` (the two side by side, with nginx / reelcdn ratios of the TTFF percentiles:
@@ -27,6 +28,7 @@ from typing import Any
 
 from .bench.procs import ManagedProcess, StartupError, free_port, http_get
 from .bench.servers import _nginx_info, find_nginx
+from .fileorigin import CHECK_PATH
 
 TEMPLATE = Path(__file__).parent / "nginx3tier" / "tier.conf.tmpl"
 TOKEN = "loadtest-compare-admin-token"
@@ -45,8 +47,10 @@ class FileOrigin:
         self.process.wait_ready(lambda: http_get(self.port, "/__count").status == 200,
                                 "GET /__count answered 200")
 
-    def total(self) -> int:
-        return int(json.loads(http_get(self.port, "/__count").body)["total"])
+    def counts(self) -> tuple[dict[str, int], int]:
+        """(requests per object path, health checks) so far."""
+        view = json.loads(http_get(self.port, "/__count").body)
+        return {path: int(n) for path, n in view["paths"].items()}, int(view["checks"])
 
     def stop(self) -> None:
         self.process.stop()
@@ -64,7 +68,8 @@ class ReelcdnTiers:
         parent = {"regional": "shield", "edge": "regional"}
         lines = ['[defaults]', 'cache_memory = "512MiB"', f'admin_token = "{TOKEN}"', "",
                  "[[defaults.ttl]]", 'match = "*"', 'ttl = "1d"', "",
-                 "[origin.main]", 'type = "http"', f'url = "http://127.0.0.1:{origin_port}"', ""]
+                 "[origin.main]", 'type = "http"', f'url = "http://127.0.0.1:{origin_port}"', "",
+                 "[origin.main.health]", f'path = "{CHECK_PATH}"', ""]
         for tier in TIERS:
             port, admin = self.ports[tier]
             lines += [f"[node.{tier}]", f'role = "{tier}"', f'listen = "127.0.0.1:{port}"',
@@ -208,6 +213,11 @@ def markdown(results: dict[str, dict[str, Any]], ratios: dict[str, Any],
             ("player requests", lambda s: str(s["client"]["requests"]), None),
             ("origin requests (counted at the origin)",
              lambda s: str(s["origin_requests_counted"]), "origin_requests"),
+            ("objects the origin served more than once (requests)",
+             lambda s: f"{len(s['origin_paths_fetched_again'])} "
+             f"({sum(s['origin_paths_fetched_again'].values())})", None),
+            ("origin health checks (not in the requests above)",
+             lambda s: str(s["origin_checks_counted"]), None),
             ("origin offload", lambda s: pct(s["offload_counted"]), None),
             ("edge hit ratio (Cache-Status)", lambda s: tier_ratio(s, "edge"), None),
             ("regional hit ratio (Cache-Status)", lambda s: tier_ratio(s, "regional"), None),
@@ -269,12 +279,18 @@ def main_compare(args: argparse.Namespace) -> int:
                     print(f"warm-up: {fetched} objects, {failed} failed", file=sys.stderr)
                 options.cache = "as-is"          # fresh servers are cold; warm is done
                 options.tier_roles = ["edge", "regional", "shield"]
-                before = origin.total()
+                paths_before, checks_before = origin.counts()
                 started = time.monotonic()
                 outcome = asyncio.run(run(options, log=lambda m: print(m, file=sys.stderr)))
-                counted = origin.total() - before
+                paths_after, checks_after = origin.counts()
+                fetched = {path: n - paths_before.get(path, 0)
+                           for path, n in paths_after.items() if n > paths_before.get(path, 0)}
+                counted = sum(fetched.values())
                 summary = outcome.summary
                 summary["origin_requests_counted"] = counted
+                summary["origin_checks_counted"] = checks_after - checks_before
+                summary["origin_paths_fetched_again"] = {
+                    path: n for path, n in sorted(fetched.items()) if n > 1}
                 requests = summary["client"]["requests"]
                 summary["offload_counted"] = 1 - counted / requests if requests else None
                 summary["cdn_version"] = cdn.version()

@@ -319,6 +319,33 @@ def test_side_by_side_with_nginx_reports_both_and_their_ratios(tmp_path):
         assert f"| {row}" in table, row
 
 
+def test_side_by_side_counts_the_shields_origin_checks_apart_from_its_fetches(tmp_path):
+    """A warm run fetches nothing from the origin, on either side. reelcdn's shield checks its
+    http origin every 2 s meanwhile (nginx's tiers make no checks): those GETs are reported on
+    their own row, not as origin requests, or a 4 s run would show reelcdn fetching a couple
+    of objects that nginx did not."""
+    nginx_or_skip()
+    from loadtest_fixtures import VIDEOS, make_videos
+
+    origin = tmp_path / "origin"
+    make_videos(origin, VIDEOS[:1])
+    catalog = tmp_path / "catalog.txt"
+    catalog.write_text(VIDEOS[0] + "\n")
+    report = tmp_path / "compare"
+    status = main(["loadtest", "--compare-nginx", str(origin), "--catalog", str(catalog),
+                   "--players", "4", "--duration", "4s", "--time-scale", "8", "--cache", "warm",
+                   "--report", str(report), "--no-progress"])
+    assert status == 0
+    result = json.loads((report / "compare.json").read_text())
+    ours, theirs = result["reelcdn"], result["nginx"]
+    assert ours["client"]["requests"] > 0 and theirs["client"]["requests"] > 0
+    assert ours["origin_requests_counted"] == 0 == theirs["origin_requests_counted"]
+    assert ours["origin_checks_counted"] >= 1 and theirs["origin_checks_counted"] == 0
+    assert ours["origin_paths_fetched_again"] == {} == theirs["origin_paths_fetched_again"]
+    table = (report / "compare.md").read_text()
+    assert "| origin health checks (not in the requests above) |" in table
+
+
 def test_two_load_processes_merge_into_one_report(topology, tmp_path):
     status, summary = run_cli(topology, tmp_path, "--players", "6", "--duration", "2s",
                               "--time-scale", "8", "--processes", "2", "--rate", "20",
