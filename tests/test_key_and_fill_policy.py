@@ -206,6 +206,11 @@ url = "http://127.0.0.1:{port}/media"
 role = "shield"
 listen = "127.0.0.1:{free_port()}"
 origins = ["web"]
+
+# No active checks of the origin: they would GET its prefix every 2 s and show up among the
+# paths these tests assert the origin saw.
+[node.shield-1.health]
+checks = false
 """
     topology = topology_from_text(text, base_dir=str(tmp_path))
     server = NodeServer(topology.nodes["shield-1"], build_upstream)
