@@ -253,6 +253,7 @@ class ForYouBase:
     owners: Mapping[str, Sequence[str]]
     tags: Mapping[str, Sequence[str]]
     lowered: Mapping[str, tuple[str, ...]]  # each video's :func:`lowered` tags
+    newest: float | None  # the latest ``created`` in the pool (None: an empty pool)
 
 
 def for_you_base(videos: Iterable[Video], now: float,
@@ -268,7 +269,8 @@ def for_you_base(videos: Iterable[Video], now: float,
         for tag in tags_of[video.id]:
             tags.setdefault(tag, []).append(video.id)
     ranked = sorted((-base_score(video, now, weights), video.id) for video in pool.values())
-    return ForYouBase(now, pool, ranked, owners, tags, tags_of)
+    newest = max((video.created for video in pool.values()), default=None)
+    return ForYouBase(now, pool, ranked, owners, tags, tags_of, newest)
 
 
 def for_you_ranked(base: ForYouBase, viewer: Viewer, weights: Weights = Weights(),

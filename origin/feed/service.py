@@ -126,12 +126,10 @@ class FeedService:
         self.metrics = FeedMetrics(registry)
         self._lock = threading.Lock()
         self.pool: dict[str, dict[str, Any]] = {}      # ready rows, newest feed_pool
-        self.pool_counters: dict[str, Counters] = {}
         self.trending_ids: list[str] = []
         self.trending_version = ""
         self.trending_rows: dict[str, dict[str, Any]] = {}
         self.for_you_base = ranking.for_you_base((), clock(), settings.weights)
-        self.for_you_newest: float | None = None  # the newest created in the base
         self._known: OrderedDict[str, None] = OrderedDict()  # playable ids seen by ingest
         self._last_cleanup = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -224,12 +222,11 @@ class FeedService:
         all_counters = {**counters, **self.store.counters(missing)} if missing else counters
         videos = [_video(row, all_counters.get(video)) for video, row in candidates.items()]
         base = ranking.for_you_base(videos, now, settings.weights)
-        newest = max((video.created for video in videos), default=None)
         with self._lock:
-            self.pool, self.pool_counters = pool, counters
+            self.pool = pool
             self.trending_ids, self.trending_version = ranked, version
             self.trending_rows = trending_rows
-            self.for_you_base, self.for_you_newest = base, newest
+            self.for_you_base = base
         if now - self._last_cleanup >= CLEANUP_EVERY:
             dropped = self.store.cleanup(now, now - settings.trending_window)
             self._last_cleanup = now
@@ -383,10 +380,10 @@ class FeedService:
         if feed_type == "following":
             return self._following(user, limit, created_at_most)
         with self._lock:
-            base, newest = self.for_you_base, self.for_you_newest
+            base = self.for_you_base
         ranked = ranking.for_you_ranked(base, self.viewer(user), self.settings.weights,
                                         limit=limit, created_at_most=created_at_most)
-        return ranked, newest if created_at_most is None else created_at_most
+        return ranked, base.newest if created_at_most is None else created_at_most
 
     def _keep_session(self, user: str, cursor: Cursor) -> tuple[str, list[str]]:
         """A personal session's order, kept from its second page on: the ids its first page
